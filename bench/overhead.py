@@ -1,0 +1,202 @@
+"""Per-query overhead: uninstrumented vs vanilla contrib tracing vs otel-dbperf defaults.
+
+Same process, variants interleaved in short rounds (every variant runs a block of
+queries back to back, in random order), and the figures are medians of the
+per-round differences: this machine's speed drifts by tens of percent over
+seconds, and paired differences cancel the drift. SQLite in-memory point SELECT
+issued ~20 frames deep, 10 queries per request span. Vanilla and otel-dbperf
+share one engine and instrumentation; only the span processors differ.
+
+- request thread: CPU time of the thread that issues the queries;
+- total: process CPU time including the BatchSpanProcessor export thread (each
+  round ends with force_flush, so the export-side work of the round is in it).
+
+Ratios (design.md section 6): (otel-dbperf - vanilla) / (vanilla - uninstrumented);
+budget <= 0.10 on the request thread, <= 0.30 in total.
+
+    python bench/overhead.py [--rounds 300] [--block 200]
+    python bench/overhead.py --memory 1000000 --distinct 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import StaticPool
+
+from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf._resources import rss_bytes
+
+QUERIES_PER_REQUEST = 10
+DEPTH = 20
+
+
+class NullExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.count += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def make_engine() -> Engine:
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT)"))
+        conn.execute(text("INSERT INTO authors VALUES (1, 'ann'), (2, 'bob')"))
+    return engine
+
+
+def traced(provider: TracerProvider) -> Engine:
+    engine = make_engine()
+    counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
+    EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
+    return engine
+
+
+POINT = text("SELECT name FROM authors WHERE id = :id")
+
+
+def deep(depth: int, fn: Callable[[], Any]) -> Any:
+    if depth:
+        return deep(depth - 1, fn)
+    return fn()
+
+
+class Variant:
+    """One way to run the same queries; the traced variants share one engine and tracer.
+
+    Sharing the engine keeps SQLAlchemy's caches and the instrumentation identical,
+    so the difference between vanilla and otel-dbperf is only the span processors,
+    which are swapped in before each of the variant's rounds.
+    """
+
+    def __init__(
+        self, name: str, engine: Engine, provider: TracerProvider | None = None, processors: tuple[Any, ...] = ()
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.provider = provider
+        self.processors = processors
+        self.tracer = provider.get_tracer("bench") if provider else None
+        self.thread_ns: list[float] = []
+        self.total_ns: list[float] = []
+
+    def activate(self) -> None:
+        if self.provider is not None:
+            self.provider._active_span_processor._span_processors = self.processors  # noqa: SLF001
+
+    def run(self, n: int, statement: Callable[[int], Any] = lambda i: POINT) -> None:
+        self.activate()
+        tracer = self.tracer
+        with self.engine.connect() as conn:
+            cpu0, proc0 = time.thread_time_ns(), time.process_time_ns()
+            for start in range(0, n, QUERIES_PER_REQUEST):
+                if tracer is not None:
+                    with tracer.start_as_current_span("GET /bench", kind=SpanKind.SERVER):
+                        for i in range(start, start + QUERIES_PER_REQUEST):
+                            deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+                else:
+                    for i in range(start, start + QUERIES_PER_REQUEST):
+                        deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+            cpu1 = time.thread_time_ns()
+            for processor in self.processors:
+                processor.force_flush()
+            proc1 = time.process_time_ns()
+        self.thread_ns.append((cpu1 - cpu0) / n)
+        self.total_ns.append((proc1 - proc0) / n)
+
+
+def build() -> tuple[Variant, Variant, Variant]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    settings = Settings(app_paths=(here,))
+    provider = TracerProvider()
+    engine = traced(provider)
+    dbperf = DbPerfSpanProcessor(settings)
+    return (
+        Variant("uninstrumented", make_engine()),
+        Variant("vanilla contrib", engine, provider, (BatchSpanProcessor(NullExporter()),)),
+        Variant("otel-dbperf", engine, provider, (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(NullExporter())))),
+    )
+
+
+def overhead(rounds: int, block: int) -> int:
+    variants = build()
+    uninst, vanilla, ours = variants
+    for v in variants:  # warm-up: caches, imports, first connect
+        v.run(1000)
+        v.thread_ns.clear()
+        v.total_ns.clear()
+    order = list(variants)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for v in order:
+            v.run(block)
+
+    def paired(a: Variant, b: Variant, field: str) -> float:
+        """Median over rounds of (a - b): each round's variants ran back to back."""
+        return statistics.median(x - y for x, y in zip(getattr(a, field), getattr(b, field), strict=True)) / 1000
+
+    print(
+        f"python {sys.version.split()[0]}; {rounds} rounds, each running every variant for {block} queries "
+        f"in random order; SQLite in-memory point SELECT {DEPTH} frames deep, {QUERIES_PER_REQUEST} per request span"
+    )
+    print(f"{'variant':<18}{'request thread us/query':>26}{'total CPU us/query':>22}   (medians)")
+    for v in variants:
+        t, c = statistics.median(v.thread_ns) / 1000, statistics.median(v.total_ns) / 1000
+        print(f"{v.name:<18}{t:>26.2f}{c:>22.2f}")
+    vt, vc = paired(vanilla, uninst, "thread_ns"), paired(vanilla, uninst, "total_ns")
+    ot, oc = paired(ours, vanilla, "thread_ns"), paired(ours, vanilla, "total_ns")
+    print(f"vanilla tracing adds    {vt:7.2f} us/query on the request thread, {vc:7.2f} us in total (paired medians)")
+    print(f"otel-dbperf adds on top {ot:7.2f} us/query on the request thread, {oc:7.2f} us in total (paired medians)")
+    req_ratio, tot_ratio = ot / vt, oc / vc
+    print(f"request-thread ratio {req_ratio:.3f} (budget <= 0.10): {'OK' if req_ratio <= 0.10 else 'OVER'}")
+    print(f"total CPU ratio      {tot_ratio:.3f} (budget <= 0.30): {'OK' if tot_ratio <= 0.30 else 'OVER'}")
+    return 0
+
+
+def memory(queries: int, distinct: int) -> int:
+    ours = build()[2]
+    statements = [text(f"SELECT name FROM authors WHERE id = :id AND {i} = {i}") for i in range(distinct)]
+    step = max(queries // 10, QUERIES_PER_REQUEST)
+    print(f"otel-dbperf: {queries} queries over {distinct} distinct statements; RSS after each {step}")
+    samples = []
+    done = 0
+    while done < queries:
+        ours.run(step, lambda i, base=done: statements[(base + i) % distinct])
+        done += step
+        samples.append(rss_bytes())
+        print(f"  {done:>9} queries  RSS {samples[-1] / 2**20:8.1f} MiB")
+    growth = (samples[-1] - samples[len(samples) // 2]) / 2**20
+    print(f"RSS growth over the second half: {growth:+.1f} MiB")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--block", type=int, default=200, help="queries per variant per round")
+    parser.add_argument("--memory", type=int, default=0, help="run the memory-bound check with this many queries")
+    parser.add_argument("--distinct", type=int, default=100_000)
+    args = parser.parse_args()
+    if args.memory:
+        return memory(args.memory, args.distinct)
+    return overhead(args.rounds, args.block)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""A small shop: the app the demo runs, unchanged, under opentelemetry-instrument.
+
+It has the problems otel-dbperf is for: a ``LIKE '%term%'`` search over a large
+table (a full scan), an ORM N+1 on /orders, and ordinary fast routes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from flask import Flask, jsonify, request
+from sqlalchemy import ForeignKey, String, create_engine, func, insert, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+engine = create_engine(os.environ.get("SHOP_DB_URL", "sqlite:///shop.db"))
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    orders: Mapped[list[Order]] = relationship(back_populates="customer")
+
+
+class Product(Base):
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(String(500))
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    customer: Mapped[Customer] = relationship(back_populates="orders")
+
+
+def seed(products: int = 300_000) -> None:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    rng = random.Random(7)
+    words = ["red", "blue", "steel", "oak", "linen", "smart", "mini", "pro", "eco", "classic"]
+    with engine.begin() as conn:
+        conn.execute(insert(Customer), [{"id": i, "name": f"customer {i}"} for i in range(1, 41)])
+        for start in range(0, products, 50_000):
+            conn.execute(
+                insert(Product),
+                [
+                    {"name": " ".join(rng.choices(words, k=3)), "description": " ".join(rng.choices(words, k=12))}
+                    for _ in range(start, min(products, start + 50_000))
+                ],
+            )
+        conn.execute(
+            insert(Order), [{"customer_id": rng.randint(1, 40), "product_id": rng.randint(1, 1000)} for _ in range(400)]
+        )
+
+
+app = Flask(__name__)
+
+
+@app.get("/health")
+def health():  # type: ignore[no-untyped-def]
+    return "ok"
+
+
+@app.get("/products/<int:product_id>")
+def product(product_id: int):  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        found = session.get(Product, product_id)
+        return jsonify(name=found.name if found else None)
+
+
+@app.get("/search")
+def search():  # type: ignore[no-untyped-def]
+    term = request.args.get("q", "steel")
+    with Session(engine) as session:
+        count = session.scalar(select(func.count()).where(Product.description.like(f"%{term}%")))
+    return jsonify(term=term, count=count)
+
+
+@app.get("/orders")
+def orders():  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        customers = session.scalars(select(Customer).order_by(Customer.id).limit(20)).all()
+        return jsonify([{"customer": c.name, "orders": len(c.orders)} for c in customers])
+
+
+if __name__ == "__main__":
+    seed()

@@ -1,0 +1,46 @@
+"""otel-dbperf: find and fix slow database work with OpenTelemetry.
+
+Launch an unchanged app with ``opentelemetry-instrument``; DB client spans get
+the code location that issued them, slow flags, sanitized statements with
+stable fingerprints, and each request's span gets its DB roll-up and N+1
+verdict. Configuration is by ``DBPERF_*`` environment variables, documented in
+``docs/configuration.md``:
+
+DBPERF_ENABLED (true), DBPERF_SLOW_QUERY_THRESHOLD_MS (100),
+DBPERF_STACKTRACE_THRESHOLD_MS (500), DBPERF_STACKTRACE_MAX_FRAMES (20),
+DBPERF_CODE_LOCATION (true), DBPERF_APP_PATHS (current directory),
+DBPERF_SANITIZE_STATEMENTS (true), DBPERF_STATEMENT_MAX_LENGTH (4096),
+DBPERF_N_PLUS_ONE_THRESHOLD (5), DBPERF_RESOURCE_SAMPLES (true),
+DBPERF_EXPLAIN (false), DBPERF_SQLCOMMENTER (false).
+
+Apps that set OpenTelemetry up in code call :func:`configure` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._processor import DbPerfSpanProcessor, EnrichingSpanExporter
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = ["DbPerfSpanProcessor", "EnrichingSpanExporter", "Settings", "configure", "__version__"]
+
+
+def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
+    """Set OpenTelemetry up in code, with the same result as ``opentelemetry-instrument``.
+
+    Applies the distro's environment defaults, builds the SDK providers with the
+    otel-dbperf processors (``kwargs`` go to the SDK configurator), and, unless
+    told not to, instruments SQLAlchemy (any version otel-dbperf supports).
+    """
+    from . import _sqlalchemy
+    from ._setup import current_settings
+    from .configurator import DbPerfConfigurator
+    from .distro import DbPerfDistro
+
+    DbPerfDistro().configure()
+    DbPerfConfigurator().configure(**kwargs)  # type: ignore[no-untyped-call]
+    if instrument_sqlalchemy:
+        _sqlalchemy.ensure_instrumented(current_settings())

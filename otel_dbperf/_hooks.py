@@ -1,0 +1,27 @@
+"""Entry points that run whichever distro ``opentelemetry-instrument`` picked."""
+
+from __future__ import annotations
+
+import os
+
+from ._guard import guarded
+from ._setup import current_settings, state
+from ._startup_log import startup_warning
+
+
+@guarded("post_instrument")
+def post_instrument() -> None:
+    """``opentelemetry_post_instrument``: SQLAlchemy 2.1, and a clash with another distro."""
+    from . import _sqlalchemy
+
+    settings = current_settings()
+    _sqlalchemy.ensure_instrumented(settings)
+    if settings.enabled and not state["configured"]:
+        startup_warning(
+            "otel-dbperf: another OpenTelemetry configurator ran (OTEL_PYTHON_DISTRO=%s, "
+            "OTEL_PYTHON_CONFIGURATOR=%s), so DB spans are NOT enriched; to choose otel-dbperf set "
+            "OTEL_PYTHON_DISTRO=otel_dbperf OTEL_PYTHON_CONFIGURATOR=otel_dbperf "
+            "(or pip uninstall opentelemetry-distro)",
+            os.environ.get("OTEL_PYTHON_DISTRO", "<unset>"),
+            os.environ.get("OTEL_PYTHON_CONFIGURATOR", "<unset>"),
+        )

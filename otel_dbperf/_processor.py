@@ -1,0 +1,408 @@
+"""The span processor (request thread) and the exporter wrapper (export thread).
+
+Request thread, per DB span: a CPU-clock read at start; at end a CPU-clock read,
+the slow flag, one cached frame walk, and an append to the request's state.
+Everything costlier (sanitizing, fingerprints, N+1 verdicts, new attributes)
+happens on the export thread in :class:`EnrichingSpanExporter`, which rebuilds
+each enriched span as a new ``ReadableSpan``.
+
+State lives in dicts keyed by span id, never on the span objects: adding an
+attribute to an SDK span object changes its instance layout and makes every
+later attribute access on it slower (CPython's specialised attribute lookups miss).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import attributes as A
+from ._guard import internal_error
+from ._location import AppCode, location_of
+from ._resources import rss_bytes, thread_time_ns
+from ._sql import analyze, scrub_error_text
+from .settings import Settings
+
+_CLIENT = SpanKind.CLIENT
+_DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
+_DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
+_ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
+_MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 analysis
+_MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
+_EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request thread
+_OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
+
+# A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
+# (cpu_ns, duration_ns, slow, statement, location, stacktrace, request)
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ = range(7)
+Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
+
+
+def _attr_dict(attrs: Any) -> Mapping[str, Any]:
+    """The plain dict behind the SDK's BoundedAttributes (read-only use), else the mapping."""
+    inner = getattr(attrs, "_dict", None)
+    return inner if isinstance(inner, dict) else (attrs or {})
+
+
+def _trim(table: dict[int, Any]) -> None:
+    """Bound a pending table: drop its oldest tenth (spans that never ended or were never exported)."""
+    for key in list(islice(table, len(table) // 10 + 1)):
+        table.pop(key, None)
+
+
+class _Request:
+    """Per local-root state: one request's DB records, rolled up on the export thread."""
+
+    __slots__ = (
+        "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss",
+        "cursor", "fp_counts", "seen",
+    )  # fmt: skip
+
+    def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
+        self.root_id = root_id
+        self.records: list[Record] = []  # appended by request threads (atomic), read by index
+        self.overflow = [0, 0, 0]  # beyond the cap only totals are kept: count, duration_ns, slow
+        self.open_orm = 0  # ORM-level DB spans in flight (driver spans inside them are not counted twice)
+        self.cpu0 = cpu0
+        self.cpu_ns = 0
+        self.rss0 = rss0
+        self.rss = 0
+        # export side, under _EXPORT_LOCK
+        self.cursor = 0  # records[:cursor] are counted in fp_counts
+        self.fp_counts: dict[str, int] = {}
+        self.seen: dict[int, tuple[str, str, int]] = {}  # id(record) -> (fingerprint, summary, repeat)
+
+
+class DbPerfSpanProcessor(SpanProcessor):
+    """Request-thread half: measures DB spans and keeps per-request state.
+
+    Register it on the ``TracerProvider`` *before* the export processors, and wrap
+    their exporters with :meth:`wrap_exporter`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._slow_ns = int(settings.slow_query_threshold_ms * 1_000_000)
+        self._stack_ns = int(settings.stacktrace_threshold_ms * 1_000_000)
+        self._app = AppCode(settings.app_paths) if settings.code_location else None
+        self._resources = settings.resource_samples
+        # span id -> (cpu0, request, orm) for client spans, or the _Request of a request's span
+        self._open: dict[int, Any] = {}
+        # span id -> Record or _Request, for the exporters
+        self._done: dict[int, Any] = {}
+        self._consumers = 0
+
+    def wrap_exporter(self, exporter: SpanExporter) -> EnrichingSpanExporter:
+        """The exporter that adds this processor's attributes before ``exporter`` sends spans."""
+        self._consumers += 1
+        return EnrichingSpanExporter(exporter, self)
+
+    # The hooks read the SDK span's fields directly (its properties cost a call each),
+    # and SpanContext by index: it is a tuple (trace_id, span_id, is_remote, ...).
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
+            open_ = self._open
+            parent = span._parent  # noqa: SLF001
+            if parent is None or parent[2]:  # a local root
+                if len(open_) >= _MAX_PENDING:
+                    _trim(open_)
+                if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
+                    open_[span_id] = (thread_time_ns(), None, False)
+                elif self._resources:
+                    open_[span_id] = _Request(span_id, thread_time_ns(), rss_bytes())
+                else:
+                    open_[span_id] = _Request(span_id, 0, 0)
+                return
+            entry = open_.get(parent[1])
+            if entry is None:
+                if span._kind is _CLIENT:  # noqa: SLF001
+                    open_[span_id] = (thread_time_ns(), None, False)
+                return
+            request = entry if entry.__class__ is _Request else entry[1]
+            if span._kind is _CLIENT:  # noqa: SLF001
+                orm = False
+                if request is not None:
+                    scope = span._instrumentation_scope  # noqa: SLF001
+                    if scope is not None and scope.name == _ORM_SCOPE:
+                        orm = True
+                        request.open_orm += 1
+                open_[span_id] = (thread_time_ns(), request, orm)
+            elif request is not None:
+                open_[span_id] = request
+        except Exception as exc:  # noqa: BLE001
+            internal_error("on_start", exc)
+
+    def _on_ending(self, span: Span) -> None:
+        try:
+            span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
+            entry = self._open.pop(span_id, None)
+            if entry is None:
+                return
+            if entry.__class__ is not tuple:
+                if entry.root_id == span_id:
+                    if self._resources:
+                        entry.cpu_ns = thread_time_ns() - entry.cpu0
+                        entry.rss = rss_bytes()
+                    self._publish(span_id, entry)
+                return
+            cpu_ns = thread_time_ns() - entry[0]
+            request = entry[1]
+            if entry[2]:
+                request.open_orm -= 1
+            attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
+            if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
+                return  # an HTTP or other client span: not ours
+            duration = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
+            slow = duration >= self._slow_ns
+            statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
+            location = None
+            stack = ""
+            app = self._app
+            if app is not None:
+                frame = sys._getframe(3)  # noqa: SLF001 - the caller of Span.end
+                found = app.first_app_frame(frame)
+                if found is not None:
+                    location = location_of(found)
+                    if slow and duration >= self._stack_ns:
+                        stack = app.stacktrace(frame, self.settings.stacktrace_max_frames)
+            record = (cpu_ns, duration, slow, statement, location, stack, request)
+            if request is not None and statement is not None and (entry[2] or request.open_orm <= 0):
+                if len(request.records) < _MAX_QUERIES_PER_REQUEST:
+                    request.records.append(record)
+                else:
+                    _count_overflow(request, record)
+            if self._consumers == 1:
+                done = self._done
+                if len(done) >= _MAX_PENDING:
+                    _trim(done)
+                done[span_id] = record
+            else:
+                self._publish(span_id, record)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("_on_ending", exc)
+
+    def _publish(self, span_id: int, payload: Any) -> None:
+        consumers = self._consumers
+        if consumers:
+            done = self._done
+            if len(done) >= _MAX_PENDING:
+                _trim(done)
+            done[span_id] = payload if consumers == 1 else [payload, consumers]
+
+    def take(self, span_id: int) -> Any:
+        """Export side: the payload of a finished span (the last consumer removes it)."""
+        if self._consumers == 1:
+            return self._done.pop(span_id, None)
+        with _EXPORT_LOCK:
+            slot = self._done.get(span_id)
+            if slot is None:
+                return None
+            slot[1] -= 1
+            if slot[1] <= 0:
+                del self._done[span_id]
+            return slot[0]
+
+
+def _count_overflow(request: _Request, record: Record) -> None:
+    """Past the cap a request keeps running totals instead of every record."""
+    with _OVERFLOW_LOCK:
+        totals = request.overflow
+        totals[0] += 1
+        totals[1] += record[_DUR]
+        totals[2] += record[_SLOW]
+
+
+class EnrichingSpanExporter(SpanExporter):
+    """Export-thread half: adds the dbperf attributes, then delegates to ``exporter``."""
+
+    def __init__(self, exporter: SpanExporter, processor: DbPerfSpanProcessor) -> None:
+        self._exporter = exporter
+        self._processor = processor
+        self._settings = processor.settings
+        self._n1 = processor.settings.n_plus_one_threshold
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._exporter.export([self._enrich(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def _enrich(self, span: ReadableSpan) -> ReadableSpan:
+        try:
+            payload = self._processor.take(span._context.span_id)  # type: ignore[union-attr]  # noqa: SLF001
+            if payload.__class__ is tuple:
+                return self._enrich_query(span, payload)
+            if payload.__class__ is _Request:
+                return self._enrich_root(span, payload)
+            if span._status.status_code is StatusCode.ERROR or span._events:  # noqa: SLF001
+                return self._scrub(span, None, None)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("export", exc)
+        return span
+
+    def _advance(self, request: _Request) -> None:
+        """Fingerprint the request's records in order and count repeats per fingerprint."""
+        max_length = self._settings.statement_max_length
+        with _EXPORT_LOCK:
+            records = request.records
+            counts = request.fp_counts
+            seen = request.seen
+            end = len(records)
+            for i in range(request.cursor, end):
+                record = records[i]
+                statement = record[_STMT]
+                if isinstance(statement, str):
+                    analysis = analyze(statement, max_length)
+                    fingerprint, summary = analysis.fingerprint, analysis.summary
+                else:
+                    fingerprint, summary = "", ""
+                repeat = counts[fingerprint] = counts.get(fingerprint, 0) + 1
+                seen[id(record)] = (fingerprint, summary, repeat)
+            request.cursor = end
+
+    def _enrich_query(self, span: ReadableSpan, record: Record) -> ReadableSpan:
+        settings = self._settings
+        attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
+        statement = record[_STMT]
+        analysis = analyze(statement, settings.statement_max_length) if isinstance(statement, str) else None
+        if analysis is not None:
+            if settings.sanitize_statements:
+                for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
+                    if key in attrs:
+                        attrs[key] = analysis.sanitized
+            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
+            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
+                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        slow = record[_SLOW]
+        attrs[A.QUERY_SLOW] = slow
+        attrs[A.CPU_TIME_MS] = record[_CPU] / 1e6
+        location = record[_LOC]
+        if location is not None:
+            attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location
+        if record[_STACK]:
+            attrs[A.CODE_STACKTRACE] = record[_STACK]
+        request = record[_REQ]
+        if request is not None:
+            seen = request.seen.get(id(record))
+            if seen is None:
+                self._advance(request)
+                seen = request.seen.get(id(record))
+            if seen is not None and seen[2] >= self._n1:  # None: not counted (nested, or over the cap)
+                attrs[A.N_PLUS_ONE] = True
+        extra_events: list[Event] | None = None
+        if slow:
+            event_attrs: dict[str, Any] = {
+                A.EVENT_DURATION_MS: record[_DUR] / 1e6,
+                A.EVENT_THRESHOLD_MS: settings.slow_query_threshold_ms,
+            }
+            if analysis is not None:
+                event_attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
+            if location is not None:
+                event_attrs[A.CODE_FILE_PATH], event_attrs[A.CODE_LINE_NUMBER] = location[0], location[1]
+            extra_events = [Event(A.EVENT_SLOW_QUERY, event_attrs, timestamp=span._end_time)]  # noqa: SLF001
+        return self._scrub(span, attrs, extra_events)
+
+    def _enrich_root(self, span: ReadableSpan, request: _Request) -> ReadableSpan:
+        self._advance(request)
+        records = request.records
+        count, db_ns, slow = len(records), 0, 0
+        for record in records:
+            db_ns += record[_DUR]
+            slow += record[_SLOW]
+        more, more_ns, more_slow = request.overflow
+        count, db_ns, slow = count + more, db_ns + more_ns, slow + more_slow
+        attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
+        attrs[A.DB_QUERY_COUNT] = count
+        attrs[A.DB_SLOW_QUERY_COUNT] = slow
+        attrs[A.DB_DURATION_MS] = db_ns / 1e6
+        worst_fp, worst = "", 0
+        for fp, repeats in request.fp_counts.items():
+            if repeats > worst and fp:
+                worst_fp, worst = fp, repeats
+        detected = worst >= self._n1
+        attrs[A.N_PLUS_ONE_DETECTED] = detected
+        if detected:
+            first = next(r for r in records if request.seen[id(r)][0] == worst_fp)
+            attrs[A.N_PLUS_ONE_FINGERPRINT] = worst_fp
+            attrs[A.N_PLUS_ONE_REPEAT_COUNT] = worst
+            summary = request.seen[id(first)][1]
+            if summary:
+                attrs[A.N_PLUS_ONE_QUERY_SUMMARY] = summary
+            if first[_LOC] is not None:
+                attrs[A.N_PLUS_ONE_CODE_LOCATION] = f"{first[_LOC][0]}:{first[_LOC][1]}"
+        if self._settings.resource_samples:
+            attrs[A.CPU_TIME_MS] = request.cpu_ns / 1e6
+            attrs[A.MEMORY_RSS_BYTES] = request.rss
+            attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
+        return self._scrub(span, attrs, None)
+
+    def _scrub(
+        self, span: ReadableSpan, attrs: dict[str, Any] | None, extra_events: list[Event] | None
+    ) -> ReadableSpan:
+        """``span`` with ``attrs``, ``extra_events``, and error texts cleaned of parameter values.
+
+        The ``ReadableSpan`` handed to ``on_end`` is a snapshot made for that call; with
+        one exporter it is updated in place (no copy on the export path), with several
+        each gets its own copy.
+        """
+        status = span._status  # noqa: SLF001
+        if status.status_code is StatusCode.ERROR and status.description:
+            clean = scrub_error_text(status.description)
+            if clean != status.description:
+                status = Status(StatusCode.ERROR, clean)
+        original: Sequence[Event] = span._events  # noqa: SLF001
+        events = original
+        if events and any(e.name == "exception" for e in events):
+            events = [_scrub_event(e) if e.name == "exception" else e for e in events]
+        if extra_events:
+            events = [*events, *extra_events]
+        if attrs is None:
+            if status is span._status and events is original:  # noqa: SLF001
+                return span
+            attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
+        if self._processor._consumers == 1:  # noqa: SLF001
+            span._attributes = attrs  # type: ignore[assignment]  # noqa: SLF001
+            span._events = events  # noqa: SLF001
+            span._status = status  # noqa: SLF001
+            return span
+        return ReadableSpan(
+            name=span._name,  # noqa: SLF001
+            context=span._context,  # noqa: SLF001
+            parent=span._parent,  # noqa: SLF001
+            resource=span._resource,  # noqa: SLF001
+            attributes=attrs,
+            events=events,
+            links=span._links,  # noqa: SLF001
+            kind=span._kind,  # noqa: SLF001
+            status=status,
+            start_time=span._start_time,  # noqa: SLF001
+            end_time=span._end_time,  # noqa: SLF001
+            instrumentation_scope=span._instrumentation_scope,  # noqa: SLF001
+        )
+
+
+def _scrub_event(event: Event) -> Event:
+    attrs = dict(event.attributes or {})
+    changed = False
+    for key in ("exception.message", "exception.stacktrace"):
+        value = attrs.get(key)
+        if isinstance(value, str):
+            clean = scrub_error_text(value)
+            if clean != value:
+                attrs[key] = clean
+                changed = True
+    if not changed:
+        return event
+    return Event(event.name, attrs, timestamp=event.timestamp)

@@ -1,0 +1,41 @@
+"""Span attribute and event names: the public contract of design.md section 4.
+
+The Collector config, dashboards and alert rules import these constants.
+"""
+
+# On DB client spans (semconv names where one exists)
+CODE_FILE_PATH = "code.file.path"
+CODE_LINE_NUMBER = "code.line.number"
+CODE_FUNCTION_NAME = "code.function.name"
+CODE_STACKTRACE = "code.stacktrace"
+DB_QUERY_SUMMARY = "db.query.summary"
+QUERY_FINGERPRINT = "dbperf.query.fingerprint"
+QUERY_SLOW = "dbperf.query.slow"
+N_PLUS_ONE = "dbperf.n_plus_one"
+CPU_TIME_MS = "dbperf.cpu.time_ms"
+
+# On the local root span of each request (roll-up of its DB spans)
+DB_QUERY_COUNT = "dbperf.db.query_count"
+DB_SLOW_QUERY_COUNT = "dbperf.db.slow_query_count"
+DB_DURATION_MS = "dbperf.db.duration_ms"
+N_PLUS_ONE_DETECTED = "dbperf.n_plus_one.detected"
+N_PLUS_ONE_FINGERPRINT = "dbperf.n_plus_one.fingerprint"
+N_PLUS_ONE_QUERY_SUMMARY = "dbperf.n_plus_one.query_summary"
+N_PLUS_ONE_REPEAT_COUNT = "dbperf.n_plus_one.repeat_count"
+N_PLUS_ONE_CODE_LOCATION = "dbperf.n_plus_one.code_location"
+MEMORY_RSS_BYTES = "dbperf.memory.rss_bytes"
+MEMORY_RSS_DELTA_BYTES = "dbperf.memory.rss_delta_bytes"
+
+# Span events
+EVENT_SLOW_QUERY = "dbperf.slow_query"
+EVENT_EXPLAIN = "dbperf.explain"
+
+# Attributes of the dbperf.slow_query event
+EVENT_DURATION_MS = "dbperf.duration_ms"
+EVENT_THRESHOLD_MS = "dbperf.threshold_ms"
+
+# Standard DB attributes read by otel-dbperf (old and stable semconv)
+DB_SYSTEM = "db.system"
+DB_SYSTEM_NAME = "db.system.name"
+DB_STATEMENT = "db.statement"
+DB_QUERY_TEXT = "db.query.text"

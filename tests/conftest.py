@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_dbperf import _guard
+
+sys.path.insert(0, str(Path(__file__).parent / "apps"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from otlp_receiver import Receiver  # noqa: E402
+
+TESTS = Path(__file__).parent
+APPS = TESTS / "apps"
+BIN = Path(sys.executable).parent
+PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
+REQUIRE_SERVICES = os.environ.get("DBPERF_REQUIRE_SERVICES") == "1"
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            host=PG_HOST, port=PG_PORT, dbname=PG_DB, user=os.environ.get("PGUSER", "postgres"), connect_timeout=3
+        ):
+            return None
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL at {PG_HOST}:{PG_PORT}/{PG_DB} not reachable: {exc}"
+
+
+@pytest.fixture(scope="session")
+def pg_user() -> str:
+    reason = _pg_reachable()
+    if reason:
+        if REQUIRE_SERVICES:
+            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    return os.environ.get("PGUSER", "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_sync_url(pg_user: str) -> str:
+    return f"postgresql+psycopg://{pg_user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
+
+
+@pytest.fixture(scope="session")
+def pg_async_url(pg_user: str) -> str:
+    return f"postgresql+asyncpg://{pg_user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
+
+
+@pytest.fixture(autouse=True)
+def _reraise_internal_errors() -> Iterator[None]:
+    _guard.RERAISE = True
+    yield
+    _guard.RERAISE = None
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def marker_line(app_file: str, name: str) -> int:
+    for i, line in enumerate((APPS / app_file).read_text().splitlines(), start=1):
+        if line.rstrip().endswith(f"# marker: {name}"):
+            return i
+    raise LookupError(name)
+
+
+def get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def base_env(receiver: Receiver, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_"))}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        OTEL_SERVICE_NAME="dbperf-test",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def serve(kind: str, app: str, env: dict[str, str], *extra_args: str) -> Iterator[dict[str, Any]]:
+    """Run ``app`` under opentelemetry-instrument behind a real server; yield its base URL."""
+    port = free_port()
+    if kind == "gunicorn":
+        server = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", *extra_args, app]
+    else:
+        server = [
+            str(BIN / "uvicorn"),
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra_args,
+        ]
+    cmd = [str(BIN / "opentelemetry-instrument"), *server]
+    log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    info: dict[str, Any] = {"url": base, "proc": proc, "log": log}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"server exited: {log.read()}")
+            try:
+                if get(base + "/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log.seek(0)
+                raise AssertionError(f"server did not start: {log.read()}")
+            time.sleep(0.1)
+        yield info
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.seek(0)
+        info["output"] = log.read()
+        log.close()
+        os.unlink(log.name)
+
+
+def server_output(info: dict[str, Any]) -> str:
+    log = info["log"]
+    log.flush()
+    with open(log.name) as f:
+        return f.read()
+
+
+def spans_named(spans: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
+    rx = re.compile(pattern)
+    return [s for s in spans if rx.search(s["name"])]

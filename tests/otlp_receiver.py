@@ -1,0 +1,110 @@
+"""A real OTLP/HTTP (protobuf) receiver for end-to-end tests."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+
+
+def _value(v: AnyValue) -> Any:
+    field = v.WhichOneof("value")
+    if field == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    if field == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, field) if field else None
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []  # every request body, decompressed
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver._store(self.path, body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _store(self, path: str, body: bytes) -> None:
+        with self._lock:
+            self.raw.append(body)
+            self.paths.append(path)
+        if path != "/v1/traces":
+            return
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        decoded = []
+        for rs in req.resource_spans:
+            resource = {kv.key: _value(kv.value) for kv in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    decoded.append(
+                        {
+                            "name": s.name,
+                            "kind": KINDS.get(s.kind, str(s.kind)),
+                            "trace_id": s.trace_id.hex(),
+                            "span_id": s.span_id.hex(),
+                            "parent_span_id": s.parent_span_id.hex(),
+                            "scope": ss.scope.name,
+                            "attributes": {kv.key: _value(kv.value) for kv in s.attributes},
+                            "events": [
+                                {"name": e.name, "attributes": {kv.key: _value(kv.value) for kv in e.attributes}}
+                                for e in s.events
+                            ],
+                            "status": {"code": s.status.code, "message": s.status.message},
+                            "resource": resource,
+                        }
+                    )
+        with self._lock:
+            self.spans.extend(decoded)
+
+    def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                snapshot = list(self.spans)
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting for spans; got {len(snapshot)}: {[s['name'] for s in snapshot][:50]}"
+                )
+            time.sleep(0.05)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.spans.clear()
+            self.raw.clear()
+            self.paths.clear()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

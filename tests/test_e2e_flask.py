@@ -1,0 +1,181 @@
+"""Flask + SQLAlchemy (sync) under opentelemetry-instrument + gunicorn, real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import APPS, base_env, get, marker_line, serve, server_output
+from sqlalchemy import create_engine
+
+from otel_dbperf import attributes as A
+
+APP = "flask_app:app"
+APP_FILE = str(APPS / "flask_app.py")
+
+
+def _db_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in spans if "db.system.name" in s["attributes"] or "db.system" in s["attributes"]]
+
+
+def _roots(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in spans if s["kind"] == "SERVER"]
+
+
+def _statement(span: dict[str, Any]) -> str:
+    a = span["attributes"]
+    return str(a.get("db.query.text") or a.get("db.statement") or "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+    else:
+        url = request.getfixturevalue("pg_sync_url")
+    from models import seed
+
+    engine = create_engine(url)
+    seed(engine)
+    engine.dispose()
+    return url
+
+
+def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    env = base_env(
+        receiver,
+        APP_DB_URL=db_url,
+        DBPERF_SLOW_QUERY_THRESHOLD_MS="100",
+        DBPERF_STACKTRACE_THRESHOLD_MS="200",
+    )
+    with serve("gunicorn", APP, env, "-w", "1") as srv:
+        for path in ("/author/3", "/authors", "/search", "/slow", "/fingerprint"):
+            status, body = get(srv["url"] + path)
+            assert status == 200, (path, body)
+        spans = receiver.wait_for(lambda s: len(_roots(s)) >= 6)  # /ping + 5 routes
+        output = server_output(srv)
+
+    assert "internal error" not in output, output
+    roots = {s["attributes"].get("http.route"): s for s in _roots(spans)}
+    db = _db_spans(spans)
+    queries = [s for s in db if _statement(s)]
+    assert queries, spans
+
+    # 1. the application line that issued the query (sync)
+    point = [s for s in queries if s["parent_span_id"] == roots["/author/<int:author_id>"]["span_id"]]
+    assert point, "no DB span under /author"
+    assert {s["attributes"][A.CODE_FILE_PATH] for s in point} == {APP_FILE}
+    assert {s["attributes"][A.CODE_LINE_NUMBER] for s in point} == {marker_line("flask_app.py", "point")}
+    assert point[0]["attributes"][A.CODE_FUNCTION_NAME] == "author"
+
+    # 2. N+1: one lazy load per author, detected on the request span with its location
+    root = roots["/authors"]["attributes"]
+    assert root[A.N_PLUS_ONE_DETECTED] is True
+    assert root[A.N_PLUS_ONE_REPEAT_COUNT] == 8
+    assert root[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line('flask_app.py', 'n_plus_one')}"
+    assert root[A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT dbperf_books"
+    assert root[A.DB_QUERY_COUNT] == 9
+    assert len(root[A.N_PLUS_ONE_FINGERPRINT]) == 16
+    flagged = [s for s in queries if s["attributes"].get(A.N_PLUS_ONE)]
+    assert len(flagged) == 8 - 5 + 1  # the repeats from the threshold (5) on
+    assert roots["/author/<int:author_id>"]["attributes"][A.N_PLUS_ONE_DETECTED] is False
+
+    # 3. the inline email literal is in no exported byte
+    assert not any(b"alice.secret@example.com" in body for body in receiver.raw)
+    unsafe = [s for s in queries if "dbperf_authors WHERE email" in _statement(s)]
+    assert unsafe and all(_statement(s).endswith("email = ?") for s in unsafe)
+
+    # 4. slow query: flagged, event, stacktrace with the app line; fast ones are not
+    slow = [s for s in queries if "sleep" in _statement(s)]
+    assert slow and all(s["attributes"][A.QUERY_SLOW] is True for s in slow)
+    event = next(e for e in slow[0]["events"] if e["name"] == A.EVENT_SLOW_QUERY)
+    assert event["attributes"][A.EVENT_DURATION_MS] >= 300
+    assert event["attributes"][A.EVENT_THRESHOLD_MS] == 100
+    stack = slow[0]["attributes"][A.CODE_STACKTRACE]
+    assert f'"{APP_FILE}", line {marker_line("flask_app.py", "slow")}' in stack
+    assert "site-packages" not in stack
+    fast = [s for s in queries if s not in slow]
+    assert all(s["attributes"][A.QUERY_SLOW] is False for s in fast)
+    assert not any(A.CODE_STACKTRACE in s["attributes"] for s in fast)
+    assert roots["/slow"]["attributes"][A.DB_SLOW_QUERY_COUNT] >= 1
+
+    # 5. every DB span is enriched; request spans carry resource samples
+    for s in queries:
+        a = s["attributes"]
+        assert len(a[A.QUERY_FINGERPRINT]) == 16 and a[A.DB_QUERY_SUMMARY] and a[A.CPU_TIME_MS] >= 0
+    for r in roots.values():
+        assert r["attributes"][A.MEMORY_RSS_BYTES] > 10_000_000
+        assert r["attributes"][A.CPU_TIME_MS] > 0
+
+
+def _fingerprint_in_new_process(receiver, db_url: str) -> str:  # type: ignore[no-untyped-def]
+    receiver.clear()
+    with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=db_url)) as srv:
+        assert get(srv["url"] + "/fingerprint")[0] == 200
+        spans = receiver.wait_for(lambda s: any("WHERE id = ?" in _statement(x) for x in s))
+    found = [s for s in spans if "WHERE id = ?" in _statement(s)]
+    # the SQLAlchemy span, and the sqlite3 DB-API span nested in it: both enriched alike
+    assert sorted(s["scope"] for s in found) == [
+        "opentelemetry.instrumentation.sqlalchemy",
+        "opentelemetry.instrumentation.sqlite3",
+    ]
+    assert {s["attributes"][A.CODE_LINE_NUMBER] for s in found} == {marker_line("flask_app.py", "fingerprint")}
+    (fingerprint,) = {s["attributes"][A.QUERY_FINGERPRINT] for s in found}
+    return str(fingerprint)
+
+
+def test_same_statement_same_fingerprint_in_two_processes(receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from models import seed
+
+    url = f"sqlite:///{tmp_path / 'fp.db'}"
+    seed(create_engine(url))
+    first = _fingerprint_in_new_process(receiver, url)
+    second = _fingerprint_in_new_process(receiver, url)
+    assert first == second and len(first) == 16
+
+
+def test_eight_threads_never_mix_rollups(receiver, pg_sync_url: str) -> None:  # type: ignore[no-untyped-def]
+    from models import seed
+
+    seed(create_engine(pg_sync_url))
+    env = base_env(receiver, APP_DB_URL=pg_sync_url)
+    with serve("gunicorn", APP, env, "-w", "1", "--threads", "8", "-k", "gthread") as srv:
+        errors: list[Any] = []
+
+        def client(tid: int) -> None:
+            for j in range(6):
+                k = (tid + j) % 7 + 1
+                status, _ = get(f"{srv['url']}/n/{k}")
+                if status != 200:
+                    errors.append(status)
+
+        threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        spans = receiver.wait_for(lambda s: len([r for r in _roots(s) if "/n/" in r["name"]]) >= 48)
+    roots = [r for r in _roots(spans) if r["attributes"].get("http.route") == "/n/<int:k>"]
+    assert len(roots) == 48
+    for r in roots:
+        k = int(str(r["attributes"].get("url.path")).rsplit("/", 1)[1])
+        assert r["attributes"][A.DB_QUERY_COUNT] == k, r["attributes"]
+        # each request's own DB spans are its children, and their number matches its roll-up
+        children = [s for s in _db_spans(spans) if s["trace_id"] == r["trace_id"] and _statement(s)]
+        assert len([s for s in children if s["scope"].endswith("sqlalchemy")]) == k, [
+            (s["scope"], _statement(s)) for s in children
+        ]
+
+
+def test_error_text_is_scrubbed(receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from models import seed
+
+    url = f"sqlite:///{tmp_path / 'err.db'}"
+    seed(create_engine(url))
+    with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=url)) as srv:
+        assert get(srv["url"] + "/fail")[0] == 500
+        receiver.wait_for(lambda s: any(r["attributes"].get("http.route") == "/fail" for r in _roots(s)))
+    assert not any(b"leak@example.com" in body for body in receiver.raw)

@@ -1,0 +1,254 @@
+"""The processor and exporter in-process, with real SQLite through SQLAlchemy."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from app_code import queries
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.pool import StaticPool
+
+from otel_dbperf import DbPerfSpanProcessor, Settings, _guard, _processor
+from otel_dbperf import attributes as A
+
+APP_CODE = Path(queries.__file__)
+
+
+def line_of(name: str) -> int:
+    for i, line in enumerate(APP_CODE.read_text().splitlines(), start=1):
+        if line.rstrip().endswith(f"# line: {name}"):
+            return i
+    raise LookupError(name)
+
+
+class Traced:
+    def __init__(self, settings: Settings, batch: bool = False, url: str | None = None) -> None:
+        self.memory = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.processor = DbPerfSpanProcessor(settings)
+        self.provider.add_span_processor(self.processor)
+        exporter = self.processor.wrap_exporter(self.memory)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("test")
+        self.engine = create_engine(url) if url else create_engine("sqlite://", poolclass=StaticPool)
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.create_function("dbperf_sleep", 1, lambda s: time.sleep(s) or 0)
+
+        with self.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT)"))
+            conn.execute(text("INSERT INTO authors VALUES (1, 'ann'), (2, 'bob')"))
+        instrumentor = SQLAlchemyInstrumentor()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+        instrumentor.instrument(engine=self.engine, tracer_provider=self.provider, skip_dep_check=True)
+
+    def spans(self) -> list[ReadableSpan]:
+        self.provider.force_flush()
+        return list(self.memory.get_finished_spans())
+
+    def db_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.attributes and A.QUERY_FINGERPRINT in s.attributes]
+
+
+def make(tmp_path: Path, **kw: Any) -> Traced:
+    kw.setdefault("app_paths", (str(APP_CODE.parent),))
+    return Traced(Settings(**kw))
+
+
+@pytest.fixture
+def traced(tmp_path: Path) -> Iterator[Traced]:
+    t = make(tmp_path)
+    yield t
+    t.provider.shutdown()
+
+
+def test_code_location_is_the_application_line(traced: Traced) -> None:
+    traced.memory.clear()
+    assert queries.deep_query(traced.engine, 15) == "ann"
+    (span,) = traced.db_spans()
+    a = span.attributes
+    assert a[A.CODE_FILE_PATH] == str(APP_CODE)
+    assert a[A.CODE_LINE_NUMBER] == line_of("point")
+    assert a[A.CODE_FUNCTION_NAME] == "point_query"
+    assert a[A.QUERY_SLOW] is False
+    assert a[A.DB_QUERY_SUMMARY] == "SELECT authors"
+    assert re.fullmatch(r"[0-9a-f]{16}", a[A.QUERY_FINGERPRINT])
+    assert a[A.CPU_TIME_MS] >= 0
+
+
+def test_slow_query_event_and_bounded_app_only_stacktrace(tmp_path: Path) -> None:
+    t = make(tmp_path, slow_query_threshold_ms=50, stacktrace_threshold_ms=100, stacktrace_max_frames=3)
+    queries.slow_query(t.engine, 0.01)
+    queries.slow_query(t.engine, 0.06)
+    queries.slow_query(t.engine, 0.12)
+    fast, slow_no_stack, slow = sorted(
+        (s for s in t.db_spans() if "dbperf_sleep" in str(s.attributes.get("db.statement"))),
+        key=lambda s: (s.end_time or 0) - (s.start_time or 0),
+    )
+    assert fast.attributes[A.QUERY_SLOW] is False and not fast.events
+    assert slow_no_stack.attributes[A.QUERY_SLOW] is True and A.CODE_STACKTRACE not in slow_no_stack.attributes
+    assert slow.attributes[A.QUERY_SLOW] is True
+    (event_,) = [e for e in slow.events if e.name == A.EVENT_SLOW_QUERY]
+    assert event_.attributes[A.EVENT_DURATION_MS] >= 120
+    assert event_.attributes[A.EVENT_THRESHOLD_MS] == 50
+    assert event_.attributes[A.CODE_LINE_NUMBER] == line_of("slow")
+    stack = slow.attributes[A.CODE_STACKTRACE]
+    assert f'"{APP_CODE}", line {line_of("slow")}, in slow_query' in stack
+    assert "site-packages" not in stack and "sqlalchemy" not in stack
+    assert stack.count('  File "') <= 3  # bounded
+
+
+def test_n_plus_one_on_the_request_span(traced: Traced) -> None:
+    traced.memory.clear()
+    with traced.tracer.start_as_current_span("GET /loop", kind=SpanKind.SERVER):
+        with traced.tracer.start_as_current_span("handler"):
+            queries.n_plus_one(traced.engine, 7)
+        queries.slow_query(traced.engine, 0.0)
+    spans = traced.spans()
+    (root,) = [s for s in spans if s.name == "GET /loop"]
+    a = root.attributes
+    assert a[A.DB_QUERY_COUNT] == 8
+    assert a[A.N_PLUS_ONE_DETECTED] is True
+    assert a[A.N_PLUS_ONE_REPEAT_COUNT] == 7  # literals differ, the fingerprint does not
+    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_CODE}:{line_of('loop')}"
+    assert a[A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT authors"
+    assert a[A.DB_SLOW_QUERY_COUNT] == 0 and a[A.DB_DURATION_MS] > 0
+    assert a[A.MEMORY_RSS_BYTES] > 0 and A.MEMORY_RSS_DELTA_BYTES in a and a[A.CPU_TIME_MS] > 0
+    loop = [s for s in spans if s.attributes.get(A.CODE_LINE_NUMBER) == line_of("loop")]
+    assert [bool(s.attributes.get(A.N_PLUS_ONE)) for s in loop] == [False] * 4 + [True] * 3
+    statements = {s.attributes["db.statement"] for s in loop}
+    assert statements == {"SELECT name FROM authors WHERE id = ?"}
+
+
+def test_below_threshold_is_no_n_plus_one(traced: Traced) -> None:
+    traced.memory.clear()
+    with traced.tracer.start_as_current_span("GET /few", kind=SpanKind.SERVER):
+        queries.n_plus_one(traced.engine, 4)
+    (root,) = [s for s in traced.spans() if s.name == "GET /few"]
+    assert root.attributes[A.N_PLUS_ONE_DETECTED] is False
+    assert A.N_PLUS_ONE_FINGERPRINT not in root.attributes
+
+
+def test_eight_threads_keep_their_own_rollups(tmp_path: Path) -> None:
+    t = Traced(Settings(app_paths=(str(APP_CODE.parent),)), batch=True, url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for _ in range(5):
+                with t.tracer.start_as_current_span(f"req {k}", kind=SpanKind.SERVER):
+                    for _ in range(k):
+                        queries.point_query(t.engine, 1)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(1, 9)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    roots = [s for s in t.spans() if s.name.startswith("req ")]
+    assert len(roots) == 40
+    for r in roots:
+        k = int(r.name.split()[1])
+        assert r.attributes[A.DB_QUERY_COUNT] == k
+        assert r.attributes[A.N_PLUS_ONE_DETECTED] is (k >= 5)
+
+
+def test_disabled_features_and_raw_statements(tmp_path: Path) -> None:
+    t = make(tmp_path, code_location=False, sanitize_statements=False, resource_samples=False)
+    with t.tracer.start_as_current_span("GET /", kind=SpanKind.SERVER):
+        queries.n_plus_one(t.engine, 1)
+    spans = t.spans()
+    (db,) = [s for s in spans if A.QUERY_FINGERPRINT in (s.attributes or {})]
+    assert db.attributes["db.statement"] == "SELECT name FROM authors WHERE id = 0"
+    assert A.CODE_FILE_PATH not in db.attributes
+    (root,) = [s for s in spans if s.name == "GET /"]
+    assert A.MEMORY_RSS_BYTES not in root.attributes and root.attributes[A.DB_QUERY_COUNT] == 1
+
+
+def test_statement_is_bounded(tmp_path: Path) -> None:
+    t = make(tmp_path, statement_max_length=64)
+    with t.engine.connect() as conn:
+        conn.execute(text("SELECT name FROM authors WHERE " + " OR ".join(f"id = {i}" for i in range(200)))).all()
+    (db,) = t.db_spans()
+    assert len(db.attributes["db.statement"]) <= 64
+
+
+def test_failing_enrichment_fails_loudly_under_pytest(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_: Any) -> Any:
+        raise RuntimeError("deliberate")
+
+    monkeypatch.setattr(traced.processor._app, "first_app_frame", boom)
+    with pytest.raises(RuntimeError, match="deliberate"):
+        queries.point_query(traced.engine, 1)
+
+
+def test_failing_enrichment_never_reaches_the_app(
+    traced: Traced, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(*_: Any) -> Any:
+        raise RuntimeError("deliberate")
+
+    _guard.RERAISE = False
+    before = _guard.errors
+    monkeypatch.setattr(traced.processor._app, "first_app_frame", boom)  # request-thread step
+    monkeypatch.setattr(_processor, "analyze", boom)  # export-thread step
+    monkeypatch.setattr(_processor, "thread_time_ns", boom)  # on_start step
+    traced.memory.clear()
+    with traced.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
+        results = [queries.point_query(traced.engine, i) for i in (1, 2, 1)]
+    assert results == ["ann", "bob", "ann"]  # the app's results are unchanged
+    assert _guard.errors > before
+    assert "internal error" in caplog.text
+    assert len([s for s in traced.spans() if s.name == "GET /x"]) == 1  # spans still exported
+
+
+def test_request_state_is_bounded(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_processor, "_MAX_QUERIES_PER_REQUEST", 6)
+    traced.memory.clear()
+    with traced.tracer.start_as_current_span("GET /many", kind=SpanKind.SERVER):
+        queries.n_plus_one(traced.engine, 10)
+        queries.slow_query(traced.engine, 0.0)
+    (root,) = [s for s in traced.spans() if s.name == "GET /many"]
+    assert root.attributes[A.DB_QUERY_COUNT] == 11  # totals stay exact past the cap
+    assert root.attributes[A.N_PLUS_ONE_REPEAT_COUNT] == 6  # the analysis sees the capped records
+    assert traced.processor._open == {} and traced.processor._done == {}
+
+
+def test_two_exporters_both_get_enriched_spans(tmp_path: Path) -> None:
+    settings = Settings(app_paths=(str(APP_CODE.parent),))
+    t = Traced(settings)
+    second = InMemorySpanExporter()
+    t.provider.add_span_processor(SimpleSpanProcessor(t.processor.wrap_exporter(second)))
+    with t.tracer.start_as_current_span("GET /two", kind=SpanKind.SERVER):
+        queries.n_plus_one(t.engine, 5)
+    for exporter in (t.memory, second):
+        spans = exporter.get_finished_spans()
+        (root,) = [s for s in spans if s.name == "GET /two"]
+        assert root.attributes[A.N_PLUS_ONE_DETECTED] is True
+        db = [s for s in spans if s.attributes.get(A.CODE_LINE_NUMBER) == line_of("loop")]
+        assert len(db) == 5 and all(s.attributes["db.statement"].endswith("id = ?") for s in db)
+    assert t.processor._done == {}
+
+
+def test_pending_tables_are_bounded(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_processor, "_MAX_PENDING", 50)
+    spans = [traced.tracer.start_span(f"never ended {i}") for i in range(500)]
+    assert len(traced.processor._open) <= 50
+    for span in spans:
+        span.end()
