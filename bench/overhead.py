@@ -8,13 +8,16 @@ issued ~20 frames deep, 10 queries per request span. Vanilla and otel-dbperf
 share one engine and instrumentation; only the span processors differ.
 
 - request thread: CPU time of the thread that issues the queries;
-- total: process CPU time including the BatchSpanProcessor export thread (each
-  round ends with force_flush, so the export-side work of the round is in it).
+- total: process CPU time including the BatchSpanProcessor export thread; each
+  round ends with force_flush, so the export-side work of the round is in it. The
+  exporter drops the spans (otel-dbperf's own work only), or with --encode encodes
+  them to OTLP protobuf as the OTLP exporter does, without sending (then the cost
+  of encoding the attributes otel-dbperf adds is in the figure too).
 
 Ratios (design.md section 6): (otel-dbperf - vanilla) / (vanilla - uninstrumented);
 budget <= 0.10 on the request thread, <= 0.30 in total.
 
-    python bench/overhead.py [--rounds 300] [--block 200]
+    python bench/overhead.py [--rounds 300] [--block 200] [--encode]
     python bench/overhead.py --memory 1000000 --distinct 100000
 """
 
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -45,11 +49,20 @@ DEPTH = 20
 
 
 class NullExporter(SpanExporter):
-    def __init__(self) -> None:
-        self.count = 0
+    """Drops the spans: the export-side figure is then otel-dbperf's own work only."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.count += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+class EncodingExporter(SpanExporter):
+    """What the OTLP exporter does on the export thread, minus the network: encode to protobuf."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.bytes += len(encode_spans(spans).SerializeToString())
         return SpanExportResult.SUCCESS
 
 
@@ -121,7 +134,7 @@ class Variant:
         self.total_ns.append((proc1 - proc0) / n)
 
 
-def build() -> tuple[Variant, Variant, Variant]:
+def build(exporter: type[SpanExporter] = NullExporter) -> tuple[Variant, Variant, Variant]:
     here = os.path.dirname(os.path.abspath(__file__))
     settings = Settings(app_paths=(here,))
     provider = TracerProvider()
@@ -129,13 +142,13 @@ def build() -> tuple[Variant, Variant, Variant]:
     dbperf = DbPerfSpanProcessor(settings)
     return (
         Variant("uninstrumented", make_engine()),
-        Variant("vanilla contrib", engine, provider, (BatchSpanProcessor(NullExporter()),)),
-        Variant("otel-dbperf", engine, provider, (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(NullExporter())))),
+        Variant("vanilla contrib", engine, provider, (BatchSpanProcessor(exporter()),)),
+        Variant("otel-dbperf", engine, provider, (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(exporter())))),
     )
 
 
-def overhead(rounds: int, block: int) -> int:
-    variants = build()
+def overhead(rounds: int, block: int, encode: bool) -> int:
+    variants = build(EncodingExporter if encode else NullExporter)
     uninst, vanilla, ours = variants
     for v in variants:  # warm-up: caches, imports, first connect
         v.run(1000)
@@ -154,6 +167,11 @@ def overhead(rounds: int, block: int) -> int:
     print(
         f"python {sys.version.split()[0]}; {rounds} rounds, each running every variant for {block} queries "
         f"in random order; SQLite in-memory point SELECT {DEPTH} frames deep, {QUERIES_PER_REQUEST} per request span"
+    )
+    print(
+        "exporter: OTLP protobuf encoding, not sent (export side includes encoding the added attributes)"
+        if encode
+        else "exporter: null (export side is otel-dbperf's own enrichment work only)"
     )
     print(f"{'variant':<18}{'request thread us/query':>26}{'total CPU us/query':>22}   (medians)")
     for v in variants:
@@ -190,12 +208,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--block", type=int, default=200, help="queries per variant per round")
+    parser.add_argument("--encode", action="store_true", help="encode spans to OTLP protobuf on the export side")
     parser.add_argument("--memory", type=int, default=0, help="run the memory-bound check with this many queries")
     parser.add_argument("--distinct", type=int, default=100_000)
     args = parser.parse_args()
     if args.memory:
         return memory(args.memory, args.distinct)
-    return overhead(args.rounds, args.block)
+    return overhead(args.rounds, args.block, args.encode)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,14 @@ state = {"configured": False}
 @lru_cache(maxsize=1)
 def current_settings() -> Settings:
     """The process's settings, parsed once (so each bad value warns once)."""
-    return Settings.from_env()
+    settings = Settings.from_env()
+    if settings.log_level and not _log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(settings.log_level)
+        _log.propagate = False
+    return settings
 
 
 def sdk_kwargs(settings: Settings) -> dict[str, Any]:

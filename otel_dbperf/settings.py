@@ -46,6 +46,16 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _parse_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in _LEVELS:
+        raise ValueError("expected one of " + ", ".join(_LEVELS))
+    return value
+
+
 def _parse_paths(raw: str) -> tuple[str, ...]:
     paths = tuple(os.path.abspath(p.strip()) for p in raw.split(",") if p.strip())
     if not paths:
@@ -80,6 +90,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_bool, True, "true"),
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
     _Var("DBPERF_SQLCOMMENTER", "sqlcommenter", _parse_bool, False, "false"),
+    _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
 )
 
 
@@ -99,6 +110,7 @@ class Settings:
     resource_samples: bool = True
     explain: bool = False
     sqlcommenter: bool = False
+    log_level: str = ""
 
     def __post_init__(self) -> None:
         if not self.app_paths:

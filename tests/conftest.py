@@ -57,6 +57,11 @@ def pg_sync_url(pg_user: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def pg_dsn(pg_user: str) -> str:
+    return f"host={PG_HOST} port={PG_PORT} dbname={PG_DB} user={pg_user}"
+
+
+@pytest.fixture(scope="session")
 def pg_async_url(pg_user: str) -> str:
     return f"postgresql+asyncpg://{pg_user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
 

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import APPS, BIN, base_env, marker_line
 
 from otel_dbperf import attributes as A
@@ -126,3 +127,37 @@ def test_launcher_selects_our_distro_even_with_opentelemetry_distro_installed() 
         check=True,
     ).stdout.split()
     assert out == ["otel_dbperf", "otel_dbperf"]
+
+
+def test_effective_configuration_is_logged_once_with_secrets_masked(receiver: Any, tmp_path: Path) -> None:
+    _, stderr, _ = run(
+        receiver,
+        tmp_path,
+        DBPERF_LOG_LEVEL="DEBUG",
+        OTEL_EXPORTER_OTLP_HEADERS="authorization=Bearer s3cret-token",
+        OTEL_RESOURCE_ATTRIBUTES="db.url=postgresql://app:hunter2@db:5432/prod",
+    )
+    lines = [line for line in stderr.splitlines() if "effective configuration" in line]
+    assert len(lines) == 1, stderr
+    assert "slow_query_threshold_ms=100.0" in lines[0] and "postgresql://app:***@db:5432/prod" in lines[0]
+    assert "s3cret" not in stderr and "hunter2" not in stderr
+
+
+@pytest.mark.parametrize("driver", ["sqlite3", "psycopg", "psycopg2"])
+def test_dbapi_clients_are_enriched_alike(receiver: Any, tmp_path: Path, driver: str, request: Any) -> None:
+    target = str(tmp_path / "d.db") if driver == "sqlite3" else request.getfixturevalue("pg_dsn")
+    cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "dbapi_app.py", driver, target]
+    proc = subprocess.run(cmd, cwd=APPS, env=base_env(receiver), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    spans = receiver.wait_for(lambda s: any(x["name"] == "GET /dbapi" for x in s))
+    line = marker_line("dbapi_app.py", "dbapi_loop")
+    loop = [s for s in spans if s["attributes"].get(A.CODE_LINE_NUMBER) == line]
+    assert len(loop) == 6, [(s["scope"], s["attributes"]) for s in spans]
+    assert {s["attributes"][A.CODE_FILE_PATH] for s in loop} == {str(APPS / "dbapi_app.py")}
+    assert len({s["attributes"][A.QUERY_FINGERPRINT] for s in loop}) == 1
+    assert all(s["attributes"]["db.query.text"] == "SELECT owner FROM dbapi_items WHERE owner = ?" for s in loop)
+    assert not any(b"@example.com" in body for body in receiver.raw)
+    (root,) = [s for s in spans if s["name"] == "GET /dbapi"]
+    assert root["attributes"][A.N_PLUS_ONE_DETECTED] is True
+    assert root["attributes"][A.N_PLUS_ONE_REPEAT_COUNT] == 6
+    assert root["attributes"][A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT dbapi_items"
