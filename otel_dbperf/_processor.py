@@ -3,8 +3,9 @@
 Request thread, per DB span: a CPU-clock read at start; at end a CPU-clock read,
 the slow flag, one cached frame walk, and an append to the request's state.
 Everything costlier (sanitizing, fingerprints, N+1 verdicts, new attributes)
-happens on the export thread in :class:`EnrichingSpanExporter`, which rebuilds
-each enriched span as a new ``ReadableSpan``.
+happens on the export thread in :class:`EnrichingSpanExporter`, which gives the
+exporter the span with the new attributes (the ``ReadableSpan`` snapshot made for
+``on_end`` is updated in place when there is one exporter, copied when several).
 
 State lives in dicts keyed by span id, never on the span objects: adding an
 attribute to an SDK span object changes its instance layout and makes every
@@ -111,10 +112,10 @@ class DbPerfSpanProcessor(SpanProcessor):
         try:
             span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
             open_ = self._open
+            if len(open_) >= _MAX_PENDING:
+                _trim(open_)
             parent = span._parent  # noqa: SLF001
             if parent is None or parent[2]:  # a local root
-                if len(open_) >= _MAX_PENDING:
-                    _trim(open_)
                 if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
                     open_[span_id] = (thread_time_ns(), None, False)
                 elif self._resources:
