@@ -17,7 +17,8 @@ share one engine and instrumentation; only the span processors differ.
 Ratios (design.md section 6): (otel-dbperf - vanilla) / (vanilla - uninstrumented);
 budget <= 0.10 on the request thread, <= 0.30 in total.
 
-    python bench/overhead.py [--rounds 300] [--block 200] [--encode]
+    python bench/overhead.py [--rounds 300] [--block 200] [--encode] [--no-resource-samples]
+    python bench/overhead.py --instructions        # callgrind instruction counts (needs valgrind)
     python bench/overhead.py --memory 1000000 --distinct 100000
 """
 
@@ -134,9 +135,11 @@ class Variant:
         self.total_ns.append((proc1 - proc0) / n)
 
 
-def build(exporter: type[SpanExporter] = NullExporter) -> tuple[Variant, Variant, Variant]:
+def build(
+    exporter: type[SpanExporter] = NullExporter, resource_samples: bool = True
+) -> tuple[Variant, Variant, Variant]:
     here = os.path.dirname(os.path.abspath(__file__))
-    settings = Settings(app_paths=(here,))
+    settings = Settings(app_paths=(here,), resource_samples=resource_samples)
     provider = TracerProvider()
     engine = traced(provider)
     dbperf = DbPerfSpanProcessor(settings)
@@ -147,8 +150,8 @@ def build(exporter: type[SpanExporter] = NullExporter) -> tuple[Variant, Variant
     )
 
 
-def overhead(rounds: int, block: int, encode: bool) -> int:
-    variants = build(EncodingExporter if encode else NullExporter)
+def overhead(rounds: int, block: int, encode: bool, resource_samples: bool) -> int:
+    variants = build(EncodingExporter if encode else NullExporter, resource_samples)
     uninst, vanilla, ours = variants
     for v in variants:  # warm-up: caches, imports, first connect
         v.run(1000)
@@ -168,6 +171,7 @@ def overhead(rounds: int, block: int, encode: bool) -> int:
         f"python {sys.version.split()[0]}; {rounds} rounds, each running every variant for {block} queries "
         f"in random order; SQLite in-memory point SELECT {DEPTH} frames deep, {QUERIES_PER_REQUEST} per request span"
     )
+    print("otel-dbperf settings: defaults" + ("" if resource_samples else " except DBPERF_RESOURCE_SAMPLES=false"))
     print(
         "exporter: OTLP protobuf encoding, not sent (export side includes encoding the added attributes)"
         if encode
@@ -204,17 +208,82 @@ def memory(queries: int, distinct: int) -> int:
     return 0
 
 
+def _instructions_child(variant: str, n: int) -> int:
+    """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
+    uninst, vanilla, ours = build()
+    if variant == "otel-dbperf request thread":  # the processor, with a plain (non-enriching) exporter
+        dbperf = DbPerfSpanProcessor(ours.processors[0].settings)
+        ours.processors = (dbperf, BatchSpanProcessor(NullExporter()))
+    chosen = {"uninstrumented": uninst, "vanilla contrib": vanilla}.get(variant, ours)
+    chosen.run(500)
+    if n:
+        chosen.run(n)
+    return 0
+
+
+def instructions(n: int) -> int:
+    """Instructions per query counted by callgrind: deterministic, whatever the machine's load."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("valgrind"):
+        print("valgrind not found (apt-get install valgrind)")
+        return 1
+    counts: dict[str, float] = {}
+    variants = ["uninstrumented", "vanilla contrib", "otel-dbperf request thread", "otel-dbperf"]
+    for variant in variants:
+        totals = []
+        for queries in (0, n):
+            out = subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--callgrind-out-file=/dev/null",
+                    sys.executable,
+                    __file__,
+                    "--instructions-child",
+                    variant,
+                    "--queries",
+                    str(queries),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stderr
+            totals.append(int(out.split("Collected : ")[1].split()[0]))
+        counts[variant] = (totals[1] - totals[0]) / n
+        print(f"{variant:<28}{counts[variant]:>12,.0f} instructions/query")
+    vanilla = counts["vanilla contrib"] - counts["uninstrumented"]
+    request = counts["otel-dbperf request thread"] - counts["vanilla contrib"]
+    total = counts["otel-dbperf"] - counts["vanilla contrib"]
+    print(
+        f"vanilla tracing adds {vanilla:,.0f}; otel-dbperf adds {request:,.0f} on the request thread "
+        f"({request / vanilla:.3f}) and {total:,.0f} in total ({total / vanilla:.3f})"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--block", type=int, default=200, help="queries per variant per round")
     parser.add_argument("--encode", action="store_true", help="encode spans to OTLP protobuf on the export side")
+    parser.add_argument(
+        "--no-resource-samples", action="store_true", help="otel-dbperf with DBPERF_RESOURCE_SAMPLES=false"
+    )
+    parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind instead")
+    parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
+    parser.add_argument("--queries", type=int, default=3000, help="with --instructions: queries per variant")
     parser.add_argument("--memory", type=int, default=0, help="run the memory-bound check with this many queries")
     parser.add_argument("--distinct", type=int, default=100_000)
     args = parser.parse_args()
+    if args.instructions_child:
+        return _instructions_child(args.instructions_child, args.queries)
+    if args.instructions:
+        return instructions(args.queries)
     if args.memory:
         return memory(args.memory, args.distinct)
-    return overhead(args.rounds, args.block, args.encode)
+    return overhead(args.rounds, args.block, args.encode, not args.no_resource_samples)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ _EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
 
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
-# (cpu_ns, duration_ns, slow, statement, location, stacktrace, request)
+# (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request)
 _CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ = range(7)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
@@ -117,7 +117,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             parent = span._parent  # noqa: SLF001
             if parent is None or parent[2]:  # a local root
                 if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
-                    open_[span_id] = (thread_time_ns(), None, False)
+                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False)
                 elif self._resources:
                     open_[span_id] = _Request(span_id, thread_time_ns(), rss_bytes())
                 else:
@@ -126,7 +126,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             entry = open_.get(parent[1])
             if entry is None:
                 if span._kind is _CLIENT:  # noqa: SLF001
-                    open_[span_id] = (thread_time_ns(), None, False)
+                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False)
                 return
             request = entry if entry.__class__ is _Request else entry[1]
             if span._kind is _CLIENT:  # noqa: SLF001
@@ -136,7 +136,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if scope is not None and scope.name == _ORM_SCOPE:
                         orm = True
                         request.open_orm += 1
-                open_[span_id] = (thread_time_ns(), request, orm)
+                open_[span_id] = (thread_time_ns() if self._resources else 0, request, orm)
             elif request is not None:
                 open_[span_id] = request
         except Exception as exc:  # noqa: BLE001
@@ -155,7 +155,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                         entry.rss = rss_bytes()
                     self._publish(span_id, entry)
                 return
-            cpu_ns = thread_time_ns() - entry[0]
+            cpu_ns = thread_time_ns() - entry[0] if self._resources else -1
             request = entry[1]
             if entry[2]:
                 request.open_orm -= 1
@@ -288,7 +288,8 @@ class EnrichingSpanExporter(SpanExporter):
                 attrs[A.DB_QUERY_SUMMARY] = analysis.summary
         slow = record[_SLOW]
         attrs[A.QUERY_SLOW] = slow
-        attrs[A.CPU_TIME_MS] = record[_CPU] / 1e6
+        if record[_CPU] >= 0:
+            attrs[A.CPU_TIME_MS] = record[_CPU] / 1e6
         location = record[_LOC]
         if location is not None:
             attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location

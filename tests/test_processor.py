@@ -177,8 +177,10 @@ def test_disabled_features_and_raw_statements(tmp_path: Path) -> None:
     (db,) = [s for s in spans if A.QUERY_FINGERPRINT in (s.attributes or {})]
     assert db.attributes["db.statement"] == "SELECT name FROM authors WHERE id = 0"
     assert A.CODE_FILE_PATH not in db.attributes
+    assert A.CPU_TIME_MS not in db.attributes
     (root,) = [s for s in spans if s.name == "GET /"]
     assert A.MEMORY_RSS_BYTES not in root.attributes and root.attributes[A.DB_QUERY_COUNT] == 1
+    assert A.CPU_TIME_MS not in root.attributes
 
 
 def test_statement_is_bounded(tmp_path: Path) -> None:
