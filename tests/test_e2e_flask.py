@@ -110,9 +110,9 @@ def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:
         assert r["attributes"][A.CPU_TIME_MS] > 0
 
 
-def _fingerprint_in_new_process(receiver, db_url: str) -> str:  # type: ignore[no-untyped-def]
+def _fingerprint_in_new_process(receiver, db_url: str, workers: str) -> str:  # type: ignore[no-untyped-def]
     receiver.clear()
-    with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=db_url)) as srv:
+    with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=db_url), "-w", workers) as srv:
         assert get(srv["url"] + "/fingerprint")[0] == 200
         spans = receiver.wait_for(lambda s: any("WHERE id = ?" in _statement(x) for x in s))
     found = [s for s in spans if "WHERE id = ?" in _statement(s)]
@@ -131,8 +131,8 @@ def test_same_statement_same_fingerprint_in_two_processes(receiver, tmp_path: Pa
 
     url = f"sqlite:///{tmp_path / 'fp.db'}"
     seed(create_engine(url))
-    first = _fingerprint_in_new_process(receiver, url)
-    second = _fingerprint_in_new_process(receiver, url)
+    first = _fingerprint_in_new_process(receiver, url, "1")
+    second = _fingerprint_in_new_process(receiver, url, "2")  # pre-fork workers: configured before fork
     assert first == second and len(first) == 16
 
 
