@@ -186,21 +186,60 @@ def analyze(statement: str, max_length: int = 4096) -> Analysis:
     return _analyze(statement, max_length)
 
 
-_PARAMS_BLOCK = re.compile(r"\[parameters: .*?\](?=\s*(?:\(Background on this error|\Z))", re.DOTALL)
-_SQL_BLOCK = re.compile(r"\[SQL: (?P<sql>.*?)\](?=\s*(?:\[parameters:|\(Background on this error|\Z))", re.DOTALL)
-_DETAIL = re.compile(
-    r"(DETAIL:\s+Key \(.*?\)=)\(.*?\)( already exists| is not present| is still referenced)", re.DOTALL
-)
+_BACKGROUND = "\n(Background on this error"
+_MAX_BLOCKS = 16  # SQLAlchemy writes one [SQL: ...] and one [parameters: ...] block per message
+# PostgreSQL quotes the statement ("LINE 1: ...", "QUERY:  ...") and row values in DETAIL lines;
+# MySQL/MariaDB quote the duplicate value.
+_PG_SQL_LINE = re.compile(r"^(?P<head>(?:LINE \d+|QUERY|STATEMENT):\s*)(?P<sql>.*)$", re.MULTILINE)
+_PG_KEY_VALUES = re.compile(r"(Key \((?:[^()\n]|\([^()\n]*\))*\))=\((?:[^()\n]|\([^()\n]*\))*\)")
+_PG_FAILING_ROW = re.compile(r"(Failing row contains )\(.*\)")
+_MYSQL_DUPLICATE = re.compile(r"(Duplicate entry )'(?:[^'\\]|\\.)*'")
+
+
+def _scrub_sqlalchemy_blocks(text: str) -> str:
+    """SQLAlchemy's "[SQL: ...]" (sanitized) and "[parameters: ...]" (dropped) blocks, in linear time."""
+    out: list[str] = []
+    pos = 0
+    for _ in range(_MAX_BLOCKS):
+        sql_at = text.find("[SQL: ", pos)
+        params_at = text.find("[parameters: ", pos)
+        starts = [i for i in (sql_at, params_at) if i >= 0]
+        if not starts:
+            break
+        start = min(starts)
+        out.append(text[pos:start])
+        if start == sql_at:
+            end = min(
+                (i for i in (text.find("\n[parameters: ", start), text.find(_BACKGROUND, start)) if i >= 0),
+                default=len(text),
+            )
+            body = text[start + 6 : end].rstrip()
+            body = body[:-1] if body.endswith("]") else body
+            out.append("[SQL: " + analyze(body).sanitized + "]")
+        else:
+            end = text.find(_BACKGROUND, start)
+            end = len(text) if end < 0 else end
+            out.append("[parameters: redacted]")
+        pos = end
+    rest = text[pos:]
+    if "[SQL: " in rest or "[parameters: " in rest:
+        rest = " [truncated by otel-dbperf]"  # more blocks than any real message has
+    out.append(rest)
+    return "".join(out)
 
 
 def scrub_error_text(text: str) -> str:
-    """Remove parameter values from a database error message (SQLAlchemy and PostgreSQL styles)."""
+    """Remove parameter values and literals from a database error message."""
     if len(text) > _MAX_SCAN:
         text = text[:_MAX_SCAN]
-    if "[parameters:" in text:
-        text = _PARAMS_BLOCK.sub("[parameters: redacted]", text)
-    if "[SQL: " in text:
-        text = _SQL_BLOCK.sub(lambda m: "[SQL: " + analyze(m["sql"]).sanitized + "]", text)
-    if "DETAIL:" in text:
-        text = _DETAIL.sub(r"\1(?)\2", text)
+    if "[SQL: " in text or "[parameters: " in text:
+        text = _scrub_sqlalchemy_blocks(text)
+    if ":" in text:
+        text = _PG_SQL_LINE.sub(lambda m: m["head"] + analyze(m["sql"]).sanitized, text)
+    if "Key (" in text:
+        text = _PG_KEY_VALUES.sub(r"\1=(?)", text)
+    if "Failing row contains" in text:
+        text = _PG_FAILING_ROW.sub(r"\1(?)", text)
+    if "Duplicate entry" in text:
+        text = _MYSQL_DUPLICATE.sub(r"\1'?'", text)
     return text

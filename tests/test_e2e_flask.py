@@ -170,12 +170,30 @@ def test_eight_threads_never_mix_rollups(receiver, pg_sync_url: str) -> None:  #
         ]
 
 
-def test_error_text_is_scrubbed(receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from models import seed
-
-    url = f"sqlite:///{tmp_path / 'err.db'}"
-    seed(create_engine(url))
-    with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=url)) as srv:
+def test_failed_queries_are_enriched_and_their_errors_scrubbed(receiver, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=db_url)) as srv:
         assert get(srv["url"] + "/fail")[0] == 500
-        receiver.wait_for(lambda s: any(r["attributes"].get("http.route") == "/fail" for r in _roots(s)))
+        assert get(srv["url"] + "/duplicate")[0] == 500
+        spans = receiver.wait_for(
+            lambda s: (
+                len(
+                    [
+                        r
+                        for r in _roots(s)
+                        if r["attributes"].get("http.status_code", r["attributes"].get("http.response.status_code"))
+                        == 500
+                    ]
+                )
+                >= 2
+            )
+        )
     assert not any(b"leak@example.com" in body for body in receiver.raw)
+    assert not any(b"dup-secret@example.org" in body for body in receiver.raw)
+    failed = [s for s in _db_spans(spans) if s["status"]["code"] == 2 and s["scope"].endswith("sqlalchemy")]
+    assert len(failed) == 2, [s["status"] for s in _db_spans(spans)]
+    for span in failed:  # enriched like any other DB span
+        a = span["attributes"]
+        assert a[A.CODE_FILE_PATH] == APP_FILE and len(a[A.QUERY_FINGERPRINT]) == 16 and a[A.QUERY_SLOW] is False
+    if "postgresql" in db_url:  # PostgreSQL names the duplicate key's value: it is masked
+        (dup,) = [s for s in failed if "dbperf_authors" in _statement(s)]
+        assert "Key (id)=(?) already exists" in dup["status"]["message"]

@@ -77,3 +77,11 @@ def fail():  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         conn.execute(text(f"SELECT * FROM no_such_table WHERE email = '{email}'"))
     return "unreachable"
+
+
+@app.get("/duplicate")
+def duplicate():  # type: ignore[no-untyped-def]
+    secret = "@".join(["dup-secret", "example.org"])  # a runtime value
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO dbperf_authors (id, name, email) VALUES (1, 'x', :email)"), {"email": secret})
+    return "unreachable"
