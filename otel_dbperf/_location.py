@@ -1,7 +1,7 @@
 """Which frames are application code, and the first one that issued a query.
 
 A frame walk with ``sys._getframe`` costs a few microseconds; the verdict per
-code object is cached. Under async SQLAlchemy the query runs in a child
+file name is cached. Under async SQLAlchemy the query runs in a child
 greenlet, so the walk continues into the parent greenlet's suspended frames.
 """
 
