@@ -18,6 +18,7 @@ Ratios (design.md section 6): (otel-dbperf - vanilla) / (vanilla - uninstrumente
 budget <= 0.10 on the request thread, <= 0.30 in total.
 
     python bench/overhead.py [--rounds 300] [--block 200] [--encode] [--no-resource-samples]
+    python bench/overhead.py --breakdown           # empty processor, CPU clocks alone, frame walk alone
     python bench/overhead.py --instructions        # callgrind instruction counts (needs valgrind)
     python bench/overhead.py --memory 1000000 --distinct 100000
 """
@@ -36,13 +37,14 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf._location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
 
 QUERIES_PER_REQUEST = 10
@@ -208,6 +210,64 @@ def memory(queries: int, distinct: int) -> int:
     return 0
 
 
+class _EmptyProcessor(SpanProcessor):
+    """A processor that does nothing: the cost of being called."""
+
+
+class _ClocksProcessor(SpanProcessor):
+    """Only the two thread-CPU clock reads that dbperf.cpu.time_ms needs."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        time.thread_time_ns()
+
+    def _on_ending(self, span: Any) -> None:
+        time.thread_time_ns()
+
+
+class _WalkProcessor(SpanProcessor):
+    """Only the frame walk to the application frame that code.* needs."""
+
+    def __init__(self) -> None:
+        self._app = AppCode((os.path.dirname(os.path.abspath(__file__)),))
+
+    def _on_ending(self, span: Any) -> None:
+        found = self._app.first_app_frame(sys._getframe(3))
+        if found is not None:
+            location_of(found)
+
+
+def breakdown(rounds: int, block: int) -> int:
+    """Each piece of the request-thread cost alone, against vanilla, paired as in the default mode."""
+    uninst, vanilla, ours = build()
+
+    def alone(name: str, processor: SpanProcessor) -> Variant:
+        return Variant(name, vanilla.engine, vanilla.provider, (processor, BatchSpanProcessor(NullExporter())))
+
+    variants = [
+        uninst,
+        vanilla,
+        alone("empty processor", _EmptyProcessor()),
+        alone("CPU clocks only", _ClocksProcessor()),
+        alone("frame walk only", _WalkProcessor()),
+        ours,
+    ]
+    for v in variants:
+        v.run(1000)
+        v.thread_ns.clear()
+        v.total_ns.clear()
+    for _ in range(rounds):
+        order = list(variants)
+        random.shuffle(order)
+        for v in order:
+            v.run(block)
+    base = statistics.median(a - b for a, b in zip(vanilla.thread_ns, uninst.thread_ns, strict=True)) / 1000
+    print(f"request thread, paired medians over {rounds} rounds; vanilla tracing adds {base:.2f} us/query")
+    for v in variants[2:]:
+        extra = statistics.median(a - b for a, b in zip(v.thread_ns, vanilla.thread_ns, strict=True)) / 1000
+        print(f"  {v.name:<18} +{extra:6.2f} us/query  ({extra / base:.3f} of vanilla)")
+    return 0
+
+
 def _instructions_child(variant: str, n: int) -> int:
     """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
     uninst, vanilla, ours = build()
@@ -271,6 +331,7 @@ def main() -> int:
     parser.add_argument(
         "--no-resource-samples", action="store_true", help="otel-dbperf with DBPERF_RESOURCE_SAMPLES=false"
     )
+    parser.add_argument("--breakdown", action="store_true", help="the request-thread cost piece by piece")
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind instead")
     parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, default=3000, help="with --instructions: queries per variant")
@@ -281,6 +342,8 @@ def main() -> int:
         return _instructions_child(args.instructions_child, args.queries)
     if args.instructions:
         return instructions(args.queries)
+    if args.breakdown:
+        return breakdown(args.rounds, args.block)
     if args.memory:
         return memory(args.memory, args.distinct)
     return overhead(args.rounds, args.block, args.encode, not args.no_resource_samples)
