@@ -42,8 +42,9 @@ _EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
 
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
-# (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request)
-_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ = range(7)
+# (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
+#  nested: a driver-level span inside an ORM-level one, which is not counted twice)
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED = range(8)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
 
@@ -175,8 +176,9 @@ class DbPerfSpanProcessor(SpanProcessor):
                     location = location_of(found)
                     if slow and duration >= self._stack_ns:
                         stack = app.stacktrace(frame, self.settings.stacktrace_max_frames)
-            record = (cpu_ns, duration, slow, statement, location, stack, request)
-            if request is not None and statement is not None and (entry[2] or request.open_orm <= 0):
+            nested = request is not None and not entry[2] and request.open_orm > 0
+            record = (cpu_ns, duration, slow, statement, location, stack, request, nested)
+            if request is not None and statement is not None and not nested:
                 if len(request.records) < _MAX_QUERIES_PER_REQUEST:
                     request.records.append(record)
                 else:
@@ -295,6 +297,8 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location
         if record[_STACK]:
             attrs[A.CODE_STACKTRACE] = record[_STACK]
+        if record[_NESTED]:
+            attrs[A.QUERY_NESTED] = True
         request = record[_REQ]
         if request is not None:
             seen = request.seen.get(id(record))

@@ -13,6 +13,9 @@ QUERY_FINGERPRINT = "dbperf.query.fingerprint"
 QUERY_SLOW = "dbperf.query.slow"
 N_PLUS_ONE = "dbperf.n_plus_one"
 CPU_TIME_MS = "dbperf.cpu.time_ms"
+# Extension: a driver-level (DB-API) span that ran inside an ORM-level (SQLAlchemy) span for
+# the same query; request roll-ups and reports count the query once, through the ORM span.
+QUERY_NESTED = "dbperf.query.nested"
 
 # On the local root span of each request (roll-up of its DB spans)
 DB_QUERY_COUNT = "dbperf.db.query_count"

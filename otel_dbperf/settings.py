@@ -91,6 +91,8 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
     _Var("DBPERF_SQLCOMMENTER", "sqlcommenter", _parse_bool, False, "false"),
     _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
+    _Var("DBPERF_FILE_PATH", "file_path", str.strip, "dbperf-spans.jsonl", "dbperf-spans.jsonl"),
+    _Var("DBPERF_JAEGER_URL", "jaeger_url", str.strip, "", "(unset)"),
 )
 
 
@@ -111,6 +113,8 @@ class Settings:
     explain: bool = False
     sqlcommenter: bool = False
     log_level: str = ""
+    file_path: str = "dbperf-spans.jsonl"
+    jaeger_url: str = ""
 
     def __post_init__(self) -> None:
         if not self.app_paths:

@@ -123,6 +123,10 @@ def _fingerprint_in_new_process(receiver, db_url: str, workers: str) -> str:  # 
     ]
     assert {s["attributes"][A.CODE_LINE_NUMBER] for s in found} == {marker_line("flask_app.py", "fingerprint")}
     (fingerprint,) = {s["attributes"][A.QUERY_FINGERPRINT] for s in found}
+    assert [s["attributes"].get(A.QUERY_NESTED, False) for s in sorted(found, key=lambda s: s["scope"])] == [
+        False,
+        True,
+    ]
     return str(fingerprint)
 
 

@@ -1,0 +1,72 @@
+"""The ``otel-dbperf`` command.
+
+Exit codes: 0 report written; 2 bad usage or an unreadable file; 3 no OTLP trace
+data in the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from typing import TextIO
+
+from .report import Filters, ReadStats, Report, read_spans, render_text
+from .settings import Settings
+
+EXIT_OK, EXIT_USAGE, EXIT_NO_DATA = 0, 2, 3
+
+
+def _time_ns(text: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return int(moment.timestamp() * 1e9)
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="otel-dbperf", description="otel-dbperf tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser(
+        "report", help="slow-query report from OTLP JSON lines (ours or the Collector's file exporter)"
+    )
+    rep.add_argument("files", nargs="+", metavar="FILE", help="OTLP JSON lines; '-' reads standard input")
+    rep.add_argument("--json", action="store_true", help="machine-readable output")
+    rep.add_argument("--top", type=int, default=10, help="how many queries and requests to list (default 10)")
+    rep.add_argument("--since", type=_time_ns, default=0, help="only spans starting at or after (ISO 8601)")
+    rep.add_argument("--until", type=_time_ns, default=0, help="only spans starting at or before (ISO 8601)")
+    rep.add_argument("--service", default="", help="only this service.name")
+    rep.add_argument("--route", default="", help="only requests of this route, and their queries")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+
+    report = Report(Filters(args.since, args.until, args.service, args.route), top=args.top)
+    stats = ReadStats()
+    for name in args.files:
+        try:
+            stream = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:
+            print(f"otel-dbperf report: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        with stream:
+            for span in read_spans(stream, stats):
+                report.add(span)
+    if stats.spans == 0:
+        print(
+            f"otel-dbperf report: no OTLP trace data in {', '.join(args.files)} "
+            f"({stats.lines} lines, {stats.corrupt} not OTLP JSON)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_DATA
+    data = report.as_dict(stats, Settings.from_env().jaeger_url)
+    out.write((json.dumps(data, indent=2) if args.json else render_text(data)) + "\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""``otel-dbperf report``: a slow-query report from OTLP JSON lines.
+
+Reads our ``otlp_json_file`` output and the Collector's file exporter format
+alike, streaming line by line in bounded memory: per-fingerprint statistics keep
+a fixed-size sample for percentiles, and the maps that attribute queries to
+routes are bounded LRUs. Corrupt or truncated lines are counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from . import attributes as A
+
+_SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
+_MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
+_MAX_TRACES = 200_000  # traces remembered to attribute queries to their request's route
+_SERVER = 2  # SpanKind SERVER in OTLP
+
+
+def _value(v: dict[str, Any]) -> Any:
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "arrayValue" in v:
+        return [_value(x) for x in v["arrayValue"].get("values", [])]
+    return None
+
+
+def _attrs(items: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
+    return {kv["key"]: _value(kv.get("value", {})) for kv in items or () if "key" in kv}
+
+
+@dataclass
+class Span:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    service: str
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+class NotOTLP(ValueError):
+    """The input holds no OTLP trace data."""
+
+
+@dataclass
+class ReadStats:
+    lines: int = 0
+    corrupt: int = 0
+    spans: int = 0
+
+
+def read_spans(stream: TextIO, stats: ReadStats) -> Iterator[Span]:
+    """Spans of every well-formed line; malformed lines are counted in ``stats.corrupt``."""
+    for raw in stream:
+        if not raw.strip():
+            continue
+        stats.lines += 1
+        try:
+            message = json.loads(raw)
+            resource_spans = message["resourceSpans"]
+        except (ValueError, KeyError, TypeError):
+            stats.corrupt += 1
+            continue
+        try:
+            for rs in resource_spans:
+                service = str(_attrs(rs.get("resource", {}).get("attributes")).get("service.name", ""))
+                for ss in rs.get("scopeSpans", ()):
+                    for s in ss.get("spans", ()):
+                        stats.spans += 1
+                        yield Span(
+                            trace_id=s.get("traceId", ""),
+                            span_id=s.get("spanId", ""),
+                            parent_span_id=s.get("parentSpanId", ""),
+                            name=s.get("name", ""),
+                            kind=int(s.get("kind", 0)),
+                            start_ns=int(s.get("startTimeUnixNano", 0)),
+                            end_ns=int(s.get("endTimeUnixNano", 0)),
+                            attributes=_attrs(s.get("attributes")),
+                            service=service,
+                        )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            stats.corrupt += 1
+
+
+@dataclass
+class FingerprintStats:
+    fingerprint: str
+    summary: str = ""
+    statement: str = ""
+    count: int = 0
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+    slow: int = 0
+    slowest_trace: str = ""
+    samples: list[float] = field(default_factory=list)
+    locations: Counter[str] = field(default_factory=Counter)
+    routes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, span: Span, rng: random.Random) -> None:
+        ms = span.duration_ms
+        self.count += 1
+        self.total_ms += ms
+        if ms >= self.max_ms:
+            self.max_ms, self.slowest_trace = ms, span.trace_id
+        if span.attributes.get(A.QUERY_SLOW):
+            self.slow += 1
+        if len(self.samples) < _SAMPLES:
+            self.samples.append(ms)
+        else:
+            i = rng.randrange(self.count)
+            if i < _SAMPLES:
+                self.samples[i] = ms
+        path, line = span.attributes.get(A.CODE_FILE_PATH), span.attributes.get(A.CODE_LINE_NUMBER)
+        if path:
+            _bounded_add(self.locations, f"{path}:{line}")
+
+    def percentile(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _bounded_add(counter: Counter[str], key: str, n: int = 1) -> None:
+    if key in counter or len(counter) < _MAX_KEYS:
+        counter[key] += n
+
+
+@dataclass
+class Filters:
+    since_ns: int = 0
+    until_ns: int = 0
+    service: str = ""
+    route: str = ""
+
+
+class Report:
+    """Aggregates spans into the report's findings."""
+
+    def __init__(self, filters: Filters | None = None, top: int = 10) -> None:
+        self.filters = filters or Filters()
+        self.top = top
+        self.fingerprints: dict[str, FingerprintStats] = {}
+        self.n_plus_one: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.slowest: list[tuple[float, int, dict[str, Any]]] = []
+        self.requests = 0
+        self.db_spans = 0
+        self._rng = random.Random(0)
+        self._seq = 0
+        self._route_of: OrderedDict[str, str] = OrderedDict()  # trace id -> route of its request
+        self._pending: OrderedDict[str, list[str]] = OrderedDict()  # trace id -> fingerprints awaiting a route
+        self._held: OrderedDict[str, list[Span]] = OrderedDict()  # with --route: queries awaiting their request
+
+    def _keep(self, span: Span) -> bool:
+        f = self.filters
+        if f.since_ns and span.start_ns < f.since_ns:
+            return False
+        if f.until_ns and span.start_ns > f.until_ns:
+            return False
+        return not (f.service and span.service != f.service)
+
+    def add(self, span: Span) -> None:
+        if not self._keep(span):
+            return
+        a = span.attributes
+        if A.QUERY_FINGERPRINT in a:
+            if not a.get(A.QUERY_NESTED):  # the same query as its ORM-level span
+                self._add_query(span)
+        elif A.DB_QUERY_COUNT in a or (span.kind == _SERVER and not span.parent_span_id):
+            self._add_request(span)
+
+    def _add_query(self, span: Span) -> None:
+        a = span.attributes
+        route = self._route_of.get(span.trace_id)
+        if self.filters.route:
+            if route is None:  # its request comes later (spans are exported children first)
+                held = self._held.setdefault(span.trace_id, [])
+                if len(held) < _SAMPLES:
+                    held.append(span)
+                if len(self._held) > _MAX_TRACES // 10:
+                    self._held.popitem(last=False)
+                return
+            if route != self.filters.route:
+                return
+        self.db_spans += 1
+        fp = str(a[A.QUERY_FINGERPRINT])
+        stats = self.fingerprints.get(fp)
+        if stats is None:
+            stats = self.fingerprints[fp] = FingerprintStats(
+                fp,
+                summary=str(a.get(A.DB_QUERY_SUMMARY, "")),
+                statement=str(a.get(A.DB_QUERY_TEXT) or a.get(A.DB_STATEMENT) or ""),
+            )
+        stats.add(span, self._rng)
+        if route is not None:
+            _bounded_add(stats.routes, route)
+        else:
+            self._pending.setdefault(span.trace_id, []).append(fp)
+            self._pending.move_to_end(span.trace_id)
+            if len(self._pending) > _MAX_TRACES:
+                self._pending.popitem(last=False)
+
+    def _add_request(self, span: Span) -> None:
+        a = span.attributes
+        route = str(a.get("http.route") or span.name)
+        self._route_of[span.trace_id] = route
+        if len(self._route_of) > _MAX_TRACES:
+            self._route_of.popitem(last=False)
+        held = self._held.pop(span.trace_id, ())
+        if self.filters.route and route != self.filters.route:
+            return
+        for query in held:
+            self._add_query(query)
+        self.requests += 1
+        for fp in self._pending.pop(span.trace_id, ()):
+            _bounded_add(self.fingerprints[fp].routes, route)
+        entry = {
+            "route": route,
+            "name": span.name,
+            "trace_id": span.trace_id,
+            "duration_ms": span.duration_ms,
+            "db_queries": a.get(A.DB_QUERY_COUNT, 0),
+            "db_duration_ms": a.get(A.DB_DURATION_MS, 0.0),
+            "slow_queries": a.get(A.DB_SLOW_QUERY_COUNT, 0),
+            "n_plus_one": bool(a.get(A.N_PLUS_ONE_DETECTED)),
+        }
+        self._seq += 1
+        if len(self.slowest) < self.top:
+            heapq.heappush(self.slowest, (span.duration_ms, self._seq, entry))
+        else:
+            heapq.heappushpop(self.slowest, (span.duration_ms, self._seq, entry))
+        if a.get(A.N_PLUS_ONE_DETECTED):
+            key = (route, str(a.get(A.N_PLUS_ONE_FINGERPRINT, "")), str(a.get(A.N_PLUS_ONE_CODE_LOCATION, "")))
+            finding = self.n_plus_one.setdefault(
+                key,
+                {
+                    "route": route,
+                    "fingerprint": key[1],
+                    "code_location": key[2],
+                    "query_summary": a.get(A.N_PLUS_ONE_QUERY_SUMMARY, ""),
+                    "requests": 0,
+                    "max_repeat_count": 0,
+                    "trace_id": span.trace_id,
+                },
+            )
+            finding["requests"] += 1
+            repeat = int(a.get(A.N_PLUS_ONE_REPEAT_COUNT, 0))
+            if repeat > finding["max_repeat_count"]:
+                finding["max_repeat_count"], finding["trace_id"] = repeat, span.trace_id
+
+    def as_dict(self, stats: ReadStats, jaeger_url: str = "") -> dict[str, Any]:
+        def link(trace_id: str) -> dict[str, str]:
+            out = {"trace_id": trace_id}
+            if jaeger_url and trace_id:
+                out["jaeger_url"] = f"{jaeger_url.rstrip('/')}/trace/{trace_id}"
+            return out
+
+        top = sorted(self.fingerprints.values(), key=lambda s: -s.total_ms)[: self.top]
+        return {
+            "input": {"lines": stats.lines, "corrupt_lines": stats.corrupt, "spans": stats.spans},
+            "requests": self.requests,
+            "db_spans": self.db_spans,
+            "top_queries": [
+                {
+                    "fingerprint": s.fingerprint,
+                    "summary": s.summary,
+                    "statement": s.statement,
+                    "count": s.count,
+                    "total_ms": round(s.total_ms, 3),
+                    "p50_ms": round(s.percentile(0.5), 3),
+                    "p95_ms": round(s.percentile(0.95), 3),
+                    "max_ms": round(s.max_ms, 3),
+                    "slow": s.slow,
+                    "code_locations": [loc for loc, _ in s.locations.most_common()],
+                    "routes": [r for r, _ in s.routes.most_common()],
+                    "slowest": link(s.slowest_trace),
+                }
+                for s in top
+            ],
+            "n_plus_one": [
+                {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
+                for f in sorted(self.n_plus_one.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
+            ],
+            "slowest_requests": [
+                {**{k: v for k, v in e.items() if k != "trace_id"}, **link(e["trace_id"])}
+                for _, _, e in sorted(self.slowest, key=lambda t: -t[0])
+            ],
+        }
+
+
+def render_text(data: dict[str, Any]) -> str:
+    lines = []
+    i = data["input"]
+    lines.append(
+        f"{i['spans']} spans from {i['lines']} lines ({i['corrupt_lines']} corrupt): "
+        f"{data['requests']} requests, {data['db_spans']} DB spans"
+    )
+    lines.append("")
+    lines.append("Top queries by total DB time")
+    for n, q in enumerate(data["top_queries"], start=1):
+        lines.append(
+            f"{n:>2}. {q['summary'] or '(no summary)'}  [{q['fingerprint']}]  {q['count']}x"
+            f"  total {q['total_ms']:.1f} ms  p50 {q['p50_ms']:.1f}  p95 {q['p95_ms']:.1f}"
+            f"  max {q['max_ms']:.1f} ms  slow {q['slow']}"
+        )
+        lines.append(f"      {q['statement'][:200]}")
+        for loc in q["code_locations"][:3]:
+            lines.append(f"      at {loc}")
+        if q["routes"]:
+            lines.append(f"      from {', '.join(q['routes'][:5])}")
+        lines.append(f"      slowest: {_link_text(q['slowest'])}")
+    lines.append("")
+    lines.append("N+1 queries")
+    if not data["n_plus_one"]:
+        lines.append("  none found")
+    for f in data["n_plus_one"]:
+        lines.append(
+            f"  {f['route']}: {f['query_summary']} repeated up to {f['max_repeat_count']}x "
+            f"in {f['requests']} request(s) at {f['code_location']}  ({_link_text(f['example'])})"
+        )
+    lines.append("")
+    lines.append("Slowest requests")
+    for r in data["slowest_requests"]:
+        lines.append(
+            f"  {r['duration_ms']:8.1f} ms  {r['name']}  DB {r['db_queries']} queries / {r['db_duration_ms']:.1f} ms"
+            f"  slow {r['slow_queries']}{'  N+1' if r['n_plus_one'] else ''}  ({_link_text(r)})"
+        )
+    return "\n".join(lines)
+
+
+def _link_text(link: dict[str, str]) -> str:
+    return link.get("jaeger_url") or f"trace {link.get('trace_id', '')}"

@@ -1,0 +1,126 @@
+"""``otel-dbperf report`` and the ``otlp_json_file`` exporter."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN, free_port
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf.cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, main
+from otel_dbperf.exporters.otlp_json_file import OTLPJsonFileSpanExporter
+from otel_dbperf.report import ReadStats, read_spans
+
+SAMPLE = Path(__file__).parent / "data" / "collector_file_exporter.jsonl"  # written from the OTLP/JSON spec
+
+
+def report(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["report", *args], out=out)
+    return code, out.getvalue()
+
+
+def test_report_on_the_collector_file_exporter_format() -> None:
+    code, text = report(str(SAMPLE))
+    assert code == EXIT_OK
+    assert "11 spans from 5 lines (1 corrupt): 3 requests, 8 DB spans" in text
+    first = text.split("Top queries by total DB time")[1].splitlines()[1]
+    assert "SELECT products" in first and "412.5" in first and "slow 1" in first
+    assert "at /srv/shop/app.py:84" in text and "from /search" in text
+    assert "/orders: SELECT orders repeated up to 6x in 1 request(s) at /srv/shop/app.py:92" in text
+    assert text.index("420.0 ms  GET /search") < text.index("12.0 ms  GET /orders")
+
+
+def test_json_output_filters_and_jaeger_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBPERF_JAEGER_URL", "http://jaeger:16686/")
+    code, text = report(str(SAMPLE), "--json", "--service", "shop")
+    assert code == EXIT_OK
+    data = json.loads(text)
+    assert data["input"] == {"lines": 5, "corrupt_lines": 1, "spans": 11}
+    assert [q["summary"] for q in data["top_queries"]] == ["SELECT products", "SELECT orders"]  # billing filtered out
+    orders = data["top_queries"][1]
+    assert (
+        orders["count"] == 6 and orders["routes"] == ["/orders"] and orders["code_locations"] == ["/srv/shop/app.py:92"]
+    )
+    (n1,) = data["n_plus_one"]
+    assert n1["max_repeat_count"] == 6 and n1["example"]["jaeger_url"] == (
+        "http://jaeger:16686/trace/0af7651916cd43dd8448eb211c80319c"
+    )
+    code, text = report(str(SAMPLE), "--json", "--route", "/orders")
+    data = json.loads(text)
+    assert [q["summary"] for q in data["top_queries"]] == ["SELECT orders"] and data["requests"] == 1
+    code, text = report(str(SAMPLE), "--json", "--since", "2099-01-01T00:00:00+00:00")
+    assert code == EXIT_OK and json.loads(text)["db_spans"] == 0
+
+
+def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report(str(tmp_path / "missing.jsonl"))[0] == EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+    not_otlp = tmp_path / "app.log"
+    not_otlp.write_text('GET /health 200\n{"level": "info"}\n')
+    assert report(str(not_otlp))[0] == EXIT_NO_DATA
+    assert "no OTLP trace data" in capsys.readouterr().err
+    assert report("--no-such-flag")[0] == EXIT_USAGE
+    assert report(str(SAMPLE), "--since", "yesterday")[0] == EXIT_USAGE
+
+
+def test_the_command_is_installed() -> None:
+    proc = subprocess.run([str(BIN / "otel-dbperf"), "report", str(SAMPLE)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "N+1 queries" in proc.stdout
+
+
+def test_exporter_writes_what_the_reader_reads(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "spans.jsonl"
+    settings = Settings(app_paths=(str(Path(__file__).parent),))
+    processor = DbPerfSpanProcessor(settings)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(OTLPJsonFileSpanExporter(str(path)))))
+    tracer = provider.get_tracer("test")
+    with (
+        tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER) as root,
+        tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as db,
+    ):
+        db.set_attribute("db.system.name", "sqlite")
+        db.set_attribute("db.query.text", "SELECT * FROM t WHERE email = 'x@y.z'")
+    provider.shutdown()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["resourceSpans"] for line in lines)
+    assert "x@y.z" not in path.read_text()
+    stats = ReadStats()
+    spans = list(read_spans(io.StringIO(path.read_text()), stats))
+    by_name = {s.name: s for s in spans}
+    assert by_name["GET /x"].trace_id == format(root.get_span_context().trace_id, "032x")
+    assert by_name["SELECT"].parent_span_id == format(root.get_span_context().span_id, "016x")
+    assert by_name["SELECT"].attributes["dbperf.query.fingerprint"] and by_name["SELECT"].kind == 3
+    assert by_name["SELECT"].attributes["db.query.text"] == "SELECT * FROM t WHERE email = ?"
+    assert by_name["GET /x"].attributes["dbperf.db.query_count"] == 1
+    assert stats.corrupt == 0
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """The README's first command, in a fresh output folder."""
+    env = {**os.environ, "DBPERF_VENV": sys.prefix, "DEMO_OUT": str(tmp_path), "DEMO_PORT": str(free_port())}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    root = Path(__file__).parent.parent
+    proc = subprocess.run(
+        ["bash", str(root / "scripts" / "demo")], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shop = root / "examples" / "shop.py"
+    lines = shop.read_text().splitlines()
+    search_line = next(i for i, line in enumerate(lines, 1) if ".like(" in line)
+    loop_line = next(i for i, line in enumerate(lines, 1) if "len(c.orders)" in line)
+    out = proc.stdout
+    assert f"at {shop}:{search_line}" in out and "SELECT products" in out
+    assert "/orders: SELECT orders repeated up to 20x" in out and f"at {shop}:{loop_line}" in out
+    assert (tmp_path / "spans.jsonl").stat().st_size > 0
