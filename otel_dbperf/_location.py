@@ -59,14 +59,17 @@ class AppCode:
         return verdict
 
     def _classify(self, filename: str) -> bool:
+        """Under an application path, and not under a more specific library location."""
         if not filename or filename[0] == "<":
             return False
         path = os.path.abspath(filename)
-        if "site-packages" in path or "dist-packages" in path:
+        matched = max((p for p in self._prefixes if path.startswith(p)), key=len, default=None)
+        if matched is None:
             return False
-        if path.startswith(self._excluded):
+        if any(path.startswith(ex) and len(ex) > len(matched) for ex in self._excluded):
             return False
-        return path.startswith(self._prefixes)
+        rest = path[len(matched) :]  # e.g. a virtualenv inside the application's folder
+        return "site-packages" not in rest and "dist-packages" not in rest
 
     def first_app_frame(self, frame: FrameType | None) -> FrameType | None:
         """The innermost application frame at or above ``frame`` (across greenlets)."""

@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     rep.add_argument("--until", type=_time_ns, default=0, help="only spans starting at or before (ISO 8601)")
     rep.add_argument("--service", default="", help="only this service.name")
     rep.add_argument("--route", default="", help="only requests of this route, and their queries")
+    sub.add_parser("demo", help="run the bundled demo shop and print its report (options: otel-dbperf demo -h)")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:], out)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -254,3 +255,27 @@ def test_pending_tables_are_bounded(traced: Traced, monkeypatch: pytest.MonkeyPa
     assert len(traced.processor._open) <= 50
     for span in spans:
         span.end()
+
+
+@pytest.mark.parametrize(
+    ("app_paths", "filename", "expected"),
+    [
+        (("/srv/app",), "/srv/app/views.py", True),
+        (("/srv/app",), "/srv/application/views.py", False),  # a prefix of the name, not of the folder
+        (("/srv/app",), "/srv/app/.venv/lib/python3.11/site-packages/sqlalchemy/engine/base.py", False),
+        (("/",), "/srv/app/views.py", True),
+        (("/",), os.path.join(os.path.dirname(os.__file__), "contextlib.py"), False),  # the standard library
+        (("/",), _processor.__file__, False),  # otel-dbperf itself
+        (
+            (os.path.dirname(_processor.__file__) + "/demo",),
+            os.path.dirname(_processor.__file__) + "/demo/shop.py",
+            True,
+        ),
+        (("/usr/lib/python3/dist-packages/shop",), "/usr/lib/python3/dist-packages/shop/app.py", True),  # named
+        (("/srv/app",), "<frozen importlib._bootstrap>", False),
+    ],
+)
+def test_application_code(app_paths: tuple[str, ...], filename: str, expected: bool) -> None:
+    from otel_dbperf._location import AppCode
+
+    assert AppCode(app_paths)._classify(filename) is expected

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, free_port
+from conftest import BIN
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
@@ -108,19 +108,27 @@ def test_exporter_writes_what_the_reader_reads(tmp_path: Path) -> None:
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    """The README's first command, in a fresh output folder."""
-    env = {**os.environ, "DBPERF_VENV": sys.prefix, "DEMO_OUT": str(tmp_path), "DEMO_PORT": str(free_port())}
+    """The README's first command, into a fresh output folder."""
+    env = {**os.environ, "DBPERF_VENV": sys.prefix, "DEMO_OUT": str(tmp_path)}
     env.pop("PYTEST_CURRENT_TEST", None)
     root = Path(__file__).parent.parent
     proc = subprocess.run(
-        ["bash", str(root / "scripts" / "demo")], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        ["bash", str(root / "scripts" / "demo"), "--rounds", "3"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    shop = root / "examples" / "shop.py"
+    shop = root / "otel_dbperf" / "demo" / "shop.py"
     lines = shop.read_text().splitlines()
     search_line = next(i for i, line in enumerate(lines, 1) if ".like(" in line)
     loop_line = next(i for i, line in enumerate(lines, 1) if "len(c.orders)" in line)
     out = proc.stdout
-    assert f"at {shop}:{search_line}" in out and "SELECT products" in out
-    assert "/orders: SELECT orders repeated up to 20x" in out and f"at {shop}:{loop_line}" in out
+    top = out.split("Top queries by total DB time")[1].split("\n 2. ")[0]
+    assert "SELECT products" in top and f"at {shop}:{search_line}" in top and "from /search" in top
+    assert " 6x " in top and " slow 6" in top  # each of the 6 searches is genuinely slow
+    assert f"/orders: SELECT orders repeated up to 20x in 3 request(s) at {shop}:{loop_line}" in out
+    assert "responses: " in proc.stderr and "x 500" in proc.stderr  # the flaky checkout
     assert (tmp_path / "spans.jsonl").stat().st_size > 0

@@ -1,13 +1,16 @@
-"""A small shop: the app the demo runs, unchanged, under opentelemetry-instrument.
+"""A small shop: the app ``otel-dbperf demo`` runs, unchanged, under opentelemetry-instrument.
 
 It has the problems otel-dbperf is for: a ``LIKE '%term%'`` search over a large
-table (a full scan), an ORM N+1 on /orders, and ordinary fast routes.
+table (a full scan), an ORM N+1 on /orders, ordinary fast routes, and a checkout
+that sometimes fails.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import sys
 
 from flask import Flask, jsonify, request
 from sqlalchemy import ForeignKey, String, create_engine, func, insert, select
@@ -42,7 +45,7 @@ class Order(Base):
     customer: Mapped[Customer] = relationship(back_populates="orders")
 
 
-def seed(products: int = 300_000) -> None:
+def seed(products: int = 400_000) -> None:
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     rng = random.Random(7)
@@ -53,7 +56,7 @@ def seed(products: int = 300_000) -> None:
             conn.execute(
                 insert(Product),
                 [
-                    {"name": " ".join(rng.choices(words, k=3)), "description": " ".join(rng.choices(words, k=12))}
+                    {"name": " ".join(rng.choices(words, k=3)), "description": " ".join(rng.choices(words, k=28))}
                     for _ in range(start, min(products, start + 50_000))
                 ],
             )
@@ -92,5 +95,19 @@ def orders():  # type: ignore[no-untyped-def]
         return jsonify([{"customer": c.name, "orders": len(c.orders)} for c in customers])
 
 
+_checkouts = itertools.count(1)
+
+
+@app.post("/checkout/<int:customer_id>")
+def checkout(customer_id: int):  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        customer = session.get(Customer, customer_id)
+        if customer is None or next(_checkouts) % 4 == 0:  # the payment provider is flaky
+            raise RuntimeError("payment declined")
+        session.add(Order(customer_id=customer_id, product_id=1))
+        session.commit()
+    return jsonify(ok=True)
+
+
 if __name__ == "__main__":
-    seed()
+    seed(int(sys.argv[1]) if len(sys.argv) > 1 else 400_000)
