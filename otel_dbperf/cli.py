@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     )
     rep.add_argument("files", nargs="+", metavar="FILE", help="OTLP JSON lines; '-' reads standard input")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
+    rep.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
     rep.add_argument("--top", type=int, default=10, help="how many queries and requests to list (default 10)")
     rep.add_argument("--since", type=_time_ns, default=0, help="only spans starting at or after (ISO 8601)")
     rep.add_argument("--until", type=_time_ns, default=0, help="only spans starting at or before (ISO 8601)")
@@ -71,6 +72,17 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         )
         return EXIT_NO_DATA
     data = report.as_dict(stats, Settings.from_env().jaeger_url)
+    if args.html:
+        from .report_html import render_html
+
+        try:
+            with open(args.html, "w", encoding="utf-8") as page:
+                page.write(render_html(data))
+        except OSError as exc:
+            print(f"otel-dbperf report: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    if not args.json:
+        data = {k: v for k, v in data.items() if k != "routes"}
     out.write((json.dumps(data, indent=2) if args.json else render_text(data)) + "\n")
     return EXIT_OK
 

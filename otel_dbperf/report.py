@@ -171,6 +171,7 @@ class Report:
         self._route_of: OrderedDict[str, str] = OrderedDict()  # trace id -> route of its request
         self._pending: OrderedDict[str, list[str]] = OrderedDict()  # trace id -> fingerprints awaiting a route
         self._held: OrderedDict[str, list[Span]] = OrderedDict()  # with --route: queries awaiting their request
+        self.routes: dict[str, list[float]] = {}  # route -> [requests, total ms, DB ms] (bounded)
 
     def _keep(self, span: Span) -> bool:
         f = self.filters
@@ -233,6 +234,13 @@ class Report:
         for query in held:
             self._add_query(query)
         self.requests += 1
+        totals = self.routes.get(route)
+        if totals is None and len(self.routes) < _MAX_TRACES // 100:
+            totals = self.routes[route] = [0, 0.0, 0.0]
+        if totals is not None:
+            totals[0] += 1
+            totals[1] += span.duration_ms
+            totals[2] += float(a.get(A.DB_DURATION_MS, 0.0))
         for fp in self._pending.pop(span.trace_id, ()):
             _bounded_add(self.fingerprints[fp].routes, route)
         entry = {
@@ -295,12 +303,17 @@ class Report:
                     "code_locations": [loc for loc, _ in s.locations.most_common()],
                     "routes": [r for r, _ in s.routes.most_common()],
                     "slowest": link(s.slowest_trace),
+                    "latency_sample_ms": sorted(round(x, 3) for x in s.samples),
                 }
                 for s in top
             ],
             "n_plus_one": [
                 {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
                 for f in sorted(self.n_plus_one.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
+            ],
+            "routes": [
+                {"route": r, "requests": int(t[0]), "total_ms": round(t[1], 3), "db_ms": round(t[2], 3)}
+                for r, t in sorted(self.routes.items(), key=lambda kv: -kv[1][2])
             ],
             "slowest_requests": [
                 {**{k: v for k, v in e.items() if k != "trace_id"}, **link(e["trace_id"])}
