@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from typing import TextIO
@@ -16,6 +17,30 @@ from .report import Filters, ReadStats, Report, read_spans, render_text
 from .settings import Settings
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_DATA = 0, 2, 3
+
+
+class _Progress:
+    """A progress bar on stderr while reading a file, when stderr is a terminal."""
+
+    def __init__(self, name: str, size: int, stream: TextIO) -> None:
+        self.name, self.size, self.stream = name, size, stream
+        self.read = 0
+        self.shown = -1
+        self.on = size > 0 and stream.isatty()
+
+    def advance(self, chars: int) -> None:
+        self.read += chars
+        if self.on:
+            percent = min(100, 100 * self.read // self.size)
+            if percent != self.shown:
+                self.shown = percent
+                filled = 30 * percent // 100
+                self.stream.write(f"\rreading {self.name} [{'#' * filled}{'.' * (30 - filled)}] {percent}%")
+                self.stream.flush()
+
+    def done(self) -> None:
+        if self.on:
+            self.stream.write("\n")
 
 
 def _time_ns(text: str) -> int:
@@ -58,12 +83,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     for name in args.files:
         try:
             stream = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")  # noqa: SIM115
+            size = 0 if name == "-" else os.path.getsize(name)
         except OSError as exc:
             print(f"otel-dbperf report: cannot read {name}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
+        bar = _Progress(name, size, sys.stderr)
         with stream:
-            for span in read_spans(stream, stats):
+            for span in read_spans(stream, stats, on_line=bar.advance):
                 report.add(span)
+        bar.done()
     if stats.spans == 0:
         print(
             f"otel-dbperf report: no OTLP trace data in {', '.join(args.files)} "

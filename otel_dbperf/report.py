@@ -12,7 +12,7 @@ import heapq
 import json
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -70,9 +70,11 @@ class ReadStats:
     spans: int = 0
 
 
-def read_spans(stream: TextIO, stats: ReadStats) -> Iterator[Span]:
+def read_spans(stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] | None = None) -> Iterator[Span]:
     """Spans of every well-formed line; malformed lines are counted in ``stats.corrupt``."""
     for raw in stream:
+        if on_line is not None:
+            on_line(len(raw))
         if not raw.strip():
             continue
         stats.lines += 1
@@ -293,6 +295,7 @@ class Report:
                 {
                     "fingerprint": s.fingerprint,
                     "summary": s.summary,
+                    "tables": s.summary.split()[1:],
                     "statement": s.statement,
                     "count": s.count,
                     "total_ms": round(s.total_ms, 3),
@@ -337,6 +340,8 @@ def render_text(data: dict[str, Any]) -> str:
             f"  total {q['total_ms']:.1f} ms  p50 {q['p50_ms']:.1f}  p95 {q['p95_ms']:.1f}"
             f"  max {q['max_ms']:.1f} ms  slow {q['slow']}"
         )
+        if q["tables"]:
+            lines.append(f"      tables: {', '.join(q['tables'])}")
         lines.append(f"      {q['statement'][:200]}")
         for loc in q["code_locations"][:3]:
             lines.append(f"      at {loc}")

@@ -132,3 +132,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert f"/orders: SELECT orders repeated up to 20x in 3 request(s) at {shop}:{loop_line}" in out
     assert "responses: " in proc.stderr and "x 500" in proc.stderr  # the flaky checkout
     assert (tmp_path / "spans.jsonl").stat().st_size > 0
+
+
+def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert report(str(SAMPLE))[0] == EXIT_OK
+    assert "reading" in err.getvalue() and "100%" in err.getvalue()
