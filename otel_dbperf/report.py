@@ -68,6 +68,7 @@ class ReadStats:
     lines: int = 0
     corrupt: int = 0
     spans: int = 0
+    other_signals: int = 0  # well-formed OTLP metrics or logs lines: skipped, not corrupt
 
 
 def read_spans(stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] | None = None) -> Iterator[Span]:
@@ -80,9 +81,15 @@ def read_spans(stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] 
         stats.lines += 1
         try:
             message = json.loads(raw)
-            resource_spans = message["resourceSpans"]
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             stats.corrupt += 1
+            continue
+        resource_spans = message.get("resourceSpans") if isinstance(message, dict) else None
+        if not isinstance(resource_spans, list):
+            if isinstance(message, dict) and ("resourceMetrics" in message or "resourceLogs" in message):
+                stats.other_signals += 1
+            else:
+                stats.corrupt += 1
             continue
         try:
             for rs in resource_spans:
@@ -288,7 +295,12 @@ class Report:
 
         top = sorted(self.fingerprints.values(), key=lambda s: -s.total_ms)[: self.top]
         return {
-            "input": {"lines": stats.lines, "corrupt_lines": stats.corrupt, "spans": stats.spans},
+            "input": {
+                "lines": stats.lines,
+                "corrupt_lines": stats.corrupt,
+                "other_signal_lines": stats.other_signals,
+                "spans": stats.spans,
+            },
             "requests": self.requests,
             "db_spans": self.db_spans,
             "top_queries": [
@@ -329,7 +341,9 @@ def render_text(data: dict[str, Any]) -> str:
     lines = []
     i = data["input"]
     lines.append(
-        f"{i['spans']} spans from {i['lines']} lines ({i['corrupt_lines']} corrupt): "
+        f"{i['spans']} spans from {i['lines']} lines ({i['corrupt_lines']} corrupt"
+        + (f", {i['other_signal_lines']} of metrics or logs skipped" if i["other_signal_lines"] else "")
+        + "): "
         f"{data['requests']} requests, {data['db_spans']} DB spans"
     )
     lines.append("")

@@ -45,7 +45,7 @@ def test_json_output_filters_and_jaeger_links(monkeypatch: pytest.MonkeyPatch) -
     code, text = report(str(SAMPLE), "--json", "--service", "shop")
     assert code == EXIT_OK
     data = json.loads(text)
-    assert data["input"] == {"lines": 5, "corrupt_lines": 1, "spans": 11}
+    assert data["input"] == {"lines": 5, "corrupt_lines": 1, "other_signal_lines": 0, "spans": 11}
     assert [q["summary"] for q in data["top_queries"]] == ["SELECT products", "SELECT orders"]  # billing filtered out
     orders = data["top_queries"][1]
     assert (
@@ -143,3 +143,12 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", err)
     assert report(str(SAMPLE))[0] == EXIT_OK
     assert "reading" in err.getvalue() and "100%" in err.getvalue()
+
+
+def test_stdin_and_other_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics_line = json.dumps({"resourceMetrics": [{"resource": {}, "scopeMetrics": []}]})
+    stdin = io.StringIO(SAMPLE.read_text() + metrics_line + "\n" + "[1, 2]\n")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, text = report("-", "--json")
+    assert code == EXIT_OK
+    assert json.loads(text)["input"] == {"lines": 7, "corrupt_lines": 2, "other_signal_lines": 1, "spans": 11}
