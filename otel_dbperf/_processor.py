@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -52,6 +53,26 @@ def _attr_dict(attrs: Any) -> Mapping[str, Any]:
     """The plain dict behind the SDK's BoundedAttributes (read-only use), else the mapping."""
     inner = getattr(attrs, "_dict", None)
     return inner if isinstance(inner, dict) else (attrs or {})
+
+
+def _bounded(attrs: dict[str, Any], original: Any) -> BoundedAttributes:
+    """``attrs`` as the SDK's attribute type, keeping the original's dropped count and length limit.
+
+    Built without the SDK's per-value validation: the values otel-dbperf adds are
+    valid by construction, and the others were validated when the span set them.
+    """
+    bounded = BoundedAttributes(immutable=False)
+    maxlen = getattr(original, "maxlen", None)
+    dropped = getattr(original, "dropped", 0)
+    if maxlen is not None and len(attrs) > maxlen:  # the span's attribute limit also bounds ours
+        for key in list(attrs)[maxlen:]:
+            del attrs[key]
+            dropped += 1
+    bounded._dict = attrs  # noqa: SLF001
+    bounded.maxlen = maxlen
+    bounded.dropped = dropped
+    bounded._immutable = True  # noqa: SLF001
+    return bounded
 
 
 def _trim(table: dict[int, Any]) -> None:
@@ -378,8 +399,9 @@ class EnrichingSpanExporter(SpanExporter):
             if status is span._status and events is original:  # noqa: SLF001
                 return span
             attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
+        bounded = _bounded(attrs, span._attributes)  # noqa: SLF001
         if self._processor._consumers == 1:  # noqa: SLF001
-            span._attributes = attrs  # type: ignore[assignment]  # noqa: SLF001
+            span._attributes = bounded  # noqa: SLF001
             span._events = events  # noqa: SLF001
             span._status = status  # noqa: SLF001
             return span
@@ -388,7 +410,7 @@ class EnrichingSpanExporter(SpanExporter):
             context=span._context,  # noqa: SLF001
             parent=span._parent,  # noqa: SLF001
             resource=span._resource,  # noqa: SLF001
-            attributes=attrs,
+            attributes=bounded,
             events=events,
             links=span._links,  # noqa: SLF001
             kind=span._kind,  # noqa: SLF001

@@ -279,3 +279,26 @@ def test_application_code(app_paths: tuple[str, ...], filename: str, expected: b
     from otel_dbperf._location import AppCode
 
     assert AppCode(app_paths)._classify(filename) is expected
+
+
+def test_span_attribute_limits_and_dropped_counts_are_kept(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import SpanLimits
+
+    settings = Settings(app_paths=(str(APP_CODE.parent),))
+    processor = DbPerfSpanProcessor(settings)
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=6))
+    provider.add_span_processor(processor)
+    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
+    tracer = provider.get_tracer("test")
+    with (
+        tracer.start_as_current_span("GET /", kind=SpanKind.SERVER),
+        tracer.start_as_current_span("q", kind=SpanKind.CLIENT) as db,
+    ):
+        for i in range(6):
+            db.set_attribute(f"extra.{i}", i)
+        db.set_attribute("db.system.name", "sqlite")  # 8 set, the newest 6 kept: 2 dropped by the SDK
+        db.set_attribute("db.query.text", "SELECT 1")
+    (span,) = [s for s in memory.get_finished_spans() if s.name == "q"]
+    assert len(span.attributes) == 6  # the user's limit still holds after enrichment
+    assert span.dropped_attributes >= 2 + 1  # the SDK's drops, and ours past the limit
