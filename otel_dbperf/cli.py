@@ -13,6 +13,7 @@ import sys
 from datetime import datetime
 from typing import TextIO
 
+from ._progress import progress
 from .report import Filters, ReadStats, Report, read_spans, render_text
 from .settings import Settings
 
@@ -31,16 +32,14 @@ class _Progress:
     def advance(self, chars: int) -> None:
         self.read += chars
         if self.on:
-            percent = min(100, 100 * self.read // self.size)
+            percent = min(99, 100 * self.read // self.size)
             if percent != self.shown:
                 self.shown = percent
-                filled = 30 * percent // 100
-                self.stream.write(f"\rreading {self.name} [{'#' * filled}{'.' * (30 - filled)}] {percent}%")
-                self.stream.flush()
+                progress(percent, 100, self.stream, f"reading {self.name} (%)")
 
     def done(self) -> None:
         if self.on:
-            self.stream.write("\n")
+            progress(100, 100, self.stream, f"reading {self.name} (%)")
 
 
 def _time_ns(text: str) -> int:

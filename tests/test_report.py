@@ -142,7 +142,7 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     err = Tty()
     monkeypatch.setattr(sys, "stderr", err)
     assert report(str(SAMPLE))[0] == EXIT_OK
-    assert "reading" in err.getvalue() and "100%" in err.getvalue()
+    assert "reading" in err.getvalue() and "100/100" in err.getvalue()
 
 
 def test_stdin_and_other_signals(monkeypatch: pytest.MonkeyPatch) -> None:

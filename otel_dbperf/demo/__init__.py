@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from .._progress import progress
+
 HERE = Path(__file__).resolve().parent
 TRAFFIC: tuple[tuple[str, str], ...] = (
     ("GET", "/products/1"),
@@ -41,18 +43,6 @@ def _free_port() -> int:
 def _tool(name: str) -> str | None:
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
-
-
-def progress(done: int, total: int, stream: TextIO, label: str) -> None:
-    """A progress bar on a terminal; a line per quarter elsewhere (logs stay readable)."""
-    width = 30
-    filled = width * done // max(total, 1)
-    bar = f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-    if stream.isatty():
-        stream.write("\r" + bar + ("\n" if done >= total else ""))
-    elif done == total or done * 4 // total != (done - 1) * 4 // total:
-        stream.write(bar + "\n")
-    stream.flush()
 
 
 def _request(base: str, method: str, path: str) -> int:
