@@ -1,0 +1,138 @@
+"""The Collector configs, checked structurally and against the package's contract.
+
+No Collector can run here: these tests check what can be checked without one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from otel_dbperf import attributes as A
+
+COLLECTOR = Path(__file__).parent.parent / "collector"
+CONFIGS = ["otelcol.yaml", "agent.yaml", "gateway.yaml"]
+
+# Component types of otelcol-contrib 0.136.0, from the distribution's builder manifest
+# (open-telemetry/opentelemetry-collector-releases, distributions/otelcol-contrib/manifest.yaml):
+# each module's type name as the Collector registers it. Only the kinds this project may use.
+OTELCOL_CONTRIB_0_136 = {
+    "receivers": {
+        "otlp", "prometheus", "hostmetrics", "filelog", "jaeger", "zipkin", "otlpjsonfile", "postgresql", "mysql",
+        "redis", "kafka", "loki", "nop",
+    },
+    "processors": {
+        "batch", "memory_limiter", "attributes", "cumulativetodelta", "deltatocumulative", "filter",
+        "groupbyattrs", "groupbytrace", "k8sattributes", "metricstransform", "probabilistic_sampler", "redaction",
+        "resourcedetection", "resource", "span", "tail_sampling", "transform",
+    },
+    "exporters": {
+        "debug", "nop", "otlp", "otlphttp", "file", "kafka", "loadbalancing", "prometheus",
+        "prometheusremotewrite", "zipkin",
+    },
+    "extensions": {
+        "health_check", "zpages", "pprof", "file_storage", "basicauth", "bearertokenauth", "headers_setter",
+        "oauth2client", "opamp",
+    },
+    "connectors": {"forward", "count", "routing", "spanmetrics", "servicegraph", "exceptions", "failover"},
+}  # fmt: skip
+KINDS = ("receivers", "processors", "exporters", "connectors")
+
+
+def load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((COLLECTOR / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_component_is_defined_used_and_known(name: str) -> None:
+    config = load(name)
+    used: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for pipeline, spec in config["service"]["pipelines"].items():
+        assert pipeline.split("/")[0] in {"traces", "metrics", "logs"}
+        assert spec["receivers"] and spec["exporters"], pipeline
+        for kind in ("receivers", "processors", "exporters"):
+            for component in spec.get(kind, []):
+                assert component in (config.get(kind) or {}), f"{pipeline} uses undefined {kind} {component}"
+                used[kind].add(component)
+        assert spec["processors"][0] == "memory_limiter", f"{pipeline}: memory_limiter must come first"
+    for kind in KINDS:
+        defined = set(config.get(kind) or {})
+        assert defined == used[kind], f"{kind} defined but unused: {defined - used[kind]}"
+        for component in defined:
+            assert component.split("/")[0] in OTELCOL_CONTRIB_0_136[kind], f"unknown {kind[:-1]} type {component}"
+    extensions = set(config.get("extensions") or {})
+    assert extensions == set(config["service"]["extensions"])
+    assert {e.split("/")[0] for e in extensions} <= OTELCOL_CONTRIB_0_136["extensions"]
+    assert {"health_check", "zpages"} <= {e.split("/")[0] for e in extensions}
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [item for k, v in node.items() for item in _walk(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [item for i, v in enumerate(node) for item in _walk(v, f"{path}[{i}]")]
+    return [(path, node)]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_endpoints_rates_and_limits_are_env_placeholders_with_defaults(name: str) -> None:
+    tunable = re.compile(
+        r"^(endpoint|hostname|port|directory|limit_percentage|spike_limit_percentage|sampling_percentage|"
+        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|timeout|insecure|"
+        r"max_elapsed_time)$"
+    )
+    placeholder = re.compile(r"^\$\{env:[A-Z][A-Z0-9_]*:-[^}]+\}$")
+    checked = 0
+    for path, value in _walk(load(name)):
+        key = path.rsplit(".", 1)[-1]
+        if tunable.search(key) and not path.startswith("extensions.file_storage/queue.timeout"):
+            assert isinstance(value, str) and placeholder.match(value), f"{name}: {path} = {value!r}"
+            checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize("name", ["otelcol.yaml", "gateway.yaml"])
+def test_tail_sampling_keeps_errors_slow_queries_and_n_plus_one(name: str) -> None:
+    config = load(name)
+    policies = {p["type"]: p for p in config["processors"]["tail_sampling"]["policies"]}
+    assert policies["status_code"]["status_code"]["status_codes"] == ["ERROR"]
+    booleans = [p["boolean_attribute"] for p in config["processors"]["tail_sampling"]["policies"]
+                if p["type"] == "boolean_attribute"]  # fmt: skip
+    # the keys are the package's own constants, not retyped strings
+    assert {(b["key"], b["value"]) for b in booleans} == {(A.QUERY_SLOW, True), (A.N_PLUS_ONE_DETECTED, True)}
+    assert "probabilistic" in policies
+    traces = config["service"]["pipelines"]["traces"]["processors"]
+    assert traces.index("tail_sampling") < traces.index("batch")
+
+
+@pytest.mark.parametrize("name", ["otelcol.yaml", "gateway.yaml"])
+def test_backends_have_persistent_queues_and_exemplars(name: str) -> None:
+    config = load(name)
+    exporters = config["exporters"]
+    for exporter in ("otlp/jaeger", "otlphttp/loki"):
+        assert exporters[exporter]["sending_queue"]["storage"] == "file_storage/queue"
+        assert exporters[exporter]["retry_on_failure"]["enabled"] is True
+    assert exporters["prometheus"]["enable_open_metrics"] is True  # exemplars need OpenMetrics
+    assert exporters["otlphttp/loki"]["endpoint"].endswith("/otlp}")  # Loki's native OTLP endpoint
+
+
+def test_agent_routes_traces_by_trace_id() -> None:
+    config = load("agent.yaml")
+    lb = config["exporters"]["loadbalancing"]
+    assert lb["routing_key"] == "traceID"
+    assert config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+    assert lb["protocol"]["otlp"]["sending_queue"]["storage"] == "file_storage/queue"
+    assert "tail_sampling" not in config["processors"]  # sampling happens where whole traces meet
+
+
+def test_gateway_has_the_single_node_pipelines() -> None:
+    def body(name: str) -> str:
+        return "\n".join(line for line in (COLLECTOR / name).read_text().splitlines() if not line.startswith("#"))
+
+    assert body("gateway.yaml") == body("otelcol.yaml")
