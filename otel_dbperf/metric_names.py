@@ -1,0 +1,39 @@
+"""Metric names: the public contract of design.md section 5, and what Prometheus shows.
+
+The alert rules and dashboards use the Prometheus names; tests derive them from here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Metric(NamedTuple):
+    name: str  # the OpenTelemetry name
+    unit: str  # UCUM unit, "" for a plain count
+    kind: str  # "histogram" or "counter"
+
+    @property
+    def prometheus(self) -> str:
+        """The name after the OTLP -> Prometheus translation (unit suffix, _total for counters)."""
+        base = self.name.replace(".", "_")
+        if self.unit == "s":
+            base += "_seconds"
+        return base + "_total" if self.kind == "counter" else base
+
+
+DB_CLIENT_OPERATION_DURATION = Metric("db.client.operation.duration", "s", "histogram")
+DB_SLOW_QUERIES = Metric("dbperf.db.slow_queries", "", "counter")
+DB_N_PLUS_ONE = Metric("dbperf.db.n_plus_one", "", "counter")
+REQUEST_DB_DURATION = Metric("dbperf.request.db.duration", "s", "histogram")
+REQUEST_DB_QUERIES = Metric("dbperf.request.db.queries", "", "histogram")
+HTTP_SERVER_REQUEST_DURATION = Metric("http.server.request.duration", "s", "histogram")
+
+ALL = (
+    DB_CLIENT_OPERATION_DURATION,
+    DB_SLOW_QUERIES,
+    DB_N_PLUS_ONE,
+    REQUEST_DB_DURATION,
+    REQUEST_DB_QUERIES,
+    HTTP_SERVER_REQUEST_DURATION,
+)
