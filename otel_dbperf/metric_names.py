@@ -11,14 +11,13 @@ from typing import NamedTuple
 class Metric(NamedTuple):
     name: str  # the OpenTelemetry name
     unit: str  # UCUM unit, "" for a plain count
-    kind: str  # "histogram" or "counter"
+    kind: str  # "histogram", "counter" or "gauge"
 
     @property
     def prometheus(self) -> str:
         """The name after the OTLP -> Prometheus translation (unit suffix, _total for counters)."""
         base = self.name.replace(".", "_")
-        if self.unit == "s":
-            base += "_seconds"
+        base += {"s": "_seconds", "By": "_bytes"}.get(self.unit, "")
         return base + "_total" if self.kind == "counter" else base
 
 
@@ -28,6 +27,9 @@ DB_N_PLUS_ONE = Metric("dbperf.db.n_plus_one", "", "counter")
 REQUEST_DB_DURATION = Metric("dbperf.request.db.duration", "s", "histogram")
 REQUEST_DB_QUERIES = Metric("dbperf.request.db.queries", "", "histogram")
 HTTP_SERVER_REQUEST_DURATION = Metric("http.server.request.duration", "s", "histogram")
+# process resource metrics (semconv names, as the system-metrics instrumentation emits them)
+PROCESS_CPU_TIME = Metric("process.cpu.time", "s", "counter")
+PROCESS_MEMORY_USAGE = Metric("process.memory.usage", "By", "gauge")
 
 ALL = (
     DB_CLIENT_OPERATION_DURATION,
@@ -36,4 +38,6 @@ ALL = (
     REQUEST_DB_DURATION,
     REQUEST_DB_QUERIES,
     HTTP_SERVER_REQUEST_DURATION,
+    PROCESS_CPU_TIME,
+    PROCESS_MEMORY_USAGE,
 )

@@ -83,3 +83,66 @@ def test_no_secret_is_committed() -> None:
                 secret_keys = [k for k in entry if re.search(r"(key|url|token|password)$", k)]
                 assert not secret_keys, f"{receiver['name']}: {secret_keys} must be *_file"
                 assert any(k.endswith("_file") for k in entry)
+
+
+DASHBOARD = COLLECTOR / "grafana" / "dashboards" / "otel-dbperf.json"
+
+
+def test_dashboard_expressions_parse_and_use_contract_metrics(tmp_path: Path) -> None:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 13
+    # Grafana variables replaced by what they expand to, then every expression goes through
+    # Prometheus's own parser as a recording rule
+    concrete = [e.replace("$__rate_interval", "1m").replace('"$job"', '".*"') for e in exprs]
+    rules = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"panel:{i}", "expr": e} for i, e in enumerate(concrete)]}
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    out = run(tool("promtool"), "check", "rules", str(path))
+    assert f"SUCCESS: {len(exprs)} rules found" in out
+    names = {m.prometheus for m in metric_names.ALL}
+    for expr in concrete:
+        for metric in re.findall(r"\b([a-z_][a-z0-9_]*)(?=\{)", expr):
+            assert any(metric == n + s for n in names for s in ("_bucket", "_count", "_sum", "")), metric
+    titles = " | ".join(p["title"] for p in dashboard["panels"]).lower()
+    for needed in ("db query rate by operation", "p50 / p95 / p99", "slow queries", "top tables by db time",
+                   "n+1", "requests per second", "error ratio", "p95", "db time share per route", "process cpu",
+                   "process memory"):  # fmt: skip
+        assert needed in titles, needed
+    assert all(t.get("exemplar") for p in dashboard["panels"] for t in p["targets"])
+
+
+def test_grafana_links_exemplars_and_log_trace_ids_to_jaeger() -> None:
+    datasources = yaml.safe_load(
+        (COLLECTOR / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
+    )["datasources"]
+    by_type = {d["type"]: d for d in datasources}
+    assert set(by_type) == {"prometheus", "jaeger", "loki"}
+    jaeger_uid = by_type["jaeger"]["uid"]
+    assert by_type["prometheus"]["jsonData"]["exemplarTraceIdDestinations"][0]["datasourceUid"] == jaeger_uid
+    (derived,) = by_type["loki"]["jsonData"]["derivedFields"]
+    assert derived["datasourceUid"] == jaeger_uid and derived["matcherRegex"] == "trace_id"
+
+
+def test_prometheus_config_and_compose_stack() -> None:
+    out = run(tool("promtool"), "check", "config", str(COLLECTOR / "prometheus" / "prometheus.yml"))
+    assert "SUCCESS: 6 rules found" in out
+    compose = yaml.safe_load((COLLECTOR / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert {"otelcol", "jaeger", "prometheus", "alertmanager", "loki", "grafana", "shop"} <= set(services)
+    for name, service in services.items():
+        if "image" in service:
+            image, _, tag = service["image"].rpartition(":")
+            assert image and re.match(r"v?\d+\.\d+\.\d+$", tag), f"{name}: pin {service['image']}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./") and "secrets" not in source:
+                assert (COLLECTOR / source).exists(), f"{name}: {source} missing"
+    assert services["otelcol"]["image"].endswith(":0.136.0")  # the release the configs are checked against
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
