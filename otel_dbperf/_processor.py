@@ -204,13 +204,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     request.records.append(record)
                 else:
                     _count_overflow(request, record)
-            if self._consumers == 1:
-                done = self._done
-                if len(done) >= _MAX_PENDING:
-                    _trim(done)
-                done[span_id] = record
-            else:
-                self._publish(span_id, record)
+            self._publish(span_id, record)
         except Exception as exc:  # noqa: BLE001
             internal_error("_on_ending", exc)
 

@@ -59,10 +59,6 @@ class Span:
         return (self.end_ns - self.start_ns) / 1e6
 
 
-class NotOTLP(ValueError):
-    """The input holds no OTLP trace data."""
-
-
 @dataclass
 class ReadStats:
     lines: int = 0
