@@ -18,6 +18,7 @@ Ratios (design.md section 6): (otel-dbperf - vanilla) / (vanilla - uninstrumente
 budget <= 0.10 on the request thread, <= 0.30 in total.
 
     python bench/overhead.py [--rounds 300] [--block 200] [--encode] [--no-resource-samples]
+    python bench/overhead.py --metrics             # adds a variant that also derives the section 5 metrics
     python bench/overhead.py --breakdown           # empty processor, CPU clocks alone, frame walk alone
     python bench/overhead.py --instructions        # callgrind instruction counts (needs valgrind)
     python bench/overhead.py --memory 1000000 --distinct 100000
@@ -102,9 +103,15 @@ class Variant:
     """
 
     def __init__(
-        self, name: str, engine: Engine, provider: TracerProvider | None = None, processors: tuple[Any, ...] = ()
+        self,
+        name: str,
+        engine: Engine,
+        provider: TracerProvider | None = None,
+        processors: tuple[Any, ...] = (),
+        deriver: Any = None,
     ) -> None:
         self.name = name
+        self.deriver = deriver
         self.engine = engine
         self.provider = provider
         self.processors = processors
@@ -132,29 +139,45 @@ class Variant:
             cpu1 = time.thread_time_ns()
             for processor in self.processors:
                 processor.force_flush()
+            if self.deriver is not None:  # the round's metric derivation is in its total
+                self.deriver.drain()
             proc1 = time.process_time_ns()
         self.thread_ns.append((cpu1 - cpu0) / n)
         self.total_ns.append((proc1 - proc0) / n)
 
 
 def build(
-    exporter: type[SpanExporter] = NullExporter, resource_samples: bool = True
-) -> tuple[Variant, Variant, Variant]:
+    exporter: type[SpanExporter] = NullExporter, resource_samples: bool = True, metrics: bool = False
+) -> tuple[Variant, ...]:
     here = os.path.dirname(os.path.abspath(__file__))
     settings = Settings(app_paths=(here,), resource_samples=resource_samples)
     provider = TracerProvider()
     engine = traced(provider)
     dbperf = DbPerfSpanProcessor(settings)
-    return (
+    variants = (
         Variant("uninstrumented", make_engine()),
         Variant("vanilla contrib", engine, provider, (BatchSpanProcessor(exporter()),)),
         Variant("otel-dbperf", engine, provider, (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(exporter())))),
     )
+    if not metrics:
+        return variants
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_dbperf._metrics import MetricsDeriver
+    from otel_dbperf.metrics import default_views
+
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()], views=default_views())
+    with_metrics = DbPerfSpanProcessor(settings)
+    deriver = MetricsDeriver(settings, meters)
+    with_metrics.attach_metrics(deriver.submit)
+    processors = (with_metrics, BatchSpanProcessor(with_metrics.wrap_exporter(exporter())))
+    return (*variants, Variant("+ metrics", engine, provider, processors, deriver))
 
 
-def overhead(rounds: int, block: int, encode: bool, resource_samples: bool) -> int:
-    variants = build(EncodingExporter if encode else NullExporter, resource_samples)
-    uninst, vanilla, ours = variants
+def overhead(rounds: int, block: int, encode: bool, resource_samples: bool, metrics: bool = False) -> int:
+    variants = build(EncodingExporter if encode else NullExporter, resource_samples, metrics)
+    uninst, vanilla, ours = variants[:3]
     for v in variants:  # warm-up: caches, imports, first connect
         v.run(1000)
         v.thread_ns.clear()
@@ -190,6 +213,15 @@ def overhead(rounds: int, block: int, encode: bool, resource_samples: bool) -> i
     req_ratio, tot_ratio = ot / vt, oc / vc
     print(f"request-thread ratio {req_ratio:.3f} (budget <= 0.10): {'OK' if req_ratio <= 0.10 else 'OVER'}")
     print(f"total CPU ratio      {tot_ratio:.3f} (budget <= 0.30): {'OK' if tot_ratio <= 0.30 else 'OVER'}")
+    if metrics:
+        met = variants[3]
+        mt, mc = paired(met, ours, "thread_ns"), paired(met, ours, "total_ns")
+        at, ac = paired(met, vanilla, "thread_ns"), paired(met, vanilla, "total_ns")
+        print(
+            f"metric derivation adds  {mt:7.2f} us/query on the request thread, {mc:7.2f} us in total (paired medians)"
+        )
+        print(f"  as a share of vanilla: {mt / vt:.3f} request thread, {mc / vc:.3f} total")
+        print(f"otel-dbperf with metrics: request-thread ratio {at / vt:.3f}, total CPU ratio {ac / vc:.3f}")
     return 0
 
 
@@ -270,6 +302,12 @@ def breakdown(rounds: int, block: int) -> int:
 
 def _instructions_child(variant: str, n: int) -> int:
     """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
+    if variant == "otel-dbperf + metrics":
+        with_metrics = build(metrics=True)[3]
+        with_metrics.run(500)
+        if n:
+            with_metrics.run(n)
+        return 0
     uninst, vanilla, ours = build()
     if variant == "otel-dbperf request thread":  # the processor, with a plain (non-enriching) exporter
         dbperf = DbPerfSpanProcessor(ours.processors[0].settings)
@@ -290,7 +328,13 @@ def instructions(n: int) -> int:
         print("valgrind not found (apt-get install valgrind)")
         return 1
     counts: dict[str, float] = {}
-    variants = ["uninstrumented", "vanilla contrib", "otel-dbperf request thread", "otel-dbperf"]
+    variants = [
+        "uninstrumented",
+        "vanilla contrib",
+        "otel-dbperf request thread",
+        "otel-dbperf",
+        "otel-dbperf + metrics",
+    ]
     for variant in variants:
         totals = []
         for queries in (0, n):
@@ -320,6 +364,11 @@ def instructions(n: int) -> int:
         f"vanilla tracing adds {vanilla:,.0f}; otel-dbperf adds {request:,.0f} on the request thread "
         f"({request / vanilla:.3f}) and {total:,.0f} in total ({total / vanilla:.3f})"
     )
+    metrics = counts["otel-dbperf + metrics"] - counts["otel-dbperf"]
+    print(
+        f"metric derivation adds {metrics:,.0f} ({metrics / vanilla:.3f}); otel-dbperf with metrics in total "
+        f"{total + metrics:,.0f} ({(total + metrics) / vanilla:.3f})"
+    )
     return 0
 
 
@@ -332,6 +381,7 @@ def main() -> int:
         "--no-resource-samples", action="store_true", help="otel-dbperf with DBPERF_RESOURCE_SAMPLES=false"
     )
     parser.add_argument("--breakdown", action="store_true", help="the request-thread cost piece by piece")
+    parser.add_argument("--metrics", action="store_true", help="add a variant that also derives the metrics")
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind instead")
     parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, default=3000, help="with --instructions: queries per variant")
@@ -346,7 +396,7 @@ def main() -> int:
         return breakdown(args.rounds, args.block)
     if args.memory:
         return memory(args.memory, args.distinct)
-    return overhead(args.rounds, args.block, args.encode, not args.no_resource_samples)
+    return overhead(args.rounds, args.block, args.encode, not args.no_resource_samples, args.metrics)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from ._sql import analyze, scrub_error_text
 from .settings import Settings
 
 _CLIENT = SpanKind.CLIENT
+_ERROR = StatusCode.ERROR
+_ERROR_TYPE = "error.type"
 _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
 _DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
 _ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
@@ -122,6 +124,12 @@ class DbPerfSpanProcessor(SpanProcessor):
         # span id -> Record or _Request, for the exporters
         self._done: dict[int, Any] = {}
         self._consumers = 0
+        # MetricsDeriver.submit once metrics are set up: gets (span, record or _Request)
+        self._submit: Any = None
+
+    def attach_metrics(self, submit: Any) -> None:
+        """Hand every finished DB span and request root to ``submit(span, payload)`` (metrics)."""
+        self._submit = submit
 
     def wrap_exporter(self, exporter: SpanExporter) -> EnrichingSpanExporter:
         """The exporter that adds this processor's attributes before ``exporter`` sends spans."""
@@ -176,6 +184,9 @@ class DbPerfSpanProcessor(SpanProcessor):
                         entry.cpu_ns = thread_time_ns() - entry.cpu0
                         entry.rss = rss_bytes()
                     self._publish(span_id, entry)
+                    submit = self._submit
+                    if submit is not None:
+                        submit(span, entry)
                 return
             cpu_ns = thread_time_ns() - entry[0] if self._resources else -1
             request = entry[1]
@@ -186,6 +197,8 @@ class DbPerfSpanProcessor(SpanProcessor):
                 return  # an HTTP or other client span: not ours
             duration = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
             slow = duration >= self._slow_ns
+            if span._status.status_code is _ERROR and _ERROR_TYPE not in attrs:  # noqa: SLF001
+                _set_error_type(attrs)
             statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
             location = None
             stack = ""
@@ -205,6 +218,9 @@ class DbPerfSpanProcessor(SpanProcessor):
                 else:
                     _count_overflow(request, record)
             self._publish(span_id, record)
+            submit = self._submit
+            if submit is not None and statement is not None:  # "connect" spans are no operation
+                submit(span, record)
         except Exception as exc:  # noqa: BLE001
             internal_error("_on_ending", exc)
 
@@ -228,6 +244,19 @@ class DbPerfSpanProcessor(SpanProcessor):
             if slot[1] <= 0:
                 del self._done[span_id]
             return slot[0]
+
+
+def _set_error_type(attrs: dict[str, Any]) -> None:
+    """semconv ``error.type`` on a failed DB span: the DB-API exception being handled right now.
+
+    The SQLAlchemy instrumentation ends a failed query's span from its ``handle_error``
+    listener, inside SQLAlchemy's ``except`` block, so the exception is still current.
+    """
+    exc = sys.exc_info()[1]
+    if exc is not None:
+        kind = type(exc)
+        module = kind.__module__
+        attrs[_ERROR_TYPE] = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def _count_overflow(request: _Request, record: Record) -> None:

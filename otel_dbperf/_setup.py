@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from . import _prefork
 from ._processor import DbPerfSpanProcessor
+from ._startup_log import startup_warning
 from .settings import Settings, describe_effective
 
 _log = logging.getLogger("otel_dbperf")
 
-state = {"configured": False}
+state: dict[str, Any] = {"configured": False, "processor": None, "deriver": None}
 
 
 @lru_cache(maxsize=1)
@@ -42,9 +49,71 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
         return BatchSpanProcessor(processor.wrap_exporter(exporter))
 
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
+    state["processor"] = processor
     return {"span_processors": [processor], "export_span_processor": factory}
 
 
 def log_effective(settings: Settings) -> None:
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug("%s", describe_effective(settings))
+
+
+@contextmanager
+def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[None]:
+    """While the SDK builds its providers: our metric views, and no pull exporter where it can't work.
+
+    The SDK's ``_init_metrics`` builds its ``MeterProvider`` without views; for this
+    call only, the name it calls is a wrapper that adds ours (the public ``views``
+    argument; a test pins this to the SDK range we support).
+    """
+    if not settings.enabled:
+        yield
+        return
+    from opentelemetry.sdk import _configuration as sdk_configuration
+
+    from .metrics import default_views
+
+    chosen = tuple(views) if views is not None else default_views(settings.slow_query_threshold_ms)
+    original = sdk_configuration.MeterProvider  # type: ignore[attr-defined]
+
+    def meter_provider(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("views", chosen)
+        return original(*args, **kwargs)
+
+    saved = os.environ.get(OTEL_METRICS_EXPORTER)
+    refusal = _prefork.pull_refusal(os.environ, sys.argv)
+    if refusal:
+        startup_warning("%s", refusal)
+        os.environ[OTEL_METRICS_EXPORTER] = _prefork.without_pull_exporter(saved or "")
+    state["metric_exporters"] = os.environ.get(OTEL_METRICS_EXPORTER, "")
+    sdk_configuration.MeterProvider = meter_provider  # type: ignore[attr-defined,assignment]
+    try:
+        yield
+    finally:
+        sdk_configuration.MeterProvider = original  # type: ignore[attr-defined]
+        if refusal:
+            if saved is None:
+                os.environ.pop(OTEL_METRICS_EXPORTER, None)
+            else:
+                os.environ[OTEL_METRICS_EXPORTER] = saved
+
+
+def start_metrics(settings: Settings) -> None:
+    """Derive the section 5 metrics from the processor's spans, once the SDK's providers exist."""
+    processor = state.get("processor")
+    exporters = [n.strip() for n in str(state.get("metric_exporters", "")).split(",") if n.strip() not in ("", "none")]
+    if not settings.enabled or processor is None or not exporters:
+        return
+    from opentelemetry.metrics import get_meter_provider
+
+    from . import __version__
+    from ._metrics import MetricsDeriver
+
+    provider = get_meter_provider()
+    if not hasattr(provider, "_measurement_consumer"):
+        return  # not the SDK's provider: someone else set metrics up
+    deriver = MetricsDeriver(settings, provider, __version__)
+    processor.attach_metrics(deriver.submit)
+    state["deriver"] = deriver
+    state["fork_hooks"] = _prefork.ForkHooks(provider, deriver)
+    atexit.register(deriver.drain)  # runs before the SDK's shutdown export (registered earlier)

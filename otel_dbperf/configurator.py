@@ -6,12 +6,15 @@ from typing import Any
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
-from ._setup import current_settings, log_effective, sdk_kwargs, state
+from ._setup import current_settings, log_effective, sdk_kwargs, sdk_patches, start_metrics, state
 
 
 class DbPerfConfigurator(_OTelSDKConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         settings = current_settings()
-        super()._configure(**{**sdk_kwargs(settings), **kwargs})  # type: ignore[no-untyped-call]
+        views = kwargs.pop("views", None)
+        with sdk_patches(settings, views):
+            super()._configure(**{**sdk_kwargs(settings), **kwargs})  # type: ignore[no-untyped-call]
+        start_metrics(settings)
         state["configured"] = True
         log_effective(settings)

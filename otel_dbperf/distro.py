@@ -16,6 +16,7 @@ from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from . import _sqlalchemy
 from ._setup import current_settings
+from .metrics import SYSTEM_METRICS_CONFIG
 
 NAME = "otel_dbperf"  # the name of our distro and configurator entry points
 
@@ -31,6 +32,10 @@ class DbPerfDistro(BaseDistro):
         _sqlalchemy.install_conflict_filter()
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
+        if entry_point.name == "system_metrics" and current_settings().enabled:
+            # process CPU and memory only (the instrumentation's default is ~30 system-wide metrics)
+            entry_point.load()(config=dict(SYSTEM_METRICS_CONFIG)).instrument(**kwargs)
+            return
         if entry_point.name == "sqlalchemy":
             kwargs.update(_sqlalchemy.instrumentor_kwargs(current_settings()))
         super().load_instrumentor(entry_point, **kwargs)

@@ -30,6 +30,8 @@ HTTP_SERVER_REQUEST_DURATION = Metric("http.server.request.duration", "s", "hist
 # process resource metrics (semconv names, as the system-metrics instrumentation emits them)
 PROCESS_CPU_TIME = Metric("process.cpu.time", "s", "counter")
 PROCESS_MEMORY_USAGE = Metric("process.memory.usage", "By", "gauge")
+# otel-dbperf's own health: spans whose metrics were dropped (derivation queue full)
+METRICS_DROPPED = Metric("dbperf.metrics.dropped", "", "counter")
 
 ALL = (
     DB_CLIENT_OPERATION_DURATION,
@@ -40,4 +42,5 @@ ALL = (
     HTTP_SERVER_REQUEST_DURATION,
     PROCESS_CPU_TIME,
     PROCESS_MEMORY_USAGE,
+    METRICS_DROPPED,
 )

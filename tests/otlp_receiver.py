@@ -9,6 +9,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -27,6 +28,7 @@ def _value(v: AnyValue) -> Any:
 class Receiver:
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []  # one entry per data point, in arrival order
         self.raw: list[bytes] = []  # every request body, decompressed
         self.paths: list[str] = []
         self._lock = threading.Lock()
@@ -55,6 +57,11 @@ class Receiver:
         with self._lock:
             self.raw.append(body)
             self.paths.append(path)
+        if path == "/v1/metrics":
+            points = _metric_points(body)
+            with self._lock:
+                self.metrics.extend(points)
+            return
         if path != "/v1/traces":
             return
         req = ExportTraceServiceRequest()
@@ -99,8 +106,22 @@ class Receiver:
                 )
             time.sleep(0.05)
 
+    def wait_for_metrics(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                snapshot = list(self.metrics)
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for metrics; got {sorted({p['name'] for p in snapshot})}")
+            time.sleep(0.1)
+
     def clear(self) -> None:
         with self._lock:
+            self.metrics.clear()
             self.spans.clear()
             self.raw.clear()
             self.paths.clear()
@@ -108,3 +129,32 @@ class Receiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _metric_points(body: bytes) -> list[dict[str, Any]]:
+    req = ExportMetricsServiceRequest()
+    req.ParseFromString(body)
+    points = []
+    for rm in req.resource_metrics:
+        resource = {kv.key: _value(kv.value) for kv in rm.resource.attributes}
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                for p in getattr(m, kind).data_points:
+                    point: dict[str, Any] = {
+                        "name": m.name,
+                        "unit": m.unit,
+                        "kind": kind,
+                        "scope": sm.scope.name,
+                        "resource": resource,
+                        "attributes": {kv.key: _value(kv.value) for kv in p.attributes},
+                        "start": p.start_time_unix_nano,
+                        "time": p.time_unix_nano,
+                        "exemplars": [{"trace_id": e.trace_id.hex(), "span_id": e.span_id.hex()} for e in p.exemplars],
+                    }
+                    if kind == "histogram":
+                        point.update(count=p.count, sum=p.sum, bounds=list(p.explicit_bounds))
+                    else:
+                        point["value"] = p.as_double if p.WhichOneof("value") == "as_double" else p.as_int
+                    points.append(point)
+    return points

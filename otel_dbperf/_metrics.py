@@ -1,0 +1,256 @@
+"""RED metrics derived from the spans the processor measures (design.md section 5).
+
+The request thread only appends ``(span, payload)`` to a bounded queue (one
+``deque.append``); a background thread drains it, and so does every metric
+collection (an observable callback), so an export or a scrape sees every span
+that ended before it. Metrics come from the spans before any sampling, and do
+not depend on a trace exporter being configured.
+
+Each measurement is recorded with the span's context, so histogram points carry
+exemplars (trace and span ids) under the SDK's default ``trace_based`` filter.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span_in_context
+
+from . import attributes as A
+from . import metric_names as M
+from ._guard import internal_error
+from ._sql import analyze
+from .metrics import METER_NAME
+from .settings import Settings
+
+_SCOPE = METER_NAME
+_MAX_QUEUE = 100_000  # spans awaiting derivation; past it they are dropped and counted
+_MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
+_OTHER = "_OTHER"
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_$]{0,62}){0,2}")
+_OPERATION = re.compile(r"[A-Za-z]{1,20}")
+_DRAIN_INTERVAL_S = 0.5
+
+# the record layout of _processor (kept in step by tests)
+_DUR, _SLOW, _STMT, _NESTED = 1, 2, 3, 7
+
+
+class MetricsDeriver:
+    """Turns finished DB spans and request roots into the section 5 metrics."""
+
+    def __init__(self, settings: Settings, meter_provider: MeterProvider, version: str = "") -> None:
+        self._settings = settings
+        self._provider = meter_provider
+        meter: Meter = meter_provider.get_meter(_SCOPE, version)
+        self._db_duration = meter.create_histogram(
+            M.DB_CLIENT_OPERATION_DURATION.name, unit="s", description="Duration of database client operations."
+        )
+        self._slow = meter.create_counter(
+            M.DB_SLOW_QUERIES.name, unit="{query}", description="Queries at or over DBPERF_SLOW_QUERY_THRESHOLD_MS."
+        )
+        self._n_plus_one = meter.create_counter(
+            M.DB_N_PLUS_ONE.name, unit="{occurrence}", description="Requests repeating one statement N+1 style."
+        )
+        self._request_db = meter.create_histogram(
+            M.REQUEST_DB_DURATION.name, unit="s", description="Database time per request."
+        )
+        self._request_queries = meter.create_histogram(
+            M.REQUEST_DB_QUERIES.name, unit="{query}", description="Database queries per request."
+        )
+        self._http_duration: Any = None  # created only when no framework instrumentation records it
+        self._http_checked = False
+        self._meter = meter
+        meter.create_observable_counter(
+            M.METRICS_DROPPED.name,
+            callbacks=[self._collect],
+            unit="{span}",
+            description="Spans whose metrics were dropped because the derivation queue was full.",
+        )
+        self.queue: deque[tuple[Any, Any]] = deque()
+        self.dropped = 0
+        self._tables: set[str] = set()
+        self._lock = threading.Lock()  # one drainer at a time keeps per-request order simple
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start()
+
+    # ---- request thread -------------------------------------------------------------------
+    def submit(self, span: Any, payload: Any) -> None:
+        """Queue a finished span (called by the processor; must stay cheap)."""
+        queue = self.queue
+        if len(queue) < _MAX_QUEUE:
+            queue.append((span, payload))
+        else:
+            self.dropped += 1
+
+    # ---- background ----------------------------------------------------------------------
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="otel-dbperf-metrics", daemon=True)
+        self._thread.start()
+
+    def after_fork_in_child(self) -> None:
+        """A forked worker: the parent's queued spans are the parent's; start our own thread."""
+        self.queue.clear()
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(_DRAIN_INTERVAL_S)
+            self.drain()
+
+    def _collect(self, options: CallbackOptions) -> Iterable[Observation]:
+        self.drain()
+        yield Observation(self.dropped)
+
+    def drain(self) -> None:
+        """Record the metrics of every queued span."""
+        with self._lock:
+            queue = self.queue
+            while queue:
+                try:
+                    span, payload = queue.popleft()
+                except IndexError:
+                    return
+                try:
+                    if payload.__class__ is tuple:
+                        if not payload[_NESTED]:
+                            self._record_query(span, payload)
+                    else:
+                        self._record_request(span, payload)
+                except Exception as exc:  # noqa: BLE001
+                    internal_error("metrics", exc)
+
+    # ---- derivation ----------------------------------------------------------------------
+    def _table(self, name: str) -> str:
+        if not _TABLE_NAME.fullmatch(name):
+            return _OTHER
+        if name in self._tables:
+            return name
+        if len(self._tables) >= _MAX_TABLES:
+            return _OTHER
+        self._tables.add(name)
+        return name
+
+    def _record_query(self, span: Any, record: tuple[Any, ...]) -> None:
+        attrs = span.attributes or {}
+        labels: dict[str, Any] = {}
+        system = attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM)
+        if system:
+            labels["db.system.name"] = system
+        # our own parse first: the SQLAlchemy instrumentation's db.operation.name is the first word
+        # followed by the database name ("SELECT /srv/app.db"), unfit for a metric label
+        operation: Any = ""
+        table = attrs.get("db.collection.name")
+        statement = record[_STMT]
+        if isinstance(statement, str):
+            analysis = analyze(statement, self._settings.statement_max_length)
+            operation = analysis.operation
+            table = table or analysis.table
+        if not operation:
+            operation = attrs.get("db.operation.name") or ""
+        if operation:
+            labels["db.operation.name"] = operation.upper() if _OPERATION.fullmatch(str(operation)) else _OTHER
+        if table:
+            labels["db.collection.name"] = self._table(str(table))
+        error = _error_type(span)
+        if error:
+            labels["error.type"] = error
+        context = _context_of(span)
+        self._db_duration.record(record[_DUR] / 1e9, labels, context=context)
+        if record[_SLOW]:
+            self._slow.add(1, labels, context=context)
+
+    def _record_request(self, span: Any, request: Any) -> None:
+        attrs = span.attributes or {}
+        route = attrs.get("http.route")
+        labels = {"http.route": route} if route else {}
+        context = _context_of(span)
+        records = list(request.records)
+        count, db_ns = len(records), 0
+        counts: dict[str, int] = {}
+        tables: dict[str, str] = {}
+        max_length = self._settings.statement_max_length
+        for record in records:
+            db_ns += record[_DUR]
+            statement = record[_STMT]
+            if isinstance(statement, str):
+                analysis = analyze(statement, max_length)
+                counts[analysis.fingerprint] = counts.get(analysis.fingerprint, 0) + 1
+                tables[analysis.fingerprint] = analysis.table
+        more, more_ns, _ = request.overflow
+        self._request_db.record((db_ns + more_ns) / 1e9, labels, context=context)
+        self._request_queries.record(count + more, labels, context=context)
+        threshold = self._settings.n_plus_one_threshold
+        for fingerprint, repeats in counts.items():
+            if repeats >= threshold:
+                n1 = dict(labels)
+                if tables[fingerprint]:
+                    n1["db.collection.name"] = self._table(tables[fingerprint])
+                self._n_plus_one.add(1, n1, context=context)
+        if span.kind is SpanKind.SERVER:
+            self._record_http(span, attrs, route, context)
+
+    def _record_http(self, span: Any, attrs: Any, route: Any, context: Context) -> None:
+        if not self._http_checked:
+            self._http_checked = True
+            if not _framework_records_http(self._provider):
+                self._http_duration = self._meter.create_histogram(
+                    M.HTTP_SERVER_REQUEST_DURATION.name, unit="s", description="Duration of HTTP server requests."
+                )
+        if self._http_duration is None:
+            return
+        labels: dict[str, Any] = {}
+        method = attrs.get("http.request.method") or attrs.get("http.method")
+        status = attrs.get("http.response.status_code") or attrs.get("http.status_code")
+        if route:
+            labels["http.route"] = route
+        if method:
+            labels["http.request.method"] = method
+        if status:
+            labels["http.response.status_code"] = status
+        error = attrs.get("error.type")
+        if not error and isinstance(status, int) and status >= 500:
+            error = str(status)
+        if error:
+            labels["error.type"] = error
+        self._http_duration.record((span.end_time - span.start_time) / 1e9, labels, context=context)
+
+
+def _context_of(span: Any) -> Context:
+    return set_span_in_context(NonRecordingSpan(span.get_span_context()))
+
+
+def _error_type(span: Any) -> str:
+    """``error.type`` of a failed DB span: the span's attribute, else the exception's type."""
+    if span.status.status_code is not StatusCode.ERROR:
+        return ""
+    error = (span.attributes or {}).get("error.type")
+    if error:
+        return str(error)
+    for event in span.events:
+        if event.name == "exception":
+            kind = (event.attributes or {}).get("exception.type")
+            if kind:
+                return str(kind)[:128]
+    return _OTHER
+
+
+def _framework_records_http(provider: Any) -> bool:
+    """Whether another scope (a framework instrumentation) made ``http.server.request.duration``."""
+    name = M.HTTP_SERVER_REQUEST_DURATION.name
+    for scope, meter in list(getattr(provider, "_meters", {}).items()):
+        if getattr(scope, "name", "") == _SCOPE:
+            continue
+        for instrument in list(getattr(meter, "_instrument_id_instrument", {}).values()):
+            if getattr(instrument, "name", "") == name:
+                return True
+    return False

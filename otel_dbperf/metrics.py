@@ -1,0 +1,83 @@
+"""Metric Views as data: explicit buckets and attribute allowlists for the section 5 metrics.
+
+``DEFAULT_VIEWS`` is what ``opentelemetry-instrument`` installs (with the configured
+slow-query threshold as a bucket boundary). Apps that set OpenTelemetry up in code
+extend it::
+
+    from opentelemetry.sdk.metrics.view import View
+    from otel_dbperf.metrics import default_views
+
+    otel_dbperf.configure(views=(*default_views(), View(instrument_name="my.metric", ...)))
+
+Every allowlist keeps cardinality bounded: no statements, fingerprints or ids.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
+
+from . import metric_names as M
+
+METER_NAME = "otel_dbperf"  # the instrumentation scope of the metrics otel-dbperf derives
+
+#: semconv's advice for ``db.client.operation.duration`` (seconds)
+DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+#: semconv's advice for ``http.server.request.duration`` (seconds)
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: queries per request
+QUERY_COUNT_BUCKETS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+
+DB_ATTRIBUTES = frozenset({"db.system.name", "db.operation.name", "db.collection.name", "error.type"})
+ROUTE_ATTRIBUTES = frozenset({"http.route"})
+N_PLUS_ONE_ATTRIBUTES = frozenset({"http.route", "db.collection.name"})
+HTTP_ATTRIBUTES = frozenset({"http.route", "http.request.method", "http.response.status_code", "error.type"})
+PROCESS_CPU_ATTRIBUTES = frozenset({"type", "cpu.mode"})  # "type" today, semconv's "cpu.mode" later
+
+
+def with_boundary(buckets: tuple[float, ...], boundary_s: float) -> tuple[float, ...]:
+    """``buckets`` with ``boundary_s`` added, so "share of values <= boundary" is exact."""
+    return tuple(sorted({*buckets, boundary_s}))
+
+
+def default_views(slow_query_threshold_ms: float = 100.0) -> tuple[View, ...]:
+    """The views for the section 5 metrics, with the slow threshold as a DB bucket boundary."""
+    threshold_s = slow_query_threshold_ms / 1000.0
+    return (
+        View(
+            instrument_name=M.DB_CLIENT_OPERATION_DURATION.name,
+            meter_name=METER_NAME,
+            aggregation=ExplicitBucketHistogramAggregation(with_boundary(DB_DURATION_BUCKETS, threshold_s)),
+            attribute_keys=set(DB_ATTRIBUTES),
+        ),
+        # The DB-API instrumentations (sqlite3, psycopg, psycopg2, ...) record their own copy under
+        # the database semconv opt-in, without db.collection.name; ours already counts every query
+        # (ORM or driver level, once), so theirs would double every sum in Prometheus.
+        View(instrument_name=M.DB_CLIENT_OPERATION_DURATION.name, aggregation=DropAggregation()),
+        View(instrument_name=M.DB_SLOW_QUERIES.name, attribute_keys=set(DB_ATTRIBUTES)),
+        View(instrument_name=M.DB_N_PLUS_ONE.name, attribute_keys=set(N_PLUS_ONE_ATTRIBUTES)),
+        View(
+            instrument_name=M.REQUEST_DB_DURATION.name,
+            aggregation=ExplicitBucketHistogramAggregation(HTTP_DURATION_BUCKETS),
+            attribute_keys=set(ROUTE_ATTRIBUTES),
+        ),
+        View(
+            instrument_name=M.REQUEST_DB_QUERIES.name,
+            aggregation=ExplicitBucketHistogramAggregation(QUERY_COUNT_BUCKETS),
+            attribute_keys=set(ROUTE_ATTRIBUTES),
+        ),
+        View(
+            instrument_name=M.HTTP_SERVER_REQUEST_DURATION.name,
+            aggregation=ExplicitBucketHistogramAggregation(HTTP_DURATION_BUCKETS),
+            attribute_keys=set(HTTP_ATTRIBUTES),
+        ),
+        View(instrument_name=M.PROCESS_CPU_TIME.name, attribute_keys=set(PROCESS_CPU_ATTRIBUTES)),
+    )
+
+
+DEFAULT_VIEWS = default_views()
+
+#: The system-metrics instrumentation's configuration: process CPU and memory only.
+SYSTEM_METRICS_CONFIG: dict[str, list[str] | None] = {
+    M.PROCESS_CPU_TIME.name: ["user", "system"],
+    M.PROCESS_MEMORY_USAGE.name: None,
+}

@@ -1,0 +1,242 @@
+"""RED metrics end to end: real servers under opentelemetry-instrument, a real Prometheus, OTLP push."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import base_env, free_port, get, serve, server_output
+from prometheus_server import prometheus
+from sqlalchemy import create_engine
+
+from otel_dbperf import metric_names as M
+
+APP = "flask_app:app"
+COLLECTOR = Path(__file__).parent.parent / "collector"
+JOB = "dbperf-test"
+# traffic: route -> (requests, status). /authors is an ORM N+1 (1 + 8 queries), /slow one 0.3 s query,
+# /fail one failing query (500), /ping no query.
+TRAFFIC = {"/authors": (24, 200), "/slow": (14, 200), "/fail": (5, 500), "/ping": (10, 200)}
+QUERIES = {"/authors": 9, "/slow": 1, "/fail": 1, "/ping": 0}
+
+
+def _seeded(url: str) -> str:
+    from models import seed
+
+    engine = create_engine(url)
+    seed(engine)
+    engine.dispose()
+    return url
+
+
+def _drive(base: str, concurrency: int = 4, counts: dict[str, int] | None = None) -> None:
+    counts = counts or {route: n for route, (n, _) in TRAFFIC.items()}
+    paths = [route for route, n in counts.items() for _ in range(n)]
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda p: (p, get(base + p)[0]), paths))
+    for path, status in results:
+        assert status == TRAFFIC[path][1], (path, status)
+
+
+def _route_of(path: str) -> str:
+    return path
+
+
+def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression(receiver: Any, tmp_path: Path) -> None:
+    url = _seeded(f"sqlite:///{tmp_path / 'app.db'}")
+    metrics_port = free_port()
+    env = base_env(
+        receiver,
+        APP_DB_URL=url,
+        OTEL_METRICS_EXPORTER="prometheus",
+        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
+        OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
+        OTEL_SERVICE_NAME=JOB,
+    )
+    # a real single-process server: Flask through uvicorn's WSGI interface
+    with (
+        serve("uvicorn", APP, env, "--interface", "wsgi") as srv,
+        prometheus([f"127.0.0.1:{metrics_port}"], JOB, tmp_path) as prom,
+    ):
+        # one request per route first, so that every series exists in Prometheus before the rest
+        # of the traffic: rate() only sees increases between samples it scraped
+        _drive(srv["url"], counts=dict.fromkeys(TRAFFIC, 1))
+        prom.wait_until("count(http_server_request_duration_seconds_count)", len(TRAFFIC))
+        _drive(srv["url"], counts={route: n - 1 for route, (n, _) in TRAFFIC.items()})
+        total_requests = sum(n for n, _ in TRAFFIC.values()) + 1  # + serve()'s readiness /ping
+        prom.wait_until("sum(http_server_request_duration_seconds_count)", total_requests)
+        total_queries = sum(TRAFFIC[r][0] * QUERIES[r] for r in TRAFFIC)
+        prom.wait_until("sum(db_client_operation_duration_seconds_count)", total_queries)
+        # rate() needs two samples of a series in its window: wait until the newest has three
+        prom.wait_until("min(count_over_time(http_server_request_duration_seconds_count[1m])) >= bool 3", 1)
+        output = server_output(srv)
+
+        # request rate, error ratio and p99 by route
+        counts = prom.by("sum by (http_route) (http_server_request_duration_seconds_count)", "http_route")
+        expected = {route: float(n) for route, (n, _) in TRAFFIC.items()}
+        expected["/ping"] += 1
+        assert counts == expected, output
+        rates = prom.by("sum by (http_route) (rate(http_server_request_duration_seconds_count[1m]))", "http_route")
+        assert set(rates) == set(TRAFFIC) and all(r > 0 for r in rates.values())
+        errors = prom.value(
+            'sum(http_server_request_duration_seconds_count{http_response_status_code=~"5.."})'
+            " / sum(http_server_request_duration_seconds_count)"
+        )
+        assert errors == pytest.approx(TRAFFIC["/fail"][0] / total_requests)
+        p99 = prom.by(
+            "histogram_quantile(0.99, sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket[1m])))",
+            "http_route",
+        )
+        assert 0.25 <= p99["/slow"] <= 0.5  # 0.3 s requests fall in the (0.25, 0.5] bucket
+        assert p99["/ping"] <= 0.1
+
+        # DB p99 by operation and table; the slow threshold (100 ms) is a bucket boundary
+        db_p99 = prom.query(
+            "histogram_quantile(0.99, sum by (le, db_operation_name, db_collection_name) "
+            "(rate(db_client_operation_duration_seconds_bucket[1m])))"
+        )
+        by_table = {(s["metric"].get("db_operation_name"), s["metric"].get("db_collection_name")) for s in db_p99}
+        assert {("SELECT", "dbperf_authors"), ("SELECT", "dbperf_books"), ("SELECT", "no_such_table")} <= by_table
+        slow_p99 = [float(s["value"][1]) for s in db_p99 if "db_collection_name" not in s["metric"]]
+        assert slow_p99 and 0.1 <= slow_p99[0] <= 0.5
+        assert (
+            prom.value('sum(db_client_operation_duration_seconds_bucket{le="0.1"})')
+            == total_queries - TRAFFIC["/slow"][0]
+        )
+        # slow-query ratio
+        assert prom.value(
+            "sum(dbperf_db_slow_queries_total) / sum(db_client_operation_duration_seconds_count)"
+        ) == pytest.approx(TRAFFIC["/slow"][0] / total_queries)
+        # N+1 by route: every /authors request loads 8 authors' books one query each
+        assert prom.by("sum by (http_route) (dbperf_db_n_plus_one_total)", "http_route") == {"/authors": 24.0}
+        failed = prom.by("sum by (error_type) (db_client_operation_duration_seconds_count)", "error_type")
+        assert failed.get("sqlite3.OperationalError") == 5
+        queries = prom.by("sum by (http_route) (dbperf_request_db_queries_sum)", "http_route")
+        assert queries == {route: float(TRAFFIC[route][0] * QUERIES[route]) for route in TRAFFIC}
+        assert prom.value("sum(process_memory_usage_bytes)") > 10_000_000
+        assert prom.value("sum(process_cpu_time_seconds_total)") > 0
+        # no unbounded label anywhere
+        labels = {k for s in prom.query(f'{{job="{JOB}"}}') for k in s["metric"]}
+        assert not labels & {"db_query_text", "db_statement", "dbperf_query_fingerprint", "trace_id"}
+
+        # issue 4: every dashboard and alert expression returns data from this app
+        _every_dashboard_expression_returns_data(prom)
+        _every_alert_expression_returns_data(prom)
+
+
+def _every_dashboard_expression_returns_data(prom: Any) -> None:
+    import json
+
+    dashboard = json.loads((COLLECTOR / "grafana" / "dashboards" / "otel-dbperf.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    empty = []
+    for expr in exprs:
+        concrete = expr.replace("$__rate_interval", "1m").replace('"$job"', f'"{JOB}"')
+        if not prom.query(concrete):
+            empty.append(concrete)
+    assert not empty, f"dashboard expressions with no data: {empty}"
+
+
+ALERTS_FIRING_UNDER_THIS_TRAFFIC = {"DbSlowQueryShareHigh", "NPlusOneSpike", "RequestErrorRatioHigh"}
+
+
+def _every_alert_expression_returns_data(prom: Any) -> None:
+    rules = yaml.safe_load((COLLECTOR / "prometheus" / "alerts.yaml").read_text())
+    empty = []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            expr = rule["expr"].strip()
+            measured = re.sub(r"\s*>\s*[0-9.]+\s*$", "", expr)  # the quantity, without its threshold
+            assert measured != expr, rule["alert"]
+            if not prom.query(measured):
+                empty.append(rule["alert"])
+            if rule["alert"] in ALERTS_FIRING_UNDER_THIS_TRAFFIC:
+                assert prom.query(expr), f"{rule['alert']} does not fire under traffic that breaches it"
+    assert not empty, f"alert expressions with no data: {empty}"
+
+
+def _latest(points: list[dict[str, Any]], name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last cumulative point of each (worker, attributes) series of metric ``name``."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in points:
+        if p["name"] == name:
+            latest[(p["resource"]["service.instance.id"], repr(sorted(p["attributes"].items())))] = p
+    return latest
+
+
+def test_otlp_metrics_from_two_gunicorn_workers(receiver: Any, pg_sync_url: str) -> None:
+    _seeded(pg_sync_url)
+    env = base_env(receiver, APP_DB_URL=pg_sync_url, OTEL_METRICS_EXPORTER="otlp", OTEL_METRIC_EXPORT_INTERVAL="500")
+    with serve("gunicorn", APP, env, "-w", "2", "--preload") as srv:
+        _drive(srv["url"], concurrency=6)
+        total_queries = sum(TRAFFIC[r][0] * QUERIES[r] for r in TRAFFIC)
+
+        def complete(points: list[dict[str, Any]]) -> bool:
+            latest = _latest(points, M.DB_CLIENT_OPERATION_DURATION.name)
+            return sum(p["count"] for p in latest.values()) >= total_queries
+
+        points = receiver.wait_for_metrics(complete, timeout=30)
+        spans = receiver.wait_for(lambda s: len({x["trace_id"] for x in s if x["kind"] == "SERVER"}) >= 45)
+        output = server_output(srv)
+    # counts add up across workers, each worker its own series
+    db = _latest(points, M.DB_CLIENT_OPERATION_DURATION.name)
+    assert sum(p["count"] for p in db.values()) == total_queries, output
+    http = _latest(points, M.HTTP_SERVER_REQUEST_DURATION.name)
+    workers = {instance for instance, _ in http}
+    assert len(workers) == 2, "both workers served and are told apart by service.instance.id"
+    per_route: dict[str, int] = defaultdict(int)
+    for p in http.values():
+        per_route[p["attributes"]["http.route"]] += p["count"]
+    assert per_route["/authors"] == 24 and per_route["/fail"] == 5 and per_route["/slow"] == TRAFFIC["/slow"][0]
+    scopes = {p["scope"] for p in points if p["name"] == M.HTTP_SERVER_REQUEST_DURATION.name}
+    assert scopes == {"opentelemetry.instrumentation.flask"}  # the framework's, not derived a second time
+    # cumulative series never go back (no jumping between workers' values)
+    series: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for p in points:
+        key = (p["name"], p["resource"]["service.instance.id"], repr(sorted(p["attributes"].items())))
+        series[key].append(p.get("count", p.get("value", 0)))
+    counters = {m.name for m in M.ALL if m.kind == "counter"}
+    checked = 0
+    for key, values in series.items():
+        if key[0] in counters or any(p["kind"] == "histogram" for p in points if p["name"] == key[0]):
+            assert values == sorted(values), key
+            checked += 1
+    assert checked >= 10
+    # exemplars point at traces that were exported
+    trace_ids = {s["trace_id"] for s in spans}
+    exemplars = [e for p in points if p["name"] == M.DB_CLIENT_OPERATION_DURATION.name for e in p["exemplars"]]
+    assert exemplars and {e["trace_id"] for e in exemplars} <= trace_ids
+    n1 = _latest(points, M.DB_N_PLUS_ONE.name)
+    assert sum(p["value"] for p in n1.values()) == 24
+    assert {p["attributes"]["db.collection.name"] for p in n1.values()} == {"dbperf_books"}
+    # process metrics: one series per worker (and the master), CPU by mode
+    cpu = _latest(points, M.PROCESS_CPU_TIME.name)
+    assert workers <= {instance for instance, _ in cpu}
+    assert {p["attributes"].get("type") for p in cpu.values()} == {"user", "system"}
+
+
+def test_prometheus_pull_is_refused_under_gunicorn(receiver: Any, tmp_path: Path) -> None:
+    url = _seeded(f"sqlite:///{tmp_path / 'app.db'}")
+    metrics_port = free_port()
+    env = base_env(
+        receiver,
+        APP_DB_URL=url,
+        OTEL_METRICS_EXPORTER="prometheus",
+        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
+        OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
+    )
+    with serve("gunicorn", APP, env, "-w", "2") as srv:
+        assert get(srv["url"] + "/authors")[0] == 200  # the app is unaffected
+        receiver.wait_for(lambda s: any(x["kind"] == "SERVER" for x in s))  # and traces still flow
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", metrics_port)) != 0, "nothing serves wrong numbers"
+        output = server_output(srv)
+    refusals = [line for line in output.splitlines() if "OTEL_METRICS_EXPORTER=prometheus is refused" in line]
+    assert len(refusals) == 1, output
+    assert "under gunicorn" in refusals[0] and "OTEL_METRICS_EXPORTER=otlp" in refusals[0]
