@@ -236,6 +236,8 @@ def _error_body(code: str, message: str, parameter: str | None = None) -> dict[s
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"  # one request per connection: nothing to keep track of
+    # The stdlib answers a malformed request line as HTTP/0.9, without headers: ours always have them.
+    default_request_version = "HTTP/1.0"
     timeout = 10  # a client that stalls mid-request gives its thread back
     server_version = "otel-dbperf-profiler"
     sys_version = ""
@@ -375,7 +377,9 @@ class ProfilerServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """Where a client on this host reaches the server (loopback for a wildcard bind)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
     @property
