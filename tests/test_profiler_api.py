@@ -392,12 +392,16 @@ def test_openapi_document_lists_every_endpoint(serve: Callable[..., ProfilerServ
     assert "security" not in doc and "401" not in report["responses"]
 
 
-def test_handler_exception_is_a_json_500(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("reraise", [False, None], ids=["production", "pytest"])
+def test_handler_exception_is_a_json_500(monkeypatch: pytest.MonkeyPatch, reraise: bool | None) -> None:
+    """Production: logged once, never raised. Under pytest: re-raised on the server thread
+    (traceback on stderr) and counted in ``errors``, which the ``serve`` fixture asserts is 0."""
+
     class BrokenHistory(QueryHistory):
         def totals(self) -> dict[str, Any]:
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(_guard, "RERAISE", False)  # production behaviour: logged, never raised
+    monkeypatch.setattr(_guard, "RERAISE", reraise)
     server = start("127.0.0.1:0", None, BrokenHistory())
     try:
         status, _, body = call(server, "/profiler/stats")
@@ -425,6 +429,12 @@ def test_parse_addr() -> None:
 def test_non_loopback_without_token_is_refused(addr: str) -> None:
     with pytest.raises(ValueError, match="DBPERF_PROFILER_TOKEN"):
         start(addr, None, QueryHistory())
+
+
+def test_bad_slow_threshold_is_refused() -> None:
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="slow_threshold_s"):
+            start("127.0.0.1:0", None, QueryHistory(), slow_threshold_s=bad)
 
 
 def test_weak_token_is_refused_without_echoing_it() -> None:

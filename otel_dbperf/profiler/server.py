@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -128,11 +129,13 @@ def _process() -> dict[str, Any]:
 
 
 class _API:
-    """The endpoints, independent of the HTTP plumbing: (method, path, query) -> (status, body)."""
+    """The endpoints apart from the HTTP plumbing: each takes the parsed query string and
+    returns the JSON body, or raises :class:`_HTTPError`."""
 
-    def __init__(self, history: QueryHistory, slow_threshold_s: float) -> None:
+    def __init__(self, history: QueryHistory, slow_threshold_s: float, token_required: bool) -> None:
         self.history = history
         self.slow_threshold_s = slow_threshold_s
+        self.token_required = token_required  # the OpenAPI document declares the bearer scheme
         self.routes: dict[str, tuple[str, Callable[[dict[str, list[str]]], dict[str, Any]]]] = {
             "stats": ("GET", self.stats),
             "report": ("GET", self.report),
@@ -142,7 +145,6 @@ class _API:
             "toggle": ("POST", self.toggle),
             "reset": ("POST", self.reset),
         }
-        self.token_required = False  # set by start(); read by the OpenAPI document
 
     def stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
         t = self.history.totals()
@@ -356,13 +358,21 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall start-up.
         if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:  # "::" serves IPv4 clients too, where the system allows it
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Errors outside _dispatch (a client that vanished mid-request): nothing to report.
-        pass
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, OSError):
+            return  # a client that went away mid-request: nothing to report
+        try:
+            internal_error("profiler.http", exc)  # logged once in production
+        except Exception:  # noqa: BLE001 - re-raised under pytest: show it (errors makes the test fail)
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -430,10 +440,10 @@ def start(addr: str, token: str | None, history: QueryHistory, slow_threshold_s:
             f"the profiler API at {host}:{port} is reachable from other hosts: set DBPERF_PROFILER_TOKEN "
             "(clients then send 'Authorization: Bearer <token>') or bind to 127.0.0.1"
         )
+    if not (math.isfinite(slow_threshold_s) and slow_threshold_s >= 0):
+        raise ValueError("slow_threshold_s must be a number of seconds >= 0")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    api = _API(history, slow_threshold_s)
-    api.token_required = token is not None
-    server = _Server(host, port, family, api, token)
+    server = _Server(host, port, family, _API(history, slow_threshold_s, token is not None), token)
     thread = threading.Thread(target=server.serve_forever, name="otel-dbperf-profiler", daemon=True)
     thread.start()
     return ProfilerServer(host, server.server_port, history, server, thread)
