@@ -1,0 +1,449 @@
+"""The profiler's HTTP API: stdlib ``ThreadingHTTPServer`` on a daemon thread, JSON only.
+
+Security: loopback needs no token; any other bind address requires one, and with a
+token every endpoint but ``/profiler/health`` needs ``Authorization: Bearer <token>``.
+Statements are sanitized by the caller; responses never echo request parameter values.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import socketserver
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .._guard import internal_error
+from .._resources import rss_bytes
+from .history import QueryEntry, QueryHistory
+from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
+
+MAX_BODY = 1024  # bytes accepted in a request body (no endpoint takes one)
+_DRAIN = 64 * 1024  # an oversized body up to this is read and dropped so the 413 reaches the client
+_PREFIX = "/profiler/"
+
+
+class _HTTPError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        parameter: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.parameter, self.headers = parameter, headers
+
+
+def _bad(parameter: str, message: str) -> _HTTPError:
+    return _HTTPError(400, "bad_parameter", message, parameter)
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    raw = _single(query, name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise _bad(name, f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _float_param(query: dict[str, list[str]], name: str, default: float) -> float:
+    raw = _single(query, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise _bad(name, f"{name} must be a number of seconds >= 0")
+    return value
+
+
+def _bool_param(query: dict[str, list[str]], name: str) -> bool:
+    raw = _single(query, name)
+    if raw is None:
+        raise _bad(name, f"{name} is required (true or false)")
+    if raw not in ("true", "false"):
+        raise _bad(name, f"{name} must be true or false")
+    return raw == "true"
+
+
+def _single(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise _bad(name, f"{name} must be given once")
+    return values[0]
+
+
+def _aggregate(entries: list[QueryEntry]) -> dict[str, Any]:
+    total = len(entries)
+    slow = sum(1 for e in entries if e.slow)
+    duration = sum(e.duration_s for e in entries)
+    return {
+        "total_queries": total,
+        "slow_queries": slow,
+        "slow_query_percentage": _percent(slow, total),
+        "avg_duration_s": duration / total if total else 0.0,
+        "max_duration_s": max((e.duration_s for e in entries), default=0.0),
+        "total_duration_s": duration,
+    }
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 3) if whole else 0.0
+
+
+def _slowest(entries: list[QueryEntry], limit: int) -> list[dict[str, Any]]:
+    # Longest first; among equal durations the newest first.
+    ordered = sorted(entries, key=lambda e: (e.duration_s, e.id), reverse=True)
+    return [e.summary() for e in ordered[:limit]]
+
+
+def _process() -> dict[str, Any]:
+    times = os.times()
+    rss = rss_bytes()
+    return {
+        "memory_rss_bytes": rss,
+        "memory_usage_mb": round(rss / (1024 * 1024), 3),
+        "cpu_time_s": round(times.user + times.system, 3),
+    }
+
+
+class _API:
+    """The endpoints apart from the HTTP plumbing: each takes the parsed query string and
+    returns the JSON body, or raises :class:`_HTTPError`."""
+
+    def __init__(self, history: QueryHistory, slow_threshold_s: float, token_required: bool) -> None:
+        self.history = history
+        self.slow_threshold_s = slow_threshold_s
+        self.token_required = token_required  # the OpenAPI document declares the bearer scheme
+        self.routes: dict[str, tuple[str, Callable[[dict[str, list[str]]], dict[str, Any]]]] = {
+            "stats": ("GET", self.stats),
+            "report": ("GET", self.report),
+            "slow-queries": ("GET", self.slow_queries),
+            "health": ("GET", self.health),
+            "openapi.json": ("GET", self.openapi),
+            "toggle": ("POST", self.toggle),
+            "reset": ("POST", self.reset),
+        }
+
+    def stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        t = self.history.totals()
+        total = t["total_queries"]
+        data = {
+            "enabled": t["enabled"],
+            "total_queries": total,
+            "slow_queries": t["slow_queries"],
+            "slow_query_percentage": _percent(t["slow_queries"], total),
+            "avg_duration_s": t["total_duration_s"] / total if total else 0.0,
+            "max_duration_s": t["max_duration_s"],
+            "total_duration_s": t["total_duration_s"],
+            "queries_by_table": t["queries_by_table"],
+            "queries_by_operation": t["queries_by_operation"],
+            "history": {
+                "kept": t["kept"],
+                "max_history": t["max_history"],
+                "dropped": t["dropped"],
+                "evicted": t["evicted"],
+            },
+            "process": _process(),
+        }
+        return {"status": "success", "data": data}
+
+    def report(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        max_history = self.history.max_history
+        last_n = _int_param(query, "last_n_queries", min(100, max_history), 1, max_history)
+        top = _int_param(query, "top", 10, 1, MAX_TOP)
+        entries = self.history.entries(last_n)
+        data = _aggregate(entries)
+        data["top_slow_queries"] = _slowest(entries, top)
+        return {"status": "success", "data": data}
+
+    def slow_queries(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        threshold = _float_param(query, "threshold", self.slow_threshold_s)
+        limit = _int_param(query, "limit", 20, 1, MAX_LIMIT)
+        matching = [e for e in self.history.entries() if e.duration_s >= threshold]
+        queries = _slowest(matching, limit)
+        data = {
+            "threshold_s": threshold,
+            "total_slow_queries": len(matching),
+            "returned_queries": len(queries),
+            "queries": queries,
+        }
+        return {"status": "success", "data": data}
+
+    def details(self, raw_id: str) -> dict[str, Any]:
+        if not _DIGITS.fullmatch(raw_id) or not 1 <= int(raw_id) <= MAX_ID:
+            raise _bad("id", "id must be an integer >= 1")
+        entry = self.history.get(int(raw_id))
+        if entry is None:
+            raise _HTTPError(404, "not_found", "no query with this id in the history (it may have been evicted)")
+        return {"status": "success", "data": asdict(entry)}
+
+    def health(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        t = self.history.totals()
+        issues = []
+        if not t["enabled"]:
+            issues.append(f"profiler disabled: {t['dropped']} queries dropped")
+        if t["evicted"]:
+            issues.append(
+                f"history full: {t['evicted']} older queries evicted, reports cover the last {t['max_history']}"
+            )
+        return {
+            "status": "degraded" if issues else "healthy",
+            "enabled": t["enabled"],
+            "total_queries": t["total_queries"],
+            "slow_queries": t["slow_queries"],
+            "issues": issues,
+        }
+
+    def toggle(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        self.history.enabled = _bool_param(query, "enable")
+        return {"status": "success", "data": {"enabled": self.history.enabled}}
+
+    def reset(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        self.history.reset()
+        return {"status": "success", "data": {"reset": True}}
+
+    def openapi(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        return document(self.history.max_history, self.slow_threshold_s, self.token_required)
+
+
+def _error_body(code: str, message: str, parameter: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if parameter is not None:
+        error["parameter"] = parameter
+    return {"status": "error", "error": error}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"  # one request per connection: nothing to keep track of
+    # The stdlib answers a malformed request line as HTTP/0.9, without headers: ours always have them.
+    default_request_version = "HTTP/1.0"
+    timeout = 10  # a client that stalls mid-request gives its thread back
+    server_version = "otel-dbperf-profiler"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # Silent: the host's stderr is not ours, and request lines may carry a query string.
+        pass
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The stdlib sends HTML for malformed requests, too long lines, unknown methods; ours is JSON.
+        self.close_connection = True
+        reason = self.responses.get(code, ("error",))[0]
+        self._send(code, _error_body(reason.lower().replace(" ", "_"), reason))
+
+    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _dispatch(self) -> None:
+        try:
+            self._route()
+        except _HTTPError as err:
+            self._send(err.status, _error_body(err.code, err.message, err.parameter), err.headers)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a handler bug never reaches the host
+            self.server.errors += 1
+            try:
+                self._send(500, _error_body("internal_error", "internal error"))
+            except OSError:
+                pass
+            internal_error("profiler.http", exc)
+
+    def _route(self) -> None:
+        api = self.server.api
+        split = urlsplit(self.path)
+        path = split.path
+        if path != _PREFIX + "health" and not self._authorized():
+            raise _HTTPError(
+                401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        self._read_body()
+        if not path.startswith(_PREFIX):
+            raise _HTTPError(404, "not_found", "unknown path")
+        name = path[len(_PREFIX) :]
+        details = name.startswith("query-details/")
+        if details:
+            method = "GET"
+        elif name in api.routes:
+            method = api.routes[name][0]
+        else:
+            raise _HTTPError(404, "not_found", "unknown path")
+        if self.command != method:
+            raise _HTTPError(405, "method_not_allowed", f"use {method}", headers={"Allow": method})
+        try:
+            query = parse_qs(split.query, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
+        except ValueError as exc:  # more than max_num_fields
+            raise _HTTPError(400, "bad_query", "too many query parameters") from exc
+        body = api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+        self._send(200, body)
+
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        # Constant time: the comparison does not tell how much of a guess was right.
+        return hmac.compare_digest(given.encode("utf-8", "replace"), b"Bearer " + token.encode())
+
+    def _read_body(self) -> None:
+        if "Transfer-Encoding" in self.headers:
+            raise _HTTPError(411, "length_required", "chunked request bodies are not accepted")
+        raw = self.headers.get("Content-Length", "0").strip() or "0"
+        if not raw.isdigit():
+            raise _HTTPError(400, "bad_request", "malformed Content-Length")
+        length = int(raw)
+        if length > MAX_BODY:
+            self.close_connection = True
+            if length <= _DRAIN:
+                self.rfile.read(length)
+            raise _HTTPError(413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes")
+        if length:
+            self.rfile.read(length)  # no endpoint takes a body: read so the connection stays sane
+
+    do_GET = do_POST = _dispatch
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (PUT, OPTIONS, QUERY, ...) gets a JSON 405 naming the right one,
+        # not the stdlib's 501: the stdlib looks the method up as a do_<METHOD> attribute.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Not the stdlib's default of 5: a burst of clients should queue, not be refused.
+    request_queue_size = 64
+
+    def __init__(self, host: str, port: int, family: int, api: _API, token: str | None) -> None:
+        self.address_family = family
+        self.api = api
+        self.token = token
+        self.errors = 0  # handler exceptions turned into 500s
+        super().__init__((host, port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall start-up.
+        if self.address_family == socket.AF_INET6:
+            try:  # "::" serves IPv4 clients too, where the system allows it
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, OSError):
+            return  # a client that went away mid-request: nothing to report
+        try:
+            internal_error("profiler.http", exc)  # logged once in production
+        except Exception:  # noqa: BLE001 - re-raised under pytest: show it (errors makes the test fail)
+            super().handle_error(request, client_address)
+
+
+@dataclass
+class ProfilerServer:
+    """A running profiler API (see :func:`start`)."""
+
+    host: str
+    port: int
+    history: QueryHistory
+    _server: _Server
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        """Where a client on this host reaches the server (loopback for a wildcard bind)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def errors(self) -> int:
+        """Handler exceptions answered with a 500 since start (tests assert it stays 0)."""
+        return self._server.errors
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (loopback) -> (host, port)."""
+    addr = addr.strip()
+    match = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})", addr)
+    if not match or int(match["port"]) > 65535:
+        raise ValueError(f"profiler address {addr!r} is not host:port (e.g. 127.0.0.1:9465)")
+    host = match["v6"] or match["host"] or "127.0.0.1"
+    return host, int(match["port"])
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: may resolve anywhere
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it travels in a header
+
+
+def start(addr: str, token: str | None, history: QueryHistory, slow_threshold_s: float = 0.1) -> ProfilerServer:
+    """Serve ``history`` at ``addr`` on a daemon thread.
+
+    Raises ValueError for a malformed address or token, and when ``addr`` is not a
+    loopback address and no token is given. OSError if the port cannot be bound.
+    """
+    host, port = parse_addr(addr)
+    if token is not None and not _TOKEN.fullmatch(token):
+        # The message never contains the token itself.
+        raise ValueError("DBPERF_PROFILER_TOKEN must be at least 16 visible ASCII characters (no spaces)")
+    if token is None and not is_loopback(host):
+        raise ValueError(
+            f"the profiler API at {host}:{port} is reachable from other hosts: set DBPERF_PROFILER_TOKEN "
+            "(clients then send 'Authorization: Bearer <token>') or bind to 127.0.0.1"
+        )
+    if not (math.isfinite(slow_threshold_s) and slow_threshold_s >= 0):
+        raise ValueError("slow_threshold_s must be a number of seconds >= 0")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = _Server(host, port, family, _API(history, slow_threshold_s, token is not None), token)
+    thread = threading.Thread(target=server.serve_forever, name="otel-dbperf-profiler", daemon=True)
+    thread.start()
+    return ProfilerServer(host, server.server_port, history, server, thread)
