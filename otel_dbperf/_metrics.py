@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
@@ -44,10 +44,30 @@ _DUR, _SLOW, _STMT, _NESTED = 1, 2, 3, 7
 class MetricsDeriver:
     """Turns finished DB spans and request roots into the section 5 metrics."""
 
-    def __init__(self, settings: Settings, meter_provider: MeterProvider, version: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        meter_provider: MeterProvider | None,
+        version: str = "",
+        sinks: Sequence[Any] = (),
+    ) -> None:
+        """``meter_provider`` None: no metrics, only ``sinks`` (each with ``query(span, record, analysis)``
+        and ``request(span, request, route)``: the profiler's history, the slow-query log)."""
         self._settings = settings
         self._provider = meter_provider
-        meter: Meter = meter_provider.get_meter(_SCOPE, version)
+        self._sinks = tuple(sinks)
+        self.queue: deque[tuple[Any, Any]] = deque()
+        self.dropped = 0
+        self._tables: set[str] = set()
+        self._lock = threading.Lock()  # one drainer at a time keeps per-request order simple
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._metrics = meter_provider is not None
+        if meter_provider is not None:
+            self._create_instruments(meter_provider.get_meter(_SCOPE, version))
+        self._start()
+
+    def _create_instruments(self, meter: Meter) -> None:
         self._db_duration = meter.create_histogram(
             M.DB_CLIENT_OPERATION_DURATION.name, unit="s", description="Duration of database client operations."
         )
@@ -72,13 +92,6 @@ class MetricsDeriver:
             unit="{span}",
             description="Spans whose metrics were dropped because the derivation queue was full.",
         )
-        self.queue: deque[tuple[Any, Any]] = deque()
-        self.dropped = 0
-        self._tables: set[str] = set()
-        self._lock = threading.Lock()  # one drainer at a time keeps per-request order simple
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start()
 
     # ---- request thread -------------------------------------------------------------------
     def submit(self, span: Any, payload: Any) -> None:
@@ -141,6 +154,17 @@ class MetricsDeriver:
         return name
 
     def _record_query(self, span: Any, record: tuple[Any, ...]) -> None:
+        statement = record[_STMT]
+        analysis = analyze(statement, self._settings.statement_max_length) if isinstance(statement, str) else None
+        for sink in self._sinks:
+            try:
+                sink.query(span, record, analysis)
+            except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others
+                internal_error("sink", exc)
+        if self._metrics:
+            self._query_metrics(span, record, analysis)
+
+    def _query_metrics(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
         attrs = span.attributes or {}
         labels: dict[str, Any] = {}
         system = attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM)
@@ -150,9 +174,7 @@ class MetricsDeriver:
         # followed by the database name ("SELECT /srv/app.db"), unfit for a metric label
         operation: Any = ""
         table = attrs.get("db.collection.name")
-        statement = record[_STMT]
-        if isinstance(statement, str):
-            analysis = analyze(statement, self._settings.statement_max_length)
+        if analysis is not None:
             operation = analysis.operation
             table = table or analysis.table
         if not operation:
@@ -172,6 +194,13 @@ class MetricsDeriver:
     def _record_request(self, span: Any, request: Any) -> None:
         attrs = span.attributes or {}
         route = attrs.get("http.route")
+        for sink in self._sinks:
+            try:
+                sink.request(span, request, route or "")
+            except Exception as exc:  # noqa: BLE001
+                internal_error("sink", exc)
+        if not self._metrics:
+            return
         labels = {"http.route": route} if route else {}
         context = _context_of(span)
         records = list(request.records)

@@ -39,14 +39,22 @@ def _port_in_use(host: str, port: int) -> bool:
         probe.close()
 
 
+def prefork_server(environ: Mapping[str, str], argv: Sequence[str]) -> str:
+    """The name of the pre-fork server this process is the master of (gunicorn, uvicorn --workers N), or ""."""
+    program = os.path.basename(argv[0]) if argv else ""
+    workers = _option(argv, "--workers") or _option(argv, "-w") or environ.get("WEB_CONCURRENCY", "")
+    if program.startswith(_PREFORK_SERVERS) or (program.startswith("uvicorn") and workers not in ("", "1")):
+        return program
+    return ""
+
+
 def pull_refusal(environ: Mapping[str, str], argv: Sequence[str]) -> str | None:
     """Why the Prometheus pull exporter cannot serve correct numbers here, or None if it can."""
     names = [name.strip() for name in environ.get("OTEL_METRICS_EXPORTER", "").split(",")]
     if PULL_EXPORTER not in names:
         return None
-    program = os.path.basename(argv[0]) if argv else ""
-    workers = _option(argv, "--workers") or _option(argv, "-w") or environ.get("WEB_CONCURRENCY", "")
-    if program.startswith(_PREFORK_SERVERS) or (program.startswith("uvicorn") and workers not in ("", "1")):
+    program = prefork_server(environ, argv)
+    if program:
         return (
             f"otel-dbperf: OTEL_METRICS_EXPORTER=prometheus is refused under {program}: it forks its workers "
             "after this point, so a scrape endpoint here would serve the master's numbers, never the workers'. "
@@ -99,7 +107,8 @@ class ForkHooks:
     def after_in_child(self) -> None:
         if self.deriver is not None:
             self.deriver.after_fork_in_child()
-        reset_metric_storages(self.meter_provider)
+        if self.meter_provider is not None:
+            reset_metric_storages(self.meter_provider)
         _resample_own_process()
 
 

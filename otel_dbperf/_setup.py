@@ -98,22 +98,76 @@ def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[Non
                 os.environ[OTEL_METRICS_EXPORTER] = saved
 
 
-def start_metrics(settings: Settings) -> None:
-    """Derive the section 5 metrics from the processor's spans, once the SDK's providers exist."""
+def start_derived(settings: Settings) -> None:
+    """Once the SDK's providers exist: metrics, slow-query log records and the profiler API.
+
+    All three are fed by one derivation thread from the spans the processor measured.
+    """
     processor = state.get("processor")
-    exporters = [n.strip() for n in str(state.get("metric_exporters", "")).split(",") if n.strip() not in ("", "none")]
-    if not settings.enabled or processor is None or not exporters:
+    if not settings.enabled or processor is None:
         return
+    from opentelemetry._logs import get_logger_provider
     from opentelemetry.metrics import get_meter_provider
 
     from . import __version__
     from ._metrics import MetricsDeriver
 
-    provider = get_meter_provider()
-    if not hasattr(provider, "_measurement_consumer"):
-        return  # not the SDK's provider: someone else set metrics up
-    deriver = MetricsDeriver(settings, provider, __version__)
+    sinks: list[Any] = []
+    meter_provider: Any = get_meter_provider()
+    exporters = [n.strip() for n in str(state.get("metric_exporters", "")).split(",") if n.strip() not in ("", "none")]
+    if not exporters or not hasattr(meter_provider, "_measurement_consumer"):
+        meter_provider = None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
+    logger_provider = get_logger_provider()
+    if (
+        settings.slow_query_logs_per_minute > 0
+        and _enabled_exporters("OTEL_LOGS_EXPORTER")
+        and hasattr(logger_provider, "force_flush")
+    ):
+        from ._slowlog import SlowQueryLog
+
+        sinks.append(SlowQueryLog(settings, logger_provider, __version__))
+    if settings.profiler_addr:
+        sink = _start_profiler(settings)
+        if sink is not None:
+            sinks.append(sink)
+    if meter_provider is None and not sinks:
+        return
+    deriver = MetricsDeriver(settings, meter_provider, __version__, sinks)
     processor.attach_metrics(deriver.submit)
     state["deriver"] = deriver
-    state["fork_hooks"] = _prefork.ForkHooks(provider, deriver)
+    state["fork_hooks"] = _prefork.ForkHooks(meter_provider, deriver)
     atexit.register(deriver.drain)  # runs before the SDK's shutdown export (registered earlier)
+
+
+def _enabled_exporters(variable: str) -> list[str]:
+    return [n.strip() for n in os.environ.get(variable, "").split(",") if n.strip() not in ("", "none")]
+
+
+def _start_profiler(settings: Settings) -> Any:
+    """The profiler API's history sink, or None when it cannot start (one warning says why)."""
+    from .profiler import HistorySink, QueryHistory, start
+
+    server_name = _prefork.prefork_server(os.environ, sys.argv)
+    if server_name:
+        startup_warning(
+            "otel-dbperf: the profiler API is NOT started under %s (DBPERF_PROFILER_ADDR=%s): it would live in "
+            "the master process, which serves no requests. Run one process without a pre-fork master to use it.",
+            server_name,
+            settings.profiler_addr,
+        )
+        return None
+    history = QueryHistory(settings.profiler_max_history)
+    try:
+        server = start(
+            settings.profiler_addr,
+            settings.profiler_token or None,
+            history,
+            settings.slow_query_threshold_ms / 1000.0,
+        )
+    except (ValueError, OSError) as exc:
+        startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
+                        settings.profiler_addr, exc)  # fmt: skip
+        return None
+    state["profiler"] = server
+    _log.info("otel-dbperf: profiler API on %s", server.url)
+    return HistorySink(history, settings.sanitize_statements)

@@ -6,7 +6,7 @@ from typing import Any
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
-from ._setup import current_settings, log_effective, sdk_kwargs, sdk_patches, start_metrics, state
+from ._setup import current_settings, log_effective, sdk_kwargs, sdk_patches, start_derived, state
 
 
 class DbPerfConfigurator(_OTelSDKConfigurator):
@@ -15,6 +15,6 @@ class DbPerfConfigurator(_OTelSDKConfigurator):
         views = kwargs.pop("views", None)
         with sdk_patches(settings, views):
             super()._configure(**{**sdk_kwargs(settings), **kwargs})  # type: ignore[no-untyped-call]
-        start_metrics(settings)
+        start_derived(settings)
         state["configured"] = True
         log_effective(settings)

@@ -29,6 +29,8 @@ class DbPerfDistro(BaseDistro):
         os.environ.setdefault(OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf")
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
         os.environ.setdefault(OTEL_PYTHON_CONFIGURATOR, NAME)
+        # the app's own logging records go out as OTLP logs carrying the current trace and span ids
+        os.environ.setdefault("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true")
         _sqlalchemy.install_conflict_filter()
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:

@@ -19,6 +19,11 @@ from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistog
 from . import metric_names as M
 
 METER_NAME = "otel_dbperf"  # the instrumentation scope of the metrics otel-dbperf derives
+#: the contrib instrumentations built on opentelemetry-instrumentation-dbapi
+DBAPI_SCOPES = tuple(
+    f"opentelemetry.instrumentation.{name}"
+    for name in ("dbapi", "sqlite3", "psycopg", "psycopg2", "pymysql", "mysql", "mysqlclient", "pymssql", "aiopg")
+)
 
 #: semconv's advice for ``db.client.operation.duration`` (seconds)
 DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
@@ -51,8 +56,12 @@ def default_views(slow_query_threshold_ms: float = 100.0) -> tuple[View, ...]:
         ),
         # The DB-API instrumentations (sqlite3, psycopg, psycopg2, ...) record their own copy under
         # the database semconv opt-in, without db.collection.name; ours already counts every query
-        # (ORM or driver level, once), so theirs would double every sum in Prometheus.
-        View(instrument_name=M.DB_CLIENT_OPERATION_DURATION.name, aggregation=DropAggregation()),
+        # (ORM or driver level, once), so theirs would double every sum in Prometheus. One view per
+        # scope: a name-only drop view would also match ours and double the cost of every record.
+        *(
+            View(instrument_name=M.DB_CLIENT_OPERATION_DURATION.name, meter_name=scope, aggregation=DropAggregation())
+            for scope in DBAPI_SCOPES
+        ),
         View(instrument_name=M.DB_SLOW_QUERIES.name, attribute_keys=set(DB_ATTRIBUTES)),
         View(instrument_name=M.DB_N_PLUS_ONE.name, attribute_keys=set(N_PLUS_ONE_ATTRIBUTES)),
         View(

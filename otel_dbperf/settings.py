@@ -88,7 +88,13 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_at_least(64), 4096, "4096"),
     _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_at_least(2), 5, "5"),
     _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_bool, True, "true"),
+    _Var("DBPERF_SLOW_QUERY_LOGS_PER_MINUTE", "slow_query_logs_per_minute", _int_at_least(0), 1, "1"),
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
+    _Var("DBPERF_EXPLAIN_ANALYZE", "explain_analyze", _parse_bool, False, "false"),
+    _Var("DBPERF_EXPLAIN_TIMEOUT_MS", "explain_timeout_ms", _int_at_least(1), 200, "200"),
+    _Var("DBPERF_PROFILER_ADDR", "profiler_addr", str.strip, "", "(unset)"),
+    _Var("DBPERF_PROFILER_TOKEN", "profiler_token", str.strip, "", "(unset)"),
+    _Var("DBPERF_PROFILER_MAX_HISTORY", "profiler_max_history", _int_at_least(1), 1000, "1000"),
     _Var("DBPERF_SQLCOMMENTER", "sqlcommenter", _parse_bool, False, "false"),
     _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
     _Var("DBPERF_FILE_PATH", "file_path", str.strip, "dbperf-spans.jsonl", "dbperf-spans.jsonl"),
@@ -110,7 +116,13 @@ class Settings:
     statement_max_length: int = 4096
     n_plus_one_threshold: int = 5
     resource_samples: bool = True
+    slow_query_logs_per_minute: int = 1
     explain: bool = False
+    explain_analyze: bool = False
+    explain_timeout_ms: int = 200
+    profiler_addr: str = ""
+    profiler_token: str = ""
+    profiler_max_history: int = 1000
     sqlcommenter: bool = False
     log_level: str = ""
     file_path: str = "dbperf-spans.jsonl"
@@ -162,7 +174,10 @@ _SECRET_VARS = ("HEADERS", "PASSWORD", "TOKEN", "SECRET", "KEY")
 def describe_effective(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
     """One line with the effective configuration, safe to log (secrets masked)."""
     env = os.environ if environ is None else environ
-    parts = [f"{k}={v!r}" for k, v in settings.as_dict().items()]
+    parts = [
+        f"{k}={'***' if v and any(w in k.upper() for w in _SECRET_VARS) else v!r}"
+        for k, v in settings.as_dict().items()
+    ]
     for name in sorted(env):
         if not name.startswith(("OTEL_", "DBPERF_")) or name in {v.env for v in VARIABLES}:
             continue

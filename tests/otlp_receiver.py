@@ -9,6 +9,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -29,6 +30,7 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []  # one entry per data point, in arrival order
+        self.logs: list[dict[str, Any]] = []
         self.raw: list[bytes] = []  # every request body, decompressed
         self.paths: list[str] = []
         self._lock = threading.Lock()
@@ -57,6 +59,11 @@ class Receiver:
         with self._lock:
             self.raw.append(body)
             self.paths.append(path)
+        if path == "/v1/logs":
+            records = _log_records(body)
+            with self._lock:
+                self.logs.extend(records)
+            return
         if path == "/v1/metrics":
             points = _metric_points(body)
             with self._lock:
@@ -119,9 +126,23 @@ class Receiver:
                 raise AssertionError(f"timed out waiting for metrics; got {sorted({p['name'] for p in snapshot})}")
             time.sleep(0.1)
 
+    def wait_for_logs(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                snapshot = list(self.logs)
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for logs; got {[r['body'] for r in snapshot][:20]}")
+            time.sleep(0.1)
+
     def clear(self) -> None:
         with self._lock:
             self.metrics.clear()
+            self.logs.clear()
             self.spans.clear()
             self.raw.clear()
             self.paths.clear()
@@ -158,3 +179,23 @@ def _metric_points(body: bytes) -> list[dict[str, Any]]:
                         point["value"] = p.as_double if p.WhichOneof("value") == "as_double" else p.as_int
                     points.append(point)
     return points
+
+
+def _log_records(body: bytes) -> list[dict[str, Any]]:
+    req = ExportLogsServiceRequest()
+    req.ParseFromString(body)
+    return [
+        {
+            "body": _value(r.body),
+            "severity_text": r.severity_text,
+            "severity_number": r.severity_number,
+            "event_name": r.event_name,
+            "trace_id": r.trace_id.hex(),
+            "span_id": r.span_id.hex(),
+            "scope": sl.scope.name,
+            "attributes": {kv.key: _value(kv.value) for kv in r.attributes},
+        }
+        for rl in req.resource_logs
+        for sl in rl.scope_logs
+        for r in sl.log_records
+    ]

@@ -263,3 +263,35 @@ def test_sdk_patch_gives_the_sdks_meter_provider_our_views_and_is_undone() -> No
     provider.shutdown()
     with _setup.sdk_patches(Settings(enabled=False), None):
         assert sdk_configuration.MeterProvider is original  # type: ignore[attr-defined]
+
+
+def test_slow_query_logs_rate_limited_per_fingerprint_and_suppressed_counted() -> None:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    from otel_dbperf._slowlog import SUPPRESSED, SlowQueryLog
+
+    exporter = InMemoryLogRecordExporter()
+    logs = LoggerProvider()
+    logs.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    now = [1000.0]
+    settings = Settings(app_paths=(str(APP_CODE.parent),), slow_query_threshold_ms=5, slow_query_logs_per_minute=2)
+    m = Metered(settings)
+    sink = SlowQueryLog(settings, logs, clock=lambda: now[0])
+    m.deriver._sinks = (sink,)
+    try:
+        for _ in range(5):
+            queries.slow_query(m.engine, 0.006)
+        queries.n_plus_one(m.engine, 1)  # fast: never logged
+        m.deriver.drain()
+        assert (sink.emitted, sink.suppressed) == (2, 3)
+        now[0] += 61  # a new window: the next record reports what was suppressed
+        queries.slow_query(m.engine, 0.006)
+        m.deriver.drain()
+        records = [r.log_record for r in exporter.get_finished_logs()]
+        assert [r.attributes[SUPPRESSED] for r in records] == [0, 0, 3]
+        assert all(r.severity_text == "WARN" and r.trace_id for r in records)
+        assert records[0].body.startswith("slow query SELECT: ")
+    finally:
+        m.meters.shutdown()
+        m.provider.shutdown()

@@ -15,13 +15,9 @@ from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_dbperf import _guard
-from otel_dbperf.profiler import ProfilerServer, QueryHistory, parse_addr, record_span, start
+from otel_dbperf.profiler import ProfilerServer, QueryHistory, parse_addr, start
 from otel_dbperf.profiler.history import MAX_KEYS, OTHER
 
 TOKEN = "s3cret-profiler-token-0123456789"
@@ -149,56 +145,6 @@ def test_add_never_raises_in_production(monkeypatch: pytest.MonkeyPatch) -> None
 def test_max_history_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_history"):
         QueryHistory(0)
-
-
-def test_record_span_reads_an_enriched_db_span() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
-    attrs: dict[str, Any] = {
-        "db.system.name": "postgresql",
-        "db.query.text": "SELECT * FROM users WHERE id = ?",
-        "db.operation.name": "SELECT",
-        "db.collection.name": "users",
-        "dbperf.query.fingerprint": "0123456789abcdef",
-        "dbperf.query.slow": True,
-        "code.file.path": "/app/views.py",
-        "code.line.number": 42,
-        "code.function.name": "show_user",
-        "code.stacktrace": "/app/views.py:42 in show_user",
-        "dbperf.cpu.time_ms": 1.5,
-    }
-    with tracer.start_as_current_span("SELECT users", kind=SpanKind.CLIENT, attributes=attrs) as span:
-        span.set_status(Status(StatusCode.ERROR))
-        span.set_attribute("error.type", "UniqueViolation")
-    with tracer.start_as_current_span(
-        "nested", kind=SpanKind.CLIENT, attributes={**attrs, "dbperf.query.nested": True}
-    ):
-        pass
-    with tracer.start_as_current_span("GET /users", kind=SpanKind.SERVER):
-        pass
-    db_span, nested, server_span = exporter.get_finished_spans()
-    history = QueryHistory()
-    assert record_span(history, nested) == 0 and record_span(history, server_span) == 0
-    entry = history.get(record_span(history, db_span, route="/users/{id}"))
-    assert entry is not None
-    context = db_span.context
-    assert context is not None and db_span.end_time is not None and db_span.start_time is not None
-    assert entry.trace_id == format(context.trace_id, "032x") and entry.span_id == format(context.span_id, "016x")
-    assert entry.duration_s == (db_span.end_time - db_span.start_time) / 1e9
-    assert (entry.statement, entry.table, entry.operation, entry.db_system) == (
-        "SELECT * FROM users WHERE id = ?",
-        "users",
-        "SELECT",
-        "postgresql",
-    )
-    assert entry.code_location == "/app/views.py:42" and entry.function == "show_user"
-    assert entry.slow and entry.cpu_time_ms == 1.5 and entry.route == "/users/{id}"
-    assert entry.error_type == "UniqueViolation" and entry.stacktrace.startswith("/app/views.py")
-
-
-# ---------------------------------------------------------------- the endpoints
 
 
 def test_stats(serve: Callable[..., ProfilerServer]) -> None:

@@ -12,7 +12,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .. import attributes as A
 from .._guard import internal_error
 
 MAX_KEYS = 100  # distinct tables / operations counted by name; the rest fold into OTHER
@@ -219,46 +218,3 @@ class QueryHistory:
 
 def _id_hex(value: int, width: int) -> str:
     return format(value, f"0{width}x") if value else ""
-
-
-def record_span(history: QueryHistory, span: Any, route: str = "") -> int:
-    """Add an exported, already enriched DB client span to ``history``; returns the id (0: skipped).
-
-    Meant for the export thread, after the dbperf attributes were added: it reads the
-    sanitized statement, fingerprint, slow flag, code location and CPU time from them.
-    Spans without ``db.system`` / ``db.system.name`` and nested driver spans are skipped.
-    """
-    try:
-        attrs = span.attributes or {}
-        db_system = attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM)
-        if not db_system or attrs.get(A.QUERY_NESTED):
-            return 0
-        start, end = span.start_time or 0, span.end_time or 0
-        statement = attrs.get(A.DB_QUERY_TEXT) or attrs.get(A.DB_STATEMENT) or ""
-        file_path, line = attrs.get(A.CODE_FILE_PATH), attrs.get(A.CODE_LINE_NUMBER)
-        cpu = attrs.get(A.CPU_TIME_MS)
-        context = span.context
-        error_type = attrs.get("error.type") or ""
-        if not error_type and span.status is not None and span.status.status_code.name == "ERROR":
-            error_type = "_OTHER"
-        return history.add(
-            max(end - start, 0) / 1e9,
-            str(statement),
-            timestamp=(end or time.time_ns()) / 1e9,
-            fingerprint=str(attrs.get(A.QUERY_FINGERPRINT) or ""),
-            operation=str(attrs.get("db.operation.name") or attrs.get("db.operation") or ""),
-            table=str(attrs.get("db.collection.name") or attrs.get("db.sql.table") or ""),
-            db_system=str(db_system),
-            slow=bool(attrs.get(A.QUERY_SLOW)),
-            code_location=f"{file_path}:{line}" if file_path else "",
-            function=str(attrs.get(A.CODE_FUNCTION_NAME) or ""),
-            stacktrace=str(attrs.get(A.CODE_STACKTRACE) or ""),
-            trace_id=_id_hex(context.trace_id, 32) if context else "",
-            span_id=_id_hex(context.span_id, 16) if context else "",
-            route=route or str(attrs.get("http.route") or ""),
-            cpu_time_ms=float(cpu) if isinstance(cpu, int | float) else None,
-            error_type=str(error_type),
-        )
-    except Exception as exc:  # noqa: BLE001 - never into the exporter thread
-        internal_error("profiler.record_span", exc)
-        return 0

@@ -5,6 +5,7 @@ Lines marked ``# marker: NAME`` are looked up by the tests to check code.line.nu
 
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Flask, jsonify
@@ -57,6 +58,7 @@ def fingerprint():  # type: ignore[no-untyped-def]
 
 @app.get("/slow")
 def slow():  # type: ignore[no-untyped-def]
+    logging.getLogger("shop").warning("slow endpoint called")  # the app's own log line
     sql = "SELECT pg_sleep(0.3)" if engine.dialect.name == "postgresql" else "SELECT dbperf_sleep(0.3)"
     with engine.connect() as conn:
         conn.execute(text(sql)).all()  # marker: slow

@@ -1,0 +1,153 @@
+"""One OpenTelemetry log record per slow query (to Loki through the Collector's log pipeline).
+
+WARN, a readable body, the sanitized statement, fingerprint, code location and route, and
+the span's trace and span ids, so Grafana links the line to its trace. Rate-limited per
+fingerprint (``DBPERF_SLOW_QUERY_LOGS_PER_MINUTE``) and overall, so a storm of slow queries
+cannot flood the log backend; what was suppressed is counted, and reported on the next
+record of the same fingerprint (``dbperf.slow_query.suppressed``).
+
+Runs on the derivation thread (see ``_metrics``), never on the request thread. A slow
+query inside a request waits there for its request's root span, which names the route.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.trace import NonRecordingSpan, set_span_in_context
+
+from . import attributes as A
+from .settings import Settings
+
+_DUR, _SLOW, _STMT, _LOC, _STACK, _REQ = 1, 2, 3, 4, 5, 6  # the processor's record layout
+_WINDOW_S = 60.0
+_OVERALL_PER_MINUTE = 120
+_MAX_FINGERPRINTS = 10_000
+_MAX_PENDING_REQUESTS = 10_000
+_MAX_PENDING_PER_REQUEST = 50
+SUPPRESSED = "dbperf.slow_query.suppressed"
+EVENT_NAME = A.EVENT_SLOW_QUERY
+
+
+class SlowQueryLog:
+    def __init__(
+        self,
+        settings: Settings,
+        logger_provider: Any,
+        version: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._logger = logger_provider.get_logger("otel_dbperf", version)
+        self._per_fp = settings.slow_query_logs_per_minute
+        self._clock = clock
+        self._windows: OrderedDict[str, list[Any]] = OrderedDict()  # fingerprint -> [start, sent, suppressed]
+        self._overall = [clock(), 0]
+        self._pending: dict[int, list[tuple[Any, Any, Any]]] = {}  # id(request) -> its slow queries
+        self.emitted = 0
+        self.suppressed = 0
+
+    # sink interface of the derivation thread
+    def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
+        if not record[_SLOW]:
+            return
+        request = record[_REQ]
+        if request is None:
+            self._emit(span, record, analysis, "")
+            return
+        if len(self._pending) >= _MAX_PENDING_REQUESTS:  # roots that never came: send without a route
+            oldest = next(iter(self._pending))
+            for item in self._pending.pop(oldest):
+                self._emit(*item, "")
+        waiting = self._pending.setdefault(id(request), [])
+        if len(waiting) < _MAX_PENDING_PER_REQUEST:
+            waiting.append((span, record, analysis))
+        else:
+            self._count_suppressed(analysis.fingerprint if analysis else "")
+
+    def request(self, span: Any, request: Any, route: str) -> None:
+        for item in self._pending.pop(id(request), ()):
+            self._emit(*item, route)
+
+    def _count_suppressed(self, fingerprint: str) -> None:
+        self.suppressed += 1
+        window = self._windows.get(fingerprint)
+        if window is not None:
+            window[2] += 1
+
+    def _allow(self, fingerprint: str) -> tuple[bool, int]:
+        """(may send, suppressed since the last one sent for this fingerprint)."""
+        now = self._clock()
+        overall = self._overall
+        if now - overall[0] >= _WINDOW_S:
+            overall[0], overall[1] = now, 0
+        window = self._windows.get(fingerprint)
+        if window is None:
+            if len(self._windows) >= _MAX_FINGERPRINTS:
+                self._windows.popitem(last=False)
+            window = self._windows[fingerprint] = [now, 0, 0]
+        elif now - window[0] >= _WINDOW_S:
+            window[0], window[1] = now, 0
+        if window[1] >= self._per_fp or overall[1] >= _OVERALL_PER_MINUTE:
+            window[2] += 1
+            self.suppressed += 1
+            return False, 0
+        window[1] += 1
+        overall[1] += 1
+        suppressed, window[2] = window[2], 0
+        return True, suppressed
+
+    def _emit(self, span: Any, record: tuple[Any, ...], analysis: Any, route: str) -> None:
+        fingerprint = analysis.fingerprint if analysis is not None else ""
+        allowed, suppressed = self._allow(fingerprint)
+        if not allowed:
+            return
+        settings = self._settings
+        duration_ms = record[_DUR] / 1e6
+        attrs: dict[str, Any] = {
+            A.EVENT_DURATION_MS: round(duration_ms, 3),
+            A.EVENT_THRESHOLD_MS: settings.slow_query_threshold_ms,
+            SUPPRESSED: suppressed,
+        }
+        summary = ""
+        if analysis is not None:
+            attrs[A.QUERY_FINGERPRINT] = fingerprint
+            attrs[A.DB_QUERY_TEXT] = analysis.sanitized if settings.sanitize_statements else record[_STMT]
+            summary = analysis.summary
+            if summary:
+                attrs[A.DB_QUERY_SUMMARY] = summary
+        span_attrs = span.attributes or {}
+        system = span_attrs.get(A.DB_SYSTEM_NAME) or span_attrs.get(A.DB_SYSTEM)
+        if system:
+            attrs[A.DB_SYSTEM_NAME] = system
+        where = ""
+        location = record[_LOC]
+        if location is not None:
+            attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location
+            where = f" at {location[0]}:{location[1]}"
+        if record[_STACK]:
+            attrs[A.CODE_STACKTRACE] = record[_STACK]
+        if route:
+            attrs["http.route"] = route
+        for event in span.events:
+            if event.name == A.EVENT_EXPLAIN:  # the plan, when DBPERF_EXPLAIN made one
+                for key, value in (event.attributes or {}).items():
+                    attrs[key] = value
+        body = (
+            f"slow query {summary or 'SQL'}: {duration_ms:.1f} ms "
+            f"(threshold {settings.slow_query_threshold_ms:g} ms){where}" + (f" in {route}" if route else "")
+        )
+        self._logger.emit(
+            timestamp=span.end_time,
+            context=set_span_in_context(NonRecordingSpan(span.get_span_context())),
+            severity_number=SeverityNumber.WARN,
+            severity_text="WARN",
+            body=body,
+            attributes=attrs,
+            event_name=EVENT_NAME,
+        )
+        self.emitted += 1

@@ -1,0 +1,104 @@
+"""Slow-query log records and the profiler API, end to end under opentelemetry-instrument."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import base_env, free_port, get, marker_line, serve, server_output
+from sqlalchemy import create_engine
+
+from otel_dbperf import attributes as A
+
+APP = "flask_app:app"
+
+
+def _seeded(tmp_path: Path) -> str:
+    from models import seed
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = create_engine(url)
+    seed(engine)
+    engine.dispose()
+    return url
+
+
+def test_slow_query_log_records_carry_the_trace_and_are_rate_limited(receiver: Any, tmp_path: Path) -> None:
+    env = base_env(
+        receiver, APP_DB_URL=_seeded(tmp_path), OTEL_LOGS_EXPORTER="otlp", OTEL_BLRP_SCHEDULE_DELAY="100",
+        DBPERF_SLOW_QUERY_LOGS_PER_MINUTE="2",
+    )  # fmt: skip
+    with serve("gunicorn", APP, env, "-w", "1") as srv:
+        for _ in range(5):
+            assert get(srv["url"] + "/slow")[0] == 200
+        spans = receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" and x["name"].endswith("/slow") for x in s) >= 5)
+        deadline_logs = receiver.wait_for_logs(
+            lambda logs: (
+                sum(r["body"] == "slow endpoint called" for r in logs) >= 5
+                and sum(r["event_name"] == A.EVENT_SLOW_QUERY for r in logs) >= 2
+            )
+        )
+        output = server_output(srv)
+    slow_records = [r for r in deadline_logs if r["event_name"] == A.EVENT_SLOW_QUERY]
+    assert len(slow_records) == 2, output  # 5 slow queries, 2 per fingerprint per minute
+    slow_spans = {(s["trace_id"], s["span_id"]): s for s in spans if s["attributes"].get(A.QUERY_SLOW)}
+    for record in slow_records:
+        assert record["severity_text"] == "WARN" and record["severity_number"] == 13
+        span = slow_spans[(record["trace_id"], record["span_id"])]  # the slow DB span itself
+        a = record["attributes"]
+        assert a[A.QUERY_FINGERPRINT] == span["attributes"][A.QUERY_FINGERPRINT]
+        assert a[A.CODE_LINE_NUMBER] == marker_line("flask_app.py", "slow")
+        assert a["http.route"] == "/slow" and a[A.EVENT_DURATION_MS] >= 300
+        assert a["db.query.text"] == "SELECT dbperf_sleep(?)"  # sanitized
+        assert record["body"].startswith("slow query SELECT") and "/slow" in record["body"]
+    # the app's own logging records are correlated with their requests' traces
+    server_traces = {s["trace_id"] for s in spans if s["kind"] == "SERVER"}
+    app_records = [r for r in deadline_logs if r["body"] == "slow endpoint called"]
+    assert len(app_records) == 5 and {r["trace_id"] for r in app_records} <= server_traces
+
+
+def _json(url: str, token: str | None = None) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Path) -> None:
+    port = free_port()
+    env = base_env(receiver, APP_DB_URL=_seeded(tmp_path), DBPERF_PROFILER_ADDR=f"127.0.0.1:{port}")
+    api = f"http://127.0.0.1:{port}/profiler"
+    with serve("uvicorn", APP, env, "--interface", "wsgi") as srv:
+        for path in ("/authors", "/slow", "/slow", "/author/3"):
+            assert get(srv["url"] + path)[0] == 200
+        spans = receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" for x in s) >= 5)
+        deadline = time.monotonic() + 10  # the history is fed every 0.5 s by the derivation thread
+        while (stats := _json(f"{api}/stats")["data"])["total_queries"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stats["total_queries"] == 9 + 1 + 1 + 1, stats  # /authors is 1 + 8 (N+1)
+        assert stats["slow_queries"] == 2
+        slow = _json(f"{api}/slow-queries?threshold=0.2&limit=5")["data"]
+        assert len(slow["queries"]) == 2
+        entry = _json(f"{api}/query-details/{slow['queries'][0]['id']}")["data"]
+        assert entry["code_location"].endswith(f"flask_app.py:{marker_line('flask_app.py', 'slow')}")
+        assert entry["statement"] == "SELECT dbperf_sleep(?)"
+        assert entry["trace_id"] in {s["trace_id"] for s in spans}
+        assert _json(f"{api}/health")["status"] == "healthy"
+        report = _json(f"{api}/report?last_n_queries=100")["data"]
+        assert report["total_queries"] == 12
+        assert "dbperf_books" in stats["queries_by_table"]
+
+
+def test_profiler_refuses_a_public_address_without_a_token(receiver: Any, tmp_path: Path) -> None:
+    port = free_port()
+    env = base_env(receiver, APP_DB_URL=_seeded(tmp_path), DBPERF_PROFILER_ADDR=f"0.0.0.0:{port}")
+    with serve("uvicorn", APP, env, "--interface", "wsgi") as srv:
+        assert get(srv["url"] + "/author/1")[0] == 200
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+        output = server_output(srv)
+    assert "profiler API is NOT started" in output and "DBPERF_PROFILER_TOKEN" in output
