@@ -102,3 +102,23 @@ def test_profiler_refuses_a_public_address_without_a_token(receiver: Any, tmp_pa
             assert probe.connect_ex(("127.0.0.1", port)) != 0
         output = server_output(srv)
     assert "profiler API is NOT started" in output and "DBPERF_PROFILER_TOKEN" in output
+
+
+def test_profile_query_and_profile_session_roll_up_background_jobs(receiver: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import APPS, BIN
+
+    env = base_env(receiver)
+    cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "job_app.py", str(tmp_path / "j.db")]
+    done = subprocess.run(cmd, cwd=APPS, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    spans = receiver.wait_for(lambda s: {"nightly_import", "bulk_session", "async_job"} <= {
+        x["name"] for x in s})  # fmt: skip
+    roots = {s["name"]: s for s in spans if not s["parent_span_id"]}
+    job = roots["nightly_import"]["attributes"]
+    assert job[A.DB_QUERY_COUNT] == 8 and job[A.N_PLUS_ONE_DETECTED] is True
+    assert job[A.N_PLUS_ONE_CODE_LOCATION].endswith(f"job_app.py:{marker_line('job_app.py', 'job_loop')}")
+    assert job[A.CPU_TIME_MS] > 0 and job[A.MEMORY_RSS_BYTES] > 0 and job["code.function.name"] == "nightly_import"
+    assert roots["bulk_session"]["attributes"][A.DB_QUERY_COUNT] == 2
+    assert roots["async_job"]["attributes"][A.DB_QUERY_COUNT] == 1
