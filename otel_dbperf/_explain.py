@@ -1,0 +1,689 @@
+"""EXPLAIN plans for slow SELECTs (``DBPERF_EXPLAIN``), run on the connection that ran them.
+
+Safety comes first, because the EXPLAIN runs inside the user's transaction:
+
+- only one plain SELECT (no writes, no ``INTO``, no locking clause, no second statement);
+- never in a failed (aborted) PostgreSQL transaction;
+- inside a SAVEPOINT that is rolled back when the user is in a transaction, else in a
+  short transaction of ours that is rolled back, so the user's transaction, snapshot,
+  autocommit mode and idle state are what they were;
+- read-only (PostgreSQL ``transaction_read_only``, MariaDB ``tx_read_only`` for ANALYZE)
+  and bounded by a statement timeout;
+- rate-limited per fingerprint and overall;
+- plans are sanitized like statements: bound parameter values appear in plans as literals.
+
+:class:`Explainer` never raises: database errors are counted as failures, bugs go to
+:func:`~otel_dbperf._guard.internal_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ._guard import internal_error
+from ._sql import _MAX_SCAN, analyze
+
+_log = logging.getLogger("otel_dbperf")
+
+EVENT_EXPLAIN = "dbperf.explain"
+ATTR_PLAN = "dbperf.explain.plan"
+ATTR_FORMAT = "dbperf.explain.format"
+ATTR_VERDICT = "dbperf.explain.verdict"
+ATTR_DATABASE = "dbperf.explain.database"
+ATTR_ESTIMATED_ROWS = "dbperf.explain.estimated_rows"
+ATTR_INDEX_HINT = "dbperf.explain.index_hint"
+ATTR_DURATION_MS = "dbperf.explain.duration_ms"
+
+LARGE_TABLE_ROWS = 10_000  # a full scan of fewer estimated rows is not worth a verdict
+SELECTIVE_SHARE = 0.1  # PostgreSQL: an index is suggested when the filter keeps at most this share of rows
+_SAVEPOINT = "dbperf_explain"
+_MAX_NODES = 5_000  # plan nodes looked at for a verdict
+_MAX_DEPTH = 100  # plan nesting kept in the plan text
+_MAX_FINGERPRINTS = 10_000  # per-fingerprint rate-limit entries kept
+_MAX_HINT_COLUMNS = 3
+
+# Inside a SELECT these words mean a write (PostgreSQL's data-modifying WITH, SELECT ... INTO);
+# a column so named (unquoted) costs a skipped plan, never a wrong one.
+_WRITE_WORDS = frozenset({"insert", "update", "delete", "merge", "into"})
+_LOCKING = re.compile(r"\bfor\s+(?:no\s+key\s+)?(?:update|share|key\s+share)\b|\block\s+in\s+share\s+mode\b", re.I)
+# Effects that outlive a rolled-back transaction; EXPLAIN ANALYZE would cause them.
+_SIDE_EFFECT_CALL = re.compile(
+    r"\b(?:pg_(?:try_)?advisory\w*|get_lock|release_(?:all_)?locks?|nextval|setval|lastval|pg_notify|dblink\w*"
+    r"|pg_terminate_backend|pg_cancel_backend|pg_reload_conf|lo_\w+)\s*\(",
+    re.I,
+)
+_WORD = re.compile(r"[^\W\d]\w*")
+_TIMEOUT_SQLSTATE = "57014"  # PostgreSQL query_canceled (statement_timeout)
+_MARIADB_TIMEOUT = 1969  # ER_STATEMENT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    analyze: bool = False  # EXPLAIN ANALYZE executes the query (read-only, rolled back)
+    timeout_ms: int = 200  # statement timeout of the EXPLAIN itself
+    per_fingerprint_interval_s: float = 60.0  # at most one plan per fingerprint per interval
+    max_per_minute: int = 30  # plans per minute, all fingerprints together
+    max_plan_chars: int = 16384  # plan text is cut (and marked) beyond this
+
+
+@dataclass(frozen=True)
+class Plan:
+    database: str  # "postgresql" | "mysql" | "sqlite"
+    format: str  # "json" | "text"
+    text: str  # sanitized plan
+    verdict: str  # what to do about it, "" when nothing stands out
+    estimated_rows: int | None  # rows the flagged scan reads (planner estimate); else the plan's estimate
+    index_hint: str  # e.g. "products(name)", or ""
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- which statements may be explained ------------------------------------------------------
+
+
+def refusal(statement: str, analyze_on: bool = False) -> str | None:
+    """Why ``statement`` must not be explained, or None for a single plain SELECT."""
+    if len(statement) > _MAX_SCAN:
+        return "too_long"  # the checks below would only see its beginning
+    if "/*!" in statement or "/*M!" in statement:
+        return "not_select"  # MySQL executes the text of these comments
+    parsed = analyze(statement, max_length=_MAX_SCAN)
+    sanitized = parsed.sanitized  # no comments, no literals
+    if parsed.operation != "SELECT" or ";" in sanitized.rstrip().rstrip(";"):
+        return "not_select"
+    if any(w.lower() in _WRITE_WORDS for w in _WORD.findall(sanitized)) or _LOCKING.search(sanitized):
+        return "not_select"
+    if analyze_on and _SIDE_EFFECT_CALL.search(sanitized):
+        return "side_effects"
+    return None
+
+
+# --- rate limits -------------------------------------------------------------------------------
+
+
+class _RateLimiter:
+    def __init__(self, config: ExplainConfig, clock: Callable[[], float]) -> None:
+        self._interval = config.per_fingerprint_interval_s
+        self._per_minute = config.max_per_minute
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def allow(self, fingerprint: str) -> bool:
+        with self._lock:
+            now = self._clock()
+            while self._recent and now - self._recent[0] >= 60.0:
+                self._recent.popleft()
+            last = self._last.get(fingerprint)
+            if last is not None and now - last < self._interval or len(self._recent) >= self._per_minute:
+                return False
+            self._remember(fingerprint, now)
+            return True
+
+    def _remember(self, fingerprint: str, now: float) -> None:
+        self._last.pop(fingerprint, None)  # re-inserted last: the dict stays in time order
+        self._last[fingerprint] = now
+        self._recent.append(now)
+        if len(self._last) > _MAX_FINGERPRINTS:
+            for key in list(self._last)[: _MAX_FINGERPRINTS // 10]:
+                del self._last[key]
+
+
+# --- connections -------------------------------------------------------------------------------
+
+
+class _Session:
+    """The raw DB-API connection, driven without tracing and with its own cursors."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def implicit_begin(self) -> bool:
+        """Whether the driver BEGINs on its own before our first statement (PEP 249 non-autocommit)."""
+        return not self.conn.autocommit
+
+    def run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        cur = self.conn.cursor()
+        try:
+            if params is None:
+                cur.execute(sql)
+            else:
+                cur.execute(sql, params)
+            return [tuple(row) for row in cur.fetchall()] if cur.description else []
+        finally:
+            cur.close()
+
+    def rollback(self) -> None:
+        self.conn.rollback()  # through the driver, so that its own transaction bookkeeping agrees
+
+    def pg_status(self) -> str:
+        """ "idle", "in_transaction", "failed", "busy" (a query or pipeline in progress) or "unknown"."""
+        if getattr(self.conn, "_pipeline", None) is not None:  # psycopg 3 pipeline mode queues statements
+            return "busy"
+        try:
+            code = int(self.conn.info.transaction_status)
+        except Exception:  # noqa: BLE001 - psycopg2 raises on a closed connection
+            return "unknown"
+        # libpq's PQTRANS_*: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad connection)
+        return {0: "idle", 1: "busy", 2: "in_transaction", 3: "failed"}.get(code, "unknown")
+
+
+class _AsyncpgSession(_Session):
+    """asyncpg under SQLAlchemy's adapter: awaited from SQLAlchemy's greenlet, on the raw connection
+    (the adapter's cursors would fill its prepared-statement cache with our statements)."""
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__(adapter.driver_connection)
+
+    def implicit_begin(self) -> bool:
+        return False
+
+    def run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        from sqlalchemy.util import await_only
+
+        rows = await_only(self.conn.fetch(sql, *(params or ())))
+        return [tuple(row) for row in rows]
+
+    def pg_status(self) -> str:
+        # asyncpg cannot tell a failed transaction from a live one: in a failed one our SAVEPOINT
+        # fails (counted as failed_transaction) and leaves it as it was.
+        return "in_transaction" if self.conn.is_in_transaction() else "idle"
+
+
+def _session(dbapi_connection: Any) -> tuple[str, _Session] | None:
+    """(driver family, session) for a supported driver, else None."""
+    conn = getattr(dbapi_connection, "__wrapped__", dbapi_connection)  # contrib's sqlite3 proxy
+    module = type(conn).__module__.partition(".")[0]
+    if module in ("psycopg", "psycopg2") and not type(conn).__name__.startswith("Async"):
+        return "postgresql", _Session(conn)
+    if module == "pymysql":
+        return ("mariadb" if "MariaDB" in str(getattr(conn, "server_version", "")) else "mysql"), _Session(conn)
+    if module == "sqlite3":
+        return "sqlite", _Session(conn)
+    driver = getattr(conn, "driver_connection", None)
+    if module == "sqlalchemy" and type(driver).__module__.partition(".")[0] == "asyncpg":
+        return "postgresql", _AsyncpgSession(conn)
+    return None
+
+
+_DIALECTS = {"postgresql": "postgresql", "mysql": "mariadb", "mariadb": "mariadb", "sqlite": "sqlite"}
+
+
+# --- running the EXPLAIN -----------------------------------------------------------------------
+
+
+@contextmanager
+def _pg_scope(session: _Session, status: str) -> Iterator[None]:
+    """A rolled-back savepoint inside the user's transaction, else a rolled-back transaction of ours."""
+    if status == "in_transaction":
+        session.run(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            yield
+        finally:
+            session.run(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            session.run(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    elif session.implicit_begin():
+        try:
+            yield
+        finally:
+            session.rollback()
+    else:
+        session.run("BEGIN")
+        try:
+            yield
+        finally:
+            session.run("ROLLBACK")
+
+
+def _run_postgres(session: _Session, statement: str, params: Any, config: ExplainConfig) -> tuple[Any, int | None]:
+    """(JSON plan document, estimated rows of the table it seq-scans with a filter, if any)."""
+    status = session.pg_status()
+    if status == "unknown":
+        raise ConnectionError("connection closed or broken")  # counted as a failure
+    if status != "idle" and status != "in_transaction":
+        raise _Skip("failed_transaction" if status == "failed" else "busy")
+    options = "ANALYZE, FORMAT JSON" if config.analyze else "FORMAT JSON"
+    with _pg_scope(session, status):
+        session.run(f"SET LOCAL statement_timeout = {_timeout_ms(config)}")
+        session.run("SET LOCAL transaction_read_only = on")  # ANALYZE or not, nothing may write
+        doc = session.run(f"EXPLAIN ({options}) {statement}", params)[0][0]
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        scan = _pg_worst_seq_scan(doc)
+        table_rows = _pg_table_rows(session, scan["Relation Name"]) if scan else None
+    return doc, table_rows
+
+
+def _timeout_ms(config: ExplainConfig) -> int:
+    return max(1, int(config.timeout_ms))  # 0 would mean no timeout at all in both databases
+
+
+def _pg_table_rows(session: _Session, relation: str) -> int | None:
+    name = '"' + relation.replace('"', '""') + '"'
+    literal = "'" + name.replace("'", "''") + "'"
+    rows = session.run(f"SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass({literal})")
+    count = rows[0][0] if rows else None
+    return int(count) if isinstance(count, int) and count >= 0 else None  # -1: never analyzed
+
+
+def _run_mariadb(session: _Session, statement: str, params: Any, config: ExplainConfig) -> tuple[Any, bool]:
+    """(JSON plan document, whether ANALYZE was given up because the user is in a transaction)."""
+    in_transaction, autocommit = session.run("SELECT @@in_transaction, @@autocommit")[0]
+    # Read-only can only be chosen when a transaction starts, so ANALYZE runs only outside one.
+    analyze_it = config.analyze and not in_transaction
+    settings = f"max_statement_time={_timeout_ms(config) / 1000:.3f}" + (", tx_read_only=1" if analyze_it else "")
+    verb = "ANALYZE FORMAT=JSON" if analyze_it else "EXPLAIN FORMAT=JSON"
+    sql = f"SET STATEMENT {settings} FOR {verb} {statement}"
+    if in_transaction:
+        session.run(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            text = session.run(sql, params)[0][0]
+        finally:
+            session.run(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            session.run(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    else:
+        # No BEGIN of ours: START TRANSACTION would release the session's LOCK TABLES.
+        try:
+            text = session.run(sql, params)[0][0]
+        finally:
+            if not autocommit:
+                session.run("ROLLBACK")  # ends the transaction our statement may have opened
+    return json.loads(text), config.analyze and not analyze_it
+
+
+# --- reading plans -----------------------------------------------------------------------------
+
+
+def _walk(doc: Any) -> Iterator[Any]:
+    """Every dict and list in ``doc``, breadth first, at most ``_MAX_NODES``."""
+    queue: deque[Any] = deque([doc])
+    for _ in range(_MAX_NODES):
+        if not queue:
+            return
+        node = queue.popleft()
+        if isinstance(node, (dict, list)):
+            yield node
+            children = node.values() if isinstance(node, dict) else node
+            queue.extend(c for c in children if isinstance(c, (dict, list)))
+
+
+def _sanitized(value: Any, depth: int = 0) -> Any:
+    """A copy of a JSON plan with the literals in its strings replaced by ``?``."""
+    if isinstance(value, str):
+        return analyze(value).sanitized
+    if isinstance(value, (dict, list)) and depth >= _MAX_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k): _sanitized(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sanitized(v, depth + 1) for v in value]
+    return value
+
+
+def _pg_worst_seq_scan(doc: Any) -> dict[str, Any] | None:
+    """The costliest Seq Scan node with a Filter."""
+    scans = [
+        node
+        for node in _walk(doc)
+        if isinstance(node, dict)
+        and node.get("Node Type") == "Seq Scan"
+        and isinstance(node.get("Filter"), str)
+        and isinstance(node.get("Relation Name"), str)
+    ]
+    return max(scans, key=lambda n: _number(n.get("Total Cost")), default=None)
+
+
+def _mariadb_worst_full_scan(doc: Any) -> dict[str, Any] | None:
+    """The full table scan (``access_type: ALL``) with a condition that reads the most rows."""
+    scans = [
+        node
+        for node in _walk(doc)
+        if isinstance(node, dict)
+        and node.get("access_type") == "ALL"
+        and isinstance(node.get("attached_condition"), str)
+        and isinstance(node.get("table_name"), str)
+    ]
+    return max(scans, key=lambda n: _number(n.get("rows")), default=None)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+_CAST = re.compile(r"::\s*(?:\"[^\"]*\"|\w+)(?:\s+(?:varying|precision|with(?:out)?\s+time\s+zone))?(?:\[\])*")
+_IDENT = r"(?:`[^`]{1,128}`|\"[^\"]{1,128}\"|[^\W\d][\w$]{0,127})"
+# Whole names only (the lookaheads stop backtracking into "AN" of "AND ("); not calls, not qualifiers.
+_COLUMN_REF = re.compile(rf"(?<![\w$`\"]){_IDENT}(?:\s*\.\s*{_IDENT})*(?![\w$])(?!\s*[.(])")
+_NOT_COLUMNS = frozenset(
+    re.findall(
+        r"\w+",
+        "and or not is null true false any all some array like ilike in between case when then else end subplan "
+        "hashed exists escape collate similar to at time zone distinct from where select current_date current_time "
+        "current_timestamp interval unknown binary",
+    )
+)
+
+
+def _unquoted(name: str) -> str:
+    return name[1:-1] if name[:1] in '`"' and len(name) >= 2 else name
+
+
+def _filter_columns(condition: str, owners: set[str]) -> list[str]:
+    """Columns of the scanned table (named in ``owners`` when qualified) in a sanitized condition."""
+    columns: list[str] = []
+    for ref in _COLUMN_REF.finditer(_CAST.sub("", condition[:4096])):
+        parts = [p.strip() for p in ref.group().split(".")]  # a quoted name with a dot is rare: then skipped
+        name = _unquoted(parts[-1])
+        if len(parts) > 1 and _unquoted(parts[-2]).lower() not in owners:
+            continue
+        if parts[-1][:1] not in '`"' and name.lower() in _NOT_COLUMNS or name in columns:
+            continue
+        columns.append(name)
+    return columns[:_MAX_HINT_COLUMNS]
+
+
+_LEADING_WILDCARD = re.compile(r"(?:~~\*?|\blike)\s+(?:\(\s*)?'%", re.I)
+
+
+def _scan_verdict(
+    kind: str, table: str, rows: int | None, columns: list[str], leading_wildcard: bool
+) -> tuple[str, str]:
+    """(verdict, index hint) for a full scan of ``table`` that filters on ``columns``."""
+    hint = f"{table}({', '.join(columns)})" if columns else ""
+    est = f" (est. {rows} rows)" if rows is not None else ""
+    on = f" filtering on {', '.join(columns)}" if columns else " with a filter"
+    if leading_wildcard:
+        advice = "a LIKE with a leading wildcard cannot use a plain index; a trigram or full-text index may help"
+    else:
+        advice = f"an index on {hint} may help" if hint else "an index on the filtered columns may help"
+    return f"{kind} {table}{est}{on}: {advice}", hint
+
+
+def _pg_plan(doc: Any, table_rows: int | None, config: ExplainConfig) -> Plan:
+    scan = _pg_worst_seq_scan(doc)
+    verdict, hint, rows = "", "", None
+    if scan is not None and _pg_index_could_help(scan, table_rows):
+        table, raw = scan["Relation Name"], scan["Filter"]
+        owners = {table.lower(), str(scan.get("Alias", table)).lower()}
+        columns = _filter_columns(analyze(raw).sanitized, owners)
+        verdict, hint = _scan_verdict("Seq Scan on", table, table_rows, columns, bool(_LEADING_WILDCARD.search(raw)))
+        rows = table_rows
+    if not verdict:
+        root = doc[0].get("Plan") if isinstance(doc, list) and doc and isinstance(doc[0], dict) else None
+        top = root.get("Plan Rows") if isinstance(root, dict) else None
+        rows = int(top) if isinstance(top, (int, float)) and not isinstance(top, bool) else None
+    return Plan("postgresql", "json", _json_text(doc, config), verdict, rows, hint)
+
+
+def _pg_index_could_help(scan: dict[str, Any], table_rows: int | None) -> bool:
+    """A large table of which the filter keeps few rows (an index will not beat a scan that keeps most)."""
+    if table_rows is None:
+        return True  # never analyzed: the query was slow, the scan is the suspect
+    return table_rows >= LARGE_TABLE_ROWS and _number(scan.get("Plan Rows")) <= table_rows * SELECTIVE_SHARE
+
+
+def _mariadb_plan(doc: Any, config: ExplainConfig) -> Plan:
+    scan = _mariadb_worst_full_scan(doc)
+    verdict, hint, rows = "", "", None
+    if scan is not None:
+        rows = int(_number(scan["rows"])) if "rows" in scan else None
+        if rows is None or rows >= LARGE_TABLE_ROWS:
+            table, raw = scan["table_name"], scan["attached_condition"]
+            columns = _filter_columns(analyze(raw).sanitized, {table.lower()})
+            wildcard = bool(_LEADING_WILDCARD.search(raw))
+            verdict, hint = _scan_verdict("Full scan (access_type ALL) of", table, rows, columns, wildcard)
+    return Plan("mysql", "json", _json_text(doc, config), verdict, rows, hint)
+
+
+_SQLITE_FULL_SCAN = re.compile(r"SCAN (?:TABLE )?([^\W\d][\w$]*)(?: AS ([^\W\d][\w$]*))?\Z")
+_SQLITE_WHERE = re.compile(r"\bwhere\b(.*?)(?:\b(?:group|order|limit|having|window|union|except|intersect)\b|\Z)", re.I)
+_SQLITE_TABLE = re.compile(
+    r"\b(?:from|join)\s+([^\W\d][\w$]*)(?:\s+(?:as\s+)?(?!(?:where|join|on|left|inner|cross|natural|group|order|limit)\b)([^\W\d][\w$]*))?",
+    re.I,
+)
+
+
+def _sqlite_plan(rows: list[tuple[Any, ...]], statement: str, config: ExplainConfig) -> Plan:
+    """Plan from ``EXPLAIN QUERY PLAN`` rows (id, parent, notused, detail), drawn as an indented tree."""
+    sanitized = analyze(statement).sanitized
+    where = _SQLITE_WHERE.search(sanitized)
+    depth: dict[Any, int] = {}
+    lines, verdict, hint = [], "", ""
+    for row in rows[:_MAX_NODES]:
+        node, parent, detail = row[0], row[1], analyze(str(row[-1])).sanitized
+        depth[node] = depth.get(parent, -1) + 1
+        lines.append("  " * min(depth[node], 32) + detail)
+        scan = _SQLITE_FULL_SCAN.fullmatch(detail)
+        if scan and where and not verdict:
+            verdict, hint = _sqlite_verdict(scan[2] or scan[1], sanitized, where[1])
+    return Plan("sqlite", "text", _bounded("\n".join(lines), config), verdict, None, hint)
+
+
+def _sqlite_verdict(scanned: str, sanitized: str, where: str) -> tuple[str, str]:
+    """SQLite names the scan by alias: find its table, then the table's columns in the WHERE clause."""
+    table = scanned
+    for m in _SQLITE_TABLE.finditer(sanitized):
+        if scanned.lower() in (m[1].lower(), (m[2] or "").lower()):
+            table = m[1]
+            break
+    columns = _filter_columns(where, {scanned.lower(), table.lower()})
+    if not columns:
+        return "", ""  # the filter is on another table: this scan is the join's outer loop
+    return _scan_verdict("Full scan (SCAN) of", table, None, columns, False)
+
+
+def _json_text(doc: Any, config: ExplainConfig) -> str:
+    return _bounded(json.dumps(_sanitized(doc), separators=(",", ":"), ensure_ascii=False), config)
+
+
+def _bounded(text: str, config: ExplainConfig) -> str:
+    limit = max(config.max_plan_chars, 1)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return code == _TIMEOUT_SQLSTATE or bool(exc.args) and exc.args[0] == _MARIADB_TIMEOUT
+
+
+def _is_failed_transaction(exc: BaseException) -> bool:
+    return (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) == "25P02"
+
+
+# --- the explainer -----------------------------------------------------------------------------
+
+
+class Explainer:
+    """Runs and reads EXPLAIN for slow SELECTs; see the module docstring for the rules it keeps."""
+
+    def __init__(self, config: ExplainConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or ExplainConfig()
+        self._limiter = _RateLimiter(self.config, clock)
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def explain(
+        self, dbapi_connection: Any, dialect_name: str, statement: str, parameters: Any, fingerprint: str
+    ) -> Plan | None:
+        """The plan of ``statement`` on ``dbapi_connection`` with ``parameters``, or None (counted)."""
+        try:
+            return self._explain(dbapi_connection, dialect_name, statement, parameters, fingerprint)
+        except _Skip as skip:
+            self.count("skipped." + skip.reason)
+        except Exception as exc:  # noqa: BLE001 - never into the application
+            internal_error("explain", exc)
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """``{"explained": n, "failed": n, "timed_out": n, "analyze_downgraded": n, "skipped": {reason: n}}``."""
+        with self._lock:
+            counts = dict(self._counts)
+        skipped = {k.partition(".")[2]: v for k, v in counts.items() if k.startswith("skipped.")}
+        plain = ("explained", "failed", "timed_out", "analyze_downgraded")
+        return {**{k: counts.get(k, 0) for k in plain}, "skipped": skipped}
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def _explain(
+        self, dbapi_connection: Any, dialect_name: str, statement: str, parameters: Any, fingerprint: str
+    ) -> Plan | None:
+        reason = refusal(statement, self.config.analyze) if isinstance(statement, str) else "not_select"
+        if reason is not None:
+            raise _Skip(reason)
+        found = _session(dbapi_connection)
+        if found is None or found[0] != _DIALECTS.get(dialect_name):
+            raise _Skip("unsupported")  # also MySQL proper: no @@in_transaction, other JSON plans
+        family, session = found
+        if family == "postgresql" and session.pg_status() == "failed":
+            raise _Skip("failed_transaction")
+        if not self._limiter.allow(fingerprint or analyze(statement).fingerprint):
+            raise _Skip("rate_limited")
+        try:
+            result = self._run(family, session, statement, parameters)
+        except _Skip:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a database error: counted, never raised
+            self._failed(exc)
+            return None
+        plan = self._read(family, result, statement)
+        self.count("explained")
+        return plan
+
+    def _run(self, family: str, session: _Session, statement: str, parameters: Any) -> Any:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        with suppress_instrumentation():  # our statements are not the application's queries
+            if family == "postgresql":
+                return _run_postgres(session, statement, parameters, self.config)
+            if family == "mariadb":
+                return _run_mariadb(session, statement, parameters, self.config)
+            return session.run("EXPLAIN QUERY PLAN " + statement, parameters)  # never executes the query
+
+    def _read(self, family: str, result: Any, statement: str) -> Plan:
+        if family == "postgresql":
+            return _pg_plan(result[0], result[1], self.config)
+        if family == "mariadb":
+            if result[1]:
+                self.count("analyze_downgraded")
+            return _mariadb_plan(result[0], self.config)
+        return _sqlite_plan(result, statement, self.config)
+
+    def _failed(self, exc: BaseException) -> None:
+        if _is_failed_transaction(exc):
+            self.count("skipped.failed_transaction")
+            return
+        self.count("failed")
+        if _is_timeout(exc):
+            self.count("timed_out")
+        # The type only: driver messages quote statements and values.
+        _log.debug("otel-dbperf: EXPLAIN failed (%s)", type(exc).__name__)
+
+
+def plan_attributes(plan: Plan) -> dict[str, Any]:
+    """The attributes of the ``dbperf.explain`` span event."""
+    attrs: dict[str, Any] = {
+        ATTR_PLAN: plan.text,
+        ATTR_FORMAT: plan.format,
+        ATTR_VERDICT: plan.verdict,
+        ATTR_DATABASE: plan.database,
+    }
+    if plan.estimated_rows is not None:
+        attrs[ATTR_ESTIMATED_ROWS] = plan.estimated_rows
+    if plan.index_hint:
+        attrs[ATTR_INDEX_HINT] = plan.index_hint
+    return attrs
+
+
+# --- SQLAlchemy --------------------------------------------------------------------------------
+
+OnPlan = Callable[[Any, Plan], None]
+_installed: Callable[..., None] | None = None
+_install_lock = threading.Lock()
+
+
+def install(explainer: Explainer, slow_threshold_ms: float, on_plan: OnPlan | None = None) -> None:
+    """Explain slow SELECTs of every SQLAlchemy engine; ``on_plan(span, plan)`` sees each plan.
+
+    The listener is class-level on ``Engine``: SQLAlchemy runs class-level listeners before
+    the instance-level ones of contrib's instrumentation, so the query's span is still open.
+    Installing again replaces the previous listener.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    threshold_ns = int(slow_threshold_ms * 1_000_000)
+
+    def after_cursor_execute(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        try:
+            _explain_slow_query(explainer, threshold_ns, on_plan, conn, statement, parameters, context, executemany)
+        except Exception as exc:  # noqa: BLE001 - never into the application
+            internal_error("explain.after_cursor_execute", exc)
+
+    global _installed
+    with _install_lock:
+        _uninstall_locked()
+        event.listen(Engine, "after_cursor_execute", after_cursor_execute)
+        _installed = after_cursor_execute
+
+
+def uninstall() -> None:
+    with _install_lock:
+        _uninstall_locked()
+
+
+def _uninstall_locked() -> None:
+    global _installed
+    if _installed is not None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "after_cursor_execute", _installed)
+        _installed = None
+
+
+def _explain_slow_query(
+    explainer: Explainer,
+    threshold_ns: int,
+    on_plan: OnPlan | None,
+    conn: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    span = getattr(context, "_otel_span", None)  # contrib's span of this query, not yet ended
+    if span is None or executemany or not span.is_recording():
+        return
+    start = getattr(span, "start_time", None)
+    ended_ns = time.time_ns()  # the SDK's clock for span times
+    if not isinstance(start, int) or ended_ns - start < threshold_ns:
+        return
+    if getattr(context, "_is_server_side", False):
+        explainer.count("skipped.server_side_cursor")  # its rows are still on the server
+        return
+    fingerprint = analyze(statement).fingerprint
+    plan = explainer.explain(conn.connection.dbapi_connection, conn.dialect.name, statement, parameters, fingerprint)
+    if plan is None:
+        return
+    # The span ends after the EXPLAIN: the event's time is when the query itself finished.
+    attrs = {**plan_attributes(plan), ATTR_DURATION_MS: (time.time_ns() - ended_ns) / 1e6}
+    span.add_event(EVENT_EXPLAIN, attrs, timestamp=ended_ns)
+    if on_plan is not None:
+        on_plan(span, plan)
