@@ -48,3 +48,6 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     DbPerfConfigurator().configure(**kwargs)  # type: ignore[no-untyped-call]
     if instrument_sqlalchemy:
         _sqlalchemy.ensure_instrumented(current_settings())
+    from ._setup import start_explain
+
+    start_explain(current_settings())

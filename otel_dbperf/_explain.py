@@ -29,12 +29,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from . import attributes as A
 from ._guard import internal_error
 from ._sql import _MAX_SCAN, analyze
 
 _log = logging.getLogger("otel_dbperf")
 
-EVENT_EXPLAIN = "dbperf.explain"
+EVENT_EXPLAIN = A.EVENT_EXPLAIN
 ATTR_PLAN = "dbperf.explain.plan"
 ATTR_FORMAT = "dbperf.explain.format"
 ATTR_VERDICT = "dbperf.explain.verdict"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ._guard import guarded
-from ._setup import current_settings, state
+from ._setup import current_settings, start_explain, state
 from ._startup_log import startup_warning
 
 
@@ -16,6 +16,8 @@ def post_instrument() -> None:
 
     settings = current_settings()
     _sqlalchemy.ensure_instrumented(settings)
+    if state["configured"]:
+        start_explain(settings)
     if settings.enabled and not state["configured"]:
         startup_warning(
             "otel-dbperf: another OpenTelemetry configurator ran (OTEL_PYTHON_DISTRO=%s, "

@@ -171,3 +171,19 @@ def _start_profiler(settings: Settings) -> Any:
     state["profiler"] = server
     _log.info("otel-dbperf: profiler API on %s", server.url)
     return HistorySink(history, settings.sanitize_statements)
+
+
+def start_explain(settings: Settings) -> None:
+    """``DBPERF_EXPLAIN``: EXPLAIN slow SELECTs of every SQLAlchemy engine (see docs/explain.md)."""
+    if not (settings.enabled and settings.explain) or state.get("explainer") is not None:
+        return
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        return
+    from ._explain import ExplainConfig, Explainer, install
+
+    config = ExplainConfig(analyze=settings.explain_analyze, timeout_ms=settings.explain_timeout_ms)
+    explainer = Explainer(config)
+    install(explainer, settings.slow_query_threshold_ms)
+    state["explainer"] = explainer

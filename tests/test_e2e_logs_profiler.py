@@ -122,3 +122,27 @@ def test_profile_query_and_profile_session_roll_up_background_jobs(receiver: Any
     assert job[A.CPU_TIME_MS] > 0 and job[A.MEMORY_RSS_BYTES] > 0 and job["code.function.name"] == "nightly_import"
     assert roots["bulk_session"]["attributes"][A.DB_QUERY_COUNT] == 2
     assert roots["async_job"]["attributes"][A.DB_QUERY_COUNT] == 1
+
+
+def test_explain_plan_on_the_slow_span_and_its_log_record(receiver: Any, pg_sync_url: str) -> None:
+    from models import seed
+
+    engine = create_engine(pg_sync_url)
+    seed(engine)
+    engine.dispose()
+    env = base_env(
+        receiver, APP_DB_URL=pg_sync_url, OTEL_LOGS_EXPORTER="otlp", OTEL_BLRP_SCHEDULE_DELAY="100",
+        DBPERF_EXPLAIN="true", DBPERF_SLOW_QUERY_THRESHOLD_MS="1",
+    )  # fmt: skip
+    with serve("gunicorn", APP, env, "-w", "1") as srv:
+        assert get(srv["url"] + "/authors")[0] == 200  # every query is "slow" at 1 ms: rate limits apply
+        spans = receiver.wait_for(lambda s: any(e["name"] == A.EVENT_EXPLAIN for x in s for e in x["events"]))
+        logs = receiver.wait_for_logs(lambda r: any("dbperf.explain.plan" in x["attributes"] for x in r))
+        output = server_output(srv)
+    explained = [(s, e) for s in spans for e in s["events"] if e["name"] == A.EVENT_EXPLAIN]
+    span, event = explained[0]
+    assert span["attributes"][A.QUERY_SLOW] is True, output
+    plan = json.loads(event["attributes"]["dbperf.explain.plan"])
+    assert event["attributes"]["dbperf.explain.database"] == "postgresql" and plan[0]["Plan"]["Node Type"]
+    record = next(r for r in logs if "dbperf.explain.plan" in r["attributes"])
+    assert (record["trace_id"], record["span_id"]) in {(s["trace_id"], s["span_id"]) for s, _ in explained}
