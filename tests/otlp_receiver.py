@@ -98,46 +98,34 @@ class Receiver:
         with self._lock:
             self.spans.extend(decoded)
 
-    def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    def _wait(
+        self, signal: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                snapshot = list(self.spans)
+                snapshot = list(getattr(self, signal))
             if predicate(snapshot):
                 return snapshot
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for spans; got {len(snapshot)}: {[s['name'] for s in snapshot][:50]}"
-                )
+                seen = [x.get("name", x.get("body")) for x in snapshot][:50]
+                raise AssertionError(f"timed out waiting for {signal}; got {len(snapshot)}: {seen}")
             time.sleep(0.05)
+
+    def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        return self._wait("spans", predicate, timeout)
 
     def wait_for_metrics(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                snapshot = list(self.metrics)
-            if predicate(snapshot):
-                return snapshot
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for metrics; got {sorted({p['name'] for p in snapshot})}")
-            time.sleep(0.1)
+        return self._wait("metrics", predicate, timeout)
 
     def wait_for_logs(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                snapshot = list(self.logs)
-            if predicate(snapshot):
-                return snapshot
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for logs; got {[r['body'] for r in snapshot][:20]}")
-            time.sleep(0.1)
+        return self._wait("logs", predicate, timeout)
 
     def clear(self) -> None:
         with self._lock:

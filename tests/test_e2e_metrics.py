@@ -44,21 +44,22 @@ def _drive(base: str, concurrency: int = 4, counts: dict[str, int] | None = None
         assert status == TRAFFIC[path][1], (path, status)
 
 
-def _route_of(path: str) -> str:
-    return path
+def _pull_env(receiver: Any, tmp_path: Path, **extra: str) -> tuple[dict[str, str], int]:
+    """The app's environment with the Prometheus pull exporter on a free port, and that port."""
+    port = free_port()
+    env = base_env(
+        receiver,
+        APP_DB_URL=_seeded(f"sqlite:///{tmp_path / 'app.db'}"),
+        OTEL_METRICS_EXPORTER="prometheus",
+        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
+        OTEL_EXPORTER_PROMETHEUS_PORT=str(port),
+        **extra,
+    )
+    return env, port
 
 
 def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression(receiver: Any, tmp_path: Path) -> None:
-    url = _seeded(f"sqlite:///{tmp_path / 'app.db'}")
-    metrics_port = free_port()
-    env = base_env(
-        receiver,
-        APP_DB_URL=url,
-        OTEL_METRICS_EXPORTER="prometheus",
-        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-        OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
-        OTEL_SERVICE_NAME=JOB,
-    )
+    env, metrics_port = _pull_env(receiver, tmp_path, OTEL_SERVICE_NAME=JOB)
     # a real single-process server: Flask through uvicorn's WSGI interface
     with (
         serve("uvicorn", APP, env, "--interface", "wsgi") as srv,
@@ -178,11 +179,19 @@ def test_otlp_metrics_from_two_gunicorn_workers(receiver: Any, pg_sync_url: str)
         total_queries = sum(TRAFFIC[r][0] * QUERIES[r] for r in TRAFFIC)
 
         def complete(points: list[dict[str, Any]]) -> bool:
-            latest = _latest(points, M.DB_CLIENT_OPERATION_DURATION.name)
-            return sum(p["count"] for p in latest.values()) >= total_queries
+            db = _latest(points, M.DB_CLIENT_OPERATION_DURATION.name)
+            routes: dict[str, int] = defaultdict(int)
+            for p in _latest(points, M.HTTP_SERVER_REQUEST_DURATION.name).values():
+                routes[p["attributes"].get("http.route", "")] += p["count"]
+            return sum(p["count"] for p in db.values()) >= total_queries and all(
+                routes[route] >= n for route, (n, _) in TRAFFIC.items()
+            )
 
         points = receiver.wait_for_metrics(complete, timeout=30)
-        spans = receiver.wait_for(lambda s: len({x["trace_id"] for x in s if x["kind"] == "SERVER"}) >= 45)
+        exemplars = [e for p in points if p["name"] == M.DB_CLIENT_OPERATION_DURATION.name for e in p["exemplars"]]
+        exemplar_spans = {(e["trace_id"], e["span_id"]) for e in exemplars}
+        # every exemplar names a span that was exported (spans may arrive after the metrics)
+        spans = receiver.wait_for(lambda s: exemplar_spans <= {(x["trace_id"], x["span_id"]) for x in s})
         output = server_output(srv)
     # counts add up across workers, each worker its own series
     db = _latest(points, M.DB_CLIENT_OPERATION_DURATION.name)
@@ -208,10 +217,11 @@ def test_otlp_metrics_from_two_gunicorn_workers(receiver: Any, pg_sync_url: str)
             assert values == sorted(values), key
             checked += 1
     assert checked >= 10
-    # exemplars point at traces that were exported
-    trace_ids = {s["trace_id"] for s in spans}
-    exemplars = [e for p in points if p["name"] == M.DB_CLIENT_OPERATION_DURATION.name for e in p["exemplars"]]
-    assert exemplars and {e["trace_id"] for e in exemplars} <= trace_ids
+    # exemplars point at exported DB spans (ORM level: the driver spans inside are not counted)
+    by_id = {(s["trace_id"], s["span_id"]): s for s in spans}
+    assert exemplar_spans and all(
+        by_id[e]["scope"] == "opentelemetry.instrumentation.sqlalchemy" for e in exemplar_spans
+    )
     n1 = _latest(points, M.DB_N_PLUS_ONE.name)
     assert sum(p["value"] for p in n1.values()) == 24
     assert {p["attributes"]["db.collection.name"] for p in n1.values()} == {"dbperf_books"}
@@ -222,15 +232,7 @@ def test_otlp_metrics_from_two_gunicorn_workers(receiver: Any, pg_sync_url: str)
 
 
 def test_prometheus_pull_is_refused_under_gunicorn(receiver: Any, tmp_path: Path) -> None:
-    url = _seeded(f"sqlite:///{tmp_path / 'app.db'}")
-    metrics_port = free_port()
-    env = base_env(
-        receiver,
-        APP_DB_URL=url,
-        OTEL_METRICS_EXPORTER="prometheus",
-        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-        OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
-    )
+    env, metrics_port = _pull_env(receiver, tmp_path)
     with serve("gunicorn", APP, env, "-w", "2") as srv:
         assert get(srv["url"] + "/authors")[0] == 200  # the app is unaffected
         receiver.wait_for(lambda s: any(x["kind"] == "SERVER" for x in s))  # and traces still flow
