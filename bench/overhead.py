@@ -164,13 +164,13 @@ def build(
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from otel_dbperf._metrics import MetricsDeriver
+    from otel_dbperf._metrics import SpanDeriver
     from otel_dbperf.metrics import default_views
 
     meters = MeterProvider(metric_readers=[InMemoryMetricReader()], views=default_views())
     with_metrics = DbPerfSpanProcessor(settings)
-    deriver = MetricsDeriver(settings, meters)
-    with_metrics.attach_metrics(deriver.submit)
+    deriver = SpanDeriver(settings, meters)
+    with_metrics.attach_deriver(deriver.submit)
     processors = (with_metrics, BatchSpanProcessor(with_metrics.wrap_exporter(exporter())))
     return (*variants, Variant("+ metrics", engine, provider, processors, deriver))
 

@@ -263,7 +263,7 @@ def _run_postgres(session: _Session, statement: str, params: Any, config: Explai
         session.run("SET LOCAL transaction_read_only = on")  # ANALYZE or not, nothing may write
         doc = session.run(f"EXPLAIN ({options}) {statement}", params)[0][0]
         doc = json.loads(doc) if isinstance(doc, str) else doc
-        scan = _pg_worst_seq_scan(doc)
+        scan = _worst_scan(doc, ("Node Type", "Seq Scan"), "Filter", "Relation Name", "Total Cost")
         table_rows = _pg_table_rows(session, scan["Relation Name"]) if scan else None
     return doc, table_rows
 
@@ -334,30 +334,22 @@ def _sanitized(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _pg_worst_seq_scan(doc: Any) -> dict[str, Any] | None:
-    """The costliest Seq Scan node with a Filter."""
+def _worst_scan(doc: Any, match: tuple[str, str], filter_key: str, table_key: str, cost_key: str) -> Any:
+    """The costliest plan node with ``match`` (key, value), a filter and a table, or None.
+
+    PostgreSQL: Seq Scan nodes with a Filter, by Total Cost; MariaDB: access_type ALL
+    with an attached_condition, by rows read.
+    """
+    key, value = match
     scans = [
         node
         for node in _walk(doc)
         if isinstance(node, dict)
-        and node.get("Node Type") == "Seq Scan"
-        and isinstance(node.get("Filter"), str)
-        and isinstance(node.get("Relation Name"), str)
+        and node.get(key) == value
+        and isinstance(node.get(filter_key), str)
+        and isinstance(node.get(table_key), str)
     ]
-    return max(scans, key=lambda n: _number(n.get("Total Cost")), default=None)
-
-
-def _mariadb_worst_full_scan(doc: Any) -> dict[str, Any] | None:
-    """The full table scan (``access_type: ALL``) with a condition that reads the most rows."""
-    scans = [
-        node
-        for node in _walk(doc)
-        if isinstance(node, dict)
-        and node.get("access_type") == "ALL"
-        and isinstance(node.get("attached_condition"), str)
-        and isinstance(node.get("table_name"), str)
-    ]
-    return max(scans, key=lambda n: _number(n.get("rows")), default=None)
+    return max(scans, key=lambda n: _number(n.get(cost_key)), default=None)
 
 
 def _number(value: Any) -> float:
@@ -414,7 +406,7 @@ def _scan_verdict(
 
 
 def _pg_plan(doc: Any, table_rows: int | None, config: ExplainConfig) -> Plan:
-    scan = _pg_worst_seq_scan(doc)
+    scan = _worst_scan(doc, ("Node Type", "Seq Scan"), "Filter", "Relation Name", "Total Cost")
     verdict, hint, rows = "", "", None
     if scan is not None and _pg_index_could_help(scan, table_rows):
         table, raw = scan["Relation Name"], scan["Filter"]
@@ -437,7 +429,7 @@ def _pg_index_could_help(scan: dict[str, Any], table_rows: int | None) -> bool:
 
 
 def _mariadb_plan(doc: Any, config: ExplainConfig) -> Plan:
-    scan = _mariadb_worst_full_scan(doc)
+    scan = _worst_scan(doc, ("access_type", "ALL"), "attached_condition", "table_name", "rows")
     verdict, hint, rows = "", "", None
     if scan is not None:
         rows = int(_number(scan["rows"])) if "rows" in scan else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span
 from . import attributes as A
 from . import metric_names as M
 from ._guard import internal_error
+from ._processor import _DUR, _SLOW, _STMT
 from ._sql import analyze
 from .metrics import METER_NAME
 from .settings import Settings
@@ -37,12 +39,9 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_
 _OPERATION = re.compile(r"[A-Za-z]{1,20}")
 _DRAIN_INTERVAL_S = 0.5
 
-# the record layout of _processor (kept in step by tests)
-_DUR, _SLOW, _STMT, _NESTED = 1, 2, 3, 7
 
-
-class MetricsDeriver:
-    """Turns finished DB spans and request roots into the section 5 metrics."""
+class SpanDeriver:
+    """Turns finished DB spans and request roots into the section 5 metrics, and feeds the sinks."""
 
     def __init__(
         self,
@@ -60,9 +59,6 @@ class MetricsDeriver:
         self.dropped = 0
         self._tables: set[str] = set()
         self._lock = threading.Lock()  # one drainer at a time keeps per-request order simple
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._metrics = meter_provider is not None
         if meter_provider is not None:
             self._create_instruments(meter_provider.get_meter(_SCOPE, version))
         self._start()
@@ -104,20 +100,18 @@ class MetricsDeriver:
 
     # ---- background ----------------------------------------------------------------------
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="otel-dbperf-metrics", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name="otel-dbperf-derive", daemon=True).start()
 
     def after_fork_in_child(self) -> None:
         """A forked worker: the parent's queued spans are the parent's; start our own thread."""
         self.queue.clear()
         self.dropped = 0
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._start()
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(_DRAIN_INTERVAL_S)
+            time.sleep(_DRAIN_INTERVAL_S)
             self.drain()
 
     def _collect(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -135,8 +129,7 @@ class MetricsDeriver:
                     return
                 try:
                     if payload.__class__ is tuple:
-                        if not payload[_NESTED]:
-                            self._record_query(span, payload)
+                        self._record_query(span, payload)
                     else:
                         self._record_request(span, payload)
                 except Exception as exc:  # noqa: BLE001
@@ -161,7 +154,7 @@ class MetricsDeriver:
                 sink.query(span, record, analysis)
             except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others
                 internal_error("sink", exc)
-        if self._metrics:
+        if self._provider is not None:
             self._query_metrics(span, record, analysis)
 
     def _query_metrics(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
@@ -199,7 +192,7 @@ class MetricsDeriver:
                 sink.request(span, request, route or "")
             except Exception as exc:  # noqa: BLE001
                 internal_error("sink", exc)
-        if not self._metrics:
+        if self._provider is None:
             return
         labels = {"http.route": route} if route else {}
         context = _context_of(span)

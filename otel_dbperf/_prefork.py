@@ -48,10 +48,14 @@ def prefork_server(environ: Mapping[str, str], argv: Sequence[str]) -> str:
     return ""
 
 
+def exporter_names(value: str) -> list[str]:
+    """The exporters an ``OTEL_*_EXPORTER`` value names ("none" names none)."""
+    return [name.strip() for name in value.split(",") if name.strip() not in ("", "none")]
+
+
 def pull_refusal(environ: Mapping[str, str], argv: Sequence[str]) -> str | None:
     """Why the Prometheus pull exporter cannot serve correct numbers here, or None if it can."""
-    names = [name.strip() for name in environ.get("OTEL_METRICS_EXPORTER", "").split(",")]
-    if PULL_EXPORTER not in names:
+    if PULL_EXPORTER not in exporter_names(environ.get("OTEL_METRICS_EXPORTER", "")):
         return None
     program = prefork_server(environ, argv)
     if program:
@@ -90,8 +94,7 @@ def _option(argv: Sequence[str], name: str) -> str:
 
 
 def without_pull_exporter(value: str) -> str:
-    names = [name.strip() for name in value.split(",") if name.strip() and name.strip() != PULL_EXPORTER]
-    return ",".join(names) or "none"
+    return ",".join(name for name in exporter_names(value) if name != PULL_EXPORTER) or "none"
 
 
 class ForkHooks:

@@ -124,10 +124,10 @@ class DbPerfSpanProcessor(SpanProcessor):
         # span id -> Record or _Request, for the exporters
         self._done: dict[int, Any] = {}
         self._consumers = 0
-        # MetricsDeriver.submit once metrics are set up: gets (span, record or _Request)
+        # SpanDeriver.submit once set up: gets (span, record or _Request), nested driver spans excluded
         self._submit: Any = None
 
-    def attach_metrics(self, submit: Any) -> None:
+    def attach_deriver(self, submit: Any) -> None:
         """Hand every finished DB span and request root to ``submit(span, payload)`` (metrics)."""
         self._submit = submit
 
@@ -219,7 +219,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     _count_overflow(request, record)
             self._publish(span_id, record)
             submit = self._submit
-            if submit is not None and statement is not None:  # "connect" spans are no operation
+            if submit is not None and statement is not None and not nested:  # "connect" spans are no operation
                 submit(span, record)
         except Exception as exc:  # noqa: BLE001
             internal_error("_on_ending", exc)

@@ -110,17 +110,18 @@ def start_derived(settings: Settings) -> None:
     from opentelemetry.metrics import get_meter_provider
 
     from . import __version__
-    from ._metrics import MetricsDeriver
+    from ._metrics import SpanDeriver
 
     sinks: list[Any] = []
     meter_provider: Any = get_meter_provider()
-    exporters = [n.strip() for n in str(state.get("metric_exporters", "")).split(",") if n.strip() not in ("", "none")]
-    if not exporters or not hasattr(meter_provider, "_measurement_consumer"):
+    if not _prefork.exporter_names(state.get("metric_exporters", "")) or not hasattr(
+        meter_provider, "_measurement_consumer"
+    ):
         meter_provider = None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
     logger_provider = get_logger_provider()
     if (
         settings.slow_query_logs_per_minute > 0
-        and _enabled_exporters("OTEL_LOGS_EXPORTER")
+        and _prefork.exporter_names(os.environ.get("OTEL_LOGS_EXPORTER", ""))
         and hasattr(logger_provider, "force_flush")
     ):
         from ._slowlog import SlowQueryLog
@@ -132,15 +133,11 @@ def start_derived(settings: Settings) -> None:
             sinks.append(sink)
     if meter_provider is None and not sinks:
         return
-    deriver = MetricsDeriver(settings, meter_provider, __version__, sinks)
-    processor.attach_metrics(deriver.submit)
+    deriver = SpanDeriver(settings, meter_provider, __version__, sinks)
+    processor.attach_deriver(deriver.submit)
     state["deriver"] = deriver
     state["fork_hooks"] = _prefork.ForkHooks(meter_provider, deriver)
     atexit.register(deriver.drain)  # runs before the SDK's shutdown export (registered earlier)
-
-
-def _enabled_exporters(variable: str) -> list[str]:
-    return [n.strip() for n in os.environ.get(variable, "").split(",") if n.strip() not in ("", "none")]
 
 
 def _start_profiler(settings: Settings) -> Any:

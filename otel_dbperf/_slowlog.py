@@ -21,9 +21,9 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
 from . import attributes as A
+from ._processor import _DUR, _LOC, _REQ, _SLOW, _STACK, _STMT
 from .settings import Settings
 
-_DUR, _SLOW, _STMT, _LOC, _STACK, _REQ = 1, 2, 3, 4, 5, 6  # the processor's record layout
 _WINDOW_S = 60.0
 _OVERALL_PER_MINUTE = 120
 _MAX_FINGERPRINTS = 10_000

@@ -28,18 +28,18 @@ class profile_session:  # noqa: N801 - used like a function, as in the seeds
     (every query of the block is traced whatever session issues it).
     """
 
-    def __init__(self, name_or_session: Any, name: str | None = None, **attributes: Any) -> None:
+    def __init__(self, name_or_session: Any, name: str | None = None, attributes: dict[str, Any] | None = None) -> None:
         if name is None:
             if not isinstance(name_or_session, str):
                 raise TypeError("profile_session(name) or profile_session(session, name)")
             name = name_or_session
         self.name = name
-        self.attributes = {key.replace("__", "."): value for key, value in attributes.items()}
+        self.attributes = attributes
         self._scope: Any = None
 
     def __enter__(self) -> trace.Span:
         tracer = trace.get_tracer(_TRACER_NAME)
-        self._scope = tracer.start_as_current_span(self.name, attributes=self.attributes or None)
+        self._scope = tracer.start_as_current_span(self.name, attributes=self.attributes)
         span: trace.Span = self._scope.__enter__()
         return span
 
@@ -56,19 +56,19 @@ class profile_session:  # noqa: N801 - used like a function, as in the seeds
 def profile_query(fn: F) -> F:
     """Decorator: each call runs inside ``profile_session("<module>.<qualname>")`` (a script's: ``<qualname>``)."""
     name = fn.__qualname__ if fn.__module__ == "__main__" else f"{fn.__module__}.{fn.__qualname__}"
-    attributes = {"code__function__name": fn.__qualname__}
+    attributes = {"code.function.name": fn.__qualname__}
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            async with profile_session(name, **attributes):
+            async with profile_session(name, attributes=attributes):
                 return await fn(*args, **kwargs)
 
         return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with profile_session(name, **attributes):
+        with profile_session(name, attributes=attributes):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

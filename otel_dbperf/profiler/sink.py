@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import attributes as A
+from .._processor import _CPU, _DUR, _LOC, _SLOW, _STACK, _STMT
 from .history import QueryHistory
-
-_DUR, _SLOW, _STMT, _LOC, _STACK, _CPU = 1, 2, 3, 4, 5, 0  # the processor's record layout
 
 
 class HistorySink:
