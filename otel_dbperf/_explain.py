@@ -36,13 +36,13 @@ from ._sql import _MAX_SCAN, analyze
 _log = logging.getLogger("otel_dbperf")
 
 EVENT_EXPLAIN = A.EVENT_EXPLAIN
-ATTR_PLAN = "dbperf.explain.plan"
-ATTR_FORMAT = "dbperf.explain.format"
-ATTR_VERDICT = "dbperf.explain.verdict"
-ATTR_DATABASE = "dbperf.explain.database"
-ATTR_ESTIMATED_ROWS = "dbperf.explain.estimated_rows"
-ATTR_INDEX_HINT = "dbperf.explain.index_hint"
-ATTR_DURATION_MS = "dbperf.explain.duration_ms"
+ATTR_PLAN = A.EXPLAIN_PLAN
+ATTR_FORMAT = A.EXPLAIN_FORMAT
+ATTR_VERDICT = A.EXPLAIN_VERDICT
+ATTR_DATABASE = A.EXPLAIN_DATABASE
+ATTR_ESTIMATED_ROWS = A.EXPLAIN_ESTIMATED_ROWS
+ATTR_INDEX_HINT = A.EXPLAIN_INDEX_HINT
+ATTR_DURATION_MS = A.EXPLAIN_DURATION_MS
 
 LARGE_TABLE_ROWS = 10_000  # a full scan of fewer estimated rows is not worth a verdict
 SELECTIVE_SHARE = 0.1  # PostgreSQL: an index is suggested when the filter keeps at most this share of rows

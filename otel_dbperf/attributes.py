@@ -33,6 +33,18 @@ MEMORY_RSS_DELTA_BYTES = "dbperf.memory.rss_delta_bytes"
 EVENT_SLOW_QUERY = "dbperf.slow_query"
 EVENT_EXPLAIN = "dbperf.explain"
 
+# Attributes of the dbperf.explain event (DBPERF_EXPLAIN); also on the slow query's log record
+EXPLAIN_PLAN = "dbperf.explain.plan"
+EXPLAIN_FORMAT = "dbperf.explain.format"
+EXPLAIN_VERDICT = "dbperf.explain.verdict"
+EXPLAIN_DATABASE = "dbperf.explain.database"
+EXPLAIN_ESTIMATED_ROWS = "dbperf.explain.estimated_rows"
+EXPLAIN_INDEX_HINT = "dbperf.explain.index_hint"
+EXPLAIN_DURATION_MS = "dbperf.explain.duration_ms"
+
+# On slow-query log records: how many records of the same fingerprint the rate limit held back
+SLOW_QUERY_SUPPRESSED = "dbperf.slow_query.suppressed"
+
 # Attributes of the dbperf.slow_query event
 EVENT_DURATION_MS = "dbperf.duration_ms"
 EVENT_THRESHOLD_MS = "dbperf.threshold_ms"
