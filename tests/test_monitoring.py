@@ -182,19 +182,30 @@ def test_the_memory_limit_as_documented(tmp_path: Path) -> None:
                         "expr": "dbperf:process_memory_limit_bytes",
                         "eval_time": "10m",
                         "exp_samples": [
-                            {"labels": 'dbperf:process_memory_limit_bytes{job="billing",instance="b:1"}',
-                             "value": 4 * gib},
+                            {
+                                "labels": 'dbperf:process_memory_limit_bytes{job="billing",instance="b:1"}',
+                                "value": 4 * gib,
+                            },
                             {"labels": 'dbperf:process_memory_limit_bytes{job="shop",instance="s:1"}', "value": gib},
                         ],
                     }
                 ],  # fmt: skip
                 "alert_rule_test": [
-                    {"eval_time": "10m", "alertname": "ProcessMemoryHigh", "exp_alerts": [
-                        {"exp_labels": {"severity": "warning", "job": "shop", "instance": "s:1"},
-                         "exp_annotations": {
-                             k: v.replace("{{ $labels.job }}", "shop").replace("{{ $labels.instance }}", "s:1")
-                             .replace("{{ $value | humanizePercentage }}", "95%")
-                             for k, v in alerts()["ProcessMemoryHigh"]["annotations"].items()}}]},
+                    {
+                        "eval_time": "10m",
+                        "alertname": "ProcessMemoryHigh",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "job": "shop", "instance": "s:1"},
+                                "exp_annotations": {
+                                    k: v.replace("{{ $labels.job }}", "shop")
+                                    .replace("{{ $labels.instance }}", "s:1")
+                                    .replace("{{ $value | humanizePercentage }}", "95%")
+                                    for k, v in alerts()["ProcessMemoryHigh"]["annotations"].items()
+                                },
+                            }
+                        ],
+                    },
                 ],  # fmt: skip
             }
         ],
@@ -337,13 +348,13 @@ def test_top_slow_queries_query_names_the_slow_query_record_attributes() -> None
         for by in re.findall(r"sum by \(([^)]*)\)", expr)  # both halves group the same way
     }
     assert grouping == {("service_name", "dbperf_query_fingerprint", "db_query_text", "location")}
-    assert f"{_loki_label(A.QUERY_FINGERPRINT)} != \"\"" in expr
+    assert f'{_loki_label(A.QUERY_FINGERPRINT)} != ""' in expr
     assert (
         f"label_format location=`{{{{.{_loki_label(A.CODE_FILE_PATH)}}}}}:{{{{.{_loki_label(A.CODE_LINE_NUMBER)}}}}}`"
         in expr
     )
     assert f"unwrap {_loki_label(A.SLOW_QUERY_SUPPRESSED)} [$__range]" in expr
-    assert "db_query_text" == _loki_label(A.DB_QUERY_TEXT)
+    assert _loki_label(A.DB_QUERY_TEXT) == "db_query_text"
     assert expr.startswith("topk(20, ") and expr.count("[$__range]") == 2
     assert expr.count("(") == expr.count(")")
     assert '{service_name=~"$job"}' in expr  # the service variable; All is ".+", which Loki accepts
