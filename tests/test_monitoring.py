@@ -360,8 +360,14 @@ def test_top_slow_queries_query_names_the_slow_query_record_attributes() -> None
     assert '{service_name=~"$job"}' in expr  # the service variable; All is ".+", which Loki accepts
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
     assert variables["job"]["allValue"] == ".+" and variables["loki"]["query"] == "loki"
-    renamed = panel["transformations"][0]["options"]["renameByName"]
-    assert set(renamed.values()) >= {"fingerprint", "statement", "location", "count"}
+    organize = next(t for t in panel["transformations"] if t["id"] == "organize")
+    assert set(organize["options"]["renameByName"].values()) == {
+        "fingerprint",
+        "statement",
+        "location",
+        "count",
+        "service",
+    }
     (link,) = panel["fieldConfig"]["overrides"][0]["properties"][0]["value"]
     assert panel["fieldConfig"]["overrides"][0]["matcher"]["options"] == "fingerprint"
     assert link["internal"]["datasourceUid"] == "jaeger"
