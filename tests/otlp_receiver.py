@@ -182,6 +182,7 @@ def _log_records(body: bytes) -> list[dict[str, Any]]:
             "span_id": r.span_id.hex(),
             "scope": sl.scope.name,
             "attributes": {kv.key: _value(kv.value) for kv in r.attributes},
+            "resource": {kv.key: _value(kv.value) for kv in rl.resource.attributes},
         }
         for rl in req.resource_logs
         for sl in rl.scope_logs

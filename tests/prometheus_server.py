@@ -62,11 +62,13 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(targets: list[str], job: str, tmp_path: Path) -> Iterator[Prometheus]:
+def prometheus(targets: list[str], job: str, tmp_path: Path, rule_files: tuple[Path, ...] = ()) -> Iterator[Prometheus]:
+    """A Prometheus scraping ``targets`` every second, evaluating ``rule_files`` every second."""
     binary = prometheus_binary()
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
     }
     config_path = tmp_path / "prometheus.yml"

@@ -136,3 +136,17 @@ def test_gateway_has_the_single_node_pipelines() -> None:
         return "\n".join(line for line in (COLLECTOR / name).read_text().splitlines() if not line.startswith("#"))
 
     assert body("gateway.yaml") == body("otelcol.yaml")
+
+
+@pytest.mark.parametrize("name", ["otelcol.yaml", "gateway.yaml", "agent.yaml"])
+def test_slow_query_log_records_reach_loki_with_their_attributes(name: str) -> None:
+    """The dashboard's top-slow-queries table groups by the records' attributes as Loki's OTLP
+    endpoint stores them: no processor on the way may drop, rename or sample them."""
+    logs = load(name)["service"]["pipelines"]["logs"]
+    assert logs["receivers"] == ["otlp"]
+    assert logs["processors"] == ["memory_limiter", "batch"]  # nothing that edits attributes or samples
+    if name == "agent.yaml":  # to the gateways, over OTLP
+        (exporter,) = logs["exporters"]
+        assert exporter.split("/")[0] in {"otlp", "otlphttp"}
+    else:
+        assert logs["exporters"] == ["otlphttp/loki"]
