@@ -26,7 +26,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span
 from . import attributes as A
 from . import metric_names as M
 from ._guard import internal_error
-from ._processor import _DUR, _SLOW, _STMT
+from ._processor import _DUR, _SLOW, _STMT, _SYS
 from ._sql import analyze
 from .metrics import METER_NAME
 from .settings import Settings
@@ -148,7 +148,8 @@ class SpanDeriver:
 
     def _record_query(self, span: Any, record: tuple[Any, ...]) -> None:
         statement = record[_STMT]
-        analysis = analyze(statement, self._settings.statement_max_length) if isinstance(statement, str) else None
+        max_length = self._settings.statement_max_length
+        analysis = analyze(statement, max_length, record[_SYS]) if isinstance(statement, str) else None
         for sink in self._sinks:
             try:
                 sink.query(span, record, analysis)
@@ -205,7 +206,7 @@ class SpanDeriver:
             db_ns += record[_DUR]
             statement = record[_STMT]
             if isinstance(statement, str):
-                analysis = analyze(statement, max_length)
+                analysis = analyze(statement, max_length, record[_SYS])
                 counts[analysis.fingerprint] = counts.get(analysis.fingerprint, 0) + 1
                 tables[analysis.fingerprint] = analysis.table
         more, more_ns, _ = request.overflow

@@ -499,11 +499,15 @@ def test_pg_analyze_in_a_transaction_cannot_write(pg_tables: str) -> None:
             "CREATE OR REPLACE FUNCTION dbperf_explain_write() RETURNS int LANGUAGE sql AS "
             f"$$ INSERT INTO {SCRATCH} (v) VALUES ('by analyze') RETURNING 1 $$"
         )
+        # a view hides the call from the statement: only the read-only transaction stops it
+        setup.execute("CREATE OR REPLACE VIEW dbperf_explain_write_view AS SELECT dbperf_explain_write() AS x")
     conn = psycopg.connect(pg_tables)
     explainer = Explainer(ExplainConfig(analyze=True))
     try:
         conn.execute(f"INSERT INTO {SCRATCH} (v) VALUES ('mine')")
         assert explainer.explain(conn, "postgresql", "SELECT dbperf_explain_write()", None, "f") is None
+        assert explainer.stats()["skipped"] == {"side_effects": 1}  # a function not known to be safe
+        assert explainer.explain(conn, "postgresql", "SELECT x FROM dbperf_explain_write_view", None, "v") is None
         assert explainer.stats()["failed"] == 1  # "cannot execute INSERT in a read-only transaction"
         assert conn.execute(f"SELECT v FROM {SCRATCH}").fetchall() == [("mine",)]
         plan = explainer.explain(conn, "postgresql", f"SELECT * FROM {BIG} WHERE qty = 7", None, "g")
@@ -513,6 +517,7 @@ def test_pg_analyze_in_a_transaction_cannot_write(pg_tables: str) -> None:
         conn.close()
         with psycopg.connect(pg_tables, autocommit=True) as setup:
             setup.execute(f"DELETE FROM {SCRATCH}")
+            setup.execute("DROP VIEW IF EXISTS dbperf_explain_write_view")
 
 
 def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transaction(maria_tables: None) -> None:
@@ -523,16 +528,20 @@ def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transac
             "CREATE FUNCTION dbperf_explain_write() RETURNS int MODIFIES SQL DATA "
             f"BEGIN INSERT INTO {SCRATCH} (v) VALUES ('by analyze'); RETURN 1; END"
         )
+        # a view hides the call from the statement: only the read-only transaction stops it
+        cur.execute("CREATE OR REPLACE VIEW dbperf_explain_write_view AS SELECT dbperf_explain_write() AS x")
     explainer = Explainer(ExplainConfig(analyze=True, per_fingerprint_interval_s=0))
     idle, busy = _maria_connect(True), _maria_connect(False)
     try:
-        assert explainer.explain(idle, "mysql", "SELECT dbperf_explain_write()", None, "f") is None
+        assert explainer.explain(idle, "mysql", "SELECT dbperf_explain_write()", None, "e") is None
+        assert explainer.stats()["skipped"] == {"side_effects": 1}  # a function not known to be safe
+        assert explainer.explain(idle, "mysql", "SELECT x FROM dbperf_explain_write_view", None, "f") is None
         assert explainer.stats()["failed"] == 1  # "Cannot execute statement in a READ ONLY transaction"
         plan = explainer.explain(idle, "mysql", f"SELECT * FROM {BIG} WHERE qty = 7", None, "g")
         assert plan is not None and '"r_rows"' in plan.text  # really ANALYZE
 
         busy.cursor().execute(f"INSERT INTO {SCRATCH} (v) VALUES ('mine')")
-        plan = explainer.explain(busy, "mysql", "SELECT dbperf_explain_write()", None, "h")
+        plan = explainer.explain(busy, "mysql", "SELECT x FROM dbperf_explain_write_view", None, "h")
         assert plan is not None and '"r_rows"' not in plan.text
         assert explainer.stats()["analyze_downgraded"] == 1
         with busy.cursor() as cur:
@@ -545,6 +554,7 @@ def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transac
     finally:
         with setup.cursor() as cur:
             cur.execute(f"DELETE FROM {SCRATCH}")
+            cur.execute("DROP VIEW IF EXISTS dbperf_explain_write_view")
             cur.execute("DROP FUNCTION IF EXISTS dbperf_explain_write")
         for c in (setup, idle, busy):
             c.close()
