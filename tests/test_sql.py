@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -408,3 +409,71 @@ def test_differential_no_literal_survives_and_the_structure_stays(case: tuple[st
     unknown = analyze(sql, 100_000, "other_sql").sanitized
     assert not [c for c in canaries if c in unknown], (sql, unknown)
     assert analyze(sql, 100_000, dialect).fingerprint == a.fingerprint
+
+
+# --- statement text in span names, db.operation.name and contrib's metric attributes ----------------
+
+_NAMES_SCRIPT = r"""
+import json, os, sqlite3, sys
+os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "database"
+from opentelemetry import metrics
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import create_engine, text
+from otel_dbperf import Settings
+from otel_dbperf._processor import DbPerfSpanProcessor
+from otel_dbperf.metrics import default_views
+
+memory = InMemorySpanExporter()
+provider = TracerProvider()
+processor = DbPerfSpanProcessor(Settings())
+provider.add_span_processor(processor)
+provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
+reader = InMemoryMetricReader()
+meters = MeterProvider(metric_readers=[reader], views=default_views() if sys.argv[1] == "views" else ())
+metrics.set_meter_provider(meters)  # contrib's sqlite3 instrumentation takes the global one
+SQLite3Instrumentor().instrument(tracer_provider=provider)
+conn = sqlite3.connect(":memory:")
+cur = conn.cursor()
+cur.execute("CREATE TABLE t (a)")
+for sql in ("VALUES('CANARY1')", "SELECT'CANARY2'", "/* x */ /*CANARY3*/INSERT INTO t VALUES (1)",
+            "--CANARY4\nINSERT INTO t VALUES (2)", "SELECT a FROM t"):
+    cur.execute(sql)
+    cur.fetchall()
+engine = create_engine("sqlite://")
+SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=provider, skip_dep_check=True)
+with engine.connect() as c:
+    c.execute(text("SELECT'CANARY5'")).fetchall()
+    c.execute(text("VALUES('CANARY6')")).fetchall()
+spans = [{"name": s.name, "attributes": dict(s.attributes or {})} for s in memory.get_finished_spans()]
+points = []
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            points += [{"metric": m.name, "attributes": dict(p.attributes)} for p in m.data.data_points]
+print(json.dumps({"spans": spans, "points": points}))
+"""
+
+
+def _names_run(views: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _NAMES_SCRIPT, views], capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_span_names_operation_names_and_contrib_metrics_carry_no_statement_text() -> None:
+    found = _names_run("views")
+    names = [s["name"] for s in found["spans"]]
+    assert "CANARY" not in json.dumps(found), json.dumps(found)[:2000]
+    assert "VALUES" in names and "SELECT" in names and "INSERT t" in names and "SELECT t" in names
+    rows = [p for p in found["points"] if p["metric"] == "db.client.response.returned_rows"]
+    assert rows and all("db.operation.name" not in p["attributes"] for p in rows)
+    assert {p["attributes"].get("db.system.name") for p in rows} == {"sqlite"}
+    # the control: without our views contrib's metric carries the literal, which the view removes
+    assert "CANARY3" in json.dumps(_names_run("none")["points"])
