@@ -471,7 +471,7 @@ def test_span_names_operation_names_and_contrib_metrics_carry_no_statement_text(
     found = _names_run("views")
     names = [s["name"] for s in found["spans"]]
     assert "CANARY" not in json.dumps(found), json.dumps(found)[:2000]
-    assert "VALUES" in names and "SELECT" in names and "INSERT t" in names and "SELECT t" in names
+    assert names.count("VALUES") == 3 and names.count("INSERT t") == 2 and "SELECT" in names
     rows = [p for p in found["points"] if p["metric"] == "db.client.response.returned_rows"]
     assert rows and all("db.operation.name" not in p["attributes"] for p in rows)
     assert {p["attributes"].get("db.system.name") for p in rows} == {"sqlite"}
