@@ -145,7 +145,10 @@ def run(rounds: int, block: int, kib: int) -> None:
             t0 = time.perf_counter()
             _sql._analyze(sql, 4096, dialect) if dialect_aware else _sql._analyze(sql, 4096)
             times.append(time.perf_counter() - t0)
-        print(f"one analysis, {dialect:<10}: {statistics.median(times) * 1e3:.2f} ms (first {_sql._MAX_SCAN:,} characters)")
+        print(
+            f"one analysis, {dialect:<10}: {statistics.median(times) * 1e3:.2f} ms"
+            f" (first {_sql._MAX_SCAN:,} characters)"
+        )
 
 
 def main() -> int:

@@ -116,10 +116,9 @@ def _common(eol: str) -> tuple[tuple[str, str], ...]:
     return (("lc", f"--[^{eol}]*"), ("bc", r"/\*"))
 
 
-
-
 def _tail(word: str = _WORD) -> tuple[tuple[str, str], ...]:
     return (("N", _NUMBER), ("W", word), ("_", _SPACE), ("O", r"(?s:.)"))
+
 
 _PG = _lexer(
     POSTGRESQL,
@@ -443,7 +442,7 @@ class Analysis(NamedTuple):
 def _identifier(token: str) -> str:
     if token[:1] in '"`[' and len(token) >= 2:
         return token[1:-1]
-    if token[:2] in ('U&', 'u&') and len(token) >= 4:
+    if token[:2] in ("U&", "u&") and len(token) >= 4:
         return token[3:-1]
     return token
 

@@ -94,7 +94,7 @@ def test_different_fingerprint(a: str, b: str) -> None:
 
 
 def test_fingerprint_is_stable_across_processes() -> None:
-    sql = "SELECT name FROM authors WHERE id IN (1, 2) AND email = 'x@y.z' AND n = $$a$$ AND \"m\" = \"q\""
+    sql = 'SELECT name FROM authors WHERE id IN (1, 2) AND email = \'x@y.z\' AND n = $$a$$ AND "m" = "q"'
     code = f"from otel_dbperf._sql import analyze; print(analyze({sql!r}, 100, 'postgresql').fingerprint)"
     outs = {
         subprocess.run(
@@ -287,7 +287,11 @@ BYPASSES = [
     ("sqlite", "SELECT [id] FROM users WHERE x = X'5EC2E7'", "SELECT [id] FROM users WHERE x = ?"),
     # SQL Server, Oracle
     ("mssql", "SELECT [id] FROM t /* /* x */ SECRET */ WHERE n = N'SECRET' AND m = \"SECRET\"", None),
-    ("oracle", "SELECT id FROM t WHERE n = q'[it's SECRET]' AND m = nq'!SECRET!'", "SELECT id FROM t WHERE n = ? AND m = ?"),
+    (
+        "oracle",
+        "SELECT id FROM t WHERE n = q'[it's SECRET]' AND m = nq'!SECRET!'",
+        "SELECT id FROM t WHERE n = ? AND m = ?",
+    ),
 ]
 
 
@@ -341,13 +345,40 @@ def test_big_statements_are_analysed_once(monkeypatch: pytest.MonkeyPatch) -> No
 # Literal and comment forms per dialect ({c} is the canary); each is code-free in its dialect.
 _FORMS = {
     "postgresql": [
-        "'{c}'", "'{c} it''s'", "'{c}\\'", "E'{c}\\' x'", "e'\\\\{c}'", "U&'{c}'", "B'{c}'", "X'{c}'",
-        "N'{c}'", "$${c}$$", "$t$ {c} $ $t$", "$é$ {c} $é$", "$_1$ {c} $$ $_1$", "/* {c} */",
-        "/* /* {c} */ {c} */", "-- {c}\n", "-- {c}\r", "{n}", "{n}.5e3", 
+        "'{c}'",
+        "'{c} it''s'",
+        "'{c}\\'",
+        "E'{c}\\' x'",
+        "e'\\\\{c}'",
+        "U&'{c}'",
+        "B'{c}'",
+        "X'{c}'",
+        "N'{c}'",
+        "$${c}$$",
+        "$t$ {c} $ $t$",
+        "$é$ {c} $é$",
+        "$_1$ {c} $$ $_1$",
+        "/* {c} */",
+        "/* /* {c} */ {c} */",
+        "-- {c}\n",
+        "-- {c}\r",
+        "{n}",
+        "{n}.5e3",
     ],
     "mysql": [
-        "'{c}'", '"{c}"', "'a\\' {c}'", '"a\\" {c}"', "'{c}'''", '"{c}"""', "'\\\\{c}'", "# {c}\n",
-        "-- {c}\n", "/* {c} */", "/*+ {c} */", "{n}", "0x{n}",
+        "'{c}'",
+        '"{c}"',
+        "'a\\' {c}'",
+        '"a\\" {c}"',
+        "'{c}'''",
+        '"{c}"""',
+        "'\\\\{c}'",
+        "# {c}\n",
+        "-- {c}\n",
+        "/* {c} */",
+        "/*+ {c} */",
+        "{n}",
+        "0x{n}",
     ],
     "sqlite": ["'{c}'", "'{c}\\'", '"{c}"', "X'{c}'", "'{c}'''", "/* {c} */", "-- {c}\n", "{n}"],
     "mssql": ["'{c}'", "'{c}\\'", '"{c}"', "/* /* {c} */ {c} */", "-- {c}\n", "{n}"],
