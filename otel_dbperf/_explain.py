@@ -93,9 +93,6 @@ SAFE_FUNCTIONS = frozenset(
         """,
     )
 )
-# A client-side binding driver (psycopg2, pymysql) substitutes %s / %(name)s even inside a literal
-# or a comment: a value could then end the literal early. Such a statement is not explained.
-_PLACEHOLDER_INSIDE = re.compile(r"(?<!%)(?:%%)*%[s(]")
 _TIMEOUT_SQLSTATE = "57014"  # PostgreSQL query_canceled (statement_timeout)
 _MARIADB_TIMEOUT = 1969  # ER_STATEMENT_TIMEOUT
 
@@ -160,7 +157,7 @@ def _reading_refusal(tokens: list[tuple[str, str]], analyze_on: bool) -> str | N
         return "not_select"
     if any(kind == "O" and text == ";" for kind, text in code):
         return "not_select"  # a second statement
-    if any((kind == "S" or kind == "C") and _PLACEHOLDER_INSIDE.search(text) for kind, text in tokens):
+    if any((kind == "S" or kind == "C") and _has_placeholder(text) for kind, text in tokens):
         return "not_select"
     words = [text for kind, text in code if kind == "W"]
     if "select" not in words or any(w in _WRITE_WORDS for w in words):
@@ -176,6 +173,24 @@ def _reading_refusal(tokens: list[tuple[str, str]], analyze_on: bool) -> str | N
             if kind == "I" or qualified or text not in SAFE_FUNCTIONS and text not in _NOT_CALLS:
                 return "side_effects"
     return None
+
+
+def _has_placeholder(text: str) -> bool:
+    """Whether ``text`` holds a ``%s`` or ``%(name)s`` (not a ``%%s``), in linear time.
+
+    A client-side binding driver (psycopg2, pymysql) substitutes them even inside a literal or a
+    comment, where a value could end the literal early: such a statement is not explained.
+    """
+    end = len(text)
+    i = text.find("%")
+    while i >= 0:
+        j = i
+        while j < end and text[j] == "%":
+            j += 1
+        if (j - i) % 2 == 1 and j < end and text[j] in "s(":
+            return True
+        i = text.find("%", j)
+    return False
 
 
 # --- rate limits -------------------------------------------------------------------------------

@@ -261,6 +261,8 @@ def _lex(text: str, lexer: _Lexer, deadline: float) -> list[Token]:
             kind = "S"  # unterminated quoted name: the rest of the statement, never shown
         append((kind, pos, end))  # type: ignore[arg-type]
         pos = end
+        if not len(tokens) & 255 and time.perf_counter() > deadline:
+            raise _Budget
     return tokens
 
 

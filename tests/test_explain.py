@@ -1139,3 +1139,10 @@ def test_sqlalchemy_asyncpg(pg_tables: str, pg_async_url: str) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_refusal_is_linear_on_hostile_statements() -> None:
+    for statement in ("SELECT '" + "%" * 16_000 + "'", "SELECT " + "/*" * 8_000, "SELECT " + "$a$" * 5_000):
+        assert refusal(statement, True, "postgresql") in ("not_select", None, "too_long")
+    assert refusal("SELECT '" + "%" * 15_999 + "s'", False, "postgresql") == "not_select"
+    assert refusal("SELECT '" + "%" * 16_000 + "s'", False, "postgresql") is None
