@@ -2,7 +2,9 @@
 
 Safety comes first, because the EXPLAIN runs inside the user's transaction:
 
-- only one plain SELECT (no writes, no ``INTO``, no locking clause, no second statement);
+- only one plain SELECT (no writes, no ``INTO``, no locking clause, no second statement), as
+  read by the database's own lexical rules (:func:`refusal`); with ANALYZE, no call of a
+  function outside :data:`SAFE_FUNCTIONS`;
 - never in a failed (aborted) PostgreSQL transaction;
 - inside a SAVEPOINT that is rolled back when the user is in a transaction, else in a
   short transaction of ours that is rolled back, so the user's transaction, snapshot,
@@ -31,7 +33,7 @@ from typing import Any
 
 from . import attributes as A
 from ._guard import internal_error
-from ._sql import _MAX_SCAN, analyze
+from ._sql import _MAX_SCAN, analyze, code_tokens
 
 _log = logging.getLogger("otel_dbperf")
 
@@ -52,17 +54,45 @@ _MAX_DEPTH = 100  # plan nesting kept in the plan text
 _MAX_FINGERPRINTS = 10_000  # per-fingerprint rate-limit entries kept
 _MAX_HINT_COLUMNS = 3
 
-# Inside a SELECT these words mean a write (PostgreSQL's data-modifying WITH, SELECT ... INTO);
-# a column so named (unquoted) costs a skipped plan, never a wrong one.
-_WRITE_WORDS = frozenset({"insert", "update", "delete", "merge", "into"})
-_LOCKING = re.compile(r"\bfor\s+(?:no\s+key\s+)?(?:update|share|key\s+share)\b|\block\s+in\s+share\s+mode\b", re.I)
-# Effects that outlive a rolled-back transaction; EXPLAIN ANALYZE would cause them.
-_SIDE_EFFECT_CALL = re.compile(
-    r"\b(?:pg_(?:try_)?advisory\w*|get_lock|release_(?:all_)?locks?|nextval|setval|lastval|pg_notify|dblink\w*"
-    r"|pg_terminate_backend|pg_cancel_backend|pg_reload_conf|lo_\w+)\s*\(",
-    re.I,
+# Inside a SELECT these words mean a write (PostgreSQL's data-modifying WITH, SELECT ... INTO, MySQL's
+# INTO OUTFILE); a column so named (unquoted) costs a skipped plan, never a wrong one.
+_WRITE_WORDS = frozenset({"insert", "update", "delete", "merge", "into", "copy", "call", "do", "execute"})
+# "FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", MySQL's "LOCK IN SHARE MODE"
+_LOCK_AFTER_FOR = frozenset({"update", "share", "no", "key"})
+# Words followed by "(" that are syntax, not a function call.
+_NOT_CALLS = frozenset(
+    re.findall(
+        r"\w+",
+        "in exists as values over filter within any all some array row using on and or not where select from "
+        "when then else case lateral by join between is distinct group union intersect except having limit "
+        "offset with recursive escape like ilike similar to end interval only table ordinality of returns",
+    )
 )
-_WORD = re.compile(r"[^\W\d]\w*")
+#: Functions EXPLAIN ANALYZE may run (it executes the query): built-ins without effects that outlive
+#: the rolled-back transaction. A call of anything else (a user function, pg_advisory_lock, nextval,
+#: GET_LOCK, dblink, ...) refuses ANALYZE for that statement.
+SAFE_FUNCTIONS = frozenset(
+    re.findall(
+        r"\w+",
+        """
+        count sum avg min max every bool_and bool_or bit_and bit_or array_agg string_agg group_concat
+        json_agg jsonb_agg json_object_agg jsonb_object_agg stddev variance total
+        row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
+        lower upper length char_length character_length octet_length bit_length substring substr trim
+        ltrim rtrim btrim concat concat_ws replace position strpos instr left right lpad rpad split_part
+        reverse repeat initcap translate regexp_replace regexp_like format md5 hex unhex ascii chr
+        coalesce nullif ifnull isnull nvl greatest least cast convert
+        abs round floor ceil ceiling trunc truncate mod power pow sqrt exp ln log log10 sign div pi
+        now current_date current_time current_timestamp localtime localtimestamp date_trunc date_part
+        extract to_char to_date to_timestamp to_number age date time datetime julianday strftime year
+        month day hour minute second date_add date_sub datediff timestampdiff date_format str_to_date
+        unnest generate_series array_length cardinality array_position array_to_string string_to_array
+        json_extract json_unquote json_build_object jsonb_build_object json_build_array jsonb_build_array
+        to_json to_jsonb jsonb_extract_path jsonb_extract_path_text json_extract_path_text jsonb_array_length
+        typeof quote printf iif if
+        """,
+    )
+)
 _TIMEOUT_SQLSTATE = "57014"  # PostgreSQL query_canceled (statement_timeout)
 _MARIADB_TIMEOUT = 1969  # ER_STATEMENT_TIMEOUT
 
@@ -95,21 +125,72 @@ class _Skip(Exception):
 # --- which statements may be explained ------------------------------------------------------
 
 
-def refusal(statement: str, analyze_on: bool = False) -> str | None:
-    """Why ``statement`` must not be explained, or None for a single plain SELECT."""
+def refusal(statement: str, analyze_on: bool = False, dialect: str = "other") -> str | None:
+    """Why ``statement`` must not be explained, or None for a single plain SELECT.
+
+    The statement is read by ``dialect``'s lexical rules (every dialect's when unknown, and
+    MySQL's with and without backslash escapes): every reading must find exactly one SELECT
+    (no ``;`` but a last one, no write, no ``INTO``, no locking clause), and, with ANALYZE, no
+    call of a function outside :data:`SAFE_FUNCTIONS`.
+    """
     if len(statement) > _MAX_SCAN:
         return "too_long"  # the checks below would only see its beginning
     if "/*!" in statement or "/*M!" in statement:
         return "not_select"  # MySQL executes the text of these comments
-    parsed = analyze(statement, max_length=_MAX_SCAN)
-    sanitized = parsed.sanitized  # no comments, no literals
-    if parsed.operation != "SELECT" or ";" in sanitized.rstrip().rstrip(";"):
+    readings = code_tokens(statement, dialect)
+    if not readings:
         return "not_select"
-    if any(w.lower() in _WRITE_WORDS for w in _WORD.findall(sanitized)) or _LOCKING.search(sanitized):
+    side_effects = False
+    for tokens in readings:
+        reason = _reading_refusal(tokens, analyze_on)
+        if reason == "not_select":
+            return reason
+        side_effects = side_effects or reason == "side_effects"
+    return "side_effects" if side_effects else None
+
+
+def _reading_refusal(tokens: list[tuple[str, str]], analyze_on: bool) -> str | None:
+    code = [(kind, text.lower()) for kind, text in tokens if kind != "C"]
+    while code and code[-1] == ("O", ";"):
+        code.pop()
+    if not code or code[0][1] not in ("select", "with", "("):
         return "not_select"
-    if analyze_on and _SIDE_EFFECT_CALL.search(sanitized):
-        return "side_effects"
+    if any(kind == "O" and text == ";" for kind, text in code):
+        return "not_select"  # a second statement
+    if any((kind == "S" or kind == "C") and _has_placeholder(text) for kind, text in tokens):
+        return "not_select"
+    words = [text for kind, text in code if kind == "W"]
+    if "select" not in words or any(w in _WRITE_WORDS for w in words):
+        return "not_select"
+    for i, word in enumerate(words[:-1]):
+        if word == "for" and words[i + 1] in _LOCK_AFTER_FOR or word == "lock" and words[i + 1] == "in":
+            return "not_select"
+    if analyze_on:
+        for i, (kind, text) in enumerate(code[:-1]):
+            if code[i + 1] != ("O", "(") or kind not in ("W", "I"):
+                continue
+            qualified = i > 0 and code[i - 1] == ("O", ".")
+            if kind == "I" or qualified or text not in SAFE_FUNCTIONS and text not in _NOT_CALLS:
+                return "side_effects"
     return None
+
+
+def _has_placeholder(text: str) -> bool:
+    """Whether ``text`` holds a ``%s`` or ``%(name)s`` (not a ``%%s``), in linear time.
+
+    A client-side binding driver (psycopg2, pymysql) substitutes them even inside a literal or a
+    comment, where a value could end the literal early: such a statement is not explained.
+    """
+    end = len(text)
+    i = text.find("%")
+    while i >= 0:
+        j = i
+        while j < end and text[j] == "%":
+            j += 1
+        if (j - i) % 2 == 1 and j < end and text[j] in "s(":
+            return True
+        i = text.find("%", j)
+    return False
 
 
 # --- rate limits -------------------------------------------------------------------------------
@@ -321,16 +402,20 @@ def _walk(doc: Any) -> Iterator[Any]:
             queue.extend(c for c in children if isinstance(c, (dict, list)))
 
 
-def _sanitized(value: Any, depth: int = 0) -> Any:
-    """A copy of a JSON plan with the literals in its strings replaced by ``?``."""
+def _sanitized(value: Any, dialect: str, depth: int = 0) -> Any:
+    """A copy of a JSON plan with the literals in its strings replaced by ``?``.
+
+    By the database's own rules: PostgreSQL prints ``'C:\\tmp\\'`` (a backslash is no escape in
+    a standard string), MariaDB escapes with backslashes.
+    """
     if isinstance(value, str):
-        return analyze(value).sanitized
+        return analyze(value, _MAX_SCAN, dialect).sanitized
     if isinstance(value, (dict, list)) and depth >= _MAX_DEPTH:
         return "…"
     if isinstance(value, dict):
-        return {str(k): _sanitized(v, depth + 1) for k, v in value.items()}
+        return {str(k): _sanitized(v, dialect, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_sanitized(v, depth + 1) for v in value]
+        return [_sanitized(v, dialect, depth + 1) for v in value]
     return value
 
 
@@ -374,8 +459,25 @@ def _unquoted(name: str) -> str:
     return name[1:-1] if name[:1] in '`"' and len(name) >= 2 else name
 
 
-def _filter_columns(condition: str, owners: set[str]) -> list[str]:
-    """Columns of the scanned table (named in ``owners`` when qualified) in a sanitized condition."""
+def _statement_names(statement: str | None, dialect: str) -> set[str] | None:
+    """The names (words and quoted names, lowercased) the statement itself has outside literals."""
+    if statement is None:
+        return None
+    readings = code_tokens(statement, dialect)
+    if not readings:
+        return set()
+    names = {_unquoted(text).lower() for kind, text in readings[0] if kind in ("W", "I")}
+    for tokens in readings[1:]:  # a name must be one in every reading
+        names &= {_unquoted(text).lower() for kind, text in tokens if kind in ("W", "I")}
+    return names
+
+
+def _filter_columns(condition: str, owners: set[str], allowed: set[str] | None = None) -> list[str]:
+    """Columns of the scanned table (named in ``owners`` when qualified) in a sanitized condition.
+
+    ``allowed``: the names of the statement the plan is for; a hint names nothing else (a plan's
+    filter holds the bound values, which no sanitizer may let through as a "column").
+    """
     columns: list[str] = []
     for ref in _COLUMN_REF.finditer(_CAST.sub("", condition[:4096])):
         parts = [p.strip() for p in ref.group().split(".")]  # a quoted name with a dot is rare: then skipped
@@ -383,6 +485,8 @@ def _filter_columns(condition: str, owners: set[str]) -> list[str]:
         if len(parts) > 1 and _unquoted(parts[-2]).lower() not in owners:
             continue
         if parts[-1][:1] not in '`"' and name.lower() in _NOT_COLUMNS or name in columns:
+            continue
+        if allowed is not None and name.lower() not in allowed:
             continue
         columns.append(name)
     return columns[:_MAX_HINT_COLUMNS]
@@ -405,20 +509,21 @@ def _scan_verdict(
     return f"{kind} {table}{est}{on}: {advice}", hint
 
 
-def _pg_plan(doc: Any, table_rows: int | None, config: ExplainConfig) -> Plan:
+def _pg_plan(doc: Any, table_rows: int | None, config: ExplainConfig, statement: str | None = None) -> Plan:
     scan = _worst_scan(doc, ("Node Type", "Seq Scan"), "Filter", "Relation Name", "Total Cost")
     verdict, hint, rows = "", "", None
     if scan is not None and _pg_index_could_help(scan, table_rows):
         table, raw = scan["Relation Name"], scan["Filter"]
         owners = {table.lower(), str(scan.get("Alias", table)).lower()}
-        columns = _filter_columns(analyze(raw).sanitized, owners)
+        sanitized = analyze(raw, _MAX_SCAN, "postgresql").sanitized
+        columns = _filter_columns(sanitized, owners, _statement_names(statement, "postgresql"))
         verdict, hint = _scan_verdict("Seq Scan on", table, table_rows, columns, bool(_LEADING_WILDCARD.search(raw)))
         rows = table_rows
     if not verdict:
         root = doc[0].get("Plan") if isinstance(doc, list) and doc and isinstance(doc[0], dict) else None
         top = root.get("Plan Rows") if isinstance(root, dict) else None
         rows = int(top) if isinstance(top, (int, float)) and not isinstance(top, bool) else None
-    return Plan("postgresql", "json", _json_text(doc, config), verdict, rows, hint)
+    return Plan("postgresql", "json", _json_text(doc, config, "postgresql"), verdict, rows, hint)
 
 
 def _pg_index_could_help(scan: dict[str, Any], table_rows: int | None) -> bool:
@@ -428,17 +533,18 @@ def _pg_index_could_help(scan: dict[str, Any], table_rows: int | None) -> bool:
     return table_rows >= LARGE_TABLE_ROWS and _number(scan.get("Plan Rows")) <= table_rows * SELECTIVE_SHARE
 
 
-def _mariadb_plan(doc: Any, config: ExplainConfig) -> Plan:
+def _mariadb_plan(doc: Any, config: ExplainConfig, statement: str | None = None) -> Plan:
     scan = _worst_scan(doc, ("access_type", "ALL"), "attached_condition", "table_name", "rows")
     verdict, hint, rows = "", "", None
     if scan is not None:
         rows = int(_number(scan["rows"])) if "rows" in scan else None
         if rows is None or rows >= LARGE_TABLE_ROWS:
             table, raw = scan["table_name"], scan["attached_condition"]
-            columns = _filter_columns(analyze(raw).sanitized, {table.lower()})
+            sanitized = analyze(raw, _MAX_SCAN, "mysql").sanitized
+            columns = _filter_columns(sanitized, {table.lower()}, _statement_names(statement, "mysql"))
             wildcard = bool(_LEADING_WILDCARD.search(raw))
             verdict, hint = _scan_verdict("Full scan (access_type ALL) of", table, rows, columns, wildcard)
-    return Plan("mysql", "json", _json_text(doc, config), verdict, rows, hint)
+    return Plan("mysql", "json", _json_text(doc, config, "mysql"), verdict, rows, hint)
 
 
 _SQLITE_FULL_SCAN = re.compile(r"SCAN (?:TABLE )?([^\W\d][\w$]*)(?: AS ([^\W\d][\w$]*))?\Z")
@@ -451,35 +557,35 @@ _SQLITE_TABLE = re.compile(
 
 def _sqlite_plan(rows: list[tuple[Any, ...]], statement: str, config: ExplainConfig) -> Plan:
     """Plan from ``EXPLAIN QUERY PLAN`` rows (id, parent, notused, detail), drawn as an indented tree."""
-    sanitized = analyze(statement).sanitized
+    sanitized = analyze(statement, _MAX_SCAN, "sqlite").sanitized
     where = _SQLITE_WHERE.search(sanitized)
     depth: dict[Any, int] = {}
     lines, verdict, hint = [], "", ""
     for row in rows[:_MAX_NODES]:
-        node, parent, detail = row[0], row[1], analyze(str(row[-1])).sanitized
+        node, parent, detail = row[0], row[1], analyze(str(row[-1]), _MAX_SCAN, "sqlite").sanitized
         depth[node] = depth.get(parent, -1) + 1
         lines.append("  " * min(depth[node], 32) + detail)
         scan = _SQLITE_FULL_SCAN.fullmatch(detail)
         if scan and where and not verdict:
-            verdict, hint = _sqlite_verdict(scan[2] or scan[1], sanitized, where[1])
+            verdict, hint = _sqlite_verdict(scan[2] or scan[1], sanitized, where[1], statement)
     return Plan("sqlite", "text", _bounded("\n".join(lines), config), verdict, None, hint)
 
 
-def _sqlite_verdict(scanned: str, sanitized: str, where: str) -> tuple[str, str]:
+def _sqlite_verdict(scanned: str, sanitized: str, where: str, statement: str) -> tuple[str, str]:
     """SQLite names the scan by alias: find its table, then the table's columns in the WHERE clause."""
     table = scanned
     for m in _SQLITE_TABLE.finditer(sanitized):
         if scanned.lower() in (m[1].lower(), (m[2] or "").lower()):
             table = m[1]
             break
-    columns = _filter_columns(where, {scanned.lower(), table.lower()})
+    columns = _filter_columns(where, {scanned.lower(), table.lower()}, _statement_names(statement, "sqlite"))
     if not columns:
         return "", ""  # the filter is on another table: this scan is the join's outer loop
     return _scan_verdict("Full scan (SCAN) of", table, None, columns, False)
 
 
-def _json_text(doc: Any, config: ExplainConfig) -> str:
-    return _bounded(json.dumps(_sanitized(doc), separators=(",", ":"), ensure_ascii=False), config)
+def _json_text(doc: Any, config: ExplainConfig, dialect: str) -> str:
+    return _bounded(json.dumps(_sanitized(doc, dialect), separators=(",", ":"), ensure_ascii=False), config)
 
 
 def _bounded(text: str, config: ExplainConfig) -> str:
@@ -535,7 +641,7 @@ class Explainer:
     def _explain(
         self, dbapi_connection: Any, dialect_name: str, statement: str, parameters: Any, fingerprint: str
     ) -> Plan | None:
-        reason = refusal(statement, self.config.analyze) if isinstance(statement, str) else "not_select"
+        reason = refusal(statement, self.config.analyze, dialect_name) if isinstance(statement, str) else "not_select"
         if reason is not None:
             raise _Skip(reason)
         found = _session(dbapi_connection)
@@ -544,7 +650,7 @@ class Explainer:
         family, session = found
         if family == "postgresql" and session.pg_status() == "failed":
             raise _Skip("failed_transaction")
-        if not self._limiter.allow(fingerprint or analyze(statement).fingerprint):
+        if not self._limiter.allow(fingerprint or analyze(statement, 4096, dialect_name).fingerprint):
             raise _Skip("rate_limited")
         try:
             result = self._run(family, session, statement, parameters)
@@ -569,11 +675,11 @@ class Explainer:
 
     def _read(self, family: str, result: Any, statement: str) -> Plan:
         if family == "postgresql":
-            return _pg_plan(result[0], result[1], self.config)
+            return _pg_plan(result[0], result[1], self.config, statement)
         if family == "mariadb":
             if result[1]:
                 self.count("analyze_downgraded")
-            return _mariadb_plan(result[0], self.config)
+            return _mariadb_plan(result[0], self.config, statement)
         return _sqlite_plan(result, statement, self.config)
 
     def _failed(self, exc: BaseException) -> None:
@@ -671,7 +777,7 @@ def _explain_slow_query(
     if getattr(context, "_is_server_side", False):
         explainer.count("skipped.server_side_cursor")  # its rows are still on the server
         return
-    fingerprint = analyze(statement).fingerprint
+    fingerprint = analyze(statement, 4096, conn.dialect.name).fingerprint
     plan = explainer.explain(conn.connection.dbapi_connection, conn.dialect.name, statement, parameters, fingerprint)
     if plan is None:
         return

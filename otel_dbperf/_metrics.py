@@ -26,8 +26,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span
 from . import attributes as A
 from . import metric_names as M
 from ._guard import internal_error
-from ._processor import _DUR, _SLOW, _STMT
-from ._sql import analyze
+from ._processor import _DUR, _SLOW, _STMT, _SYS
+from ._sql import OPERATIONS, analyze
 from .metrics import METER_NAME
 from .settings import Settings
 
@@ -36,7 +36,6 @@ _MAX_QUEUE = 100_000  # spans awaiting derivation; past it they are dropped and 
 _MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
 _OTHER = "_OTHER"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_$]{0,62}){0,2}")
-_OPERATION = re.compile(r"[A-Za-z]{1,20}")
 _DRAIN_INTERVAL_S = 0.5
 
 
@@ -148,7 +147,8 @@ class SpanDeriver:
 
     def _record_query(self, span: Any, record: tuple[Any, ...]) -> None:
         statement = record[_STMT]
-        analysis = analyze(statement, self._settings.statement_max_length) if isinstance(statement, str) else None
+        max_length = self._settings.statement_max_length
+        analysis = analyze(statement, max_length, record[_SYS]) if isinstance(statement, str) else None
         for sink in self._sinks:
             try:
                 sink.query(span, record, analysis)
@@ -173,7 +173,8 @@ class SpanDeriver:
         if not operation:
             operation = attrs.get("db.operation.name") or ""
         if operation:
-            labels["db.operation.name"] = operation.upper() if _OPERATION.fullmatch(str(operation)) else _OTHER
+            # an operation keyword only: contrib's value is the statement's first piece, maybe a literal
+            labels["db.operation.name"] = operation.upper() if str(operation).lower() in OPERATIONS else _OTHER
         if table:
             labels["db.collection.name"] = self._table(str(table))
         error = _error_type(span)
@@ -205,7 +206,7 @@ class SpanDeriver:
             db_ns += record[_DUR]
             statement = record[_STMT]
             if isinstance(statement, str):
-                analysis = analyze(statement, max_length)
+                analysis = analyze(statement, max_length, record[_SYS])
                 counts[analysis.fingerprint] = counts.get(analysis.fingerprint, 0) + 1
                 tables[analysis.fingerprint] = analysis.table
         more, more_ns, _ = request.overflow

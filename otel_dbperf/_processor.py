@@ -30,7 +30,7 @@ from . import attributes as A
 from ._guard import internal_error
 from ._location import AppCode, location_of
 from ._resources import rss_bytes, thread_time_ns
-from ._sql import analyze, scrub_error_text
+from ._sql import OPERATIONS, analyze, scrub_error_text
 from .settings import Settings
 
 _CLIENT = SpanKind.CLIENT
@@ -46,8 +46,9 @@ _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
 
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
-#  nested: a driver-level span inside an ORM-level one, which is not counted twice)
-_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED = range(8)
+#  nested: a driver-level span inside an ORM-level one, which is not counted twice,
+#  system: db.system.name / db.system, the dialect the statement is sanitized by)
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS = range(9)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
 
@@ -195,6 +196,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
             if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
                 return  # an HTTP or other client span: not ours
+            system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
             duration = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
             slow = duration >= self._slow_ns
             if span._status.status_code is _ERROR and _ERROR_TYPE not in attrs:  # noqa: SLF001
@@ -211,7 +213,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if slow and duration >= self._stack_ns:
                         stack = app.stacktrace(frame, self.settings.stacktrace_max_frames)
             nested = request is not None and not entry[2] and request.open_orm > 0
-            record = (cpu_ns, duration, slow, statement, location, stack, request, nested)
+            record = (cpu_ns, duration, slow, statement, location, stack, request, nested, system)
             if request is not None and statement is not None and not nested:
                 if len(request.records) < _MAX_QUERIES_PER_REQUEST:
                     request.records.append(record)
@@ -311,7 +313,7 @@ class EnrichingSpanExporter(SpanExporter):
                 record = records[i]
                 statement = record[_STMT]
                 if isinstance(statement, str):
-                    analysis = analyze(statement, max_length)
+                    analysis = analyze(statement, max_length, record[_SYS])
                     fingerprint, summary = analysis.fingerprint, analysis.summary
                 else:
                     fingerprint, summary = "", ""
@@ -323,12 +325,16 @@ class EnrichingSpanExporter(SpanExporter):
         settings = self._settings
         attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
         statement = record[_STMT]
-        analysis = analyze(statement, settings.statement_max_length) if isinstance(statement, str) else None
+        analysis = (
+            analyze(statement, settings.statement_max_length, record[_SYS]) if isinstance(statement, str) else None
+        )
+        name = None
         if analysis is not None:
             if settings.sanitize_statements:
                 for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
                     if key in attrs:
                         attrs[key] = analysis.sanitized
+                name = _statement_free_names(span, attrs, analysis, statement)
             attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
             if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
                 attrs[A.DB_QUERY_SUMMARY] = analysis.summary
@@ -362,7 +368,7 @@ class EnrichingSpanExporter(SpanExporter):
             if location is not None:
                 event_attrs[A.CODE_FILE_PATH], event_attrs[A.CODE_LINE_NUMBER] = location[0], location[1]
             extra_events = [Event(A.EVENT_SLOW_QUERY, event_attrs, timestamp=span._end_time)]  # noqa: SLF001
-        return self._scrub(span, attrs, extra_events)
+        return self._scrub(span, attrs, extra_events, name)
 
     def _enrich_root(self, span: ReadableSpan, request: _Request) -> ReadableSpan:
         self._advance(request)
@@ -399,7 +405,11 @@ class EnrichingSpanExporter(SpanExporter):
         return self._scrub(span, attrs, None)
 
     def _scrub(
-        self, span: ReadableSpan, attrs: dict[str, Any] | None, extra_events: list[Event] | None
+        self,
+        span: ReadableSpan,
+        attrs: dict[str, Any] | None,
+        extra_events: list[Event] | None,
+        name: str | None = None,
     ) -> ReadableSpan:
         """``span`` with ``attrs``, ``extra_events``, and error texts cleaned of parameter values.
 
@@ -424,12 +434,14 @@ class EnrichingSpanExporter(SpanExporter):
             attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
         bounded = _bounded(attrs, span._attributes)  # noqa: SLF001
         if self._processor._consumers == 1:  # noqa: SLF001
+            if name is not None:
+                span._name = name  # noqa: SLF001
             span._attributes = bounded  # noqa: SLF001
             span._events = events  # noqa: SLF001
             span._status = status  # noqa: SLF001
             return span
         return ReadableSpan(
-            name=span._name,  # noqa: SLF001
+            name=span._name if name is None else name,  # noqa: SLF001
             context=span._context,  # noqa: SLF001
             parent=span._parent,  # noqa: SLF001
             resource=span._resource,  # noqa: SLF001
@@ -442,6 +454,41 @@ class EnrichingSpanExporter(SpanExporter):
             end_time=span._end_time,  # noqa: SLF001
             instrumentation_scope=span._instrumentation_scope,  # noqa: SLF001
         )
+
+
+_OPERATION_KEYS = ("db.operation.name", "db.operation")
+
+
+def _statement_free_names(span: ReadableSpan, attrs: dict[str, Any], analysis: Any, statement: str) -> str | None:
+    """Rewrite the span name and ``db.operation.name`` when they carry statement text; the new name or None.
+
+    The contrib instrumentations name a DB span after the statement's first whitespace-separated
+    piece (``VALUES('x')``, ``SELECT'x'``, ``SELECT/*x*/1``, a comment's words), SQLAlchemy's
+    followed by the database name, asyncpg's cursors after ``CURSOR: ``. Kept when that piece is
+    an operation keyword or no part of the statement; else replaced by the summary (or the
+    operation, or ``DB``).
+    """
+    for key in _OPERATION_KEYS:
+        value = attrs.get(key)
+        if isinstance(value, str) and _from_statement(value.partition(" ")[0], statement):
+            if analysis.operation:
+                attrs[key] = analysis.operation
+            else:
+                del attrs[key]
+    name = span._name  # noqa: SLF001
+    if not isinstance(name, str):
+        return None
+    prefix = "CURSOR: " if name.startswith("CURSOR: ") else ""
+    if not _from_statement(name[len(prefix) :].partition(" ")[0], statement):
+        return None
+    return prefix + (analysis.summary or analysis.operation or "DB")
+
+
+def _from_statement(piece: str, statement: str) -> bool:
+    """Whether a name's first piece is statement text other than a plain operation keyword."""
+    if piece.isascii() and piece.isalpha() and piece.lower() in OPERATIONS:
+        return False
+    return bool(piece) and piece in statement
 
 
 def _scrub_event(event: Event) -> Event:

@@ -36,6 +36,9 @@ DB_ATTRIBUTES = frozenset({"db.system.name", "db.operation.name", "db.collection
 ROUTE_ATTRIBUTES = frozenset({"http.route"})
 N_PLUS_ONE_ATTRIBUTES = frozenset({"http.route", "db.collection.name"})
 HTTP_ATTRIBUTES = frozenset({"http.route", "http.request.method", "http.response.status_code", "error.type"})
+#: contrib's DB-API metric of rows per query, kept without the statement-derived db.operation.name
+RETURNED_ROWS = "db.client.response.returned_rows"
+RETURNED_ROWS_ATTRIBUTES = frozenset({"db.system.name", "db.namespace", "server.address", "server.port", "error.type"})
 PROCESS_CPU_ATTRIBUTES = frozenset({"type", "cpu.mode"})  # "type" today, semconv's "cpu.mode" later
 
 
@@ -60,6 +63,12 @@ def default_views(slow_query_threshold_ms: float = 100.0) -> tuple[View, ...]:
         # scope: a name-only drop view would also match ours and double the cost of every record.
         *(
             View(instrument_name=M.DB_CLIENT_OPERATION_DURATION.name, meter_name=scope, aggregation=DropAggregation())
+            for scope in DBAPI_SCOPES
+        ),
+        # Their db.client.response.returned_rows carries db.operation.name = the statement's first
+        # whitespace-separated piece (``VALUES('x')``, ``SELECT'x'``): a literal, so not kept.
+        *(
+            View(instrument_name=RETURNED_ROWS, meter_name=scope, attribute_keys=set(RETURNED_ROWS_ATTRIBUTES))
             for scope in DBAPI_SCOPES
         ),
         View(instrument_name=M.DB_SLOW_QUERIES.name, attribute_keys=set(DB_ATTRIBUTES)),

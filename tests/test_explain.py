@@ -499,11 +499,15 @@ def test_pg_analyze_in_a_transaction_cannot_write(pg_tables: str) -> None:
             "CREATE OR REPLACE FUNCTION dbperf_explain_write() RETURNS int LANGUAGE sql AS "
             f"$$ INSERT INTO {SCRATCH} (v) VALUES ('by analyze') RETURNING 1 $$"
         )
+        # a view hides the call from the statement: only the read-only transaction stops it
+        setup.execute("CREATE OR REPLACE VIEW dbperf_explain_write_view AS SELECT dbperf_explain_write() AS x")
     conn = psycopg.connect(pg_tables)
     explainer = Explainer(ExplainConfig(analyze=True))
     try:
         conn.execute(f"INSERT INTO {SCRATCH} (v) VALUES ('mine')")
         assert explainer.explain(conn, "postgresql", "SELECT dbperf_explain_write()", None, "f") is None
+        assert explainer.stats()["skipped"] == {"side_effects": 1}  # a function not known to be safe
+        assert explainer.explain(conn, "postgresql", "SELECT x FROM dbperf_explain_write_view", None, "v") is None
         assert explainer.stats()["failed"] == 1  # "cannot execute INSERT in a read-only transaction"
         assert conn.execute(f"SELECT v FROM {SCRATCH}").fetchall() == [("mine",)]
         plan = explainer.explain(conn, "postgresql", f"SELECT * FROM {BIG} WHERE qty = 7", None, "g")
@@ -513,6 +517,7 @@ def test_pg_analyze_in_a_transaction_cannot_write(pg_tables: str) -> None:
         conn.close()
         with psycopg.connect(pg_tables, autocommit=True) as setup:
             setup.execute(f"DELETE FROM {SCRATCH}")
+            setup.execute("DROP VIEW IF EXISTS dbperf_explain_write_view")
 
 
 def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transaction(maria_tables: None) -> None:
@@ -523,16 +528,20 @@ def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transac
             "CREATE FUNCTION dbperf_explain_write() RETURNS int MODIFIES SQL DATA "
             f"BEGIN INSERT INTO {SCRATCH} (v) VALUES ('by analyze'); RETURN 1; END"
         )
+        # a view hides the call from the statement: only the read-only transaction stops it
+        cur.execute("CREATE OR REPLACE VIEW dbperf_explain_write_view AS SELECT dbperf_explain_write() AS x")
     explainer = Explainer(ExplainConfig(analyze=True, per_fingerprint_interval_s=0))
     idle, busy = _maria_connect(True), _maria_connect(False)
     try:
-        assert explainer.explain(idle, "mysql", "SELECT dbperf_explain_write()", None, "f") is None
+        assert explainer.explain(idle, "mysql", "SELECT dbperf_explain_write()", None, "e") is None
+        assert explainer.stats()["skipped"] == {"side_effects": 1}  # a function not known to be safe
+        assert explainer.explain(idle, "mysql", "SELECT x FROM dbperf_explain_write_view", None, "f") is None
         assert explainer.stats()["failed"] == 1  # "Cannot execute statement in a READ ONLY transaction"
         plan = explainer.explain(idle, "mysql", f"SELECT * FROM {BIG} WHERE qty = 7", None, "g")
         assert plan is not None and '"r_rows"' in plan.text  # really ANALYZE
 
         busy.cursor().execute(f"INSERT INTO {SCRATCH} (v) VALUES ('mine')")
-        plan = explainer.explain(busy, "mysql", "SELECT dbperf_explain_write()", None, "h")
+        plan = explainer.explain(busy, "mysql", "SELECT x FROM dbperf_explain_write_view", None, "h")
         assert plan is not None and '"r_rows"' not in plan.text
         assert explainer.stats()["analyze_downgraded"] == 1
         with busy.cursor() as cur:
@@ -545,6 +554,7 @@ def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transac
     finally:
         with setup.cursor() as cur:
             cur.execute(f"DELETE FROM {SCRATCH}")
+            cur.execute("DROP VIEW IF EXISTS dbperf_explain_write_view")
             cur.execute("DROP FUNCTION IF EXISTS dbperf_explain_write")
         for c in (setup, idle, busy):
             c.close()
@@ -668,6 +678,117 @@ def test_parameters_are_bound_as_the_driver_does_and_never_shown(
     for shown in (plan.text, plan.verdict, caplog.text):
         assert SECRET not in shown and "12345" not in shown
     assert "?" in plan.text or db.dialect == "sqlite"
+
+
+def test_values_after_a_trailing_backslash_never_reach_plans_or_hints(db: Db) -> None:
+    """PostgreSQL prints 'C:\\tmp\\' in a plan: a standard string whose backslash escapes nothing."""
+    explainer = Explainer(UNLIMITED)
+    conn = db.connect(False)
+    sql = f"SELECT id FROM {BIG} WHERE name = {db.p} OR name = {db.p} OR qty = {db.p}"
+    plan = explainer.explain(conn, db.dialect, sql, ("C:\\tmp\\", SECRET, 4242), "f")
+    assert plan is not None, explainer.stats()
+    for shown in (plan.text, plan.verdict, plan.index_hint):
+        assert SECRET not in shown and "4242" not in shown and "tmp" not in shown
+    assert plan.index_hint in ("", f"{BIG}(name, qty)", f"{BIG}(qty, name)", f"{BIG}(name)")
+
+
+def test_index_hints_name_only_names_of_the_statement() -> None:
+    doc = [
+        {
+            "Plan": {
+                "Node Type": "Seq Scan",
+                "Relation Name": "users",
+                "Alias": "users",
+                "Filter": "((name = 'C:\\tmp\\'::text) AND (dbperf_secret_col = 1))",
+                "Total Cost": 10.0,
+                "Plan Rows": 1,
+            }
+        }
+    ]
+    plan = _explain._pg_plan(doc, None, ExplainConfig(), "SELECT id FROM users WHERE name = %s AND x = 1")
+    assert plan.index_hint == "users(name)" and "dbperf_secret_col" not in plan.verdict
+
+
+_ADVISORY = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+
+
+@pytest.mark.parametrize("db", ["psycopg2", "psycopg"], indirect=True)
+def test_multi_statement_strings_never_run_a_second_statement(db: Db) -> None:
+    """psycopg2 binds on the client and sends one string: EXPLAIN must not carry a second statement."""
+    explainer = Explainer(ExplainConfig(per_fingerprint_interval_s=0, max_per_minute=10_000, analyze=False))
+    conn, watcher = db.connect(True), db.other()
+    smuggled = [
+        ("SELECT $$x$$, 1; SELECT pg_advisory_lock(4201)", None),
+        ("SELECT $$x$$; SELECT pg_advisory_lock(4202)", ()),
+        ("SELECT $é$ x $é$; SELECT pg_advisory_lock(4203)", None),
+        ("SELECT 1 /* a /* b */ c */; SELECT pg_advisory_lock(4204)", None),
+        ("SELECT 'C:\\' ; SELECT pg_advisory_lock(4205) --'", None),
+        # a bound value ending the dollar quote it was placed in (client-side substitution)
+        ("SELECT $$%s$$ AS v", ("$$; SELECT pg_advisory_lock(4206); --",)),
+    ]
+    for sql, params in smuggled:
+        assert explainer.explain(conn, "postgresql", sql, params, "f") is None, sql
+    assert explainer.stats()["skipped"] == {"not_select": len(smuggled)}
+    assert db.query(watcher, _ADVISORY) == [(0,)]
+    # the control: the driver really would run the second statement
+    db.query(conn, "SELECT 1; SELECT pg_advisory_lock(4200)")
+    assert db.query(watcher, _ADVISORY) == [(1,)]
+    db.query(conn, "SELECT pg_advisory_unlock_all()")
+
+
+@pytest.mark.parametrize("db", ["psycopg2"], indirect=True)
+def test_analyze_never_reruns_calls_that_are_not_known_to_be_safe(db: Db) -> None:
+    setup = db.other()
+    db.query(setup, "CREATE OR REPLACE FUNCTION dbperf_lock(k int) RETURNS int LANGUAGE sql AS "
+                    "$$ SELECT pg_advisory_lock(k)::text::int + 1 $$")  # fmt: skip
+    explainer = Explainer(ExplainConfig(per_fingerprint_interval_s=0, max_per_minute=10_000, analyze=True))
+    conn = db.connect(False)
+    try:
+        calls = [
+            "SELECT pg_advisory_lock(4301)",
+            "SELECT dbperf_lock(4302)",
+            "SELECT public.lower(name) FROM dbperf_explain_big WHERE dbperf_lock(4303) = 1",
+            'SELECT "dbperf_lock"(4304)',
+            "SELECT count(*) FROM dbperf_explain_big WHERE qty = dbperf_lock(4305)",
+        ]
+        for sql in calls:
+            assert explainer.explain(conn, "postgresql", sql, None, "f") is None, sql
+        assert explainer.stats()["skipped"] == {"side_effects": len(calls)}
+        assert db.query(setup, _ADVISORY) == [(0,)]
+        plan = explainer.explain(conn, "postgresql", f"SELECT lower(name), count(*) FROM {BIG} GROUP BY 1", None, "g")
+        assert plan is not None and '"Actual Rows"' in plan.text  # safe built-ins: still ANALYZEd
+    finally:
+        conn.rollback()
+        db.query(setup, "DROP FUNCTION IF EXISTS dbperf_lock(int)")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "statement", "reason"),
+    [
+        ("postgresql", "SELECT $$x$$; SELECT 1", "not_select"),
+        ("postgresql", "SELECT $$;$$, $a$;$a$ FROM t", None),
+        ("postgresql", "SELECT 'C:\\' AS p, ';' FROM t", None),
+        ("mysql", "SELECT 'C:\\' AS p; SELECT 1 -- '", "not_select"),
+        ("mysql", "SELECT 'a\\'; SELECT 1; -- '", "not_select"),  # read with and without backslash escapes
+        ("mysql", "SELECT 1 # ; DELETE FROM t\n FROM t", None),
+        ("mariadb", "SELECT a FROM t INTO OUTFILE '/tmp/x'", "not_select"),
+        ("sqlite", 'SELECT ";" FROM t', None),
+        ("other", "SELECT $$x$$; SELECT 1", "not_select"),
+        ("other", "SELECT 1 # ; DELETE FROM t\n FROM t", "not_select"),
+        ("postgresql", "SELECT * FROM t WHERE a LIKE '%s'", "not_select"),  # a client-side placeholder inside
+        ("postgresql", "SELECT * FROM t WHERE a LIKE '%%s%%'", None),  # "%%" is a percent sign
+    ],
+)
+def test_statements_are_read_by_their_dialect(dialect: str, statement: str, reason: str | None) -> None:
+    assert refusal(statement, False, dialect) == reason
+
+
+def test_with_analyze_only_documented_safe_functions_are_called() -> None:
+    ok = "SELECT count(*), lower(a), coalesce(b, 0) FROM t JOIN u USING (id) WHERE c IN (1, 2) AND EXISTS (SELECT 1)"
+    assert refusal(ok, True, "postgresql") is None
+    for call in ("my_func(1)", "s.lower(a)", '"lower"(a)', "nextval('s')", "set_config('a', 'b', false)"):
+        assert refusal(f"SELECT {call} FROM t", True, "postgresql") == "side_effects", call
+        assert refusal(f"SELECT {call} FROM t", False, "postgresql") is None, call
 
 
 @pytest.mark.parametrize("db", ["psycopg", "psycopg2"], indirect=True)
@@ -1018,3 +1139,10 @@ def test_sqlalchemy_asyncpg(pg_tables: str, pg_async_url: str) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_refusal_is_linear_on_hostile_statements() -> None:
+    for statement in ("SELECT '" + "%" * 16_000 + "'", "SELECT " + "/*" * 8_000, "SELECT " + "$a$" * 5_000):
+        assert refusal(statement, True, "postgresql") in ("not_select", None, "too_long")
+    assert refusal("SELECT '" + "%" * 15_999 + "s'", False, "postgresql") == "not_select"
+    assert refusal("SELECT '" + "%" * 16_000 + "s'", False, "postgresql") is None
