@@ -203,7 +203,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "SELECT products" in top and f"at {shop}:{search_line}" in top and "from /search" in top
     assert " 6x " in top and " slow 6" in top  # each of the 6 searches is genuinely slow
     assert f"/orders: SELECT orders repeated up to 20x in 3 request(s) at {shop}:{loop_line}" in out
-    assert "responses: " in proc.stderr and "x 500" in proc.stderr  # the flaky checkout
+    # customer 5's checkout is declined in whichever worker serves it: one 500 per round, never more
+    assert "responses: 21x 200, 3x 500" in proc.stderr
     assert (tmp_path / "spans.jsonl").stat().st_size > 0
 
 
