@@ -46,6 +46,8 @@ def _enum(value: Any, names: dict[str, int], field_name: str) -> int:
         raise ValueError(f"{field_name} {value!r} is not a name or a number")
     if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, str):
         if value in names:
             return names[value]

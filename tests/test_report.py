@@ -117,13 +117,14 @@ def test_a_bad_span_costs_only_itself(tmp_path: Path, capsys: pytest.CaptureFixt
             _server("03", "2", status={"code": "STATUS_CODE_ERROR"}),  # a number as a string: protobuf reads it
             _server("04", 2, status={"code": True}),
             _server("05", 2, startTimeUnixNano="yesterday"),
+            _server("06", 2.0),  # a JSON number written as a float: protobuf reads it
         )
         + '{"resourceSpans": [{"scopeSpans": {"spans": []}}]}\n'
     )
     code, text = report(str(path), "--json")
     assert code == EXIT_OK
     data = json.loads(text)
-    assert data["requests"] == 2 and data["input"]["spans"] == 2
+    assert data["requests"] == 3 and data["input"]["spans"] == 3
     assert data["input"]["bad_spans"] == 3 and data["input"]["corrupt_lines"] == 1
     reasons = data["input"]["rejected"]
     assert len(reasons) == 4
@@ -133,7 +134,7 @@ def test_a_bad_span_costs_only_itself(tmp_path: Path, capsys: pytest.CaptureFixt
     assert reasons[3] == f"{path} line 2: not OTLP JSON (TypeError: scopeSpans is a dict, not a list)"
     err = capsys.readouterr().err
     assert "skipped 1 corrupt lines and 3 unreadable spans; why:" in err and "SPAN_KIND_SERVR" in err
-    assert sorted(r["error"] for r in data["slowest_requests"]) == [False, True]  # span 03's STATUS_CODE_ERROR
+    assert sorted(r["error"] for r in data["slowest_requests"]) == [False, False, True]  # 03: STATUS_CODE_ERROR
 
 
 def test_no_readable_span_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
