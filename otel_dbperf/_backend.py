@@ -68,6 +68,8 @@ def describe_endpoint(exporter: Any) -> str:
     """Where ``exporter`` sends to, without credentials: ``http://host:4318/v1/traces``, a file path, or its type."""
     endpoint = getattr(exporter, "_endpoint", None)
     if isinstance(endpoint, str) and endpoint:
+        if "://" not in endpoint:  # host:port (gRPC style)
+            return endpoint.rsplit("@", 1)[-1]
         try:
             parts = urlsplit(endpoint)
             host = parts.hostname or ""

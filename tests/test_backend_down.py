@@ -83,6 +83,17 @@ def test_said_once_then_rate_limited_and_when_back(
     assert not capsys.readouterr().err  # the last line is less than 5 minutes old
 
 
+def test_endpoints_are_shown_without_credentials() -> None:
+    class E:
+        def __init__(self, endpoint: str) -> None:
+            self._endpoint = endpoint
+
+    assert _backend.describe_endpoint(E("http://u:p@[::1]:4318/v1/logs#x")) == "http://[::1]:4318/v1/logs"
+    assert _backend.describe_endpoint(E("u:p@collector:4317")) == "collector:4317"
+    assert _backend.describe_endpoint(E("http://collector:99999/v1/traces")) == "E"  # unparsable port: the type
+    assert _backend.describe_endpoint(Failing()) == "https://collector.example:4318/v1/traces"
+
+
 def test_an_exception_in_export_counts_as_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
     class Raising(Failing):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
