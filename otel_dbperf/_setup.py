@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from . import _prefork
+from ._backend import WatchedSpanExporter
 from ._processor import DbPerfSpanProcessor
 from ._startup_log import startup_warning
 from .settings import Settings, describe_effective
@@ -46,7 +47,7 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     processor = DbPerfSpanProcessor(settings)
 
     def export_processor(exporter: SpanExporter) -> SpanProcessor:
-        return BatchSpanProcessor(processor.wrap_exporter(exporter))
+        return BatchSpanProcessor(processor.wrap_exporter(WatchedSpanExporter(exporter)))
 
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
     state["processor"] = processor

@@ -1,7 +1,7 @@
 """The ``otel-dbperf`` command.
 
-Exit codes: 0 report written; 2 bad usage or an unreadable file; 3 no OTLP trace
-data in the input.
+Exit codes: 0 report written; 2 bad usage or an unreadable file; 3 no span could
+be read from the input.
 """
 
 from __future__ import annotations
@@ -88,13 +88,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return EXIT_USAGE
         bar = _Progress(name, size, sys.stderr)
         with stream:
-            for span in read_spans(stream, stats, on_line=bar.advance):
+            for span in read_spans(stream, stats, on_line=bar.advance, name=name):
                 report.add(span)
         bar.done()
+    _say_rejected(stats)
     if stats.spans == 0:
         print(
             f"otel-dbperf report: no OTLP trace data in {', '.join(args.files)} "
-            f"({stats.lines} lines, {stats.corrupt} not OTLP JSON)",
+            f"({stats.lines} lines, {stats.corrupt} not OTLP JSON, {stats.bad_spans} unreadable spans)",
             file=sys.stderr,
         )
         return EXIT_NO_DATA
@@ -112,6 +113,20 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         data = {k: v for k, v in data.items() if k != "routes"}
     out.write((json.dumps(data, indent=2) if args.json else render_text(data)) + "\n")
     return EXIT_OK
+
+
+def _say_rejected(stats: ReadStats) -> None:
+    """Why lines or spans were skipped: the first few reasons, on stderr."""
+    rejected = stats.corrupt + stats.bad_spans
+    if not rejected:
+        return
+    print(
+        f"otel-dbperf report: skipped {stats.corrupt} corrupt lines and {stats.bad_spans} unreadable spans; "
+        + ("the first reasons:" if rejected > len(stats.reasons) else "why:"),
+        file=sys.stderr,
+    )
+    for reason in stats.reasons:
+        print(f"  {reason}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from typing import Any
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
+from ._backend import watching
 from ._setup import current_settings, log_effective, sdk_kwargs, sdk_patches, start_derived, state
 
 
@@ -13,7 +14,7 @@ class DbPerfConfigurator(_OTelSDKConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         settings = current_settings()
         views = kwargs.pop("views", None)
-        with sdk_patches(settings, views):
+        with sdk_patches(settings, views), watching(settings):
             super()._configure(**{**sdk_kwargs(settings), **kwargs})  # type: ignore[no-untyped-call]
         start_derived(settings)
         state["configured"] = True

@@ -3,7 +3,10 @@
 Reads our ``otlp_json_file`` output and the Collector's file exporter format
 alike, streaming line by line in bounded memory: per-fingerprint statistics keep
 a fixed-size sample for percentiles, and the maps that attribute queries to
-routes are bounded LRUs. Corrupt or truncated lines are counted, never fatal.
+routes are bounded LRUs. Corrupt or truncated lines are counted, never fatal;
+a span that cannot be read is counted apart and costs no other span of its line.
+Enum fields are read as protobuf's JSON mapping allows: by name
+(``"SPAN_KIND_SERVER"``, as protobuf JSON printers write them) or by number.
 """
 
 from __future__ import annotations
@@ -22,6 +25,37 @@ _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir samp
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
 _MAX_TRACES = 200_000  # traces remembered to attribute queries to their request's route
 _SERVER = 2  # SpanKind SERVER in OTLP
+_MAX_REASONS = 5  # rejected lines and spans whose reason is kept
+# The OTLP enums the reader uses, by protobuf name (opentelemetry/proto/trace/v1/trace.proto)
+SPAN_KINDS = {
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
+STATUS_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def _enum(value: Any, names: dict[str, int], field_name: str) -> int:
+    """An enum field as protobuf JSON parsers read it: its name, its number, or its number as a string."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):  # a JSON true is not an enum
+        raise ValueError(f"{field_name} {value!r} is not a name or a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        if value in names:
+            return names[value]
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{field_name} {value!r} is not one of {', '.join(names)} or a number")
 
 
 def _value(v: dict[str, Any]) -> Any:
@@ -53,6 +87,7 @@ class Span:
     end_ns: int
     attributes: dict[str, Any]
     service: str
+    status_code: int = 0  # STATUS_CODES
 
     @property
     def duration_ms(self) -> float:
@@ -63,22 +98,56 @@ class Span:
 class ReadStats:
     lines: int = 0
     corrupt: int = 0
-    spans: int = 0
+    spans: int = 0  # spans read
+    bad_spans: int = 0  # spans that could not be read (their line's other spans are kept)
     other_signals: int = 0  # well-formed OTLP metrics or logs lines: skipped, not corrupt
+    reasons: list[str] = field(default_factory=list)  # why, for the first few rejected lines and spans
+
+    def reject(self, where: str, why: str) -> None:
+        if len(self.reasons) < _MAX_REASONS:
+            self.reasons.append(f"{where}: {why}")
 
 
-def read_spans(stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] | None = None) -> Iterator[Span]:
-    """Spans of every well-formed line; malformed lines are counted in ``stats.corrupt``."""
-    for raw in stream:
+def _span(s: Any, service: str) -> Span:
+    return Span(
+        trace_id=str(s.get("traceId", "")),
+        span_id=str(s.get("spanId", "")),
+        parent_span_id=str(s.get("parentSpanId", "")),
+        name=str(s.get("name", "")),
+        kind=_enum(s.get("kind"), SPAN_KINDS, "kind"),
+        start_ns=int(s.get("startTimeUnixNano", 0)),
+        end_ns=int(s.get("endTimeUnixNano", 0)),
+        attributes=_attrs(s.get("attributes")),
+        service=service,
+        status_code=_enum((s.get("status") or {}).get("code"), STATUS_CODES, "status.code"),
+    )
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a list")
+    return value
+
+
+def read_spans(
+    stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] | None = None, name: str = "input"
+) -> Iterator[Span]:
+    """Spans of every well-formed line; malformed lines are counted in ``stats.corrupt``,
+    spans that cannot be read in ``stats.bad_spans``, with the first few reasons in ``stats.reasons``."""
+    for number, raw in enumerate(stream, start=1):
         if on_line is not None:
             on_line(len(raw))
         if not raw.strip():
             continue
         stats.lines += 1
+        where = f"{name} line {number}"
         try:
             message = json.loads(raw)
-        except ValueError:
+        except ValueError as exc:
             stats.corrupt += 1
+            stats.reject(where, f"not JSON ({exc})")
             continue
         resource_spans = message.get("resourceSpans") if isinstance(message, dict) else None
         if not isinstance(resource_spans, list):
@@ -86,26 +155,25 @@ def read_spans(stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] 
                 stats.other_signals += 1
             else:
                 stats.corrupt += 1
+                stats.reject(where, "not an OTLP JSON message (no resourceSpans list)")
             continue
         try:
             for rs in resource_spans:
-                service = str(_attrs(rs.get("resource", {}).get("attributes")).get("service.name", ""))
-                for ss in rs.get("scopeSpans", ()):
-                    for s in ss.get("spans", ()):
+                service = str(_attrs((rs.get("resource") or {}).get("attributes")).get("service.name", ""))
+                for ss in _list(rs.get("scopeSpans"), "scopeSpans"):
+                    for s in _list(ss.get("spans"), "spans"):
+                        try:
+                            span = _span(s, service)
+                        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                            stats.bad_spans += 1
+                            stats.reject(f"{where}, span {str(s.get('spanId', '?')) if isinstance(s, dict) else '?'}",
+                                         str(exc))  # fmt: skip
+                            continue
                         stats.spans += 1
-                        yield Span(
-                            trace_id=s.get("traceId", ""),
-                            span_id=s.get("spanId", ""),
-                            parent_span_id=s.get("parentSpanId", ""),
-                            name=s.get("name", ""),
-                            kind=int(s.get("kind", 0)),
-                            start_ns=int(s.get("startTimeUnixNano", 0)),
-                            end_ns=int(s.get("endTimeUnixNano", 0)),
-                            attributes=_attrs(s.get("attributes")),
-                            service=service,
-                        )
-        except (ValueError, KeyError, TypeError, AttributeError):
+                        yield span
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             stats.corrupt += 1
+            stats.reject(where, f"not OTLP JSON ({type(exc).__name__}: {exc})")
 
 
 @dataclass
@@ -257,6 +325,7 @@ class Report:
             "db_duration_ms": a.get(A.DB_DURATION_MS, 0.0),
             "slow_queries": a.get(A.DB_SLOW_QUERY_COUNT, 0),
             "n_plus_one": bool(a.get(A.N_PLUS_ONE_DETECTED)),
+            "error": span.status_code == STATUS_CODES["STATUS_CODE_ERROR"],
         }
         self._seq += 1
         if len(self.slowest) < self.top:
@@ -296,6 +365,8 @@ class Report:
                 "corrupt_lines": stats.corrupt,
                 "other_signal_lines": stats.other_signals,
                 "spans": stats.spans,
+                "bad_spans": stats.bad_spans,
+                "rejected": list(stats.reasons),
             },
             "requests": self.requests,
             "db_spans": self.db_spans,
@@ -338,6 +409,7 @@ def render_text(data: dict[str, Any]) -> str:
     i = data["input"]
     lines.append(
         f"{i['spans']} spans from {i['lines']} lines ({i['corrupt_lines']} corrupt"
+        + (f", {i['bad_spans']} unreadable spans" if i["bad_spans"] else "")
         + (f", {i['other_signal_lines']} of metrics or logs skipped" if i["other_signal_lines"] else "")
         + "): "
         f"{data['requests']} requests, {data['db_spans']} DB spans"
@@ -372,7 +444,8 @@ def render_text(data: dict[str, Any]) -> str:
     for r in data["slowest_requests"]:
         lines.append(
             f"  {r['duration_ms']:8.1f} ms  {r['name']}  DB {r['db_queries']} queries / {r['db_duration_ms']:.1f} ms"
-            f"  slow {r['slow_queries']}{'  N+1' if r['n_plus_one'] else ''}  ({_link_text(r)})"
+            f"  slow {r['slow_queries']}{'  N+1' if r['n_plus_one'] else ''}{'  error' if r['error'] else ''}"
+            f"  ({_link_text(r)})"
         )
     return "\n".join(lines)
 

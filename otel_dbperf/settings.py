@@ -99,6 +99,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
     _Var("DBPERF_FILE_PATH", "file_path", str.strip, "dbperf-spans.jsonl", "dbperf-spans.jsonl"),
     _Var("DBPERF_JAEGER_URL", "jaeger_url", str.strip, "", "(unset)"),
+    _Var("DBPERF_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _parse_ms, 2000.0, "2000"),
 )
 
 
@@ -127,6 +128,7 @@ class Settings:
     log_level: str = ""
     file_path: str = "dbperf-spans.jsonl"
     jaeger_url: str = ""
+    shutdown_timeout_ms: float = 2000.0
 
     def __post_init__(self) -> None:
         if not self.app_paths:

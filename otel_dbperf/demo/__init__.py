@@ -29,7 +29,7 @@ TRAFFIC: tuple[tuple[str, str], ...] = (
     ("POST", "/checkout/3"),
     ("GET", "/products/2"),
     ("GET", "/search?q=oak"),
-    ("POST", "/checkout/5"),
+    ("POST", "/checkout/5"),  # declined by the payment provider (shop.py): one 500 per round
     ("GET", "/products/3"),
 )
 
