@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from . import _prefork
+from ._guard import step
 from ._processor import DbPerfSpanProcessor
 from ._startup_log import startup_warning
 from .settings import Settings, describe_effective
@@ -51,6 +52,19 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
     state["processor"] = processor
     return {"span_processors": [processor], "export_span_processor": factory}
+
+
+def refuse_declarative(settings: Settings, config_file: str) -> None:
+    """``OTEL_CONFIG_FILE``: the SDK builds everything from the file and takes no processors of ours."""
+    state["declarative"] = True
+    if settings.enabled:
+        startup_warning(
+            "otel-dbperf: OTEL_CONFIG_FILE=%s is set, so the OpenTelemetry SDK builds its providers from that "
+            "file alone and takes no processors from otel-dbperf: DB spans are NOT enriched and no dbperf "
+            "metrics, slow-query logs or plans are made. To use otel-dbperf, unset OTEL_CONFIG_FILE and "
+            "configure with OTEL_* environment variables.",
+            config_file,
+        )
 
 
 def log_effective(settings: Settings) -> None:
@@ -112,23 +126,34 @@ def start_derived(settings: Settings) -> None:
     from . import __version__
     from ._metrics import SpanDeriver
 
-    sinks: list[Any] = []
-    meter_provider: Any = get_meter_provider()
-    if not _prefork.exporter_names(state.get("metric_exporters", "")) or not hasattr(
-        meter_provider, "_measurement_consumer"
-    ):
-        meter_provider = None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
-    logger_provider = get_logger_provider()
-    if (
-        settings.slow_query_logs_per_minute > 0
-        and _prefork.exporter_names(os.environ.get("OTEL_LOGS_EXPORTER", ""))
-        and hasattr(logger_provider, "force_flush")
-    ):
-        from ._slowlog import SlowQueryLog
+    def metrics_provider() -> Any:
+        provider: Any = get_meter_provider()
+        if not _prefork.exporter_names(state.get("metric_exporters", "")) or not hasattr(
+            provider, "_measurement_consumer"
+        ):
+            return None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
+        return provider
 
-        sinks.append(SlowQueryLog(settings, logger_provider, __version__))
+    def slow_query_log() -> Any:
+        logger_provider = get_logger_provider()
+        if (
+            settings.slow_query_logs_per_minute > 0
+            and _prefork.exporter_names(os.environ.get("OTEL_LOGS_EXPORTER", ""))
+            and hasattr(logger_provider, "force_flush")
+        ):
+            from ._slowlog import SlowQueryLog
+
+            return SlowQueryLog(settings, logger_provider, __version__)
+        return None
+
+    # each part on its own: one that fails is left out, the others still start
+    meter_provider = step("metrics setup", "no derived metrics", metrics_provider)
+    sinks: list[Any] = []
+    sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
+    if sink is not None:
+        sinks.append(sink)
     if settings.profiler_addr:
-        sink = _start_profiler(settings)
+        sink = step("profiler API setup", "no profiler API", _start_profiler, settings)
         if sink is not None:
             sinks.append(sink)
     if meter_provider is None and not sinks:
@@ -172,7 +197,7 @@ def _start_profiler(settings: Settings) -> Any:
 
 def start_explain(settings: Settings) -> None:
     """``DBPERF_EXPLAIN``: EXPLAIN slow SELECTs of every SQLAlchemy engine (see docs/explain.md)."""
-    if not (settings.enabled and settings.explain) or state.get("explainer") is not None:
+    if not (settings.enabled and settings.explain) or state.get("explainer") is not None or state.get("declarative"):
         return
     try:
         import sqlalchemy  # noqa: F401
