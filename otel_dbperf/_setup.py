@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
+from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
@@ -94,22 +94,67 @@ def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[Non
         kwargs.setdefault("views", chosen)
         return original(*args, **kwargs)
 
-    saved = os.environ.get(OTEL_METRICS_EXPORTER)
+    saved = {variable: os.environ.get(variable) for variable in _EXPORTER_VARIABLES.values()}
     refusal = _prefork.pull_refusal(os.environ, sys.argv)
     if refusal:
         startup_warning("%s", refusal)
-        os.environ[OTEL_METRICS_EXPORTER] = _prefork.without_pull_exporter(saved or "")
+        os.environ[OTEL_METRICS_EXPORTER] = _prefork.without_pull_exporter(saved[OTEL_METRICS_EXPORTER] or "")
+    step("exporter check", "none (the SDK checks the exporters itself)", _without_missing_exporters)
     state["metric_exporters"] = os.environ.get(OTEL_METRICS_EXPORTER, "")
     sdk_configuration.MeterProvider = meter_provider  # type: ignore[attr-defined,assignment]
     try:
         yield
     finally:
         sdk_configuration.MeterProvider = original  # type: ignore[attr-defined]
-        if refusal:
-            if saved is None:
-                os.environ.pop(OTEL_METRICS_EXPORTER, None)
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
             else:
-                os.environ[OTEL_METRICS_EXPORTER] = saved
+                os.environ[variable] = value
+
+
+_EXPORTER_VARIABLES = {"traces": OTEL_TRACES_EXPORTER, "metrics": OTEL_METRICS_EXPORTER, "logs": OTEL_LOGS_EXPORTER}
+#: what to install for an exporter name that has no entry point
+_EXPORTER_PACKAGES = {
+    "prometheus": "'otel-dbperf[prometheus]'",
+    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
+    "otlp_proto_http": "opentelemetry-exporter-otlp-proto-http",
+}
+
+
+def _without_missing_exporters() -> None:
+    """Exporters named in ``OTEL_*_EXPORTER`` but not installed are left out, with one warning each.
+
+    The SDK raises on the first one, and ``opentelemetry-instrument`` then skips every
+    instrumentation: one missing package would turn off all telemetry.
+    """
+    from opentelemetry.sdk import _configuration as sdk_configuration
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    for signal, variable in _EXPORTER_VARIABLES.items():
+        value = os.environ.get(variable, "")
+        names = _prefork.exporter_names(value)
+        kept = []
+        for name in names:
+            try:
+                resolved = sdk_configuration._get_exporter_entry_point(name, signal)  # type: ignore[attr-defined,arg-type]
+            except RuntimeError:  # an unsupported OTLP protocol: the SDK's own error says so
+                kept.append(name)
+                continue
+            if entry_points(group=f"opentelemetry_{signal}_exporter", name=resolved):
+                kept.append(name)
+                continue
+            startup_warning(
+                "otel-dbperf: %s=%s names the exporter '%s', which is not installed (pip install %s); "
+                "%s are exported without it",
+                variable,
+                value,
+                resolved,
+                _EXPORTER_PACKAGES.get(resolved, f"the package that provides '{resolved}'"),
+                signal,
+            )
+        if kept != names:
+            os.environ[variable] = ",".join(kept) or "none"
 
 
 def start_derived(settings: Settings) -> None:
@@ -202,6 +247,10 @@ def start_explain(settings: Settings) -> None:
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
+        startup_warning(
+            "otel-dbperf: DBPERF_EXPLAIN=true but SQLAlchemy is not installed: plans are taken on "
+            "SQLAlchemy engines only, so there will be none"
+        )
         return
     from ._explain import ExplainConfig, Explainer, install
 

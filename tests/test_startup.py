@@ -276,6 +276,18 @@ def test_configurator_steps_are_independent(
     assert "no derived metrics, slow-query logs or profiler API" in err
 
 
+def test_explain_without_sqlalchemy_says_there_will_be_no_plans(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    otel_logging_only(monkeypatch)
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import fails, as when it is not installed
+    monkeypatch.setitem(_setup.state, "explainer", None)
+    monkeypatch.delitem(_setup.state, "declarative", raising=False)
+    _setup.start_explain(Settings.from_env({"DBPERF_EXPLAIN": "true"}))
+    assert _setup.state["explainer"] is None
+    assert "DBPERF_EXPLAIN=true but SQLAlchemy is not installed" in capsys.readouterr().err
+
+
 # ---- internal errors on stderr --------------------------------------------------------------
 
 

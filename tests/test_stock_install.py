@@ -164,3 +164,34 @@ def test_stock_fastapi_uvicorn_explains_with_no_internal_error(
         _assert_explained_slow_span(receiver, "stock_fastapi_app.py", "")
     output = srv["output"]
     assert "internal error" not in output and "Traceback" not in output, output
+
+
+def test_stock_missing_exporter_package_is_left_out_not_fatal(flask_venv: Path, receiver: Any, tmp_path: Path) -> None:
+    """``OTEL_METRICS_EXPORTER=prometheus`` without the [prometheus] extra: the SDK alone raises and
+    opentelemetry-instrument then instruments nothing; otel-dbperf leaves that exporter out and says so."""
+    assert not _imports(flask_venv, "opentelemetry.exporter.prometheus")
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import sqlalchemy\n"
+        "engine = sqlalchemy.create_engine('sqlite://')\n"
+        "with engine.connect() as conn:\n"
+        "    print(conn.execute(sqlalchemy.text('SELECT 42')).scalar())\n"
+    )
+    env = base_env(receiver, OTEL_METRICS_EXPORTER="prometheus,otlp")
+    env.pop("PYTHONPATH", None)
+    bin_dir = flask_venv / "bin"
+    proc = subprocess.run(
+        [str(bin_dir / "opentelemetry-instrument"), str(bin_dir / "python"), str(app)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout == "42\n", proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("otel-dbperf:")]
+    assert len(lines) == 1 and "OTEL_METRICS_EXPORTER=prometheus,otlp" in lines[0], proc.stderr
+    assert "'otel-dbperf[prometheus]'" in lines[0]
+    assert "Failed to auto initialize" not in proc.stderr
+    spans = receiver.wait_for(lambda s: any(x["scope"] == "opentelemetry.instrumentation.sqlalchemy" for x in s))
+    assert any(A.QUERY_FINGERPRINT in s["attributes"] for s in spans)  # traced and enriched
