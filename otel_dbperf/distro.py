@@ -16,6 +16,7 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONF
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from . import _sqlalchemy
+from ._guard import step
 from ._setup import current_settings
 from .metrics import SYSTEM_METRICS_CONFIG
 
@@ -61,5 +62,6 @@ class DbPerfDistro(BaseDistro):
             return
         if entry_point.name == "sqlalchemy":
             kwargs.update(_sqlalchemy.instrumentor_kwargs(current_settings()))
-            _sqlalchemy.prepare(entry_point.load()())
+            step("SQLAlchemy instrumentation (greenlet check)", "async-less SQLAlchemy may be left uninstrumented",
+                 _sqlalchemy.prepare, entry_point.load()())  # fmt: skip
         super().load_instrumentor(entry_point, **kwargs)
