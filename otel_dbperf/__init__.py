@@ -41,14 +41,14 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     told not to, instruments SQLAlchemy (any version otel-dbperf supports).
     """
     from . import _sqlalchemy
-    from ._setup import current_settings
+    from ._guard import step
+    from ._setup import current_settings, start_explain
     from .configurator import DbPerfConfigurator
     from .distro import DbPerfDistro
 
     DbPerfDistro().configure()
     DbPerfConfigurator().configure(**kwargs)  # type: ignore[no-untyped-call]
+    settings = current_settings()
     if instrument_sqlalchemy:
-        _sqlalchemy.ensure_instrumented(current_settings())
-    from ._setup import start_explain
-
-    start_explain(current_settings())
+        step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
+    step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)

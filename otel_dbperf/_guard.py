@@ -1,7 +1,9 @@
 """Hooks never raise into the application.
 
-In production an internal error is logged (once per error type) and counted;
-under pytest it is re-raised so that bugs fail tests loudly.
+In production an internal error is counted and, the first time for each place and
+error type, logged with its traceback on the ``otel_dbperf`` logger and written as one
+line on stderr (what failed, what it turned off) whatever the log level and wherever
+that logger's records go; under pytest it is re-raised so that bugs fail tests loudly.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from ._startup_log import startup_warning
 
 _log = logging.getLogger("otel_dbperf")
 
@@ -24,6 +28,21 @@ _lock = threading.Lock()
 _seen: set[str] = set()
 errors = 0  # internal errors swallowed since start
 
+#: what an error in each place turns off, for the stderr line (places not listed: that one call)
+EFFECTS = {
+    "on_start": "that span's code location and resource samples are skipped",
+    "_on_ending": "that span is exported without its slow flag, N+1 verdict and metrics",
+    "export": "that span is exported unenriched",
+    "metrics": "that span's metrics are skipped",
+    "sink": "that span's slow-query log record or profiler entry is skipped",
+    "explain": "that query gets no plan",
+    "explain.after_cursor_execute": "that query gets no plan",
+    "otlp_json_file export": "that batch of spans is dropped",
+    "profiler.add": "that query is missing from the profiler API",
+    "profiler.http": "that profiler API request got a 500",
+    "after_fork": "this worker process exports no derived metrics",
+}
+
 
 def _should_reraise() -> bool:
     if RERAISE is not None:
@@ -31,8 +50,20 @@ def _should_reraise() -> bool:
     return "PYTEST_CURRENT_TEST" in os.environ
 
 
-def internal_error(where: str, exc: BaseException) -> None:
-    """Record an internal error; re-raise it under pytest."""
+def _raised_at(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb is not None else "?"
+
+
+def internal_error(where: str, exc: BaseException, turned_off: str | None = None) -> None:
+    """Record an internal error; re-raise it under pytest.
+
+    ``turned_off`` says what the error costs (default: :data:`EFFECTS` of ``where``).
+    The stderr line names the exception's type and where it was raised, never its
+    message (which may quote application data).
+    """
     global errors
     if _should_reraise():
         raise exc
@@ -43,7 +74,24 @@ def internal_error(where: str, exc: BaseException) -> None:
         if first and len(_seen) < 1000:
             _seen.add(key)
     if first:
-        _log.warning("otel-dbperf: internal error in %s (the application is unaffected)", where, exc_info=exc)
+        effect = turned_off or EFFECTS.get(where, "that call's work is skipped")
+        startup_warning(
+            "otel-dbperf: internal error in %s (%s at %s): %s; the application is unaffected",
+            where,
+            type(exc).__name__,
+            _raised_at(exc),
+            effect,
+            exc_info=exc,
+        )
+
+
+def step(where: str, turned_off: str, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
+    """Run one independent startup step: its failure turns off what it started, nothing else."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - one step never stops the others
+        internal_error(where, exc, turned_off)
+        return default
 
 
 def guarded(where: str, default: Any = None) -> Callable[[F], F]:

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import os
 
-from ._guard import guarded
+from ._guard import guarded, step
 from ._setup import current_settings, start_explain, state
 from ._startup_log import startup_warning
 
 
 @guarded("post_instrument")
 def post_instrument() -> None:
-    """``opentelemetry_post_instrument``: SQLAlchemy 2.1, and a clash with another distro."""
+    """``opentelemetry_post_instrument``: SQLAlchemy 2.1, EXPLAIN, and a clash with another distro.
+
+    Each step is independent: one that fails turns off its own feature (one stderr line
+    says which), never the next.
+    """
     from . import _sqlalchemy
 
     settings = current_settings()
-    _sqlalchemy.ensure_instrumented(settings)
+    step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     if state["configured"]:
-        start_explain(settings)
-    if settings.enabled and not state["configured"]:
+        step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
+    if settings.enabled and not state["configured"] and not state.get("declarative"):
         startup_warning(
             "otel-dbperf: another OpenTelemetry configurator ran (OTEL_PYTHON_DISTRO=%s, "
             "OTEL_PYTHON_CONFIGURATOR=%s), so DB spans are NOT enriched; to choose otel-dbperf set "

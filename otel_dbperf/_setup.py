@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
+from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from . import _prefork
 from ._backend import WatchedSpanExporter
+from ._guard import step
 from ._processor import DbPerfSpanProcessor
 from ._startup_log import startup_warning
 from .settings import Settings, describe_effective
@@ -54,6 +55,19 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     return {"span_processors": [processor], "export_span_processor": factory}
 
 
+def refuse_declarative(settings: Settings, config_file: str) -> None:
+    """``OTEL_CONFIG_FILE``: the SDK builds everything from the file and takes no processors of ours."""
+    state["declarative"] = True
+    if settings.enabled:
+        startup_warning(
+            "otel-dbperf: OTEL_CONFIG_FILE=%s is set, so the OpenTelemetry SDK builds its providers from that "
+            "file alone and takes no processors from otel-dbperf: DB spans are NOT enriched and no dbperf "
+            "metrics, slow-query logs or plans are made. To use otel-dbperf, unset OTEL_CONFIG_FILE and "
+            "configure with OTEL_* environment variables.",
+            config_file,
+        )
+
+
 def log_effective(settings: Settings) -> None:
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug("%s", describe_effective(settings))
@@ -81,22 +95,67 @@ def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[Non
         kwargs.setdefault("views", chosen)
         return original(*args, **kwargs)
 
-    saved = os.environ.get(OTEL_METRICS_EXPORTER)
+    saved = {variable: os.environ.get(variable) for variable in _EXPORTER_VARIABLES.values()}
     refusal = _prefork.pull_refusal(os.environ, sys.argv)
     if refusal:
         startup_warning("%s", refusal)
-        os.environ[OTEL_METRICS_EXPORTER] = _prefork.without_pull_exporter(saved or "")
+        os.environ[OTEL_METRICS_EXPORTER] = _prefork.without_pull_exporter(saved[OTEL_METRICS_EXPORTER] or "")
+    step("exporter check", "none (the SDK checks the exporters itself)", _without_missing_exporters)
     state["metric_exporters"] = os.environ.get(OTEL_METRICS_EXPORTER, "")
     sdk_configuration.MeterProvider = meter_provider  # type: ignore[attr-defined,assignment]
     try:
         yield
     finally:
         sdk_configuration.MeterProvider = original  # type: ignore[attr-defined]
-        if refusal:
-            if saved is None:
-                os.environ.pop(OTEL_METRICS_EXPORTER, None)
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
             else:
-                os.environ[OTEL_METRICS_EXPORTER] = saved
+                os.environ[variable] = value
+
+
+_EXPORTER_VARIABLES = {"traces": OTEL_TRACES_EXPORTER, "metrics": OTEL_METRICS_EXPORTER, "logs": OTEL_LOGS_EXPORTER}
+#: what to install for an exporter name that has no entry point
+_EXPORTER_PACKAGES = {
+    "prometheus": "'otel-dbperf[prometheus]'",
+    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
+    "otlp_proto_http": "opentelemetry-exporter-otlp-proto-http",
+}
+
+
+def _without_missing_exporters() -> None:
+    """Exporters named in ``OTEL_*_EXPORTER`` but not installed are left out, with one warning each.
+
+    The SDK raises on the first one, and ``opentelemetry-instrument`` then skips every
+    instrumentation: one missing package would turn off all telemetry.
+    """
+    from opentelemetry.sdk import _configuration as sdk_configuration
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    for signal, variable in _EXPORTER_VARIABLES.items():
+        value = os.environ.get(variable, "")
+        names = _prefork.exporter_names(value)
+        kept = []
+        for name in names:
+            try:
+                resolved = sdk_configuration._get_exporter_entry_point(name, signal)  # type: ignore[attr-defined,arg-type]
+            except RuntimeError:  # an unsupported OTLP protocol: the SDK's own error says so
+                kept.append(name)
+                continue
+            if entry_points(group=f"opentelemetry_{signal}_exporter", name=resolved):
+                kept.append(name)
+                continue
+            startup_warning(
+                "otel-dbperf: %s=%s names the exporter '%s', which is not installed (pip install %s); "
+                "%s are exported without it",
+                variable,
+                value,
+                resolved,
+                _EXPORTER_PACKAGES.get(resolved, f"the package that provides '{resolved}'"),
+                signal,
+            )
+        if kept != names:
+            os.environ[variable] = ",".join(kept) or "none"
 
 
 def start_derived(settings: Settings) -> None:
@@ -113,23 +172,34 @@ def start_derived(settings: Settings) -> None:
     from . import __version__
     from ._metrics import SpanDeriver
 
-    sinks: list[Any] = []
-    meter_provider: Any = get_meter_provider()
-    if not _prefork.exporter_names(state.get("metric_exporters", "")) or not hasattr(
-        meter_provider, "_measurement_consumer"
-    ):
-        meter_provider = None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
-    logger_provider = get_logger_provider()
-    if (
-        settings.slow_query_logs_per_minute > 0
-        and _prefork.exporter_names(os.environ.get("OTEL_LOGS_EXPORTER", ""))
-        and hasattr(logger_provider, "force_flush")
-    ):
-        from ._slowlog import SlowQueryLog
+    def metrics_provider() -> Any:
+        provider: Any = get_meter_provider()
+        if not _prefork.exporter_names(state.get("metric_exporters", "")) or not hasattr(
+            provider, "_measurement_consumer"
+        ):
+            return None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
+        return provider
 
-        sinks.append(SlowQueryLog(settings, logger_provider, __version__))
+    def slow_query_log() -> Any:
+        logger_provider = get_logger_provider()
+        if (
+            settings.slow_query_logs_per_minute > 0
+            and _prefork.exporter_names(os.environ.get("OTEL_LOGS_EXPORTER", ""))
+            and hasattr(logger_provider, "force_flush")
+        ):
+            from ._slowlog import SlowQueryLog
+
+            return SlowQueryLog(settings, logger_provider, __version__)
+        return None
+
+    # each part on its own: one that fails is left out, the others still start
+    meter_provider = step("metrics setup", "no derived metrics", metrics_provider)
+    sinks: list[Any] = []
+    sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
+    if sink is not None:
+        sinks.append(sink)
     if settings.profiler_addr:
-        sink = _start_profiler(settings)
+        sink = step("profiler API setup", "no profiler API", _start_profiler, settings)
         if sink is not None:
             sinks.append(sink)
     if meter_provider is None and not sinks:
@@ -173,11 +243,15 @@ def _start_profiler(settings: Settings) -> Any:
 
 def start_explain(settings: Settings) -> None:
     """``DBPERF_EXPLAIN``: EXPLAIN slow SELECTs of every SQLAlchemy engine (see docs/explain.md)."""
-    if not (settings.enabled and settings.explain) or state.get("explainer") is not None:
+    if not (settings.enabled and settings.explain) or state.get("explainer") is not None or state.get("declarative"):
         return
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
+        startup_warning(
+            "otel-dbperf: DBPERF_EXPLAIN=true but SQLAlchemy is not installed: plans are taken on "
+            "SQLAlchemy engines only, so there will be none"
+        )
         return
     from ._explain import ExplainConfig, Explainer, install
 

@@ -16,22 +16,27 @@ from typing import Any
 log = logging.getLogger("otel_dbperf")
 
 
-def _shown_on_a_console(logger: logging.Logger) -> bool:
+def _shown_on_a_console(logger: logging.Logger, level: int = logging.WARNING) -> bool:
+    """Whether a record of ``level`` from ``logger`` reaches a console (not OpenTelemetry) handler."""
+    if not logger.isEnabledFor(level):
+        return False
     current: logging.Logger | None = logger
     seen_any = False
     while current is not None:
         for handler in current.handlers:
             seen_any = True
-            if type(handler).__module__.split(".")[0] != "opentelemetry":
+            if level >= handler.level and type(handler).__module__.split(".")[0] != "opentelemetry":
                 return True
         if not current.propagate:
             break
         current = current.parent
-    return not seen_any  # no handler at all: logging's last resort prints it
+    last_resort = logging.lastResort
+    return not seen_any and last_resort is not None and level >= last_resort.level  # logging's last resort prints it
 
 
-def startup_warning(message: str, *args: Any) -> None:
-    log.warning(message, *args)
+def startup_warning(message: str, *args: Any, exc_info: BaseException | None = None) -> None:
+    """A WARNING record on the ``otel_dbperf`` logger, and its first line on stderr when no console shows it."""
+    log.warning(message, *args, exc_info=exc_info)
     if not _shown_on_a_console(log):
         try:
             sys.stderr.write((message % args if args else message) + "\n")

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk.environment_variables import OTEL_CONFIG_FILE
 
 from ._backend import watching
-from ._setup import current_settings, log_effective, sdk_kwargs, sdk_patches, start_derived, state
+from ._guard import step
+from ._setup import current_settings, log_effective, refuse_declarative, sdk_kwargs, sdk_patches, start_derived, state
 
 
 class DbPerfConfigurator(_OTelSDKConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         settings = current_settings()
         views = kwargs.pop("views", None)
+        if os.environ.get(OTEL_CONFIG_FILE):
+            refuse_declarative(settings, os.environ[OTEL_CONFIG_FILE])
+            super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+            return
+        ours = step("span processors", "DB spans are NOT enriched", sdk_kwargs, settings, default={})
         with sdk_patches(settings, views), watching(settings):
-            super()._configure(**{**sdk_kwargs(settings), **kwargs})  # type: ignore[no-untyped-call]
-        start_derived(settings)
+            super()._configure(**{**ours, **kwargs})  # type: ignore[no-untyped-call]
         state["configured"] = True
+        step("metrics and slow-query logs setup", "no derived metrics, slow-query logs or profiler API",
+             start_derived, settings)  # fmt: skip
         log_effective(settings)

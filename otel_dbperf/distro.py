@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,10 +16,28 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONF
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from . import _sqlalchemy
+from ._guard import step
 from ._setup import current_settings
 from .metrics import SYSTEM_METRICS_CONFIG
 
 NAME = "otel_dbperf"  # the name of our distro and configurator entry points
+
+#: ``opentelemetry-instrument``'s two lines for a configurator passed over in favour of ours, when
+#: it is ``opentelemetry-distro``'s (entry point ``configurator``): expected, and nothing is lost.
+_PASSED_OVER = {
+    ("Configuration of %s not loaded, %s already loaded", ("configurator", NAME)),
+    ("Configuration of %s not loaded because %s is set by %s", ("configurator", NAME, OTEL_PYTHON_CONFIGURATOR)),
+}
+
+
+class _PassedOverFilter(logging.Filter):
+    """Drops exactly those two records; every other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return (record.msg, record.args) not in _PASSED_OVER
+        except TypeError:  # an unhashable message or argument: not one of ours
+            return True
 
 
 class DbPerfDistro(BaseDistro):
@@ -32,6 +51,9 @@ class DbPerfDistro(BaseDistro):
         # the app's own logging records go out as OTLP logs carrying the current trace and span ids
         os.environ.setdefault("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true")
         _sqlalchemy.install_conflict_filter()
+        loader = logging.getLogger(_sqlalchemy._LOAD_LOGGER)
+        if not any(isinstance(f, _PassedOverFilter) for f in loader.filters):
+            loader.addFilter(_PassedOverFilter())
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
         if entry_point.name == "system_metrics" and current_settings().enabled:
@@ -40,4 +62,6 @@ class DbPerfDistro(BaseDistro):
             return
         if entry_point.name == "sqlalchemy":
             kwargs.update(_sqlalchemy.instrumentor_kwargs(current_settings()))
+            step("SQLAlchemy instrumentation (greenlet check)", "async-less SQLAlchemy may be left uninstrumented",
+                 _sqlalchemy.prepare, entry_point.load()())  # fmt: skip
         super().load_instrumentor(entry_point, **kwargs)

@@ -61,8 +61,16 @@ def default_views(slow_query_threshold_ms: float = 100.0) -> tuple[View, ...]:
         # the database semconv opt-in, without db.collection.name; ours already counts every query
         # (ORM or driver level, once), so theirs would double every sum in Prometheus. One view per
         # scope: a name-only drop view would also match ours and double the cost of every record.
+        # Each dropped stream gets its own name: the SDK compares streams by name, unit and
+        # aggregation only (not scope), so two DB-API drivers in one process (sqlite3 and psycopg)
+        # would otherwise log "Views ... will cause conflicting metrics identities".
         *(
-            View(instrument_name=M.DB_CLIENT_OPERATION_DURATION.name, meter_name=scope, aggregation=DropAggregation())
+            View(
+                instrument_name=M.DB_CLIENT_OPERATION_DURATION.name,
+                meter_name=scope,
+                name=f"{M.DB_CLIENT_OPERATION_DURATION.name}.dropped.{scope}",
+                aggregation=DropAggregation(),
+            )
             for scope in DBAPI_SCOPES
         ),
         # Their db.client.response.returned_rows carries db.operation.name = the statement's first

@@ -116,14 +116,14 @@ def base_env(receiver: Receiver, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def serve(kind: str, app: str, env: dict[str, str], *extra_args: str) -> Iterator[dict[str, Any]]:
-    """Run ``app`` under opentelemetry-instrument behind a real server; yield its base URL."""
+def serve(kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: Path = BIN) -> Iterator[dict[str, Any]]:
+    """Run ``app`` under opentelemetry-instrument behind a real server (from ``bin_dir``); yield its base URL."""
     port = free_port()
     if kind == "gunicorn":
-        server = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", *extra_args, app]
+        server = [str(bin_dir / "gunicorn"), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", *extra_args, app]
     else:
         server = [
-            str(BIN / "uvicorn"),
+            str(bin_dir / "uvicorn"),
             app,
             "--host",
             "127.0.0.1",
@@ -133,7 +133,7 @@ def serve(kind: str, app: str, env: dict[str, str], *extra_args: str) -> Iterato
             "warning",
             *extra_args,
         ]
-    cmd = [str(BIN / "opentelemetry-instrument"), *server]
+    cmd = [str(bin_dir / "opentelemetry-instrument"), *server]
     log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
