@@ -399,22 +399,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="baseline: only spans starting at or before; without --baseline, the baseline is this window of "
         "FILE... and the compared window starts after it",
     )
-    g.add_argument("--fail-on-regression", action="store_true", help="exit 4 when anything regressed")
-    g.add_argument("--p95-ratio", type=_ratio_arg, default=d.p95_ratio, help=f"default {d.p95_ratio:g}")
     g.add_argument(
-        "--total-ratio", type=_ratio_arg, default=d.total_ratio, help=f"DB time per request; default {d.total_ratio:g}"
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 4 when a query regressed, a new slow query or a new N+1 appeared",
     )
     g.add_argument(
-        "--min-count",
-        type=_count_arg,
-        default=d.min_count,
-        help=f"spans needed on a side to judge; default {d.min_count}",
+        "--p95-ratio",
+        type=_ratio_arg,
+        default=d.p95_ratio,
+        help=f"regressed: p95 more than this times the baseline's (default {d.p95_ratio:g})",
+    )
+    g.add_argument(
+        "--total-ratio",
+        type=_ratio_arg,
+        default=d.total_ratio,
+        help=f"and DB time per request more than this times the baseline's (default {d.total_ratio:g})",
     )
     g.add_argument(
         "--min-delta-ms",
         type=_ms_arg,
         default=d.min_delta_ms,
-        help=f"smallest p95 change judged; default {d.min_delta_ms:g}",
+        help=f"and the p95 up by at least this (default {d.min_delta_ms:g})",
+    )
+    g.add_argument(
+        "--min-count",
+        type=_count_arg,
+        default=d.min_count,
+        help=f"spans a fingerprint needs on a side to be judged (default {d.min_count})",
     )
 
 
