@@ -1,7 +1,8 @@
 """The ``otel-dbperf`` command.
 
 Exit codes: 0 report written; 2 bad usage or an unreadable file; 3 no span could
-be read from the input.
+be read from the input (with a baseline: or no DB spans in one side's window); 4 with
+``--fail-on-regression``: something regressed since the baseline (``report_compare``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from datetime import datetime
 from typing import TextIO
 
+from . import report_compare
 from ._progress import progress
 from .report import Filters, ReadStats, Report, read_spans, render_text
 from .settings import Settings
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     rep.add_argument("--until", type=_time_ns, default=0, help="only spans starting at or before (ISO 8601)")
     rep.add_argument("--service", default="", help="only this service.name")
     rep.add_argument("--route", default="", help="only requests of this route, and their queries")
+    report_compare.add_arguments(rep)
     sub.add_parser("demo", help="run the bundled demo shop and print its report (options: otel-dbperf demo -h)")
     if argv is None:
         argv = sys.argv[1:]
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    if report_compare.requested(args):
+        return report_compare.run(args, out)
 
     report = Report(Filters(args.since, args.until, args.service, args.route), top=args.top)
     stats = ReadStats()

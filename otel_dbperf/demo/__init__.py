@@ -1,7 +1,8 @@
 """``otel-dbperf demo``: the bundled shop under opentelemetry-instrument, traffic, and the report.
 
 No servers beyond the app itself and no network: SQLite for the database and
-OTLP JSON lines in a local file for the spans.
+OTLP JSON lines in a local file for the spans. ``SHOP_VARIANT`` in the environment reaches the
+shop (see ``shop.py``): runs with its N+1 fixed or a new slow query, for ``report --baseline``.
 """
 
 from __future__ import annotations

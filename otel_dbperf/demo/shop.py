@@ -5,6 +5,11 @@ table (a full scan), an ORM N+1 on /orders, ordinary fast routes, and a checkout
 whose payment provider declines some customers (every fifth one: the same
 customers in every worker process, so the demo's 500s do not depend on which
 gunicorn worker serves a request).
+
+``SHOP_VARIANT`` switches the code for before/after runs (``otel-dbperf report --baseline``):
+``n+1-fixed`` loads /orders' orders with ``selectinload`` (one query instead of one per
+customer); ``slow-query`` adds a new slow query to /products/<id> (a full scan counting
+the products whose description mentions it). Unset: the shop as described above.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import sys
 
 from flask import Flask, jsonify, request
 from sqlalchemy import ForeignKey, String, create_engine, func, insert, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 engine = create_engine(os.environ.get("SHOP_DB_URL", "sqlite:///shop.db"))
+VARIANT = os.environ.get("SHOP_VARIANT", "")
 
 
 class Base(DeclarativeBase):
@@ -78,6 +84,9 @@ def health():  # type: ignore[no-untyped-def]
 def product(product_id: int):  # type: ignore[no-untyped-def]
     with Session(engine) as session:
         found = session.get(Product, product_id)
+        if found and VARIANT == "slow-query":
+            mentions = session.scalar(select(func.count()).where(func.lower(Product.description).contains(found.name)))
+            return jsonify(name=found.name, mentions=mentions)
         return jsonify(name=found.name if found else None)
 
 
@@ -92,7 +101,10 @@ def search():  # type: ignore[no-untyped-def]
 @app.get("/orders")
 def orders():  # type: ignore[no-untyped-def]
     with Session(engine) as session:
-        customers = session.scalars(select(Customer).order_by(Customer.id).limit(20)).all()
+        query = select(Customer).order_by(Customer.id).limit(20)
+        if VARIANT == "n+1-fixed":
+            query = query.options(selectinload(Customer.orders))
+        customers = session.scalars(query).all()
         return jsonify([{"customer": c.name, "orders": len(c.orders)} for c in customers])
 
 
