@@ -6,6 +6,7 @@ from typing import Any
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
+from ._logs import start_log_hook
 from ._setup import current_settings, log_effective, sdk_kwargs, sdk_patches, start_derived, state
 
 
@@ -15,6 +16,7 @@ class DbPerfConfigurator(_OTelSDKConfigurator):
         views = kwargs.pop("views", None)
         with sdk_patches(settings, views):
             super()._configure(**{**sdk_kwargs(settings), **kwargs})  # type: ignore[no-untyped-call]
+        start_log_hook(settings)
         start_derived(settings)
         state["configured"] = True
         log_effective(settings)
