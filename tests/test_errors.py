@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +21,8 @@ import pytest
 from conftest import PG_DB, PG_HOST, PG_PORT, REQUIRE_SERVICES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
@@ -230,10 +229,7 @@ class Target:
                 finally:
                     await engine.dispose()
 
-            try:
-                asyncio.run(run())
-            finally:
-                self._uninstrument(provider)
+            asyncio.run(run())
             return
         kwargs: dict[str, Any] = {}
         if self.driver == "pymysql":
@@ -245,21 +241,16 @@ class Target:
                 conn.exec_driver_sql(sql, params or ())
         finally:
             engine.dispose()
-            self._uninstrument(provider)
 
     @staticmethod
     def _instrument(engine: Any, provider: TracerProvider | None) -> None:
-        if provider is None:
-            return
-        instrumentor = SQLAlchemyInstrumentor()
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
-        instrumentor.instrument(engine=engine, tracer_provider=provider, skip_dep_check=True)
-
-    @staticmethod
-    def _uninstrument(provider: TracerProvider | None) -> None:
+        """Contrib's listeners on this one engine (no global instrument/uninstrument between cases)."""
         if provider is not None:
-            SQLAlchemyInstrumentor().uninstrument()
+            from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+            from opentelemetry.metrics import NoOpMeterProvider
+
+            counter = NoOpMeterProvider().get_meter("t").create_up_down_counter("c")
+            EngineTracer(provider.get_tracer("sqlalchemy"), engine, counter)
 
 
 def _raised(fn: Callable[[], None]) -> BaseException:
@@ -304,10 +295,11 @@ def test_real_driver_errors_lose_their_canary(case: Case, request: pytest.Fixtur
     canary = _canary()
     target.prepare(canary)
     sql, params = _fill(case.sql, canary, target.table), tuple(_fill(p, canary, target.table) for p in case.params)
-    memory = InMemorySpanExporter()
+    memory, unscrubbed = InMemorySpanExporter(), _TextExporter()
     provider = TracerProvider()
     processor = DbPerfSpanProcessor(Settings())
     provider.add_span_processor(processor)
+    provider.add_span_processor(SimpleSpanProcessor(unscrubbed))  # what the processor is up against
     provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
     tracer = provider.get_tracer("test")
 
@@ -323,11 +315,24 @@ def test_real_driver_errors_lose_their_canary(case: Case, request: pytest.Fixtur
     assert root.status.description and any(e.name == "exception" for e in root.events)
     events = [e for e in root.events if e.name == "exception"]
     assert events[0].attributes and "exception.stacktrace" in events[0].attributes
+    assert any(s.name != root.name and s.status.description for s in spans)  # the DB span's own error
+    assert canary in "\n".join(unscrubbed.texts)
     _absent(canary, exported, exported)
     provider.shutdown()
 
 
-def _span_texts(spans: tuple[ReadableSpan, ...]) -> str:
+class _TextExporter(SpanExporter):
+    """The spans' texts as exported, before the enriching exporter rewrites them in place."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.texts.append(_span_texts(spans))
+        return SpanExportResult.SUCCESS
+
+
+def _span_texts(spans: Sequence[ReadableSpan]) -> str:
     parts: list[str] = []
     for span in spans:
         parts.append(span.name)
