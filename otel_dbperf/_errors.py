@@ -25,7 +25,9 @@ does not know messages, it knows their *structure*:
 * **Statement excerpts are statements**: ``LINE 1:`` (when PostgreSQL did not
   cut its start), ``QUERY:``/``STATEMENT:``, and the offending token of
   ``at or near "..."`` / ``near "...": syntax error`` / ``near '...' at line N``
-  / ``unrecognized token: "..."`` go through the statement sanitizer. An
+  / ``unrecognized token: "..."`` go through the statement sanitizer.
+  Excerpts quoted in a message, and SQLAlchemy's ``[SQL: ...]`` of a MySQL or SQLite
+  driver, also lose their double-quoted text (a string there, or possibly one). An
   excerpt cut at its start (``LINE 1: ...x = 'a``) or a later line of the
   statement (``LINE 2:``) may begin inside a literal, where no tokenizer can
   tell values from code: it is removed. A cut end is harmless (an unclosed
@@ -35,6 +37,9 @@ does not know messages, it knows their *structure*:
   the text after ``line N:`` in a ``CONTEXT`` (JSON data), asyncpg's ``query
   argument $N: ...`` (its value is an unquoted, truncated ``repr``) and
   SQLAlchemy's ``[parameters: ...]`` are dropped; ``[SQL: ...]`` is sanitized.
+
+Not covered, by design: free text that is not quoted and not an excerpt, such as the
+message a PL/pgSQL function writes with ``RAISE`` (its author chose it).
 
 Python tracebacks (``exception.stacktrace``) are scrubbed by
 :func:`scrub_traceback`: frame lines stay, the exception messages between them
@@ -81,6 +86,9 @@ _EXCERPTS = (
     ('near "', re.compile(r'": syntax error')),  # SQLite: the offending token
     ("near '", re.compile(r"' at line \d+")),  # MySQL / MariaDB: the statement from the offending token on
 )
+# Drivers of databases where "..." may be a string literal (MySQL/MariaDB by default, SQLite as a fallback).
+_DQ_STRING_DRIVERS = re.compile(r"\((?:pymysql|MySQLdb|mysql|aiomysql|asyncmy|sqlite3|aiosqlite)[\w.]*\) ")
+_DOUBLE_QUOTED = re.compile(r'"(?:[^"]|"")*"?')
 _MYSQL_ARGS = re.compile(
     r"\A(?:\([\w.]+\) )?\((\d{4}), ([\"'])"
 )  # pymysql: str(exc) is the args tuple (code, "message")
@@ -113,7 +121,7 @@ def _scrub(text: str, statement: str | None) -> str:
     names: set[str] = set()
     if statement:
         _remember(names, analyze(statement[:_MAX_TEXT]).sanitized)
-    segments = _sqlalchemy_segments(text, names)
+    segments = _sqlalchemy_segments(text, names, strict=_DQ_STRING_DRIVERS.search(text, 0, 200) is not None)
     out = [seg if is_sql else _scrub_message(seg, names) for is_sql, seg in segments]
     return "".join(out) + suffix
 
@@ -125,7 +133,12 @@ def _remember(names: set[str], sanitized: str) -> None:
         names.add(m.group().lower())
 
 
-def _sqlalchemy_segments(text: str, names: set[str]) -> list[tuple[bool, str]]:
+def _strict(sanitized: str) -> str:
+    """``sanitized`` without double-quoted text: where the dialect is unknown or reads it as a string."""
+    return _DOUBLE_QUOTED.sub("?", sanitized) if '"' in sanitized else sanitized
+
+
+def _sqlalchemy_segments(text: str, names: set[str], strict: bool) -> list[tuple[bool, str]]:
     """``(done, text)`` pieces: SQLAlchemy's "[SQL: ...]" sanitized, "[parameters: ...]" dropped."""
     if "[SQL: " not in text and "[parameters: " not in text:
         return [(False, text)]
@@ -147,6 +160,7 @@ def _sqlalchemy_segments(text: str, names: set[str]) -> list[tuple[bool, str]]:
             body = text[start + 6 : end].rstrip()
             body = body[:-1] if body.endswith("]") else body
             sanitized = analyze(body).sanitized
+            sanitized = _strict(sanitized) if strict else sanitized
             _remember(names, sanitized)
             out.append((True, "[SQL: " + sanitized + "]"))
         else:
@@ -253,7 +267,8 @@ def _scrub_block(block: str, names: set[str]) -> str:
         excerpt = _excerpt_at(block, at)
         if excerpt is not None:
             body_end, close_end = excerpt
-            out.append(block[at : at + 1] + analyze(block[at + 1 : body_end]).sanitized + block[body_end:close_end])
+            token = _strict(analyze(block[at + 1 : body_end]).sanitized)
+            out.append(block[at : at + 1] + token + block[body_end:close_end])
             pos = close_end
             continue
         name = _NAME.match(block, at)
