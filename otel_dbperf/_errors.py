@@ -119,8 +119,8 @@ def _scrub(text: str, statement: str | None) -> str:
     if len(text) > _MAX_TEXT:
         text, suffix = text[:_MAX_TEXT], " [truncated by otel-dbperf]"
     names: set[str] = set()
-    if statement:
-        _remember(names, analyze(statement[:_MAX_TEXT]).sanitized)
+    if statement:  # its dialect is unknown here: its double-quoted text proves nothing
+        _remember(names, _strict(analyze(statement[:_MAX_TEXT]).sanitized))
     segments = _sqlalchemy_segments(text, names, strict=_DQ_STRING_DRIVERS.search(text, 0, 200) is not None)
     out = [seg if is_sql else _scrub_message(seg, names) for is_sql, seg in segments]
     return "".join(out) + suffix
