@@ -27,10 +27,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import attributes as A
+from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
 from ._location import AppCode, location_of
 from ._resources import rss_bytes, thread_time_ns
-from ._sql import OPERATIONS, analyze, scrub_error_text
+from ._sql import OPERATIONS, analyze
 from .settings import Settings
 
 _CLIENT = SpanKind.CLIENT
@@ -418,14 +419,15 @@ class EnrichingSpanExporter(SpanExporter):
         each gets its own copy.
         """
         status = span._status  # noqa: SLF001
+        statement = _statement(attrs if attrs is not None else span._attributes)  # noqa: SLF001
         if status.status_code is StatusCode.ERROR and status.description:
-            clean = scrub_error_text(status.description)
+            clean = scrub_error_text(status.description, statement)
             if clean != status.description:
                 status = Status(StatusCode.ERROR, clean)
         original: Sequence[Event] = span._events  # noqa: SLF001
         events = original
         if events and any(e.name == "exception" for e in events):
-            events = [_scrub_event(e) if e.name == "exception" else e for e in events]
+            events = [_scrub_event(e, statement) if e.name == "exception" else e for e in events]
         if extra_events:
             events = [*events, *extra_events]
         if attrs is None:
@@ -491,13 +493,19 @@ def _from_statement(piece: str, statement: str) -> bool:
     return bool(piece) and piece in statement
 
 
-def _scrub_event(event: Event) -> Event:
+def _statement(attrs: Any) -> str | None:
+    """The span's statement (its names prove quoted names in error texts), if any."""
+    value = attrs.get("db.query.text") or attrs.get("db.statement") if attrs else None
+    return value if isinstance(value, str) else None
+
+
+def _scrub_event(event: Event, statement: str | None) -> Event:
     attrs = dict(event.attributes or {})
     changed = False
-    for key in ("exception.message", "exception.stacktrace"):
+    for key, scrub in (("exception.message", scrub_error_text), ("exception.stacktrace", scrub_traceback)):
         value = attrs.get(key)
         if isinstance(value, str):
-            clean = scrub_error_text(value)
+            clean = scrub(value, statement)
             if clean != value:
                 attrs[key] = clean
                 changed = True

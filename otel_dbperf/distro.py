@@ -48,8 +48,7 @@ class DbPerfDistro(BaseDistro):
         os.environ.setdefault(OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf")
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
         os.environ.setdefault(OTEL_PYTHON_CONFIGURATOR, NAME)
-        # the app's own logging records go out as OTLP logs carrying the current trace and span ids
-        os.environ.setdefault("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true")
+        # app log records: not OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED (a root handler), see _logs.py
         _sqlalchemy.install_conflict_filter()
         loader = logging.getLogger(_sqlalchemy._LOAD_LOGGER)
         if not any(isinstance(f, _PassedOverFilter) for f in loader.filters):

@@ -97,6 +97,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_PROFILER_MAX_HISTORY", "profiler_max_history", _int_at_least(1), 1000, "1000"),
     _Var("DBPERF_SQLCOMMENTER", "sqlcommenter", _parse_bool, False, "false"),
     _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
+    _Var("DBPERF_APP_LOGS", "app_logs", _parse_bool, True, "true"),
     _Var("DBPERF_FILE_PATH", "file_path", str.strip, "dbperf-spans.jsonl", "dbperf-spans.jsonl"),
     _Var("DBPERF_JAEGER_URL", "jaeger_url", str.strip, "", "(unset)"),
     _Var("DBPERF_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _parse_ms, 2000.0, "2000"),
@@ -126,6 +127,7 @@ class Settings:
     profiler_max_history: int = 1000
     sqlcommenter: bool = False
     log_level: str = ""
+    app_logs: bool = True
     file_path: str = "dbperf-spans.jsonl"
     jaeger_url: str = ""
     shutdown_timeout_ms: float = 2000.0

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otel_dbperf._sql import analyze, scrub_error_text
+from otel_dbperf._errors import scrub_error_text
+from otel_dbperf._sql import analyze
 
 DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite", "mssql", "oracle", "other_sql", None)
 
