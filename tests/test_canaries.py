@@ -518,7 +518,20 @@ def _profiler(api: str, token: str | None, at_least: int) -> dict[str, Any]:
     return bodies
 
 
-def _launch(name: str, spec: Spec, urls: dict[str, str], root: Path, slow: bool) -> Run:
+def _console_key(line: str) -> str:
+    """A console line without its run-specific numbers (times, pids, ports, row ids)."""
+    return re.sub(r"\d+", "0", line)
+
+
+def _launch(
+    name: str, spec: Spec, urls: dict[str, str], root: Path, slow: bool, bare: bool = False,
+    app_console: frozenset[str] = frozenset(),
+) -> Run:  # fmt: skip
+    """Run the app (``bare``: without opentelemetry-instrument, for its own console output) and scan it.
+
+    A console line the bare app prints too (``app_console``) is the app's own output, the same
+    with and without otel-dbperf: not a leak of ours.
+    """
     work = root / name  # the app's directory, its cwd: every file in it but the app is one it wrote
     (work / "tmp").mkdir(parents=True)
     (root / f"{name}-data").mkdir()
@@ -557,7 +570,8 @@ def _launch(name: str, spec: Spec, urls: dict[str, str], root: Path, slow: bool)
             **spec.env,
         )
         token = spec.env["DBPERF_PROFILER_TOKEN"]
-    cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"), "canary_app:app", "--interface", "wsgi",
+    launcher = [] if bare else [str(BIN / "opentelemetry-instrument")]
+    cmd = [*launcher, str(BIN / "uvicorn"), "canary_app:app", "--interface", "wsgi",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
     out_path, err_path = root / f"{name}.stdout", root / f"{name}.stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -584,8 +598,8 @@ def _launch(name: str, spec: Spec, urls: dict[str, str], root: Path, slow: bool)
             if path.startswith("/run/") and status == 200:
                 results.update(json.loads(body))
         api = f"http://127.0.0.1:{profiler_port}/profiler"
-        profiler = _profiler(api, token, at_least=len(spec.expect))
-        for probe, path in spec.probes.items():
+        profiler = {} if bare else _profiler(api, token, at_least=len(spec.expect))
+        for probe, path in {} if bare else spec.probes.items():
             bearer = spec.probe_canaries[probe] if probe == "wrong_token" else token
             status, body = _request(f"{api}/{path}", bearer)
             statuses[f"profiler {probe}"] = status
@@ -606,7 +620,7 @@ def _launch(name: str, spec: Spec, urls: dict[str, str], root: Path, slow: bool)
     }
     run = Run(name, results, statuses, receiver.spans, receiver.logs, receiver.metrics, profiler,
               out_path.read_text(errors="replace"), err_path.read_text(errors="replace"), files, [])  # fmt: skip
-    run.hits = _scan(run, Scanner(spec.canaries), receiver.raw)
+    run.hits = _scan(run, Scanner(spec.canaries), receiver.raw, app_console)
     return run
 
 
@@ -623,7 +637,7 @@ def _create_sqlite_tables(spec: Spec, path: Path) -> None:
     conn.close()
 
 
-def _scan(run: Run, scanner: Scanner, raw_bodies: list[bytes]) -> list[Hit]:
+def _scan(run: Run, scanner: Scanner, raw_bodies: list[bytes], app_console: frozenset[str]) -> list[Hit]:
     hits: dict[tuple[str, str, str, str, int], Hit] = {}
     seen_in_otlp: set[str] = set()
 
@@ -670,7 +684,8 @@ def _scan(run: Run, scanner: Scanner, raw_bodies: list[bytes]) -> list[Hit]:
             scan("profiler", f"GET /profiler/{endpoint}", re.sub(r"/\d+$", "/ID", endpoint), path, leaf)
     for output, text in (("stdout", run.stdout), ("stderr", run.stderr)):
         for n, line in enumerate(text.splitlines(), start=1):
-            scan(output, f"line {n}", output, repr(line[:60]), line)
+            if _console_key(line) not in app_console:  # the app's own line, printed without otel-dbperf too
+                scan(output, f"line {n}", output, repr(line[:60]), line)
     for name, content in run.files.items():
         scan("file", name, name, "content", content)
     return list(hits.values())
@@ -715,7 +730,12 @@ def runs(spec: Spec, pg_dsn: str, pg_user: str, tmp_path_factory: pytest.TempPat
     }
     _create_tables(spec, pg_dsn)
     try:
-        yield [_launch("stock", spec, urls, root, slow=False), _launch("all-slow", spec, urls, root, slow=True)]
+        bare = _launch("bare", spec, urls, root, slow=False, bare=True)
+        app_console = frozenset(_console_key(line) for line in (bare.stdout + bare.stderr).splitlines())
+        yield [
+            _launch("stock", spec, urls, root, slow=False, app_console=app_console),
+            _launch("all-slow", spec, urls, root, slow=True, app_console=app_console),
+        ]
     finally:
         _drop_tables(spec, pg_dsn)
 
