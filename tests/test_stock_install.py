@@ -141,7 +141,6 @@ def test_stock_flask_gunicorn_explains_with_no_internal_error(
     assert "Configuration of" not in output and "Traceback" not in output, output
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10.2, fixed on branch logs")
 def test_stock_flask_failing_view_traceback_reaches_gunicorn_stderr(
     flask_venv: Path, receiver: Any, pg_sync_url: str
 ) -> None:
