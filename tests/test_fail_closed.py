@@ -35,10 +35,9 @@ def test_evicted_records_are_sanitized_on_the_spot(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_processor, "_MAX_PENDING", 20)
     t = Traced(SETTINGS, batch=True)  # spans wait in the batch queue until the flush below
     n = 300
-    with t.tracer.start_as_current_span("GET /many", kind=SpanKind.SERVER):
-        with t.engine.connect() as conn:
-            for i in range(n):
-                conn.execute(text(f"SELECT name FROM authors WHERE name = '{canary(i)}' OR id = {i}")).all()
+    with t.tracer.start_as_current_span("GET /many", kind=SpanKind.SERVER), t.engine.connect() as conn:
+        for i in range(n):
+            conn.execute(text(f"SELECT name FROM authors WHERE name = '{canary(i)}' OR id = {i}")).all()
     spans = t.spans()
     db = [s for s in spans if s.attributes and s.attributes.get("db.system.name", s.attributes.get("db.system"))]
     assert len(db) >= n

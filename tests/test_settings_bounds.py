@@ -39,10 +39,12 @@ def _enriched_span(settings: Settings) -> dict[str, Any]:
     provider.add_span_processor(processor)
     provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
     tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("GET /", kind=SpanKind.SERVER):
-        with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as db:
-            db.set_attribute("db.system.name", "postgresql")
-            db.set_attribute("db.query.text", "SELECT * FROM users WHERE email = 'canary@example.com'")
+    with (
+        tracer.start_as_current_span("GET /", kind=SpanKind.SERVER),
+        tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as db,
+    ):
+        db.set_attribute("db.system.name", "postgresql")
+        db.set_attribute("db.query.text", "SELECT * FROM users WHERE email = 'canary@example.com'")
     provider.shutdown()
     (span,) = [s for s in memory.get_finished_spans() if s.name == "SELECT"]
     return dict(span.attributes or {})
@@ -111,9 +113,7 @@ WORST = {
 }
 
 
-def test_worst_values_under_opentelemetry_instrument_still_export_enriched_spans(
-    receiver: Any, tmp_path: Path
-) -> None:
+def test_worst_values_under_opentelemetry_instrument_still_export_enriched_spans(receiver: Any, tmp_path: Path) -> None:
     assert set(WORST) == {v.env for v in NUMERIC}
     env = base_env(receiver, **WORST, DBPERF_PROFILER_ADDR="127.0.0.1:0")
     cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "script_app.py", str(tmp_path / "s.db")]
