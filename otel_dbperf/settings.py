@@ -41,7 +41,7 @@ def _ms_between(low: float, high: float) -> Callable[[str], float]:
             raise ValueError("empty value")
         value = float(text)
         if not low <= value <= high:  # also rejects NaN
-            raise ValueError(f"expected a number of milliseconds from {low:g} to {high:g}")
+            raise ValueError(f"expected a number of milliseconds from {low:.0f} to {high:.0f}")
         return value
 
     return parse
