@@ -438,6 +438,9 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
             if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
                 attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        elif settings.sanitize_statements:
+            for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
+                attrs.pop(key, None)  # not text we can sanitize (none at all, normally): not exported
         slow = record[_SLOW]
         attrs[A.QUERY_SLOW] = slow
         if record[_CPU] >= 0:
