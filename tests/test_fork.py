@@ -100,6 +100,7 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
 def _child(p: Pipeline, index: int, out: int) -> None:
     """Runs in the forked child: what a worker does, then what interpreter exit does."""
     _guard.RERAISE = False
+    inherited = len(p.processor._open) + len(p.processor._done) + len(p.deriver.queue)
     p.request(f"GET /child/{index}", 6)
     flushed = p.provider.force_flush(10_000)
     p.deriver.drain_at_exit()
@@ -117,6 +118,7 @@ def _child(p: Pipeline, index: int, out: int) -> None:
         "enriched": len(enriched),
         "leaked": leaked,
         "history": p.history.totals()["total_queries"],
+        "inherited": inherited,
     }
     os.write(out, (json.dumps(report) + "\n").encode())
 
@@ -176,6 +178,7 @@ def test_children_forked_while_every_lock_is_held_still_trace_and_exit(pipeline:
     for report in reports:
         assert report["flushed"] is True and report["root"] == 1 and report["count"] == 6
         assert report["enriched"] >= 6 and report["leaked"] is False and report["history"] >= 1
+        assert report["inherited"] == 0  # the parent's open spans, records and queue are the parent's
     # and the parent goes on: its locks were only borrowed
     pipeline.request("GET /after", 2)
     assert pipeline.provider.force_flush(10_000)
