@@ -102,7 +102,7 @@ def _child(p: Pipeline, index: int, out: int) -> None:
     _guard.RERAISE = False
     inherited = len(p.processor._open) + len(p.processor._done) + len(p.deriver.queue)
     p.request(f"GET /child/{index}", 6)
-    flushed = p.provider.force_flush(10_000)
+    flushed = p.provider.force_flush(30_000)
     p.deriver.drain_at_exit()
     p.history.add(0.1, "SELECT 1")
     p.explainer.count("explained")
@@ -206,12 +206,12 @@ def test_children_of_an_instrumented_app_exit_while_the_parent_exports(receiver:
     """The real thing: opentelemetry-instrument, the OTLP exporter to a receiver, normal exits."""
     env = base_env(receiver, OTEL_METRICS_EXPORTER="otlp", OTEL_METRIC_EXPORT_INTERVAL="200")
     cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "fork_app.py", str(CHILDREN)]
-    proc = subprocess.run(cmd, cwd=APPS, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, cwd=APPS, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["hung"] == 0 and result["exited"] == [0] * CHILDREN, (result, proc.stderr[-2000:])
     names = {f"/child/{i}" for i in range(CHILDREN)}
-    spans = receiver.wait_for(lambda s: names <= {x["name"] for x in s}, timeout=60)
+    spans = receiver.wait_for(lambda s: names <= {x["name"] for x in s}, timeout=120)
     roots = [s for s in spans if s["name"] in names]
     assert all(r["attributes"][A.DB_QUERY_COUNT] == 6 for r in roots)
     assert not any(b"secret-" in body for body in receiver.raw)

@@ -35,7 +35,7 @@ def busy() -> None:
 
 def child(index: int) -> None:
     request(f"/child/{index}", 6)
-    ok = trace.get_tracer_provider().force_flush(10_000)  # type: ignore[attr-defined]
+    ok = trace.get_tracer_provider().force_flush(30_000)  # type: ignore[attr-defined]
     sys.exit(0 if ok else 3)  # a normal exit: atexit handlers (otel-dbperf's, the SDK's) run
 
 
@@ -57,7 +57,8 @@ def main() -> None:
                 os._exit(4)
         pids.append(pid)
         time.sleep(0.02)
-    deadline = time.monotonic() + 60
+    stop.set()  # the hazard is at fork time; from here on the children get the CPU
+    deadline = time.monotonic() + 120  # a hang detector: a healthy child exits in about a second
     codes: dict[int, int] = {}
     while len(codes) < len(pids) and time.monotonic() < deadline:
         for pid in pids:
@@ -70,7 +71,6 @@ def main() -> None:
     for pid in hung:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    stop.set()
     print(json.dumps({"children": n, "exited": sorted(codes.values()), "hung": len(hung)}), flush=True)
 
 
