@@ -6,6 +6,7 @@ Run under ``opentelemetry-instrument python fork_app.py N_CHILDREN``. Prints one
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,10 +14,11 @@ import sys
 import threading
 import time
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 tracer = trace.get_tracer("fork-app")
 stop = threading.Event()
+unique = itertools.count()  # every statement new: the export thread analyses each (holding its lock longer)
 
 
 def request(name: str, queries: int) -> None:
@@ -25,7 +27,8 @@ def request(name: str, queries: int) -> None:
         for i in range(queries):
             with tracer.start_as_current_span("SELECT", kind=trace.SpanKind.CLIENT) as db:
                 db.set_attribute("db.system.name", "postgresql")
-                db.set_attribute("db.query.text", f"SELECT * FROM items WHERE id = {i} AND owner = 'secret-{i}'")
+                literal = f"secret-{next(unique)}"
+                db.set_attribute("db.query.text", f"SELECT * FROM items WHERE id = {i} AND owner = '{literal}'")
 
 
 def busy() -> None:
@@ -36,6 +39,8 @@ def busy() -> None:
 def child(index: int) -> None:
     request(f"/child/{index}", 6)
     ok = trace.get_tracer_provider().force_flush(30_000)  # type: ignore[attr-defined]
+    # a collection runs otel-dbperf's derivation (its lock) on this thread
+    ok = metrics.get_meter_provider().force_flush(30_000) and ok  # type: ignore[attr-defined]
     sys.exit(0 if ok else 3)  # a normal exit: atexit handlers (otel-dbperf's, the SDK's) run
 
 
@@ -58,7 +63,7 @@ def main() -> None:
         pids.append(pid)
         time.sleep(0.02)
     stop.set()  # the hazard is at fork time; from here on the children get the CPU
-    deadline = time.monotonic() + 120  # a hang detector: a healthy child exits in about a second
+    deadline = time.monotonic() + 60  # a hang detector: a healthy child exits in about a second
     codes: dict[int, int] = {}
     while len(codes) < len(pids) and time.monotonic() < deadline:
         for pid in pids:
