@@ -44,6 +44,7 @@ _BUSY = (
     b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_LINGER_S = 0.5  # after answering, input still arriving is read (and dropped) this long at most
 
 
 class _HTTPError(Exception):
@@ -447,15 +448,33 @@ class _Server(ThreadingHTTPServer):
             try:
                 request.setblocking(False)
                 request.send(_BUSY)
+                request.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            self.shutdown_request(request)
+            self.close_request(request)  # no lingering here: this is the accepting thread
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
             raise
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close after a lingering read: a request body the answer did not need (a refused one)
+        is read and dropped for a moment, so the client gets the answer, not a reset."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_S
+            for _ in range(64):  # at most 256 KiB
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                request.settimeout(remaining)
+                if not request.recv(4096):
+                    break
+        except OSError:
+            pass
+        self.close_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
