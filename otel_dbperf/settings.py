@@ -100,6 +100,11 @@ class _Var:
     check: Callable[[Any], str | None] | None = None
 
 
+def _shown(raw: str) -> str:
+    """A bad value as a warning shows it: bounded."""
+    return raw if len(raw) <= 200 else raw[:200] + "…"
+
+
 def _cwd_default() -> tuple[str, ...]:
     return (os.getcwd(),)
 
@@ -179,7 +184,7 @@ class Settings:
             except (ValueError, OverflowError) as exc:
                 _log.warning(
                     "otel-dbperf: invalid value %r for %s (%s); using the default %s",
-                    raw,
+                    _shown(raw),
                     var.env,
                     exc,
                     var.doc_default,
@@ -188,7 +193,7 @@ class Settings:
             values[var.field] = value
             problem = var.check(value) if var.check is not None else None
             if problem:
-                _log.warning("otel-dbperf: %s=%r: %s", var.env, raw, problem)
+                _log.warning("otel-dbperf: %s=%r: %s", var.env, _shown(raw), problem)
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
