@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from . import _forksafe
 from . import attributes as A
 from ._guard import internal_error
 from ._sql import _MAX_SCAN, analyze, code_tokens
@@ -204,6 +205,10 @@ class _RateLimiter:
         self._last: dict[str, float] = {}
         self._recent: deque[float] = deque()
         self._lock = threading.Lock()
+        _forksafe.register(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
 
     def allow(self, fingerprint: str) -> bool:
         with self._lock:
@@ -613,6 +618,10 @@ class Explainer:
         self._limiter = _RateLimiter(self.config, clock)
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
+        _forksafe.register(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
 
     def explain(
         self, dbapi_connection: Any, dialect_name: str, statement: str, parameters: Any, fingerprint: str
@@ -713,6 +722,14 @@ def plan_attributes(plan: Plan) -> dict[str, Any]:
 OnPlan = Callable[[Any, Plan], None]
 _installed: Callable[..., None] | None = None
 _install_lock = threading.Lock()
+
+
+def _new_install_lock() -> None:
+    global _install_lock
+    _install_lock = threading.Lock()
+
+
+_forksafe.register(_new_install_lock)
 
 
 def install(explainer: Explainer, slow_threshold_ms: float, on_plan: OnPlan | None = None) -> None:

@@ -88,8 +88,12 @@ class AppCode:
             frame = frame.f_back
         return None
 
-    def stacktrace(self, frame: FrameType | None, max_frames: int) -> str:
-        """Application frames only, most recent call last, at most ``max_frames``."""
+    def stacktrace(self, frame: FrameType | None, max_frames: int, source: bool = False) -> str:
+        """Application frames only, most recent call last, at most ``max_frames``.
+
+        File, line and function of each frame; the source line too only with ``source``
+        (``DBPERF_STACKTRACE_SOURCE``): a literal written in the code would go out with it.
+        """
         lines: list[str] = []
         depth = 0
         glet = None
@@ -102,8 +106,8 @@ class AppCode:
             if self.is_app(code):
                 lineno = frame.f_lineno
                 entry = f'  File "{code.co_filename}", line {lineno}, in {code.co_name}'
-                source = linecache.getline(code.co_filename, lineno).strip()
-                lines.append(f"{entry}\n    {source}" if source else entry)
+                text = linecache.getline(code.co_filename, lineno).strip() if source else ""
+                lines.append(f"{entry}\n    {text}" if text else entry)
             frame = frame.f_back
             depth += 1
         if not lines:

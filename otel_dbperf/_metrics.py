@@ -12,6 +12,7 @@ exemplars (trace and span ids) under the SDK's default ``trace_based`` filter.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -31,12 +32,14 @@ from ._sql import OPERATIONS, analyze
 from .metrics import METER_NAME
 from .settings import Settings
 
+_log = logging.getLogger("otel_dbperf")
 _SCOPE = METER_NAME
 _MAX_QUEUE = 100_000  # spans awaiting derivation; past it they are dropped and counted
 _MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
 _OTHER = "_OTHER"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_$]{0,62}){0,2}")
 _DRAIN_INTERVAL_S = 0.5
+EXIT_DRAIN_S = 2.0  # at exit the queue is drained for at most this long; the rest is dropped and counted
 
 
 class SpanDeriver:
@@ -58,9 +61,10 @@ class SpanDeriver:
         self.dropped = 0
         self._tables: set[str] = set()
         self._lock = threading.Lock()  # one drainer at a time keeps per-request order simple
+        self._start_lock = threading.Lock()
+        self._needs_thread = True  # started by the first submit (again in a forked child)
         if meter_provider is not None:
             self._create_instruments(meter_provider.get_meter(_SCOPE, version))
-        self._start()
 
     def _create_instruments(self, meter: Meter) -> None:
         self._db_duration = meter.create_histogram(
@@ -91,6 +95,8 @@ class SpanDeriver:
     # ---- request thread -------------------------------------------------------------------
     def submit(self, span: Any, payload: Any) -> None:
         """Queue a finished span (called by the processor; must stay cheap)."""
+        if self._needs_thread:
+            self._start()
         queue = self.queue
         if len(queue) < _MAX_QUEUE:
             queue.append((span, payload))
@@ -99,14 +105,23 @@ class SpanDeriver:
 
     # ---- background ----------------------------------------------------------------------
     def _start(self) -> None:
-        threading.Thread(target=self._run, name="otel-dbperf-derive", daemon=True).start()
+        with self._start_lock:
+            if self._needs_thread:
+                threading.Thread(target=self._run, name="otel-dbperf-derive", daemon=True).start()
+                self._needs_thread = False
 
     def after_fork_in_child(self) -> None:
-        """A forked worker: the parent's queued spans are the parent's; start our own thread."""
+        """A forked child: fresh locks, the parent's queued spans forgotten (they are the
+        parent's), our thread started again on first use; the sinks forget the parent's too."""
         self.queue.clear()
         self.dropped = 0
         self._lock = threading.Lock()
-        self._start()
+        self._start_lock = threading.Lock()
+        self._needs_thread = True
+        for sink in self._sinks:
+            reset = getattr(sink, "after_fork_in_child", None)
+            if reset is not None:
+                reset()
 
     def _run(self) -> None:
         while True:
@@ -117,11 +132,33 @@ class SpanDeriver:
         self.drain()
         yield Observation(self.dropped)
 
-    def drain(self) -> None:
-        """Record the metrics of every queued span."""
-        with self._lock:
+    def drain_at_exit(self) -> None:
+        """At interpreter exit: drain for at most :data:`EXIT_DRAIN_S`, then drop what is left
+        (counted in ``dbperf.metrics.dropped`` and said once on the log) so exit is never held up."""
+        self.drain(time.monotonic() + EXIT_DRAIN_S)
+        left = len(self.queue)
+        if left:
+            self.queue.clear()
+            self.dropped += left
+            _log.warning(
+                "otel-dbperf: exit: the metrics of %d spans were dropped (derivation is bounded to %.0f s at exit)",
+                left,
+                EXIT_DRAIN_S,
+            )
+
+    def drain(self, deadline: float | None = None) -> None:
+        """Record the metrics of every queued span (until ``deadline``, a ``time.monotonic()``)."""
+        if deadline is None:
+            lock_ok = self._lock.acquire()
+        else:
+            lock_ok = self._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if not lock_ok:
+            return
+        try:
             queue = self.queue
             while queue:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
                 try:
                     span, payload = queue.popleft()
                 except IndexError:
@@ -133,6 +170,8 @@ class SpanDeriver:
                         self._record_request(span, payload)
                 except Exception as exc:  # noqa: BLE001
                     internal_error("metrics", exc)
+        finally:
+            self._lock.release()
 
     # ---- derivation ----------------------------------------------------------------------
     def _table(self, name: str) -> str:

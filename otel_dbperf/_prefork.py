@@ -22,6 +22,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import _forksafe
 from ._guard import guarded
 
 PULL_EXPORTER = "prometheus"
@@ -98,13 +99,13 @@ def without_pull_exporter(value: str) -> str:
 
 
 class ForkHooks:
-    """What a forked child must redo; registered once with ``os.register_at_fork``."""
+    """What a forked child must redo; run by :mod:`._forksafe` after every fork, before the SDK's
+    own after-fork hooks restart its export threads."""
 
     def __init__(self, meter_provider: Any, deriver: Any) -> None:
         self.meter_provider = meter_provider
         self.deriver = deriver
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self.after_in_child)
+        _forksafe.register(self.after_in_child)
 
     @guarded("after_fork")
     def after_in_child(self) -> None:

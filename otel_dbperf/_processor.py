@@ -14,8 +14,10 @@ later attribute access on it slower (CPython's specialised attribute lookups mis
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -26,6 +28,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from . import _forksafe
 from . import attributes as A
 from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
@@ -44,6 +47,35 @@ _MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 ana
 _MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
 _EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request thread
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
+
+_processors: weakref.WeakSet[DbPerfSpanProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child: fresh locks (the parent's export thread may have held them), and the
+    parent's open and finished spans forgotten (they are the parent's to export). A span the
+    child ends that it has no record of is exported with its statement sanitized on the spot."""
+    global _EXPORT_LOCK, _OVERFLOW_LOCK
+    _EXPORT_LOCK = threading.Lock()
+    _OVERFLOW_LOCK = threading.Lock()
+    for processor in list(_processors):
+        processor._open = {}  # noqa: SLF001
+        processor._done = {}  # noqa: SLF001
+
+
+_forksafe.register(_after_fork_in_child)
+
+try:  # the per-dialect sanitizer takes the database's name (db.system.name) where it can
+    _ANALYZE_TAKES_DIALECT = "dialect" in inspect.signature(analyze).parameters
+except (TypeError, ValueError):  # pragma: no cover - a C function or a wrapper without a signature
+    _ANALYZE_TAKES_DIALECT = False
+
+
+def _analyze_statement(statement: str, max_length: int, system: Any) -> Any:
+    if _ANALYZE_TAKES_DIALECT and isinstance(system, str) and system:
+        return analyze(statement, max_length, dialect=system)  # type: ignore[call-arg,unused-ignore]
+    return analyze(statement, max_length)
+
 
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
@@ -128,6 +160,7 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._consumers = 0
         # SpanDeriver.submit once set up: gets (span, record or _Request), nested driver spans excluded
         self._submit: Any = None
+        _processors.add(self)
 
     def attach_deriver(self, submit: Any) -> None:
         """Hand every finished DB span and request root to ``submit(span, payload)`` (metrics)."""
@@ -212,7 +245,8 @@ class DbPerfSpanProcessor(SpanProcessor):
                 if found is not None:
                     location = location_of(found)
                     if slow and duration >= self._stack_ns:
-                        stack = app.stacktrace(frame, self.settings.stacktrace_max_frames)
+                        settings = self.settings
+                        stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
             nested = request is not None and not entry[2] and request.open_orm > 0
             record = (cpu_ns, duration, slow, statement, location, stack, request, nested, system)
             if request is not None and statement is not None and not nested:
@@ -243,6 +277,9 @@ class DbPerfSpanProcessor(SpanProcessor):
             slot = self._done.get(span_id)
             if slot is None:
                 return None
+            if slot.__class__ is not list:  # published before a second exporter was wrapped
+                del self._done[span_id]
+                return slot
             slot[1] -= 1
             if slot[1] <= 0:
                 del self._done[span_id]
@@ -279,9 +316,19 @@ class EnrichingSpanExporter(SpanExporter):
         self._processor = processor
         self._settings = processor.settings
         self._n1 = processor.settings.n_plus_one_threshold
+        #: DB spans exported without their record (evicted, ended after a fork, begun before
+        #: otel-dbperf): statement sanitized on the spot
+        self.unmeasured = 0
+        #: DB spans dropped because even that failed (an internal error): never exported raw
+        self.dropped = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self._exporter.export([self._enrich(span) for span in spans])
+        out = []
+        for span in spans:
+            enriched = self._enrich(span)
+            if enriched is not None:
+                out.append(enriched)
+        return self._exporter.export(out)
 
     def shutdown(self) -> None:
         self._exporter.shutdown()
@@ -289,18 +336,77 @@ class EnrichingSpanExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._exporter.force_flush(timeout_millis)
 
-    def _enrich(self, span: ReadableSpan) -> ReadableSpan:
+    def _enrich(self, span: ReadableSpan) -> ReadableSpan | None:
+        """The span to export; None drops it (a DB span that could not be made safe)."""
         try:
             payload = self._processor.take(span._context.span_id)  # type: ignore[union-attr]  # noqa: SLF001
             if payload.__class__ is tuple:
                 return self._enrich_query(span, payload)
             if payload.__class__ is _Request:
                 return self._enrich_root(span, payload)
+            attrs = _attr_dict(span._attributes)  # noqa: SLF001
+            if _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs:
+                return self._enrich_unmeasured(span, attrs)
             if span._status.status_code is StatusCode.ERROR or span._events:  # noqa: SLF001
                 return self._scrub(span, None, None)
         except Exception as exc:  # noqa: BLE001
             internal_error("export", exc)
+            return self._fail_closed(span)
         return span
+
+    def _enrich_unmeasured(self, span: ReadableSpan, original: Mapping[str, Any]) -> ReadableSpan:
+        """A DB span without its record: never its raw statement. Sanitized here, with the
+        fingerprint, summary and slow flag that the span alone gives."""
+        self.unmeasured += 1
+        settings = self._settings
+        attrs = dict(original)
+        statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
+        if isinstance(statement, str):
+            system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+            analysis = _analyze_statement(statement, settings.statement_max_length, system)
+            if settings.sanitize_statements:
+                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                    if key in attrs:
+                        attrs[key] = analysis.sanitized
+            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
+            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
+                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        elif settings.sanitize_statements:
+            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                attrs.pop(key, None)  # not text we can sanitize: not exported
+        start, end = span._start_time, span._end_time  # noqa: SLF001
+        if isinstance(start, int) and isinstance(end, int):
+            attrs[A.QUERY_SLOW] = end - start >= self._processor._slow_ns  # noqa: SLF001
+        return self._scrub(span, attrs, None)
+
+    def _fail_closed(self, span: ReadableSpan) -> ReadableSpan | None:
+        """After an internal error: no statement of a DB span, no error text or event that was not
+        scrubbed; the span goes out without them, or not at all."""
+        try:
+            attrs = _attr_dict(span._attributes)  # noqa: SLF001
+            status = span._status  # noqa: SLF001
+            is_db = _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs
+            statement = is_db and (_DB_QUERY_TEXT in attrs or _DB_STATEMENT in attrs)
+            if not (statement or span._events or status.description):  # noqa: SLF001
+                return span
+            kept = {k: v for k, v in attrs.items() if not (statement and k in (_DB_QUERY_TEXT, _DB_STATEMENT))}
+            return ReadableSpan(
+                name=span._name,  # noqa: SLF001
+                context=span._context,  # noqa: SLF001
+                parent=span._parent,  # noqa: SLF001
+                resource=span._resource,  # noqa: SLF001
+                attributes=_bounded(kept, span._attributes),  # noqa: SLF001
+                events=(),  # exception events quote statements and values
+                links=span._links,  # noqa: SLF001
+                kind=span._kind,  # noqa: SLF001
+                status=Status(status.status_code),
+                start_time=span._start_time,  # noqa: SLF001
+                end_time=span._end_time,  # noqa: SLF001
+                instrumentation_scope=span._instrumentation_scope,  # noqa: SLF001
+            )
+        except Exception:  # noqa: BLE001 - nothing safe can be made of it: dropped
+            self.dropped += 1
+            return None
 
     def _advance(self, request: _Request) -> None:
         """Fingerprint the request's records in order and count repeats per fingerprint."""
@@ -339,6 +445,9 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
             if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
                 attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        elif settings.sanitize_statements:
+            for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
+                attrs.pop(key, None)  # not text we can sanitize (none at all, normally): not exported
         slow = record[_SLOW]
         attrs[A.QUERY_SLOW] = slow
         if record[_CPU] >= 0:

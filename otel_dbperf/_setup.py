@@ -208,7 +208,7 @@ def start_derived(settings: Settings) -> None:
     processor.attach_deriver(deriver.submit)
     state["deriver"] = deriver
     state["fork_hooks"] = _prefork.ForkHooks(meter_provider, deriver)
-    atexit.register(deriver.drain)  # runs before the SDK's shutdown export (registered earlier)
+    atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
 
 
 def _start_profiler(settings: Settings) -> Any:

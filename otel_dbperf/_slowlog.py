@@ -51,6 +51,10 @@ class SlowQueryLog:
         self.emitted = 0
         self.suppressed = 0
 
+    def after_fork_in_child(self) -> None:
+        """A forked child: the slow queries waiting for the parent's requests are the parent's."""
+        self._pending = {}
+
     # sink interface of the derivation thread
     def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
         if not record[_SLOW]:

@@ -29,18 +29,36 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _parse_ms(raw: str) -> float:
-    value = float(raw.strip())
-    if not value >= 0 or value == float("inf"):  # also rejects NaN
-        raise ValueError("expected a number of milliseconds >= 0")
-    return value
+_DAY_MS = 86_400_000
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _ms_between(low: float, high: float) -> Callable[[str], float]:
+    """A number of milliseconds in [low, high] (NaN, infinities and 1e308 are out of range)."""
+
+    def parse(raw: str) -> float:
+        text = raw.strip()
+        if not text:
+            raise ValueError("empty value")
+        value = float(text)
+        if not low <= value <= high:  # also rejects NaN
+            raise ValueError(f"expected a number of milliseconds from {low:.0f} to {high:.0f}")
+        return value
+
+    return parse
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    """An integer in [low, high]."""
+
     def parse(raw: str) -> int:
-        value = int(raw.strip())
-        if value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}")
+        text = raw.strip()
+        if not text:
+            raise ValueError("empty value")
+        if len(text) > 20:  # int() of a huge digit string is itself slow
+            raise ValueError(f"expected an integer from {low} to {high}")
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
         return value
 
     return parse
@@ -63,6 +81,13 @@ def _parse_paths(raw: str) -> tuple[str, ...]:
     return paths
 
 
+def _missing_paths(paths: tuple[str, ...]) -> str | None:
+    missing = [p for p in paths if not os.path.isdir(p)]
+    if not missing:
+        return None
+    return "no such directory: " + ", ".join(missing) + " (used anyway: no code there counts as application code)"
+
+
 @dataclass(frozen=True)
 class _Var:
     env: str
@@ -70,6 +95,14 @@ class _Var:
     parse: Callable[[str], Any]
     default: Any
     doc_default: str
+    numeric: bool = False  # an empty value is a mistake, not "unset"
+    #: a valid value that is still worth one warning (kept): returns what is wrong, or None
+    check: Callable[[Any], str | None] | None = None
+
+
+def _shown(raw: str) -> str:
+    """A bad value as a warning shows it: bounded."""
+    return raw if len(raw) <= 200 else raw[:200] + "…"
 
 
 def _cwd_default() -> tuple[str, ...]:
@@ -79,22 +112,23 @@ def _cwd_default() -> tuple[str, ...]:
 # One row per variable: the order is the order of docs/configuration.md.
 VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_ENABLED", "enabled", _parse_bool, True, "true"),
-    _Var("DBPERF_SLOW_QUERY_THRESHOLD_MS", "slow_query_threshold_ms", _parse_ms, 100.0, "100"),
-    _Var("DBPERF_STACKTRACE_THRESHOLD_MS", "stacktrace_threshold_ms", _parse_ms, 500.0, "500"),
-    _Var("DBPERF_STACKTRACE_MAX_FRAMES", "stacktrace_max_frames", _int_at_least(1), 20, "20"),
+    _Var("DBPERF_SLOW_QUERY_THRESHOLD_MS", "slow_query_threshold_ms", _ms_between(0, _DAY_MS), 100.0, "100", True),
+    _Var("DBPERF_STACKTRACE_THRESHOLD_MS", "stacktrace_threshold_ms", _ms_between(0, _DAY_MS), 500.0, "500", True),
+    _Var("DBPERF_STACKTRACE_MAX_FRAMES", "stacktrace_max_frames", _int_between(1, 256), 20, "20", True),
+    _Var("DBPERF_STACKTRACE_SOURCE", "stacktrace_source", _parse_bool, False, "false"),
     _Var("DBPERF_CODE_LOCATION", "code_location", _parse_bool, True, "true"),
-    _Var("DBPERF_APP_PATHS", "app_paths", _parse_paths, None, "(current directory)"),
+    _Var("DBPERF_APP_PATHS", "app_paths", _parse_paths, None, "(current directory)", check=_missing_paths),
     _Var("DBPERF_SANITIZE_STATEMENTS", "sanitize_statements", _parse_bool, True, "true"),
-    _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_at_least(64), 4096, "4096"),
-    _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_at_least(2), 5, "5"),
+    _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_between(64, 65_536), 4096, "4096", True),
+    _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
     _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_bool, True, "true"),
-    _Var("DBPERF_SLOW_QUERY_LOGS_PER_MINUTE", "slow_query_logs_per_minute", _int_at_least(0), 1, "1"),
+    _Var("DBPERF_SLOW_QUERY_LOGS_PER_MINUTE", "slow_query_logs_per_minute", _int_between(0, 10_000), 1, "1", True),
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
     _Var("DBPERF_EXPLAIN_ANALYZE", "explain_analyze", _parse_bool, False, "false"),
-    _Var("DBPERF_EXPLAIN_TIMEOUT_MS", "explain_timeout_ms", _int_at_least(1), 200, "200"),
+    _Var("DBPERF_EXPLAIN_TIMEOUT_MS", "explain_timeout_ms", _int_between(10, 10_000), 200, "200", True),
     _Var("DBPERF_PROFILER_ADDR", "profiler_addr", str.strip, "", "(unset)"),
     _Var("DBPERF_PROFILER_TOKEN", "profiler_token", str.strip, "", "(unset)"),
-    _Var("DBPERF_PROFILER_MAX_HISTORY", "profiler_max_history", _int_at_least(1), 1000, "1000"),
+    _Var("DBPERF_PROFILER_MAX_HISTORY", "profiler_max_history", _int_between(1, 100_000), 1000, "1000", True),
     _Var("DBPERF_SQLCOMMENTER", "sqlcommenter", _parse_bool, False, "false"),
     _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
     _Var("DBPERF_APP_LOGS", "app_logs", _parse_bool, True, "true"),
@@ -112,6 +146,7 @@ class Settings:
     slow_query_threshold_ms: float = 100.0
     stacktrace_threshold_ms: float = 500.0
     stacktrace_max_frames: int = 20
+    stacktrace_source: bool = False
     code_location: bool = True
     app_paths: tuple[str, ...] = ()
     sanitize_statements: bool = True
@@ -146,47 +181,69 @@ class Settings:
         values: dict[str, Any] = {}
         for var in VARIABLES:
             raw = env.get(var.env)
-            if raw is None or raw.strip() == "":
+            if raw is None or (raw.strip() == "" and not var.numeric):
                 continue
             try:
-                values[var.field] = var.parse(raw)
-            except ValueError as exc:
+                value = var.parse(raw)
+            except (ValueError, OverflowError) as exc:
                 _log.warning(
                     "otel-dbperf: invalid value %r for %s (%s); using the default %s",
-                    raw,
+                    _shown(raw),
                     var.env,
                     exc,
                     var.doc_default,
                 )
+                continue
+            values[var.field] = value
+            problem = var.check(value) if var.check is not None else None
+            if problem:
+                _log.warning("otel-dbperf: %s=%r: %s", var.env, _shown(raw), problem)
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+# scheme://USERINFO@host: the userinfo is everything up to the last "@" of the URL (passwords
+# may contain "/", ":" or "@"); over-masking a URL whose path holds an "@" is the safe side.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s@]*(?:@[^\s@]*)*@")
+_SECRET_WORDS = r"key|token|secret|passw|pwd|pass|auth|signature|sig|credential|session|cookie|bearer|jwt|private"
+# name=value in a query string (or a key=value list): values of secret-looking names
+_SECRET_PARAM = re.compile(rf"(?P<name>[?&;,\s]?[\w.\-]*(?:{_SECRET_WORDS})[\w.\-]*=)[^&;,#\s]*", re.I)
+_SECRET_NAME = re.compile(rf"HEADER|{_SECRET_WORDS}", re.I)
 
 
 def mask_url(text: str) -> str:
-    """Mask the password of every URL in ``text``: ``postgresql://u:***@host/db``."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """Mask the userinfo of every URL in ``text`` (``postgresql://***@host/db``) and the values of
+    secret-looking query parameters (``?api_key=***``)."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['name']}***", text)
 
 
-_SECRET_VARS = ("HEADERS", "PASSWORD", "TOKEN", "SECRET", "KEY")
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
 
 
 def describe_effective(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
-    """One line with the effective configuration, safe to log (secrets masked)."""
+    """One line with the effective configuration, safe to log (secrets masked).
+
+    Masked: the value of every variable or setting whose name looks secret (token, key,
+    password, auth, headers, ...), the userinfo of every URL and secret-looking query
+    parameters in every other value.
+    """
     env = os.environ if environ is None else environ
-    parts = [
-        f"{k}={'***' if v and any(w in k.upper() for w in _SECRET_VARS) else v!r}"
-        for k, v in settings.as_dict().items()
-    ]
+    parts = []
+    for key, value in settings.as_dict().items():
+        if value and _is_secret_name(key):
+            parts.append(f"{key}='***'")
+        elif isinstance(value, str):
+            parts.append(f"{key}={mask_url(value)!r}")
+        else:
+            parts.append(f"{key}={value!r}")
+    ours = {v.env for v in VARIABLES}
     for name in sorted(env):
-        if not name.startswith(("OTEL_", "DBPERF_")) or name in {v.env for v in VARIABLES}:
+        if not name.startswith(("OTEL_", "DBPERF_")) or name in ours:
             continue
-        value = env[name]
-        if any(word in name for word in _SECRET_VARS):
-            value = "***"
-        parts.append(f"{name}={mask_url(value)!r}")
+        value = "***" if _is_secret_name(name) else mask_url(env[name])
+        parts.append(f"{name}={value!r}")
     return "otel-dbperf effective configuration: " + ", ".join(parts)

@@ -136,11 +136,13 @@ def test_effective_configuration_is_logged_once_with_secrets_masked(receiver: An
         DBPERF_LOG_LEVEL="DEBUG",
         OTEL_EXPORTER_OTLP_HEADERS="authorization=Bearer s3cret-token",
         OTEL_RESOURCE_ATTRIBUTES="db.url=postgresql://app:hunter2@db:5432/prod",
+        DBPERF_JAEGER_URL="https://admin:pa/ss-w0rd@jaeger:16686/?api_key=k3y-canary",
     )
     lines = [line for line in stderr.splitlines() if "effective configuration" in line]
     assert len(lines) == 1, stderr
-    assert "slow_query_threshold_ms=100.0" in lines[0] and "postgresql://app:***@db:5432/prod" in lines[0]
+    assert "slow_query_threshold_ms=100.0" in lines[0] and "postgresql://***@db:5432/prod" in lines[0]
     assert "s3cret" not in stderr and "hunter2" not in stderr
+    assert "pa/ss-w0rd" not in stderr and "k3y-canary" not in stderr and "admin" not in stderr
 
 
 @pytest.mark.parametrize("driver", ["sqlite3", "psycopg", "psycopg2"])

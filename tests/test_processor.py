@@ -302,3 +302,16 @@ def test_span_attribute_limits_and_dropped_counts_are_kept(tmp_path: Path) -> No
     (span,) = [s for s in memory.get_finished_spans() if s.name == "q"]
     assert len(span.attributes) == 6  # the user's limit still holds after enrichment
     assert span.dropped_attributes >= 2 + 1  # the SDK's drops, and ours past the limit
+
+
+@pytest.mark.parametrize("source", [False, True])
+def test_stacktrace_has_source_lines_only_when_asked(tmp_path: Path, source: bool) -> None:
+    t = make(tmp_path, slow_query_threshold_ms=0, stacktrace_threshold_ms=0, stacktrace_source=source)
+    queries.slow_query(t.engine, 0.0)
+    (slow,) = [s for s in t.db_spans() if "dbperf_sleep" in str(s.attributes.get("db.statement"))]
+    stack = slow.attributes[A.CODE_STACKTRACE]
+    assert f'"{APP_CODE}", line {line_of("slow")}, in slow_query' in stack
+    source_line = 'conn.execute(text("SELECT dbperf_sleep(:s)")'  # a literal written in the code
+    assert (source_line in stack) is source
+    if not source:
+        assert all(line.startswith(("Traceback", '  File "')) for line in stack.splitlines())

@@ -153,7 +153,7 @@ def test_the_command_is_installed() -> None:
 
 
 def test_exporter_writes_what_the_reader_reads(tmp_path: Path) -> None:
-    path = tmp_path / "out" / "spans.jsonl"
+    path = tmp_path / "spans.jsonl"
     settings = Settings(app_paths=(str(Path(__file__).parent),))
     processor = DbPerfSpanProcessor(settings)
     provider = TracerProvider()

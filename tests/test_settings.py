@@ -75,11 +75,8 @@ def test_settings_are_frozen() -> None:
 
 
 def test_passwords_are_masked() -> None:
-    assert mask_url("postgresql+psycopg://app:s3cr3t@db:5432/prod") == "postgresql+psycopg://app:***@db:5432/prod"
-    assert (
-        mask_url("see mysql://root:pw@h/x and redis://:pw2@r:6379")
-        == "see mysql://root:***@h/x and redis://:***@r:6379"
-    )
+    assert mask_url("postgresql+psycopg://app:s3cr3t@db:5432/prod") == "postgresql+psycopg://***@db:5432/prod"
+    assert mask_url("see mysql://root:pw@h/x and redis://:pw2@r:6379") == "see mysql://***@h/x and redis://***@r:6379"
     line = describe_effective(
         Settings(),
         {
@@ -89,4 +86,26 @@ def test_passwords_are_masked() -> None:
         },
     )
     assert "hunter2" not in line and "abc" not in line and "topsecret" not in line
-    assert "https://user:***@collector:4318" in line and "slow_query_threshold_ms=100.0" in line
+    assert "https://***@collector:4318" in line and "slow_query_threshold_ms=100.0" in line
+
+
+def test_debug_dump_masks_every_canary() -> None:
+    canaries = {
+        "DBPERF_JAEGER_URL": "https://jaeger-user-C1:jaeger-pw-C2@jaeger:16686/ui",
+        "DBPERF_PROFILER_TOKEN": "profiler-token-C3-0123456789",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://u:pass/with/slashes-C4@collector:4318/v1?api_key=C5&x=1",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector/v1/traces?X-Amz-Signature=C6&token=C7#f",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "https://tok-C8@collector",  # a user name alone is a token
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://a:p@ss-C9@collector/x?sig=C10;access_token=C11",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=C12",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "Authorization=Basic C13",
+        "DBPERF_SOME_HEADER": "C14",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/etc/C15.key",
+        "DBPERF_DB_PASSWORD": "C16",
+        "OTEL_SERVICE_NAME": "shop-visible",
+    }
+    settings = Settings.from_env(canaries)
+    line = describe_effective(settings, canaries)
+    leaked = [c for c in (f"C{i}" for i in range(1, 17)) if re.search(rf"{c}(?!\d)", line)]
+    assert leaked == []
+    assert "shop-visible" in line and "jaeger:16686/ui" in line and "collector:4318/v1?api_key=***&x=1" in line

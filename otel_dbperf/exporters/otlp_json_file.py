@@ -4,6 +4,10 @@ Each line is one ``ExportTraceServiceRequest`` in the OTLP/JSON encoding (hex tr
 and span ids, integer enums, 64-bit integers as strings): the format of the
 Collector's file exporter, so ``otel-dbperf report`` reads both. The path is
 ``DBPERF_FILE_PATH`` (default ``dbperf-spans.jsonl``); lines are appended.
+
+Only the file is created, never a directory: when the file's directory does not exist,
+one warning says so and the exporter is disabled (its spans are dropped), rather than a
+directory tree appearing wherever a typo points.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from .. import _forksafe
 from .._guard import internal_error
 from .._setup import current_settings
+from .._startup_log import startup_warning
 
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")
 
@@ -50,16 +56,29 @@ class OTLPJsonFileSpanExporter(SpanExporter):
         self.path = path or current_settings().file_path
         self._lock = threading.Lock()
         self._file: Any = None
+        directory = os.path.dirname(os.path.abspath(self.path))
+        self.disabled = not os.path.isdir(directory)
+        if self.disabled:
+            startup_warning(
+                "otel-dbperf: DBPERF_FILE_PATH=%s: the directory %s does not exist; the otlp_json_file exporter "
+                "is disabled and its spans are dropped (otel-dbperf creates the file, never directories)",
+                self.path,
+                directory,
+            )
+        _forksafe.register(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # the parent's export thread may have held it at the fork
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
+        if self.disabled:
+            return SpanExportResult.FAILURE
         try:
             line = to_otlp_json(spans)
             with self._lock:
                 if self._file is None:
-                    directory = os.path.dirname(os.path.abspath(self.path))
-                    os.makedirs(directory, exist_ok=True)
                     self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
                 self._file.write(line + "\n")
                 self._file.flush()

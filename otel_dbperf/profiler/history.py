@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _forksafe
 from .._guard import internal_error
 
 MAX_KEYS = 100  # distinct tables / operations counted by name; the rest fold into OTHER
@@ -91,6 +92,10 @@ class QueryHistory:
         self._next_id = 1
         self.enabled = True
         self._clear()
+        _forksafe.register(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
 
     def _clear(self) -> None:
         self.total = 0

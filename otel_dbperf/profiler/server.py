@@ -2,6 +2,10 @@
 
 Security: loopback needs no token; any other bind address requires one, and with a
 token every endpoint but ``/profiler/health`` needs ``Authorization: Bearer <token>``.
+Without a token only loopback ``Host`` names are answered (DNS rebinding: a web page whose
+name resolves to 127.0.0.1 must not read the API). At most :data:`MAX_CONNECTIONS` are
+served at once (one thread each; more are answered 503 at once, by the accepting thread),
+and a client has :data:`HEADER_TIMEOUT_S` in all to send its request.
 Statements are sanitized by the caller; responses never echo request parameter values.
 """
 
@@ -17,6 +21,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +36,15 @@ from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
 MAX_BODY = 1024  # bytes accepted in a request body (no endpoint takes one)
 _DRAIN = 64 * 1024  # an oversized body up to this is read and dropped so the 413 reaches the client
 _PREFIX = "/profiler/"
+MAX_CONNECTIONS = 8  # served at once; each has a thread
+HEADER_TIMEOUT_S = 5.0  # for the request line, headers and body, all together
+_BUSY_BODY = b'{"status":"error","error":{"code":"busy","message":"too many connections, retry later"}}'
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_LINGER_S = 0.5  # after answering, input still arriving is read (and dropped) this long at most
 
 
 class _HTTPError(Exception):
@@ -232,6 +246,60 @@ def _error_body(code: str, message: str, parameter: str | None = None) -> dict[s
     return {"status": "error", "error": error}
 
 
+class _DeadlineReader:
+    """The request's input with one deadline for everything read: a client sending a byte now
+    and then cannot hold its thread (a per-read timeout would restart on every byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._buf = bytearray()
+        self._eof = False
+        self.closed = False
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not received in time")
+        self._sock.settimeout(remaining)
+        chunk = self._sock.recv(8192)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    def readline(self, limit: int = -1) -> bytes:
+        start = 0
+        while True:
+            newline = self._buf.find(b"\n", start)
+            if newline >= 0:
+                end = newline + 1
+                break
+            start = len(self._buf)
+            if 0 <= limit <= len(self._buf) or not self._fill():
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        line = bytes(self._buf[:end])
+        del self._buf[:end]
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        while (size < 0 or len(self._buf) < size) and self._fill():
+            pass
+        end = len(self._buf) if size < 0 else min(size, len(self._buf))
+        data = bytes(self._buf[:end])
+        del self._buf[:end]
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"  # one request per connection: nothing to keep track of
@@ -240,6 +308,11 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # a client that stalls mid-request gives its thread back
     server_version = "otel-dbperf-profiler"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the stdlib's buffered reader: ours reads with one deadline
+        self.rfile = _DeadlineReader(self.connection, time.monotonic() + self.server.header_timeout)  # type: ignore[assignment]
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Silent: the host's stderr is not ours, and request lines may carry a query string.
@@ -265,6 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def _dispatch(self) -> None:
+        self.connection.settimeout(self.timeout)  # headers are in: the answer gets the write timeout
         try:
             self._route()
         except _HTTPError as err:
@@ -281,6 +355,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         api = self.server.api
+        if self.server.token is None and not self._loopback_host():
+            raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
         split = urlsplit(self.path)
         path = split.path
         if path != _PREFIX + "health" and not self._authorized():
@@ -306,6 +382,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(400, "bad_query", "too many query parameters") from exc
         body = api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
         self._send(200, body)
+
+    def _loopback_host(self) -> bool:
+        """The Host header names this server on loopback (or is absent: no browser omits it)."""
+        host = self.headers.get("Host")
+        if host is None:
+            return True
+        host = host.strip().lower()
+        port = self.server.server_port
+        return host in self.server.loopback_hosts or (port == 80 and host in _LOOPBACK_NAMES)
 
     def _authorized(self) -> bool:
         token = self.server.token
@@ -350,7 +435,52 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         self.token = token
         self.errors = 0  # handler exceptions turned into 500s
+        self.refused = 0  # connections answered 503 because MAX_CONNECTIONS were being served
+        self.header_timeout = HEADER_TIMEOUT_S
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), _Handler)
+        self.loopback_hosts = frozenset(f"{name}:{self.server_port}" for name in _LOOPBACK_NAMES)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS at once; beyond, 503 without a thread."""
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            try:
+                request.setblocking(False)
+                request.send(_BUSY)
+                request.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.close_request(request)  # no lingering here: this is the accepting thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close after a lingering read: a request body the answer did not need (a refused one)
+        is read and dropped for a moment, so the client gets the answer, not a reset."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_S
+            for _ in range(64):  # at most 256 KiB
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                request.settimeout(remaining)
+                if not request.recv(4096):
+                    break
+        except OSError:
+            pass
+        self.close_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall start-up.
