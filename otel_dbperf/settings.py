@@ -134,7 +134,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_APP_LOGS", "app_logs", _parse_bool, True, "true"),
     _Var("DBPERF_FILE_PATH", "file_path", str.strip, "dbperf-spans.jsonl", "dbperf-spans.jsonl"),
     _Var("DBPERF_JAEGER_URL", "jaeger_url", str.strip, "", "(unset)"),
-    _Var("DBPERF_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _parse_ms, 2000.0, "2000"),
+    _Var("DBPERF_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _ms_between(0, 60_000), 2000.0, "2000", True),
 )
 
 
