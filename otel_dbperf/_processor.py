@@ -361,6 +361,7 @@ class EnrichingSpanExporter(SpanExporter):
         settings = self._settings
         attrs = dict(original)
         statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
+        name = None
         if isinstance(statement, str):
             system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
             analysis = _analyze_statement(statement, settings.statement_max_length, system)
@@ -368,6 +369,7 @@ class EnrichingSpanExporter(SpanExporter):
                 for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
                     if key in attrs:
                         attrs[key] = analysis.sanitized
+                name = _statement_free_names(span, attrs, analysis, statement)
             attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
             if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
                 attrs[A.DB_QUERY_SUMMARY] = analysis.summary
@@ -377,7 +379,7 @@ class EnrichingSpanExporter(SpanExporter):
         start, end = span._start_time, span._end_time  # noqa: SLF001
         if isinstance(start, int) and isinstance(end, int):
             attrs[A.QUERY_SLOW] = end - start >= self._processor._slow_ns  # noqa: SLF001
-        return self._scrub(span, attrs, None)
+        return self._scrub(span, attrs, None, name)
 
     def _fail_closed(self, span: ReadableSpan) -> ReadableSpan | None:
         """After an internal error: no statement of a DB span, no error text or event that was not
@@ -390,8 +392,16 @@ class EnrichingSpanExporter(SpanExporter):
             if not (statement or span._events or status.description):  # noqa: SLF001
                 return span
             kept = {k: v for k, v in attrs.items() if not (statement and k in (_DB_QUERY_TEXT, _DB_STATEMENT))}
+            name = span._name  # noqa: SLF001
+            if is_db:  # contrib names DB spans after the statement's first piece, which may hold a literal
+                if not _keyword_led(name):
+                    system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+                    name = str(system) if isinstance(system, str) and system.isidentifier() else "DB"
+                for key in _OPERATION_KEYS:
+                    if key in kept and not _keyword_led(kept[key]):
+                        del kept[key]
             return ReadableSpan(
-                name=span._name,  # noqa: SLF001
+                name=name,
                 context=span._context,  # noqa: SLF001
                 parent=span._parent,  # noqa: SLF001
                 resource=span._resource,  # noqa: SLF001
@@ -593,6 +603,14 @@ def _statement_free_names(span: ReadableSpan, attrs: dict[str, Any], analysis: A
     if not _from_statement(name[len(prefix) :].partition(" ")[0], statement):
         return None
     return prefix + (analysis.summary or analysis.operation or "DB")
+
+
+def _keyword_led(name: Any) -> bool:
+    """Whether a span or operation name starts with a plain operation keyword (not statement text)."""
+    if not isinstance(name, str):
+        return False
+    piece = name.partition(" ")[0]
+    return piece.isascii() and piece.isalpha() and piece.lower() in OPERATIONS
 
 
 def _from_statement(piece: str, statement: str) -> bool:
