@@ -47,6 +47,7 @@ _MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 ana
 _MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
 _EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request thread
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
+_UNSAMPLED = (0, None, False, 0)  # the open entry of a DB span outside any request, resources not sampled per query
 
 _processors: weakref.WeakSet[DbPerfSpanProcessor] = weakref.WeakSet()
 
@@ -80,8 +81,10 @@ def _analyze_statement(statement: str, max_length: int, system: Any) -> Any:
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
 #  nested: a driver-level span inside an ORM-level one, which is not counted twice,
-#  system: db.system.name / db.system, the dialect the statement is sanitized by)
-_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS = range(9)
+#  system: db.system.name / db.system, the dialect the statement is sanitized by,
+#  rss_delta: the process RSS change in bytes from the span's start to its end, None: not sampled)
+# cpu_ns and rss_delta are sampled only under DBPERF_RESOURCE_SAMPLES=query.
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS, _RSS_DELTA = range(10)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
 
@@ -152,8 +155,9 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._slow_ns = int(settings.slow_query_threshold_ms * 1_000_000)
         self._stack_ns = int(settings.stacktrace_threshold_ms * 1_000_000)
         self._app = AppCode(settings.app_paths) if settings.code_location else None
-        self._resources = settings.resource_samples
-        # span id -> (cpu0, request, orm) for client spans, or the _Request of a request's span
+        self._resources = settings.resource_samples != "off"  # CPU time and RSS per request
+        self._per_query = settings.resource_samples == "query"  # and per DB span
+        # span id -> (cpu0, request, orm, rss0) for client spans, or the _Request of a request's span
         self._open: dict[int, Any] = {}
         # span id -> Record or _Request, for the exporters
         self._done: dict[int, Any] = {}
@@ -182,7 +186,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             parent = span._parent  # noqa: SLF001
             if parent is None or parent[2]:  # a local root
                 if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
-                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False)
+                    open_[span_id] = (thread_time_ns(), None, False, rss_bytes()) if self._per_query else _UNSAMPLED
                 elif self._resources:
                     open_[span_id] = _Request(span_id, thread_time_ns(), rss_bytes())
                 else:
@@ -191,7 +195,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             entry = open_.get(parent[1])
             if entry is None:
                 if span._kind is _CLIENT:  # noqa: SLF001
-                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False)
+                    open_[span_id] = (thread_time_ns(), None, False, rss_bytes()) if self._per_query else _UNSAMPLED
                 return
             request = entry if entry.__class__ is _Request else entry[1]
             if span._kind is _CLIENT:  # noqa: SLF001
@@ -201,7 +205,10 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if scope is not None and scope.name == _ORM_SCOPE:
                         orm = True
                         request.open_orm += 1
-                open_[span_id] = (thread_time_ns() if self._resources else 0, request, orm)
+                if self._per_query:
+                    open_[span_id] = (thread_time_ns(), request, orm, rss_bytes())
+                else:
+                    open_[span_id] = (0, request, orm, 0)
             elif request is not None:
                 open_[span_id] = request
         except Exception as exc:  # noqa: BLE001
@@ -223,7 +230,10 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if submit is not None:
                         submit(span, entry)
                 return
-            cpu_ns = thread_time_ns() - entry[0] if self._resources else -1
+            if self._per_query:
+                cpu_ns, rss_delta = thread_time_ns() - entry[0], rss_bytes() - entry[3]
+            else:
+                cpu_ns, rss_delta = -1, None
             request = entry[1]
             if entry[2]:
                 request.open_orm -= 1
@@ -248,7 +258,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                         settings = self.settings
                         stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
             nested = request is not None and not entry[2] and request.open_orm > 0
-            record = (cpu_ns, duration, slow, statement, location, stack, request, nested, system)
+            record = (cpu_ns, duration, slow, statement, location, stack, request, nested, system, rss_delta)
             if request is not None and statement is not None and not nested:
                 if len(request.records) < _MAX_QUERIES_PER_REQUEST:
                     request.records.append(record)
@@ -518,7 +528,7 @@ class EnrichingSpanExporter(SpanExporter):
                 attrs[A.N_PLUS_ONE_QUERY_SUMMARY] = summary
             if first[_LOC] is not None:
                 attrs[A.N_PLUS_ONE_CODE_LOCATION] = f"{first[_LOC][0]}:{first[_LOC][1]}"
-        if self._settings.resource_samples:
+        if self._processor._resources:  # noqa: SLF001
             attrs[A.CPU_TIME_MS] = request.cpu_ns / 1e6
             attrs[A.MEMORY_RSS_BYTES] = request.rss
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0

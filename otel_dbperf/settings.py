@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 _log = logging.getLogger("otel_dbperf")
 
@@ -30,6 +30,24 @@ def _parse_bool(raw: str) -> bool:
 
 
 _DAY_MS = 86_400_000
+
+#: DBPERF_RESOURCE_SAMPLES: ``off``; ``request`` (CPU time and RSS per request span, the default);
+#: ``query`` (also per DB span: CPU time of the issuing thread and the RSS delta)
+ResourceSamples = Literal["off", "request", "query"]
+_SAMPLE_LEVELS: tuple[ResourceSamples, ...] = ("off", "request", "query")
+
+
+def _parse_samples(raw: str) -> ResourceSamples:
+    """``request``, ``query`` or ``off``; the former booleans keep their meaning (true = query)."""
+    value = raw.strip().lower()
+    for level in _SAMPLE_LEVELS:
+        if value == level:
+            return level
+    if value in _TRUE:
+        return "query"
+    if value in _FALSE:
+        return "off"
+    raise ValueError("expected request, query or off")
 
 
 def _ms_between(low: float, high: float) -> Callable[[str], float]:
@@ -121,7 +139,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_SANITIZE_STATEMENTS", "sanitize_statements", _parse_bool, True, "true"),
     _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_between(64, 65_536), 4096, "4096", True),
     _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
-    _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_bool, True, "true"),
+    _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_samples, "request", "request"),
     _Var("DBPERF_SLOW_QUERY_LOGS_PER_MINUTE", "slow_query_logs_per_minute", _int_between(0, 10_000), 1, "1", True),
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
     _Var("DBPERF_EXPLAIN_ANALYZE", "explain_analyze", _parse_bool, False, "false"),
@@ -152,7 +170,7 @@ class Settings:
     sanitize_statements: bool = True
     statement_max_length: int = 4096
     n_plus_one_threshold: int = 5
-    resource_samples: bool = True
+    resource_samples: ResourceSamples = "request"
     slow_query_logs_per_minute: int = 1
     explain: bool = False
     explain_analyze: bool = False
@@ -170,6 +188,11 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.app_paths:
             object.__setattr__(self, "app_paths", _cwd_default())
+        samples: Any = self.resource_samples
+        if samples is True or samples is False:  # the former boolean setting: true meant per query
+            object.__setattr__(self, "resource_samples", "query" if samples else "off")
+        elif samples not in _SAMPLE_LEVELS:
+            raise ValueError(f"resource_samples must be one of {', '.join(_SAMPLE_LEVELS)}, not {samples!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

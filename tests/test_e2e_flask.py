@@ -104,7 +104,7 @@ def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:
     # 5. every DB span is enriched; request spans carry resource samples
     for s in queries:
         a = s["attributes"]
-        assert len(a[A.QUERY_FINGERPRINT]) == 16 and a[A.DB_QUERY_SUMMARY] and a[A.CPU_TIME_MS] >= 0
+        assert len(a[A.QUERY_FINGERPRINT]) == 16 and a[A.DB_QUERY_SUMMARY] and A.CPU_TIME_MS not in a  # request level
     for r in roots.values():
         assert r["attributes"][A.MEMORY_RSS_BYTES] > 10_000_000
         assert r["attributes"][A.CPU_TIME_MS] > 0
