@@ -1,41 +1,49 @@
-"""Per-query overhead: uninstrumented vs vanilla contrib tracing vs otel-dbperf defaults.
+"""The cost of otel-dbperf against vanilla contrib tracing, on the workload of design.md section 6.
 
-Same process, variants interleaved in short rounds (every variant runs a block of
-queries back to back, in random order), and the figures are medians of the
-per-round differences: this machine's speed drifts by tens of percent over
-seconds, and paired differences cancel the drift. SQLite in-memory point SELECT
-issued ~20 frames deep, 10 queries per request span. Vanilla and otel-dbperf
-share one engine and instrumentation; only the span processors differ.
+Workload: SQLite in-memory point SELECT through SQLAlchemy, issued 20 frames deep, 10 queries
+inside each request (SERVER) span; traces exported over OTLP/HTTP protobuf (the SDK's
+``OTLPSpanExporter``, batches of 512) to a local receiver (a subprocess that accepts and discards),
+so the export thread's encoding, which users pay, is counted. Vanilla and otel-dbperf share one
+engine and one SQLAlchemy instrumentation; only the span processors differ.
 
-- request thread: CPU time of the thread that issues the queries;
-- total: process CPU time including the BatchSpanProcessor export thread; each
-  round ends with force_flush, so the export-side work of the round is in it. The
-  exporter drops the spans (otel-dbperf's own work only), or with --encode encodes
-  them to OTLP protobuf as the OTLP exporter does, without sending (then the cost
-  of encoding the attributes otel-dbperf adds is in the figure too).
+The gate (section 6) is instructions, counted by callgrind with ``PYTHONHASHSEED=0``, one
+callgrind run per variant and figure, minus a run of the same variant without the measured
+loop. Request thread: the main thread's instructions (``--separate-threads``) with the garbage
+collector off during the measured loop; all threads: every thread's, with it on. The final
+flush always runs on another thread. CPU times (paired medians of interleaved rounds, engines
+in one process) are printed beside, as information: the thread-CPU clock is a system call
+callgrind does not see, and this VM's speed drifts by tens of percent.
 
-Ratios (design.md section 6): (otel-dbperf - vanilla) / (vanilla - uninstrumented);
-budget <= 0.10 on the request thread, <= 0.30 in total.
-
-    python bench/overhead.py [--rounds 300] [--block 200] [--encode] [--no-resource-samples]
-    python bench/overhead.py --metrics             # adds a variant that also derives the section 5 metrics
-    python bench/overhead.py --breakdown           # empty processor, CPU clocks alone, frame walk alone
-    python bench/overhead.py --instructions        # callgrind instruction counts (needs valgrind)
+    python bench/overhead.py                      # CPU time, interleaved rounds (information)
+    python bench/overhead.py --instructions       # the gate: each section 6 limit with its figure
+    python bench/overhead.py --latency            # p99 request latency, concurrency 1 and 4
+    python bench/overhead.py --probe              # the independent probe's setup (see docs/design.md)
+    python bench/overhead.py --breakdown          # empty processor, CPU clocks alone, frame walk alone
     python bench/overhead.py --memory 1000000 --distinct 100000
+
+Options: ``--samples request|query|off`` (DBPERF_RESOURCE_SAMPLES, default request),
+``--exporter otlp|null`` (null: the spans are dropped, nothing encoded), ``--queries N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -50,38 +58,79 @@ from otel_dbperf._resources import rss_bytes
 
 QUERIES_PER_REQUEST = 10
 DEPTH = 20
+BATCH = 512
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# --------------------------------------------------------------------------- the local receiver
+
+
+class _Discard(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        pass
+
+
+def _receiver_main() -> int:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Discard)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+    return 0
+
+
+class Receiver:
+    """An OTLP/HTTP receiver in a subprocess (outside callgrind, outside the process CPU time)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--receiver"], stdout=subprocess.PIPE, text=True, env=_child_env()
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_"))}
+    env["PYTHONHASHSEED"] = "0"
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- the workload
 
 
 class NullExporter(SpanExporter):
-    """Drops the spans: the export-side figure is then otel-dbperf's own work only."""
+    """Drops the spans: nothing encoded (``--exporter null``)."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
 
 
-class EncodingExporter(SpanExporter):
-    """What the OTLP exporter does on the export thread, minus the network: encode to protobuf."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.bytes += len(encode_spans(spans).SerializeToString())
-        return SpanExportResult.SUCCESS
+def make_exporter(kind: str, port: int) -> SpanExporter:
+    if kind == "null":
+        return NullExporter()
+    return OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces")
 
 
-def make_engine() -> Engine:
-    engine = create_engine("sqlite://", poolclass=StaticPool)
+def make_engine(url: str = "sqlite://") -> Engine:
+    if url == "sqlite://":
+        engine = create_engine(url, poolclass=StaticPool)
+    else:
+        engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=8)
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT)"))
-        conn.execute(text("INSERT INTO authors VALUES (1, 'ann'), (2, 'bob')"))
-    return engine
-
-
-def traced(provider: TracerProvider) -> Engine:
-    engine = make_engine()
-    counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
-    EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
+        conn.execute(text("CREATE TABLE IF NOT EXISTS authors (id INTEGER PRIMARY KEY, name TEXT)"))
+        conn.execute(text("INSERT OR REPLACE INTO authors VALUES (1, 'ann'), (2, 'bob')"))
     return engine
 
 
@@ -94,12 +143,24 @@ def deep(depth: int, fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-class Variant:
-    """One way to run the same queries; the traced variants share one engine and tracer.
+def flush_elsewhere(*flushables: Any) -> None:
+    """Flush on another thread: what is left in the queue is not the request thread's work."""
 
-    Sharing the engine keeps SQLAlchemy's caches and the instrumentation identical,
-    so the difference between vanilla and otel-dbperf is only the span processors,
-    which are swapped in before each of the variant's rounds.
+    def flush() -> None:
+        for f in flushables:
+            f.force_flush()
+
+    t = threading.Thread(target=flush)
+    t.start()
+    t.join()
+
+
+class Variant:
+    """One way to run the same requests; the traced variants share one engine and tracer.
+
+    Sharing the engine keeps SQLAlchemy's caches and the instrumentation identical, so the
+    difference between vanilla and otel-dbperf is only the span processors, swapped in
+    before each of the variant's rounds.
     """
 
     def __init__(
@@ -108,14 +169,25 @@ class Variant:
         engine: Engine,
         provider: TracerProvider | None = None,
         processors: tuple[Any, ...] = (),
+        requests: bool = True,
         deriver: Any = None,
+        meters: Any = None,
     ) -> None:
         self.name = name
-        self.deriver = deriver
         self.engine = engine
         self.provider = provider
         self.processors = processors
-        self.tracer = provider.get_tracer("bench") if provider else None
+        self.requests = requests
+        self.deriver = deriver
+        self.meters = meters
+        self.tracer = provider.get_tracer("bench.framework") if provider else None
+        # what a framework instrumentation records per request when metrics are on (both variants)
+        self.http = (
+            meters.get_meter("bench.framework").create_histogram("http.server.request.duration", unit="s")
+            if meters is not None
+            else None
+        )
+        self.extra_flush: tuple[Any, ...] = ()  # the MeterProvider: its final collection and export
         self.thread_ns: list[float] = []
         self.total_ns: list[float] = []
 
@@ -123,110 +195,473 @@ class Variant:
         if self.provider is not None:
             self.provider._active_span_processor._span_processors = self.processors  # noqa: SLF001
 
+    def requests_of(self, conn: Any, start: int, statement: Callable[[int], Any]) -> None:
+        """One request: 10 queries, each 20 frames deep, in a SERVER span (or none)."""
+        tracer = self.tracer
+        if tracer is not None and self.requests:
+            t0 = time.perf_counter()
+            with tracer.start_as_current_span("GET /bench", kind=SpanKind.SERVER):
+                for i in range(start, start + QUERIES_PER_REQUEST):
+                    deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+            if self.http is not None:
+                self.http.record(time.perf_counter() - t0, {"http.route": "/bench", "http.request.method": "GET"})
+        else:
+            for i in range(start, start + QUERIES_PER_REQUEST):
+                deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+
     def run(self, n: int, statement: Callable[[int], Any] = lambda i: POINT) -> None:
         self.activate()
-        tracer = self.tracer
         with self.engine.connect() as conn:
             cpu0, proc0 = time.thread_time_ns(), time.process_time_ns()
             for start in range(0, n, QUERIES_PER_REQUEST):
-                if tracer is not None:
-                    with tracer.start_as_current_span("GET /bench", kind=SpanKind.SERVER):
-                        for i in range(start, start + QUERIES_PER_REQUEST):
-                            deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
-                else:
-                    for i in range(start, start + QUERIES_PER_REQUEST):
-                        deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+                self.requests_of(conn, start, statement)
             cpu1 = time.thread_time_ns()
-            for processor in self.processors:
-                processor.force_flush()
-            if self.deriver is not None:  # the round's metric derivation is in its total
-                self.deriver.drain()
+            self.flush()
             proc1 = time.process_time_ns()
         self.thread_ns.append((cpu1 - cpu0) / n)
         self.total_ns.append((proc1 - proc0) / n)
 
+    def flush(self) -> None:
+        """The round's export-side work (and metric derivation), on another thread."""
+        parts: list[Any] = list(self.processors)
+        if self.deriver is not None:
+            parts.append(_Drain(self.deriver))
+        parts += self.extra_flush
+        if parts:
+            flush_elsewhere(*parts)
+
+
+class _Drain:
+    def __init__(self, deriver: Any) -> None:
+        self.deriver = deriver
+
+    def force_flush(self) -> None:
+        self.deriver.drain()
+
 
 def build(
-    exporter: type[SpanExporter] = NullExporter, resource_samples: bool = True, metrics: bool = False
-) -> tuple[Variant, ...]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    settings = Settings(app_paths=(here,), resource_samples=resource_samples)
+    samples: str = "request", exporter: str = "otlp", port: int = 0, requests: bool = True, metrics: bool = False
+) -> dict[str, Variant]:
+    """``bare``, ``vanilla`` and ``otel-dbperf`` (with ``metrics``: both with a MeterProvider)."""
+    settings = Settings(
+        app_paths=(HERE,),
+        resource_samples=samples,  # type: ignore[arg-type]
+        code_location=os.environ.get("BENCH_CODE_LOCATION") != "false",  # attribution runs only
+    )
     provider = TracerProvider()
-    engine = traced(provider)
-    dbperf = DbPerfSpanProcessor(settings)
-    variants = (
-        Variant("uninstrumented", make_engine()),
-        Variant("vanilla contrib", engine, provider, (BatchSpanProcessor(exporter()),)),
-        Variant("otel-dbperf", engine, provider, (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(exporter())))),
-    )
-    if not metrics:
-        return variants
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from otel_dbperf._metrics import SpanDeriver
-    from otel_dbperf.metrics import default_views
-
-    meters = MeterProvider(metric_readers=[InMemoryMetricReader()], views=default_views())
-    with_metrics = DbPerfSpanProcessor(settings)
-    deriver = SpanDeriver(settings, meters)
-    with_metrics.attach_deriver(deriver.submit)
-    processors = (with_metrics, BatchSpanProcessor(with_metrics.wrap_exporter(exporter())))
-    return (*variants, Variant("+ metrics", engine, provider, processors, deriver))
-
-
-def overhead(rounds: int, block: int, encode: bool, resource_samples: bool, metrics: bool = False) -> int:
-    variants = build(EncodingExporter if encode else NullExporter, resource_samples, metrics)
-    uninst, vanilla, ours = variants[:3]
-    for v in variants:  # warm-up: caches, imports, first connect
-        v.run(1000)
-        v.thread_ns.clear()
-        v.total_ns.clear()
-    order = list(variants)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for v in order:
-            v.run(block)
-
-    def paired(a: Variant, b: Variant, field: str) -> float:
-        """Median over rounds of (a - b): each round's variants ran back to back."""
-        return statistics.median(x - y for x, y in zip(getattr(a, field), getattr(b, field), strict=True)) / 1000
-
-    print(
-        f"python {sys.version.split()[0]}; {rounds} rounds, each running every variant for {block} queries "
-        f"in random order; SQLite in-memory point SELECT {DEPTH} frames deep, {QUERIES_PER_REQUEST} per request span"
-    )
-    print("otel-dbperf settings: defaults" + ("" if resource_samples else " except DBPERF_RESOURCE_SAMPLES=false"))
-    print(
-        "exporter: OTLP protobuf encoding, not sent (export side includes encoding the added attributes)"
-        if encode
-        else "exporter: null (export side is otel-dbperf's own enrichment work only)"
-    )
-    print(f"{'variant':<18}{'request thread us/query':>26}{'total CPU us/query':>22}   (medians)")
-    for v in variants:
-        t, c = statistics.median(v.thread_ns) / 1000, statistics.median(v.total_ns) / 1000
-        print(f"{v.name:<18}{t:>26.2f}{c:>22.2f}")
-    vt, vc = paired(vanilla, uninst, "thread_ns"), paired(vanilla, uninst, "total_ns")
-    ot, oc = paired(ours, vanilla, "thread_ns"), paired(ours, vanilla, "total_ns")
-    print(f"vanilla tracing adds    {vt:7.2f} us/query on the request thread, {vc:7.2f} us in total (paired medians)")
-    print(f"otel-dbperf adds on top {ot:7.2f} us/query on the request thread, {oc:7.2f} us in total (paired medians)")
-    req_ratio, tot_ratio = ot / vt, oc / vc
-    print(f"request-thread ratio {req_ratio:.3f} (budget <= 0.10): {'OK' if req_ratio <= 0.10 else 'OVER'}")
-    print(f"total CPU ratio      {tot_ratio:.3f} (budget <= 0.30): {'OK' if tot_ratio <= 0.30 else 'OVER'}")
+    meters = deriver = None
     if metrics:
-        met = variants[3]
-        mt, mc = paired(met, ours, "thread_ns"), paired(met, ours, "total_ns")
-        at, ac = paired(met, vanilla, "thread_ns"), paired(met, vanilla, "total_ns")
-        print(
-            f"metric derivation adds  {mt:7.2f} us/query on the request thread, {mc:7.2f} us in total (paired medians)"
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        from otel_dbperf._metrics import SpanDeriver
+        from otel_dbperf.metrics import default_views
+
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=f"http://127.0.0.1:{port}/v1/metrics"), export_interval_millis=3_600_000
         )
-        print(f"  as a share of vanilla: {mt / vt:.3f} request thread, {mc / vc:.3f} total")
-        print(f"otel-dbperf with metrics: request-thread ratio {at / vt:.3f}, total CPU ratio {ac / vc:.3f}")
+        meters = MeterProvider(metric_readers=[reader], views=default_views())
+        counter = meters.get_meter("opentelemetry.instrumentation.sqlalchemy").create_up_down_counter(
+            "db.client.connections.usage"
+        )
+    else:
+        counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
+    engine = make_engine()
+    EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
+    dbperf = DbPerfSpanProcessor(settings)
+    if meters is not None:
+        deriver = SpanDeriver(settings, meters)
+        dbperf.attach_deriver(deriver.submit)
+
+    def batch(exp: SpanExporter) -> BatchSpanProcessor:
+        return BatchSpanProcessor(exp, max_export_batch_size=BATCH)
+
+    ours = (dbperf, batch(dbperf.wrap_exporter(make_exporter(exporter, port))))
+    variants = {
+        "bare": Variant("bare", make_engine(), requests=requests),
+        "vanilla": Variant(
+            "vanilla", engine, provider, (batch(make_exporter(exporter, port)),), requests, meters=meters
+        ),
+        "otel-dbperf": Variant("otel-dbperf", engine, provider, ours, requests, deriver, meters),
+    }
+    if meters is not None:
+        for v in variants.values():
+            v.extra_flush = (meters,)  # the final flush collects and exports the metrics too
+    return variants
+
+
+# --------------------------------------------------------------------------- CPU time (information)
+
+
+def paired(a: Variant, b: Variant, field: str) -> float:
+    """Median over rounds of (a - b) in µs: each round's variants ran back to back."""
+    return statistics.median(x - y for x, y in zip(getattr(a, field), getattr(b, field), strict=True)) / 1000
+
+
+def cpu_time(rounds: int, block: int, samples: str, exporter: str) -> dict[str, tuple[float, float]]:
+    """Ratios (otel-dbperf added / vanilla added) per scenario: request thread and all threads."""
+    receiver = Receiver()
+    try:
+        scenarios = {
+            "requests": build(samples, exporter, receiver.port),
+            "no request": build(samples, exporter, receiver.port, requests=False),
+            "metrics": build(samples, exporter, receiver.port, metrics=True),
+        }
+        every = [v for s in scenarios.values() for v in s.values()]
+        for v in every:  # warm-up: caches, imports, first connect
+            v.run(500)
+            v.thread_ns.clear()
+            v.total_ns.clear()
+        for _ in range(rounds):
+            random.shuffle(every)
+            for v in every:
+                v.run(block)
+        for meters in {m for v in every for m in v.extra_flush}:
+            meters.shutdown()  # while the receiver still answers
+    finally:
+        receiver.close()
+    print(
+        f"CPU time, python {sys.version.split()[0]}: {rounds} rounds of {block} queries per variant, interleaved; "
+        f"DBPERF_RESOURCE_SAMPLES={samples}; exporter {exporter}; paired medians, us/query"
+    )
+    out = {}
+    for name, s in scenarios.items():
+        bare, vanilla, ours = s["bare"], s["vanilla"], s["otel-dbperf"]
+        vt, vc = paired(vanilla, bare, "thread_ns"), paired(vanilla, bare, "total_ns")
+        ot, oc = paired(ours, vanilla, "thread_ns"), paired(ours, vanilla, "total_ns")
+        out[name] = (ot / vt, oc / vc)
+        print(
+            f"  {name:<11} vanilla adds {vt:6.2f} request thread, {vc:6.2f} all threads; "
+            f"otel-dbperf adds {ot:6.2f} ({ot / vt:+.0%}) and {oc:6.2f} ({oc / vc:+.0%})"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- instructions (the gate)
+
+_TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
+
+
+def _instructions_child(variant: str, n: int, gc_off: bool, port: int, samples: str, exporter: str) -> int:
+    """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
+    scenario, _, name = variant.partition(":")
+    variants = build(samples, exporter, port, requests=scenario != "no request", metrics=scenario == "metrics")
+    chosen = variants[name]
+    chosen.run(300)  # warm-up, flushed on another thread
+    if n:
+        gc.collect()
+        if gc_off:
+            gc.disable()
+        chosen.run(n)
+        gc.enable()
+    chosen.flush()
+    return 0
+
+
+def _callgrind(args: list[str], extra_env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(main thread, all threads) instructions of one run of ``args`` under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}", *args],
+            capture_output=True,
+            check=True,
+            env=_child_env(**(extra_env or {})),
+        )
+        per_thread = {}
+        for f in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, f), "rb") as fh:
+                found = _TOTALS.findall(fh.read())
+            per_thread[f] = int(found[-1]) if found else 0
+    main = per_thread.get("cg.out-01", 0)
+    return main, sum(per_thread.values())
+
+
+def _count(variant: str, n: int, port: int, samples: str, exporter: str) -> tuple[float, float]:
+    """Instructions per query: (request thread with GC off, all threads with GC on)."""
+    base = [sys.executable, __file__, "--instructions-child", variant, "--port", str(port)]
+    base += ["--samples", samples, "--exporter", exporter]
+    zero_main, zero_all = _callgrind([*base, "--queries", "0"])
+    off_main, _ = _callgrind([*base, "--queries", str(n), "--gc", "off"])
+    _, on_all = _callgrind([*base, "--queries", str(n), "--gc", "on"])
+    return (off_main - zero_main) / n, (on_all - zero_all) / n
+
+
+LIMITS = {  # section 6: (scenario, figure index) -> limit on (otel-dbperf added) / (vanilla added)
+    ("requests", 0): 0.10,
+    ("requests", 1): 0.30,
+    ("no request", 0): 0.30,
+    ("no request", 1): 0.50,
+    ("metrics", 1): 0.60,
+}
+
+
+def instructions(n: int, samples: str, exporter: str, cpu_rounds: int) -> int:
+    """Each section 6 limit with its instruction figure, the CPU-time figure beside it."""
+    if not shutil.which("valgrind"):
+        print("valgrind not found (apt-get install valgrind)")
+        return 1
+    receiver = Receiver()
+    counts: dict[str, tuple[float, float]] = {}
+    try:
+        for scenario in ("requests", "no request", "metrics"):
+            for name in ("bare", "vanilla", "otel-dbperf"):
+                key = f"{scenario}:{name}"
+                counts[key] = _count(key, n, receiver.port, samples, exporter)
+                print(
+                    f"  {key:<24}{counts[key][0]:>12,.0f} request thread (GC off){counts[key][1]:>12,.0f} all threads",
+                    flush=True,
+                )
+    finally:
+        receiver.close()
+    cpu = cpu_time(cpu_rounds, 200, samples, exporter) if cpu_rounds else {}
+    print(
+        f"\ninstructions per query (callgrind, PYTHONHASHSEED=0, {n} queries, {QUERIES_PER_REQUEST} per request, "
+        f"{DEPTH} frames deep, exporter {exporter}, batches of {BATCH}, DBPERF_RESOURCE_SAMPLES={samples})"
+    )
+    ok = True
+    for scenario in ("requests", "no request", "metrics"):
+        bare, vanilla, ours = (counts[f"{scenario}:{x}"] for x in ("bare", "vanilla", "otel-dbperf"))
+        for i, label in ((0, "request thread"), (1, "all threads")):
+            added = vanilla[i] - bare[i]
+            ours_added = ours[i] - vanilla[i]
+            ratio = ours_added / added
+            limit = LIMITS.get((scenario, i))
+            if scenario == "metrics" and i == 0:
+                plain = counts["requests:otel-dbperf"][0] - counts["requests:vanilla"][0]
+                extra = ours_added - plain  # what metrics add on the request thread beyond tracing
+                verdict = f"metrics add {extra:+,.0f}: " + ("OK" if extra <= 0.01 * added else "OVER")
+            elif limit is None:
+                verdict = ""
+            else:
+                verdict = f"limit +{limit:.0%}: " + ("OK" if ratio <= limit else "OVER")
+                ok = ok and ratio <= limit
+            cpu_figure = f"CPU time {cpu[scenario][i]:+.0%}" if scenario in cpu else ""
+            print(
+                f"  {scenario:<11}{label:<15} vanilla adds {added:>9,.0f}  otel-dbperf {ours_added:>+9,.0f} "
+                f"({ratio:+.1%})  {verdict:<28}{cpu_figure}"
+            )
+    return 0 if ok else 3
+
+
+# --------------------------------------------------------------------------- p99 latency
+
+
+def latency(rounds: int, per_round: int) -> int:
+    """p99 request latency, concurrency 1 and 4, exporter on/off and two batch sizes, interleaved."""
+    receiver = Receiver()
+    tmp = tempfile.mkdtemp()
+    try:
+        settings = Settings(app_paths=(HERE,))
+        provider = TracerProvider()
+        engine = make_engine(f"sqlite:///{tmp}/bench.db")
+        counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
+        EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
+
+        def ours(exporter: SpanExporter, batch: int) -> tuple[Any, ...]:
+            p = DbPerfSpanProcessor(settings)
+            return (p, BatchSpanProcessor(p.wrap_exporter(exporter), max_export_batch_size=batch))
+
+        otlp = lambda: make_exporter("otlp", receiver.port)  # noqa: E731
+        configs = {
+            "bare": Variant("bare", make_engine(f"sqlite:///{tmp}/bare.db")),
+            "vanilla, exporter off": Variant("v0", engine, provider, (BatchSpanProcessor(NullExporter()),)),
+            "vanilla, OTLP batch 512": Variant(
+                "v512", engine, provider, (BatchSpanProcessor(otlp(), max_export_batch_size=512),)
+            ),
+            "vanilla, OTLP batch 64": Variant(
+                "v64", engine, provider, (BatchSpanProcessor(otlp(), max_export_batch_size=64),)
+            ),
+            "otel-dbperf, exporter off": Variant("d0", engine, provider, ours(NullExporter(), 512)),
+            "otel-dbperf, OTLP batch 512": Variant("d512", engine, provider, ours(otlp(), 512)),
+            "otel-dbperf, OTLP batch 64": Variant("d64", engine, provider, ours(otlp(), 64)),
+        }
+        processors = [p for v in configs.values() for p in v.processors]
+        print(
+            f"p99 request latency (ms; {QUERIES_PER_REQUEST} queries per request, SQLite file, {rounds} rounds of "
+            f"{per_round} requests per thread per config, configs interleaved in random order)"
+        )
+        for concurrency in (1, 4):
+            samples: dict[str, list[float]] = {k: [] for k in configs}
+            round_p99: dict[str, list[float]] = {k: [] for k in configs}
+            order = list(configs)
+            for r in range(rounds + 1):
+                random.shuffle(order)
+                for key in order:
+                    lat = _latency_round(configs[key], concurrency, per_round)
+                    configs[key].flush()  # the round's spans go out before the next config runs
+                    if r:  # round 0 is the warm-up
+                        samples[key] += lat
+                        round_p99[key].append(_p99(lat))
+            print(f"  concurrency {concurrency}:")
+            for key in configs:
+                base = "vanilla, exporter off" if key.startswith("vanilla") else "otel-dbperf, exporter off"
+                diff = ""
+                if key != base and key != "bare":
+                    d = statistics.median(a - b for a, b in zip(round_p99[key], round_p99[base], strict=True))
+                    diff = f"  paired vs exporter off {d * 1000:+.2f}"
+                p50 = statistics.median(samples[key])
+                print(f"    {key:<28} p50 {p50 * 1000:6.2f}  p99 {_p99(samples[key]) * 1000:6.2f}{diff}")
+        for p in processors:
+            p.shutdown()  # while the receiver still answers
+    finally:
+        receiver.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def _latency_round(v: Variant, concurrency: int, per_thread: int) -> list[float]:
+    v.activate()
+    out: list[float] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        mine = []
+        with v.engine.connect() as conn:
+            for j in range(per_thread):
+                t0 = time.perf_counter()
+                v.requests_of(conn, j * QUERIES_PER_REQUEST, lambda i: POINT)
+                mine.append(time.perf_counter() - t0)
+        with lock:
+            out.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+# --------------------------------------------------------------------------- encoding cost per attribute
+
+_DROPS = {
+    "vanilla span (nothing added)": None,
+    "otel-dbperf span": (),
+    "without dbperf.query.slow=false": ("dbperf.query.slow",),
+    "without code.*": ("code.file.path", "code.line.number", "code.function.name"),
+    "without dbperf.query.fingerprint": ("dbperf.query.fingerprint",),
+}
+
+
+class _Capture(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += spans
+        return SpanExportResult.SUCCESS
+
+
+def _encoding_child(which: str, repeat: int) -> int:
+    """Encode one batch of 512 DB spans ``repeat`` times as the OTLP exporter does (callgrind runs this)."""
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    v = build(exporter="null", requests=False)["otel-dbperf"]
+    capture = _Capture()
+    drop = _DROPS[which]
+    if drop is None:
+        v.processors = (BatchSpanProcessor(capture),)
+    else:
+        v.processors = (v.processors[0], BatchSpanProcessor(v.processors[0].wrap_exporter(capture)))
+    v.run(BATCH)
+    spans = capture.spans[:BATCH]
+    if drop:
+        for span in spans:
+            kept = {k: val for k, val in span.attributes.items() if k not in drop}
+            span._attributes = BoundedAttributes(attributes=kept, immutable=True)  # noqa: SLF001
+    for _ in range(repeat):
+        encode_spans(spans).SerializeToString()
+    return 0
+
+
+def encoding(repeat: int) -> int:
+    """Instructions the OTLP protobuf encoder spends per span, with and without the attributes we add."""
+    per_span = {}
+    for which in _DROPS:
+        base = [sys.executable, __file__, "--encoding-child", which]
+        zero = _callgrind([*base, "--queries", "0"])[1]
+        full = _callgrind([*base, "--queries", str(repeat)])[1]
+        per_span[which] = (full - zero) / repeat / BATCH
+        print(f"  {which:<36}{per_span[which]:>9,.0f} instructions per span to encode", flush=True)
+    ours = per_span["otel-dbperf span"]
+    for which, cost in per_span.items():
+        if which != "otel-dbperf span":
+            print(f"  {which:<36}{cost - ours:>+9,.0f} against the otel-dbperf span")
+    return 0
+
+
+# --------------------------------------------------------------------------- breakdown, memory
+
+
+class _EmptyProcessor(SpanProcessor):
+    """A processor that does nothing: the cost of being called."""
+
+
+class _ClocksProcessor(SpanProcessor):
+    """Only the two thread-CPU clock reads that per-query CPU time needs."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        time.thread_time_ns()
+
+    def _on_ending(self, span: Any) -> None:
+        time.thread_time_ns()
+
+
+class _WalkProcessor(SpanProcessor):
+    """Only the frame walk to the application frame that code.* needs."""
+
+    def __init__(self) -> None:
+        self._app = AppCode((HERE,))
+
+    def _on_ending(self, span: Any) -> None:
+        found = self._app.first_app_frame(sys._getframe(3))  # noqa: SLF001
+        if found is not None:
+            location_of(found)
+
+
+def breakdown(rounds: int, block: int) -> int:
+    """Each piece of the request-thread cost alone, against vanilla, paired (null exporter)."""
+    v = build(exporter="null")
+    bare, vanilla, ours = v["bare"], v["vanilla"], v["otel-dbperf"]
+
+    def alone(name: str, processor: SpanProcessor) -> Variant:
+        return Variant(name, vanilla.engine, vanilla.provider, (processor, BatchSpanProcessor(NullExporter())))
+
+    variants = [
+        bare,
+        vanilla,
+        alone("empty processor", _EmptyProcessor()),
+        alone("CPU clocks only", _ClocksProcessor()),
+        alone("frame walk only", _WalkProcessor()),
+        ours,
+    ]
+    for x in variants:
+        x.run(1000)
+        x.thread_ns.clear()
+        x.total_ns.clear()
+    for _ in range(rounds):
+        random.shuffle(variants)
+        for x in variants:
+            x.run(block)
+    base = paired(vanilla, bare, "thread_ns")
+    print(f"request thread, paired medians over {rounds} rounds; vanilla tracing adds {base:.2f} us/query")
+    for x in variants:
+        if x not in (bare, vanilla):
+            extra = paired(x, vanilla, "thread_ns")
+            print(f"  {x.name:<18} +{extra:6.2f} us/query  ({extra / base:.3f} of vanilla)")
     return 0
 
 
 def memory(queries: int, distinct: int) -> int:
-    ours = build()[2]
+    ours = build(exporter="null")["otel-dbperf"]
     statements = [text(f"SELECT name FROM authors WHERE id = :id AND {i} = {i}") for i in range(distinct)]
     step = max(queries // 10, QUERIES_PER_REQUEST)
     print(f"otel-dbperf: {queries} queries over {distinct} distinct statements; RSS after each {step}")
@@ -242,161 +677,52 @@ def memory(queries: int, distinct: int) -> int:
     return 0
 
 
-class _EmptyProcessor(SpanProcessor):
-    """A processor that does nothing: the cost of being called."""
-
-
-class _ClocksProcessor(SpanProcessor):
-    """Only the two thread-CPU clock reads that dbperf.cpu.time_ms needs."""
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        time.thread_time_ns()
-
-    def _on_ending(self, span: Any) -> None:
-        time.thread_time_ns()
-
-
-class _WalkProcessor(SpanProcessor):
-    """Only the frame walk to the application frame that code.* needs."""
-
-    def __init__(self) -> None:
-        self._app = AppCode((os.path.dirname(os.path.abspath(__file__)),))
-
-    def _on_ending(self, span: Any) -> None:
-        found = self._app.first_app_frame(sys._getframe(3))
-        if found is not None:
-            location_of(found)
-
-
-def breakdown(rounds: int, block: int) -> int:
-    """Each piece of the request-thread cost alone, against vanilla, paired as in the default mode."""
-    uninst, vanilla, ours = build()
-
-    def alone(name: str, processor: SpanProcessor) -> Variant:
-        return Variant(name, vanilla.engine, vanilla.provider, (processor, BatchSpanProcessor(NullExporter())))
-
-    variants = [
-        uninst,
-        vanilla,
-        alone("empty processor", _EmptyProcessor()),
-        alone("CPU clocks only", _ClocksProcessor()),
-        alone("frame walk only", _WalkProcessor()),
-        ours,
-    ]
-    for v in variants:
-        v.run(1000)
-        v.thread_ns.clear()
-        v.total_ns.clear()
-    for _ in range(rounds):
-        order = list(variants)
-        random.shuffle(order)
-        for v in order:
-            v.run(block)
-    base = statistics.median(a - b for a, b in zip(vanilla.thread_ns, uninst.thread_ns, strict=True)) / 1000
-    print(f"request thread, paired medians over {rounds} rounds; vanilla tracing adds {base:.2f} us/query")
-    for v in variants[2:]:
-        extra = statistics.median(a - b for a, b in zip(v.thread_ns, vanilla.thread_ns, strict=True)) / 1000
-        print(f"  {v.name:<18} +{extra:6.2f} us/query  ({extra / base:.3f} of vanilla)")
-    return 0
-
-
-def _instructions_child(variant: str, n: int) -> int:
-    """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
-    if variant == "otel-dbperf + metrics":
-        with_metrics = build(metrics=True)[3]
-        with_metrics.run(500)
-        if n:
-            with_metrics.run(n)
-        return 0
-    uninst, vanilla, ours = build()
-    if variant == "otel-dbperf request thread":  # the processor, with a plain (non-enriching) exporter
-        dbperf = DbPerfSpanProcessor(ours.processors[0].settings)
-        ours.processors = (dbperf, BatchSpanProcessor(NullExporter()))
-    chosen = {"uninstrumented": uninst, "vanilla contrib": vanilla}.get(variant, ours)
-    chosen.run(500)
-    if n:
-        chosen.run(n)
-    return 0
-
-
-def instructions(n: int) -> int:
-    """Instructions per query counted by callgrind: deterministic, whatever the machine's load."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("valgrind"):
-        print("valgrind not found (apt-get install valgrind)")
-        return 1
-    counts: dict[str, float] = {}
-    variants = [
-        "uninstrumented",
-        "vanilla contrib",
-        "otel-dbperf request thread",
-        "otel-dbperf",
-        "otel-dbperf + metrics",
-    ]
-    for variant in variants:
-        totals = []
-        for queries in (0, n):
-            out = subprocess.run(
-                [
-                    "valgrind",
-                    "--tool=callgrind",
-                    "--callgrind-out-file=/dev/null",
-                    sys.executable,
-                    __file__,
-                    "--instructions-child",
-                    variant,
-                    "--queries",
-                    str(queries),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stderr
-            totals.append(int(out.split("Collected : ")[1].split()[0]))
-        counts[variant] = (totals[1] - totals[0]) / n
-        print(f"{variant:<28}{counts[variant]:>12,.0f} instructions/query")
-    vanilla = counts["vanilla contrib"] - counts["uninstrumented"]
-    request = counts["otel-dbperf request thread"] - counts["vanilla contrib"]
-    total = counts["otel-dbperf"] - counts["vanilla contrib"]
-    print(
-        f"vanilla tracing adds {vanilla:,.0f}; otel-dbperf adds {request:,.0f} on the request thread "
-        f"({request / vanilla:.3f}) and {total:,.0f} in total ({total / vanilla:.3f})"
-    )
-    metrics = counts["otel-dbperf + metrics"] - counts["otel-dbperf"]
-    print(
-        f"metric derivation adds {metrics:,.0f} ({metrics / vanilla:.3f}); otel-dbperf with metrics in total "
-        f"{total + metrics:,.0f} ({(total + metrics) / vanilla:.3f})"
-    )
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--block", type=int, default=200, help="queries per variant per round")
-    parser.add_argument("--encode", action="store_true", help="encode spans to OTLP protobuf on the export side")
-    parser.add_argument(
-        "--no-resource-samples", action="store_true", help="otel-dbperf with DBPERF_RESOURCE_SAMPLES=false"
-    )
+    parser.add_argument("--samples", default="request", choices=("request", "query", "off"))
+    parser.add_argument("--exporter", default="otlp", choices=("otlp", "null"))
+    parser.add_argument("--instructions", action="store_true", help="the gate: callgrind instruction counts")
+    parser.add_argument("--cpu-rounds", type=int, default=60, help="with --instructions: CPU-time rounds beside")
+    parser.add_argument("--queries", type=int, default=1000, help="with --instructions: queries per run")
+    parser.add_argument("--latency", action="store_true", help="p99 request latency, concurrency 1 and 4")
+    parser.add_argument("--probe", action="store_true", help="the independent probe's setup")
+    parser.add_argument("--venv", default=os.path.join(os.path.dirname(HERE), ".venv-sa20"), help="with --probe")
     parser.add_argument("--breakdown", action="store_true", help="the request-thread cost piece by piece")
-    parser.add_argument("--metrics", action="store_true", help="add a variant that also derives the metrics")
-    parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind instead")
-    parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
-    parser.add_argument("--queries", type=int, default=3000, help="with --instructions: queries per variant")
     parser.add_argument("--memory", type=int, default=0, help="run the memory-bound check with this many queries")
     parser.add_argument("--distinct", type=int, default=100_000)
+    parser.add_argument("--encoding", action="store_true", help="OTLP encoding cost per added attribute")
+    parser.add_argument("--encoding-child", help=argparse.SUPPRESS)
+    parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
+    parser.add_argument("--gc", default="on", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.receiver:
+        return _receiver_main()
     if args.instructions_child:
-        return _instructions_child(args.instructions_child, args.queries)
+        return _instructions_child(
+            args.instructions_child, args.queries, args.gc == "off", args.port, args.samples, args.exporter
+        )
+    if args.encoding_child:
+        return _encoding_child(args.encoding_child, args.queries)
+    if args.encoding:
+        return encoding(20)
     if args.instructions:
-        return instructions(args.queries)
+        return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds)
+    if args.latency:
+        return latency(args.rounds, 50)
+    if args.probe:
+        from probe import probe  # bench/probe.py
+
+        return probe(args.queries, args.venv)
     if args.breakdown:
         return breakdown(args.rounds, args.block)
     if args.memory:
         return memory(args.memory, args.distinct)
-    return overhead(args.rounds, args.block, args.encode, not args.no_resource_samples, args.metrics)
+    cpu_time(args.rounds, args.block, args.samples, args.exporter)
+    return 0
 
 
 if __name__ == "__main__":
