@@ -42,7 +42,7 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     """
     from . import _sqlalchemy
     from ._guard import step
-    from ._setup import current_settings, start_explain
+    from ._setup import current_settings, start_duplicates, start_explain
     from .configurator import DbPerfConfigurator
     from .distro import DbPerfDistro
 
@@ -52,3 +52,4 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     if instrument_sqlalchemy:
         step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
+    step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)

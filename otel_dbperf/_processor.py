@@ -32,9 +32,10 @@ from . import _forksafe
 from . import attributes as A
 from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
-from ._location import AppCode, location_of
+from ._location import AppCode, lazy_loaded_relationship, location_of
 from ._resources import rss_bytes, thread_time_ns
 from ._sql import OPERATIONS, analyze
+from ._suggest import relationship_fix
 from .settings import Settings
 
 _CLIENT = SpanKind.CLIENT
@@ -80,8 +81,10 @@ def _analyze_statement(statement: str, max_length: int, system: Any) -> Any:
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
 #  nested: a driver-level span inside an ORM-level one, which is not counted twice,
-#  system: db.system.name / db.system, the dialect the statement is sanitized by)
-_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS = range(9)
+#  system: db.system.name / db.system, the dialect the statement is sanitized by,
+#  relationship: the SQLAlchemy relationship this query lazily loaded, or None,
+#  params: keyed digest of the query's parameters (see _duplicates), b"" for none, None: not taken)
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS, _REL, _PARAMS = range(11)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
 
@@ -122,7 +125,7 @@ class _Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss",
-        "cursor", "fp_counts", "seen",
+        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -137,7 +140,10 @@ class _Request:
         # export side, under _EXPORT_LOCK
         self.cursor = 0  # records[:cursor] are counted in fp_counts
         self.fp_counts: dict[str, int] = {}
-        self.seen: dict[int, tuple[str, str, int]] = {}  # id(record) -> (fingerprint, summary, repeat)
+        self.seen: dict[int, tuple[str, str, int, bool]] = {}  # id(record) -> (fingerprint, summary, repeat, duplicate)
+        self.dup_keys: set[tuple[str, bytes]] = set()  # (statement, parameter digest) of the SELECTs so far
+        self.dup_count = 0  # SELECTs that exactly repeat an earlier one of the request
+        self.dup_ns = 0  # and their DB time
 
 
 class DbPerfSpanProcessor(SpanProcessor):
@@ -153,7 +159,7 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._stack_ns = int(settings.stacktrace_threshold_ms * 1_000_000)
         self._app = AppCode(settings.app_paths) if settings.code_location else None
         self._resources = settings.resource_samples
-        # span id -> (cpu0, request, orm) for client spans, or the _Request of a request's span
+        # span id -> (cpu0, request, orm, parameter digest) for client spans, or the _Request of a request's span
         self._open: dict[int, Any] = {}
         # span id -> Record or _Request, for the exporters
         self._done: dict[int, Any] = {}
@@ -182,7 +188,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             parent = span._parent  # noqa: SLF001
             if parent is None or parent[2]:  # a local root
                 if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
-                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False)
+                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False, None)
                 elif self._resources:
                     open_[span_id] = _Request(span_id, thread_time_ns(), rss_bytes())
                 else:
@@ -191,7 +197,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             entry = open_.get(parent[1])
             if entry is None:
                 if span._kind is _CLIENT:  # noqa: SLF001
-                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False)
+                    open_[span_id] = (thread_time_ns() if self._resources else 0, None, False, None)
                 return
             request = entry if entry.__class__ is _Request else entry[1]
             if span._kind is _CLIENT:  # noqa: SLF001
@@ -201,7 +207,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if scope is not None and scope.name == _ORM_SCOPE:
                         orm = True
                         request.open_orm += 1
-                open_[span_id] = (thread_time_ns() if self._resources else 0, request, orm)
+                open_[span_id] = (thread_time_ns() if self._resources else 0, request, orm, None)
             elif request is not None:
                 open_[span_id] = request
         except Exception as exc:  # noqa: BLE001
@@ -238,17 +244,32 @@ class DbPerfSpanProcessor(SpanProcessor):
             statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
             location = None
             stack = ""
+            relationship = None
             app = self._app
             if app is not None:
                 frame = sys._getframe(3)  # noqa: SLF001 - the caller of Span.end
-                found = app.first_app_frame(frame)
+                found, lazy = app.find(frame)
+                if lazy is not None:
+                    relationship = lazy_loaded_relationship(lazy)
                 if found is not None:
                     location = location_of(found)
                     if slow and duration >= self._stack_ns:
                         settings = self.settings
                         stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
             nested = request is not None and not entry[2] and request.open_orm > 0
-            record = (cpu_ns, duration, slow, statement, location, stack, request, nested, system)
+            record = (
+                cpu_ns,
+                duration,
+                slow,
+                statement,
+                location,
+                stack,
+                request,
+                nested,
+                system,
+                relationship,
+                entry[3],
+            )
             if request is not None and statement is not None and not nested:
                 if len(request.records) < _MAX_QUERIES_PER_REQUEST:
                     request.records.append(record)
@@ -419,13 +440,23 @@ class EnrichingSpanExporter(SpanExporter):
             for i in range(request.cursor, end):
                 record = records[i]
                 statement = record[_STMT]
+                duplicate = False
                 if isinstance(statement, str):
                     analysis = analyze(statement, max_length, record[_SYS])
                     fingerprint, summary = analysis.fingerprint, analysis.summary
+                    params = record[_PARAMS]
+                    if params is not None and analysis.operation == "SELECT":
+                        key = (statement, params)
+                        if key in request.dup_keys:
+                            duplicate = True
+                            request.dup_count += 1
+                            request.dup_ns += record[_DUR]
+                        else:
+                            request.dup_keys.add(key)
                 else:
                     fingerprint, summary = "", ""
                 repeat = counts[fingerprint] = counts.get(fingerprint, 0) + 1
-                seen[id(record)] = (fingerprint, summary, repeat)
+                seen[id(record)] = (fingerprint, summary, repeat, duplicate)
             request.cursor = end
 
     def _enrich_query(self, span: ReadableSpan, record: Record) -> ReadableSpan:
@@ -465,8 +496,11 @@ class EnrichingSpanExporter(SpanExporter):
             if seen is None:
                 self._advance(request)
                 seen = request.seen.get(id(record))
-            if seen is not None and seen[2] >= self._n1:  # None: not counted (nested, or over the cap)
-                attrs[A.N_PLUS_ONE] = True
+            if seen is not None:  # None: not counted (nested, or over the cap)
+                if seen[2] >= self._n1:
+                    attrs[A.N_PLUS_ONE] = True
+                if seen[3]:
+                    attrs[A.QUERY_DUPLICATE] = True
         extra_events: list[Event] | None = None
         if slow:
             event_attrs: dict[str, Any] = {
@@ -493,6 +527,8 @@ class EnrichingSpanExporter(SpanExporter):
         attrs[A.DB_QUERY_COUNT] = count
         attrs[A.DB_SLOW_QUERY_COUNT] = slow
         attrs[A.DB_DURATION_MS] = db_ns / 1e6
+        attrs[A.DB_DUPLICATE_COUNT] = request.dup_count
+        attrs[A.DB_DUPLICATE_DURATION_MS] = request.dup_ns / 1e6
         worst_fp, worst = "", 0
         for fp, repeats in request.fp_counts.items():
             if repeats > worst and fp:
@@ -508,6 +544,15 @@ class EnrichingSpanExporter(SpanExporter):
                 attrs[A.N_PLUS_ONE_QUERY_SUMMARY] = summary
             if first[_LOC] is not None:
                 attrs[A.N_PLUS_ONE_CODE_LOCATION] = f"{first[_LOC][0]}:{first[_LOC][1]}"
+            seen = request.seen
+            lazy = next(
+                (r[_REL] for r in records if r[_REL] is not None and seen.get(id(r), ("",))[0] == worst_fp), None
+            )
+            if lazy is not None:
+                relationship, suggestion = relationship_fix(lazy)
+                if relationship:
+                    attrs[A.N_PLUS_ONE_RELATIONSHIP] = relationship
+                    attrs[A.N_PLUS_ONE_SUGGESTION] = suggestion
         if self._settings.resource_samples:
             attrs[A.CPU_TIME_MS] = request.cpu_ns / 1e6
             attrs[A.MEMORY_RSS_BYTES] = request.rss

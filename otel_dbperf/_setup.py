@@ -259,3 +259,11 @@ def start_explain(settings: Settings) -> None:
     explainer = Explainer(config)
     install(explainer, settings.slow_query_threshold_ms)
     state["explainer"] = explainer
+
+
+def start_duplicates(settings: Settings) -> None:
+    """Exact duplicate queries: a digest of each query's parameters (see ``_duplicates``)."""
+    if settings.enabled and state.get("processor") is not None:
+        from . import _duplicates
+
+        _duplicates.install()

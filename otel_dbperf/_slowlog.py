@@ -21,7 +21,8 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
 from . import attributes as A
-from ._processor import _DUR, _LOC, _REQ, _SLOW, _STACK, _STMT
+from ._processor import _DUR, _LOC, _REL, _REQ, _SLOW, _STACK, _STMT
+from ._suggest import relationship_fix
 from .settings import Settings
 
 _WINDOW_S = 60.0
@@ -74,8 +75,15 @@ class SlowQueryLog:
             self._count_suppressed(analysis.fingerprint if analysis else "")
 
     def request(self, span: Any, request: Any, route: str) -> None:
+        lazy_loads: dict[int, int] = {}  # id(relationship) -> lazy loads of it in this request
         for item in self._pending.pop(id(request), ()):
-            self._emit(*item, route)
+            relationship = item[1][_REL]
+            repeats = 0
+            if relationship is not None:
+                repeats = lazy_loads.get(id(relationship), -1)
+                if repeats < 0:
+                    repeats = lazy_loads[id(relationship)] = sum(r[_REL] is relationship for r in list(request.records))
+            self._emit(*item, route, repeats)
 
     def _count_suppressed(self, fingerprint: str) -> None:
         self.suppressed += 1
@@ -105,7 +113,8 @@ class SlowQueryLog:
         suppressed, window[2] = window[2], 0
         return True, suppressed
 
-    def _emit(self, span: Any, record: tuple[Any, ...], analysis: Any, route: str) -> None:
+    def _emit(self, span: Any, record: tuple[Any, ...], analysis: Any, route: str, lazy_loads: int = 0) -> None:
+        """``lazy_loads``: how often the request lazily loaded the relationship this query loads."""
         fingerprint = analysis.fingerprint if analysis is not None else ""
         allowed, suppressed = self._allow(fingerprint)
         if not allowed:
@@ -137,6 +146,12 @@ class SlowQueryLog:
             attrs[A.CODE_STACKTRACE] = record[_STACK]
         if route:
             attrs["http.route"] = route
+        if lazy_loads >= settings.n_plus_one_threshold:  # this slow query is one of an N+1 of lazy loads
+            relationship, suggestion = relationship_fix(record[_REL])
+            if relationship:
+                attrs[A.N_PLUS_ONE_RELATIONSHIP] = relationship
+                attrs[A.N_PLUS_ONE_SUGGESTION] = suggestion
+                attrs[A.N_PLUS_ONE_REPEAT_COUNT] = lazy_loads
         for event in span.events:
             if event.name == A.EVENT_EXPLAIN:  # the plan, when DBPERF_EXPLAIN made one
                 for key, value in (event.attributes or {}).items():

@@ -44,6 +44,8 @@ class QueryEntry:
     route: str = ""
     cpu_time_ms: float | None = None
     error_type: str = ""
+    relationship: str = ""  # the SQLAlchemy relationship this query lazily loaded ("Author.books"), or ""
+    suggestion: str = ""  # the loader option that loads it up front ("selectinload(Author.books)"), or ""
 
     def summary(self) -> dict[str, Any]:
         """The entry without its bulky fields (stacktrace, plan), for lists."""
@@ -62,6 +64,8 @@ class QueryEntry:
             "route": self.route,
             "cpu_time_ms": self.cpu_time_ms,
             "error_type": self.error_type,
+            "relationship": self.relationship,
+            "suggestion": self.suggestion,
             "has_stacktrace": bool(self.stacktrace),
             "has_plan": self.plan is not None,
         }
@@ -129,6 +133,8 @@ class QueryHistory:
         route: str = "",
         cpu_time_ms: float | None = None,
         error_type: str = "",
+        relationship: str = "",
+        suggestion: str = "",
     ) -> int:
         """Record one query; returns its id, or 0 when the profiler is disabled."""
         try:
@@ -166,6 +172,8 @@ class QueryHistory:
                         route,
                         cpu_time_ms,
                         error_type,
+                        relationship,
+                        suggestion,
                     )
                 )
                 self.total += 1

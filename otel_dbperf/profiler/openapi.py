@@ -56,6 +56,16 @@ def _schemas() -> dict[str, Any]:
         "route": _STR,
         "cpu_time_ms": {"type": "number", "nullable": True},
         "error_type": _STR,
+        "relationship": {
+            "type": "string",
+            "description": "the SQLAlchemy relationship this query lazily loaded (e.g. Author.books), or empty",
+        },
+        "suggestion": {
+            "type": "string",
+            "description": "the loader option that loads that relationship up front, in one query for all rows "
+            "(e.g. selectinload(Author.books), joinedload(Book.author)): the fix when the lazy load repeats "
+            "per row (N+1); or empty",
+        },
         "has_stacktrace": _BOOL,
         "has_plan": _BOOL,
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import attributes as A
-from .._processor import _CPU, _DUR, _LOC, _SLOW, _STACK, _STMT
+from .._processor import _CPU, _DUR, _LOC, _REL, _SLOW, _STACK, _STMT
+from .._suggest import relationship_fix
 from .history import QueryHistory
 
 
@@ -25,6 +26,7 @@ class HistorySink:
             if event.name == A.EVENT_EXPLAIN:
                 plan = dict(event.attributes or {})
         statement = record[_STMT] or ""
+        relationship, suggestion = relationship_fix(record[_REL]) if record[_REL] is not None else ("", "")
         if analysis is not None and self._sanitize:
             statement = analysis.sanitized
         self.history.add(
@@ -46,6 +48,8 @@ class HistorySink:
             span_id=format(context.span_id, "016x"),
             cpu_time_ms=record[_CPU] / 1e6 if record[_CPU] >= 0 else None,
             error_type=str(attrs.get("error.type") or ""),
+            relationship=relationship,
+            suggestion=suggestion,
         )
 
     def request(self, span: Any, request: Any, route: str) -> None:
