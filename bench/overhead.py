@@ -4,7 +4,8 @@ Same process, variants interleaved in short rounds (every variant runs a block o
 queries back to back, in random order), and the figures are medians of the
 per-round differences: this machine's speed drifts by tens of percent over
 seconds, and paired differences cancel the drift. SQLite in-memory point SELECT
-issued ~20 frames deep, 10 queries per request span. Vanilla and otel-dbperf
+issued ~20 frames deep, 10 queries per request span (their parameters alternate, so
+otel-dbperf digests every query's parameters and 8 of 10 are exact duplicates). Vanilla and otel-dbperf
 share one engine and instrumentation; only the span processors differ.
 
 - request thread: CPU time of the thread that issues the queries;
@@ -44,7 +45,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates
 from otel_dbperf._location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
 
@@ -109,8 +110,10 @@ class Variant:
         provider: TracerProvider | None = None,
         processors: tuple[Any, ...] = (),
         deriver: Any = None,
+        duplicates: bool = False,
     ) -> None:
         self.name = name
+        self.duplicates = duplicates  # otel-dbperf's parameter-digest listener (exact duplicates) on
         self.deriver = deriver
         self.engine = engine
         self.provider = provider
@@ -122,6 +125,11 @@ class Variant:
     def activate(self) -> None:
         if self.provider is not None:
             self.provider._active_span_processor._span_processors = self.processors  # noqa: SLF001
+        # class-level, so on for otel-dbperf's variants only (vanilla shares the engine)
+        if self.duplicates:
+            _duplicates.install()
+        else:
+            _duplicates.uninstall()
 
     def run(self, n: int, statement: Callable[[int], Any] = lambda i: POINT) -> None:
         self.activate()
@@ -157,7 +165,13 @@ def build(
     variants = (
         Variant("uninstrumented", make_engine()),
         Variant("vanilla contrib", engine, provider, (BatchSpanProcessor(exporter()),)),
-        Variant("otel-dbperf", engine, provider, (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(exporter())))),
+        Variant(
+            "otel-dbperf",
+            engine,
+            provider,
+            (dbperf, BatchSpanProcessor(dbperf.wrap_exporter(exporter()))),
+            duplicates=True,
+        ),
     )
     if not metrics:
         return variants
@@ -172,7 +186,7 @@ def build(
     deriver = SpanDeriver(settings, meters)
     with_metrics.attach_deriver(deriver.submit)
     processors = (with_metrics, BatchSpanProcessor(with_metrics.wrap_exporter(exporter())))
-    return (*variants, Variant("+ metrics", engine, provider, processors, deriver))
+    return (*variants, Variant("+ metrics", engine, provider, processors, deriver, duplicates=True))
 
 
 def overhead(rounds: int, block: int, encode: bool, resource_samples: bool, metrics: bool = False) -> int:
