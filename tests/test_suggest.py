@@ -223,3 +223,16 @@ def test_digest_is_keyed_per_process_and_equal_for_equal_parameters() -> None:
     unkeyed = hashlib.blake2b(repr((1,)).encode(), digest_size=16).digest()
     assert _duplicates.digest((1,)) != unkeyed
     assert _duplicates.digest(()) == b"" and _duplicates.digest(tuple(range(100))) is None
+
+
+def test_the_lazy_loader_is_found_in_this_sqlalchemy() -> None:
+    """Pins the code object the frame walk looks for (``_LazyLoader`` in 2.1, ``LazyLoader`` in 2.0)."""
+    import sys
+
+    import sqlalchemy.orm.strategies
+
+    from otel_dbperf._location import _lazy_loader_code
+
+    code = _lazy_loader_code(sys.modules["sqlalchemy.orm.strategies"])
+    assert code is not None and code.co_name == "_load_for_state"
+    assert code.co_filename == sqlalchemy.orm.strategies.__file__
