@@ -14,7 +14,6 @@ later attribute access on it slower (CPython's specialised attribute lookups mis
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 import weakref
@@ -34,7 +33,7 @@ from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
 from ._location import AppCode, location_of
 from ._resources import rss_bytes, thread_time_ns
-from ._sql import OPERATIONS, analyze
+from ._sql import OPERATIONS, Analysis, analyze
 from .settings import Settings
 
 _CLIENT = SpanKind.CLIENT
@@ -64,18 +63,6 @@ def _after_fork_in_child() -> None:
 
 
 _forksafe.register(_after_fork_in_child)
-
-try:  # the per-dialect sanitizer takes the database's name (db.system.name) where it can
-    _ANALYZE_TAKES_DIALECT = "dialect" in inspect.signature(analyze).parameters
-except (TypeError, ValueError):  # pragma: no cover - a C function or a wrapper without a signature
-    _ANALYZE_TAKES_DIALECT = False
-
-
-def _analyze_statement(statement: str, max_length: int, system: Any) -> Any:
-    if _ANALYZE_TAKES_DIALECT and isinstance(system, str) and system:
-        return analyze(statement, max_length, dialect=system)  # type: ignore[call-arg,unused-ignore]
-    return analyze(statement, max_length)
-
 
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
@@ -358,24 +345,11 @@ class EnrichingSpanExporter(SpanExporter):
         """A DB span without its record: never its raw statement. Sanitized here, with the
         fingerprint, summary and slow flag that the span alone gives."""
         self.unmeasured += 1
-        settings = self._settings
         attrs = dict(original)
         statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
-        name = None
-        if isinstance(statement, str):
-            system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
-            analysis = _analyze_statement(statement, settings.statement_max_length, system)
-            if settings.sanitize_statements:
-                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
-                    if key in attrs:
-                        attrs[key] = analysis.sanitized
-                name = _statement_free_names(span, attrs, analysis, statement)
-            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
-            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
-                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
-        elif settings.sanitize_statements:
-            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
-                attrs.pop(key, None)  # not text we can sanitize: not exported
+        _, name = self._statement_attributes(
+            span, attrs, statement, attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+        )
         start, end = span._start_time, span._end_time  # noqa: SLF001
         if isinstance(start, int) and isinstance(end, int):
             attrs[A.QUERY_SLOW] = end - start >= self._processor._slow_ns  # noqa: SLF001
@@ -438,26 +412,33 @@ class EnrichingSpanExporter(SpanExporter):
                 seen[id(record)] = (fingerprint, summary, repeat)
             request.cursor = end
 
+    def _statement_attributes(
+        self, span: ReadableSpan, attrs: dict[str, Any], statement: Any, system: Any
+    ) -> tuple[Analysis | None, str | None]:
+        """The statement's sanitized text, fingerprint and summary into ``attrs``; its analysis and
+        the span's new name (None: keep it). A statement that is not text is not exported."""
+        settings = self._settings
+        if not isinstance(statement, str):
+            if settings.sanitize_statements:
+                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                    attrs.pop(key, None)
+            return None, None
+        analysis = analyze(statement, settings.statement_max_length, system)
+        name = None
+        if settings.sanitize_statements:
+            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                if key in attrs:
+                    attrs[key] = analysis.sanitized
+            name = _statement_free_names(span, attrs, analysis, statement)
+        attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
+        if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
+            attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        return analysis, name
+
     def _enrich_query(self, span: ReadableSpan, record: Record) -> ReadableSpan:
         settings = self._settings
         attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
-        statement = record[_STMT]
-        analysis = (
-            analyze(statement, settings.statement_max_length, record[_SYS]) if isinstance(statement, str) else None
-        )
-        name = None
-        if analysis is not None:
-            if settings.sanitize_statements:
-                for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
-                    if key in attrs:
-                        attrs[key] = analysis.sanitized
-                name = _statement_free_names(span, attrs, analysis, statement)
-            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
-            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
-                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
-        elif settings.sanitize_statements:
-            for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
-                attrs.pop(key, None)  # not text we can sanitize (none at all, normally): not exported
+        analysis, name = self._statement_attributes(span, attrs, record[_STMT], record[_SYS])
         slow = record[_SLOW]
         attrs[A.QUERY_SLOW] = slow
         if record[_CPU] >= 0:
