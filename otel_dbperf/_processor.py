@@ -14,7 +14,6 @@ later attribute access on it slower (CPython's specialised attribute lookups mis
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 import weakref
@@ -34,7 +33,7 @@ from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
 from ._location import AppCode, lazy_loaded_relationship, location_of
 from ._resources import rss_bytes, thread_time_ns
-from ._sql import OPERATIONS, analyze
+from ._sql import OPERATIONS, Analysis, analyze
 from ._suggest import relationship_fix
 from .settings import Settings
 
@@ -65,18 +64,6 @@ def _after_fork_in_child() -> None:
 
 
 _forksafe.register(_after_fork_in_child)
-
-try:  # the per-dialect sanitizer takes the database's name (db.system.name) where it can
-    _ANALYZE_TAKES_DIALECT = "dialect" in inspect.signature(analyze).parameters
-except (TypeError, ValueError):  # pragma: no cover - a C function or a wrapper without a signature
-    _ANALYZE_TAKES_DIALECT = False
-
-
-def _analyze_statement(statement: str, max_length: int, system: Any) -> Any:
-    if _ANALYZE_TAKES_DIALECT and isinstance(system, str) and system:
-        return analyze(statement, max_length, dialect=system)  # type: ignore[call-arg,unused-ignore]
-    return analyze(statement, max_length)
-
 
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
@@ -379,26 +366,15 @@ class EnrichingSpanExporter(SpanExporter):
         """A DB span without its record: never its raw statement. Sanitized here, with the
         fingerprint, summary and slow flag that the span alone gives."""
         self.unmeasured += 1
-        settings = self._settings
         attrs = dict(original)
         statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
-        if isinstance(statement, str):
-            system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
-            analysis = _analyze_statement(statement, settings.statement_max_length, system)
-            if settings.sanitize_statements:
-                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
-                    if key in attrs:
-                        attrs[key] = analysis.sanitized
-            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
-            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
-                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
-        elif settings.sanitize_statements:
-            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
-                attrs.pop(key, None)  # not text we can sanitize: not exported
+        _, name = self._statement_attributes(
+            span, attrs, statement, attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+        )
         start, end = span._start_time, span._end_time  # noqa: SLF001
         if isinstance(start, int) and isinstance(end, int):
             attrs[A.QUERY_SLOW] = end - start >= self._processor._slow_ns  # noqa: SLF001
-        return self._scrub(span, attrs, None)
+        return self._scrub(span, attrs, None, name)
 
     def _fail_closed(self, span: ReadableSpan) -> ReadableSpan | None:
         """After an internal error: no statement of a DB span, no error text or event that was not
@@ -411,8 +387,16 @@ class EnrichingSpanExporter(SpanExporter):
             if not (statement or span._events or status.description):  # noqa: SLF001
                 return span
             kept = {k: v for k, v in attrs.items() if not (statement and k in (_DB_QUERY_TEXT, _DB_STATEMENT))}
+            name = span._name  # noqa: SLF001
+            if is_db:  # contrib names DB spans after the statement's first piece, which may hold a literal
+                if not _keyword_led(name):
+                    system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+                    name = str(system) if isinstance(system, str) and system.isidentifier() else "DB"
+                for key in _OPERATION_KEYS:
+                    if key in kept and not _keyword_led(kept[key]):
+                        del kept[key]
             return ReadableSpan(
-                name=span._name,  # noqa: SLF001
+                name=name,
                 context=span._context,  # noqa: SLF001
                 parent=span._parent,  # noqa: SLF001
                 resource=span._resource,  # noqa: SLF001
@@ -459,26 +443,33 @@ class EnrichingSpanExporter(SpanExporter):
                 seen[id(record)] = (fingerprint, summary, repeat, duplicate)
             request.cursor = end
 
+    def _statement_attributes(
+        self, span: ReadableSpan, attrs: dict[str, Any], statement: Any, system: Any
+    ) -> tuple[Analysis | None, str | None]:
+        """The statement's sanitized text, fingerprint and summary into ``attrs``; its analysis and
+        the span's new name (None: keep it). A statement that is not text is not exported."""
+        settings = self._settings
+        if not isinstance(statement, str):
+            if settings.sanitize_statements:
+                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                    attrs.pop(key, None)
+            return None, None
+        analysis = analyze(statement, settings.statement_max_length, system)
+        name = None
+        if settings.sanitize_statements:
+            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                if key in attrs:
+                    attrs[key] = analysis.sanitized
+            name = _statement_free_names(span, attrs, analysis, statement)
+        attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
+        if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
+            attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        return analysis, name
+
     def _enrich_query(self, span: ReadableSpan, record: Record) -> ReadableSpan:
         settings = self._settings
         attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
-        statement = record[_STMT]
-        analysis = (
-            analyze(statement, settings.statement_max_length, record[_SYS]) if isinstance(statement, str) else None
-        )
-        name = None
-        if analysis is not None:
-            if settings.sanitize_statements:
-                for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
-                    if key in attrs:
-                        attrs[key] = analysis.sanitized
-                name = _statement_free_names(span, attrs, analysis, statement)
-            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
-            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
-                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
-        elif settings.sanitize_statements:
-            for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
-                attrs.pop(key, None)  # not text we can sanitize (none at all, normally): not exported
+        analysis, name = self._statement_attributes(span, attrs, record[_STMT], record[_SYS])
         slow = record[_SLOW]
         attrs[A.QUERY_SLOW] = slow
         if record[_CPU] >= 0:
@@ -638,6 +629,14 @@ def _statement_free_names(span: ReadableSpan, attrs: dict[str, Any], analysis: A
     if not _from_statement(name[len(prefix) :].partition(" ")[0], statement):
         return None
     return prefix + (analysis.summary or analysis.operation or "DB")
+
+
+def _keyword_led(name: Any) -> bool:
+    """Whether a span or operation name starts with a plain operation keyword (not statement text)."""
+    if not isinstance(name, str):
+        return False
+    piece = name.partition(" ")[0]
+    return piece.isascii() and piece.isalpha() and piece.lower() in OPERATIONS
 
 
 def _from_statement(piece: str, statement: str) -> bool:

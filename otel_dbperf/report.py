@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import json
 import random
+import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -366,10 +367,7 @@ class Report:
 
     def as_dict(self, stats: ReadStats, jaeger_url: str = "") -> dict[str, Any]:
         def link(trace_id: str) -> dict[str, str]:
-            out = {"trace_id": trace_id}
-            if jaeger_url and trace_id:
-                out["jaeger_url"] = f"{jaeger_url.rstrip('/')}/trace/{trace_id}"
-            return out
+            return trace_link(trace_id, jaeger_url)
 
         top = sorted(self.fingerprints.values(), key=lambda s: -s.total_ms)[: self.top]
         repeated = [s for s in self.fingerprints.values() if s.duplicates]
@@ -458,7 +456,7 @@ def render_text(data: dict[str, Any]) -> str:
             lines.append(f"      at {loc}")
         if q["routes"]:
             lines.append(f"      from {', '.join(q['routes'][:5])}")
-        lines.append(f"      slowest: {_link_text(q['slowest'])}")
+        lines.append(f"      slowest: {link_text(q['slowest'])}")
     lines.append("")
     lines.append("N+1 queries")
     if not data["n_plus_one"]:
@@ -466,7 +464,7 @@ def render_text(data: dict[str, Any]) -> str:
     for f in data["n_plus_one"]:
         lines.append(
             f"  {f['route']}: {f['query_summary']} repeated up to {f['max_repeat_count']}x "
-            f"in {f['requests']} request(s) at {f['code_location']}  ({_link_text(f['example'])})"
+            f"in {f['requests']} request(s) at {f['code_location']}  ({link_text(f['example'])})"
         )
         if f.get("suggestion"):
             lines.append(f"      lazy load of {f['relationship']}: load it with {f['suggestion']}")
@@ -477,7 +475,7 @@ def render_text(data: dict[str, Any]) -> str:
     for d in data.get("duplicates", []):
         lines.append(
             f"  {d['summary'] or '(no summary)'}  [{d['fingerprint']}]  {d['duplicates']} of {d['count']} repeated "
-            f"an earlier one: {d['saved_ms']:.1f} ms to save  ({_link_text(d['example'])})"
+            f"an earlier one: {d['saved_ms']:.1f} ms to save  ({link_text(d['example'])})"
         )
         for loc in d["code_locations"][:3]:
             lines.append(f"      at {loc}")
@@ -489,10 +487,24 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(
             f"  {r['duration_ms']:8.1f} ms  {r['name']}  DB {r['db_queries']} queries / {r['db_duration_ms']:.1f} ms"
             f"  slow {r['slow_queries']}{'  N+1' if r['n_plus_one'] else ''}{'  error' if r['error'] else ''}"
-            f"  ({_link_text(r)})"
+            f"  ({link_text(r)})"
         )
     return "\n".join(lines)
 
 
-def _link_text(link: dict[str, str]) -> str:
+def trace_link(trace_id: str, jaeger_url: str) -> dict[str, str]:
+    """A trace id, and its Jaeger page when ``DBPERF_JAEGER_URL`` is set (without the URL's
+    credentials: a report is a file people pass around)."""
+    out = {"trace_id": trace_id}
+    if jaeger_url and trace_id:
+        scheme, sep, rest = jaeger_url.strip().partition("://")
+        if not sep:
+            scheme, rest = "", scheme
+        rest = re.split(r"[?#]", rest, maxsplit=1)[0]  # a query string may hold a token
+        rest = rest.rpartition("@")[2]  # user and password (which may hold a '/') go
+        out["jaeger_url"] = f"{scheme}{sep}{rest.rstrip('/')}/trace/{trace_id}"
+    return out
+
+
+def link_text(link: dict[str, str]) -> str:
     return link.get("jaeger_url") or f"trace {link.get('trace_id', '')}"

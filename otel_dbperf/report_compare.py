@@ -32,7 +32,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from .report import Filters, FingerprintStats, ReadStats, Report, read_spans
+from .report import Filters, FingerprintStats, ReadStats, Report, link_text, read_spans, trace_link
 
 EXIT_REGRESSION = 4
 SCHEMA = "otel-dbperf.report.compare/1"
@@ -45,13 +45,6 @@ class Thresholds:
     min_count: int = 50
     min_delta_ms: float = 5.0
     slow_share: float = 0.05
-
-
-def _link(trace_id: str, jaeger_url: str) -> dict[str, str]:
-    out = {"trace_id": trace_id}
-    if jaeger_url and trace_id:
-        out["jaeger_url"] = f"{jaeger_url.rstrip('/')}/trace/{trace_id}"
-    return out
 
 
 def _ratio(new: float, old: float) -> float | None:
@@ -77,7 +70,7 @@ class _Side:
             "p95_ms": round(s.percentile(0.95), 3),
             "max_ms": round(s.max_ms, 3),
             "slow": s.slow,
-            "slowest": _link(s.slowest_trace, jaeger_url),
+            "slowest": trace_link(s.slowest_trace, jaeger_url),
         }
 
 
@@ -173,7 +166,7 @@ def compare(
 
     def n1(f: dict[str, Any], requests_now: int | None = None) -> dict[str, Any]:
         out = {k: v for k, v in f.items() if k != "trace_id"}
-        out["example"] = _link(f["trace_id"], jaeger_url)
+        out["example"] = trace_link(f["trace_id"], jaeger_url)
         if requests_now is not None:
             out["route_requests_now"] = requests_now
         return out
@@ -256,10 +249,6 @@ def _where(e: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _trace(link: dict[str, str]) -> str:
-    return link.get("jaeger_url") or f"trace {link.get('trace_id', '')}"
-
-
 def _n1_text(f: dict[str, Any]) -> str:
     return (
         f"{f['route']}: {f['query_summary'] or f['fingerprint']} repeated up to {f['max_repeat_count']}x "
@@ -297,7 +286,7 @@ def render_text(data: dict[str, Any], top: int = 10) -> str:
             f"  NEW SLOW QUERY  {_head(e)}  {c['count']}x  p95 {c['p95_ms']:.1f} ms  slow {c['slow']}"
             f"  DB {c['db_ms_per_request']:.1f} ms/request"
         )
-        lines += _where(e) + [f"      slowest: {_trace(c['slowest'])}"]
+        lines += _where(e) + [f"      slowest: {link_text(c['slowest'])}"]
     for e in fps["regressed"]:
         b, c = e["baseline"], e["current"]
         lines.append(
@@ -305,9 +294,9 @@ def render_text(data: dict[str, Any], top: int = 10) -> str:
             f"  DB {b['db_ms_per_request']:.1f} -> {c['db_ms_per_request']:.1f} ms/request ({e['db_time_ratio']}x)"
             f"  {b['count']}x -> {c['count']}x"
         )
-        lines += _where(e) + [f"      slowest now: {_trace(c['slowest'])}"]
+        lines += _where(e) + [f"      slowest now: {link_text(c['slowest'])}"]
     for f in routes["new_n_plus_one"]:
-        lines.append(f"  NEW N+1         {_n1_text(f)}  ({_trace(f['example'])})")
+        lines.append(f"  NEW N+1         {_n1_text(f)}  ({link_text(f['example'])})")
     lines.append("")
     lines.append("Better")
     if not (routes["fixed_n_plus_one"] or fps["faster"] or fps["vanished"]):

@@ -136,8 +136,11 @@ def test_explain_plan_on_the_slow_span_and_its_log_record(receiver: Any, pg_sync
     )  # fmt: skip
     with serve("gunicorn", APP, env, "-w", "1") as srv:
         assert get(srv["url"] + "/authors")[0] == 200  # every query is "slow" at 1 ms: rate limits apply
-        spans = receiver.wait_for(lambda s: any(e["name"] == A.EVENT_EXPLAIN for x in s for e in x["events"]))
-        logs = receiver.wait_for_logs(lambda r: any("dbperf.explain.plan" in x["attributes"] for x in r))
+        try:
+            spans = receiver.wait_for(lambda s: any(e["name"] == A.EVENT_EXPLAIN for x in s for e in x["events"]))
+            logs = receiver.wait_for_logs(lambda r: any("dbperf.explain.plan" in x["attributes"] for x in r))
+        except AssertionError as exc:  # say why there was no plan: the app's stderr has otel-dbperf's lines
+            raise AssertionError(f"{exc}\n--- app output:\n{server_output(srv)[-4000:]}") from None
         output = server_output(srv)
     explained = [(s, e) for s in spans for e in s["events"] if e["name"] == A.EVENT_EXPLAIN]
     span, event = explained[0]

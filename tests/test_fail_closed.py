@@ -90,6 +90,40 @@ def test_spans_trimmed_from_the_open_table_are_sanitized(monkeypatch: pytest.Mon
     assert {s.attributes["db.query.text"] for s in out} == {"SELECT * FROM users WHERE email = ?"}
 
 
+def test_statement_text_in_span_and_operation_names_is_rewritten_without_a_record() -> None:
+    """contrib names a DB span after the statement's first piece (``VALUES('x')``, ``SELECT'x'``)."""
+    provider, processor, memory = _provider()
+    tracer = provider.get_tracer("t")
+    for i, piece in enumerate((f"VALUES('{canary(7)}')", f"SELECT'{canary(8)}'")):
+        span = tracer.start_span(piece, kind=SpanKind.CLIENT)
+        span.set_attribute("db.system.name", "postgresql")
+        span.set_attribute("db.operation.name", piece)
+        span.set_attribute("db.query.text", f"{piece} AS v{i}")
+        processor._open.clear()  # its record is gone (evicted, or ended after a fork)
+        span.end()
+    out = list(memory.get_finished_spans())
+    assert len(out) == 2 and leaks(out, 10) == []
+    assert all(s.attributes.get("db.operation.name", "VALUES") in ("VALUES", "SELECT") for s in out)
+
+
+def test_an_internal_error_keeps_no_statement_text_in_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_guard, "RERAISE", False)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(EnrichingSpanExporter, "_enrich_query", broken)
+    provider, _, memory = _provider()
+    tracer = provider.get_tracer("t")
+    span = tracer.start_span(f"VALUES('{canary(9)}')", kind=SpanKind.CLIENT)
+    span.set_attribute("db.system.name", "postgresql")
+    span.set_attribute("db.operation.name", f"VALUES('{canary(9)}')")
+    span.set_attribute("db.query.text", f"VALUES('{canary(9)}')")
+    span.end()
+    (out,) = memory.get_finished_spans()
+    assert leaks([out], 10) == [] and out.name == "postgresql"
+
+
 def test_span_started_before_otel_dbperf_existed_is_sanitized() -> None:
     """E.g. a span begun before the processor was added, or ended in a forked child."""
     provider, processor, memory = _provider()

@@ -43,6 +43,15 @@ def test_report_on_the_collector_file_exporter_format() -> None:
     assert text.index("420.0 ms  GET /search") < text.index("12.0 ms  GET /orders")
 
 
+def test_jaeger_links_carry_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBPERF_JAEGER_URL", "https://ops:CANARY-pa/ss@jaeger.example:16686/ui/?token=CANARY2")
+    for args in (("--json",), ()):
+        code, text = report(str(SAMPLE), *args)
+        assert code == EXIT_OK
+        assert "https://jaeger.example:16686/ui/trace/" in text
+        assert "CANARY" not in text and "ops" not in text
+
+
 def test_json_output_filters_and_jaeger_links(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DBPERF_JAEGER_URL", "http://jaeger:16686/")
     code, text = report(str(SAMPLE), "--json", "--service", "shop")
