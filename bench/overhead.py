@@ -295,6 +295,7 @@ def breakdown(rounds: int, block: int) -> int:
         alone("empty processor", _EmptyProcessor()),
         alone("CPU clocks only", _ClocksProcessor()),
         alone("frame walk only", _WalkProcessor()),
+        Variant("otel-dbperf, no duplicate digests", ours.engine, ours.provider, ours.processors),
         ours,
     ]
     for v in variants:
