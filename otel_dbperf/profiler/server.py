@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -112,7 +112,7 @@ def _aggregate(entries: list[QueryEntry]) -> dict[str, Any]:
     total = len(entries)
     slow = sum(1 for e in entries if e.slow)
     duration = sum(e.duration_s for e in entries)
-    return {
+    data: dict[str, Any] = {
         "total_queries": total,
         "slow_queries": slow,
         "slow_query_percentage": _percent(slow, total),
@@ -120,6 +120,8 @@ def _aggregate(entries: list[QueryEntry]) -> dict[str, Any]:
         "max_duration_s": max((e.duration_s for e in entries), default=0.0),
         "total_duration_s": duration,
     }
+    data["avg_duration"], data["max_duration"] = data["avg_duration_s"], data["max_duration_s"]  # seed 000
+    return data
 
 
 def _percent(part: int, whole: int) -> float:
@@ -132,13 +134,17 @@ def _slowest(entries: list[QueryEntry], limit: int) -> list[dict[str, Any]]:
     return [e.summary() for e in ordered[:limit]]
 
 
-def _process() -> dict[str, Any]:
+def _cpu_time_s() -> float:
     times = os.times()
+    return times.user + times.system
+
+
+def _process() -> dict[str, Any]:
     rss = rss_bytes()
     return {
         "memory_rss_bytes": rss,
         "memory_usage_mb": round(rss / (1024 * 1024), 3),
-        "cpu_time_s": round(times.user + times.system, 3),
+        "cpu_time_s": round(_cpu_time_s(), 3),
     }
 
 
@@ -150,6 +156,8 @@ class _API:
         self.history = history
         self.slow_threshold_s = slow_threshold_s
         self.token_required = token_required  # the OpenAPI document declares the bearer scheme
+        self._cpu_mark = (time.monotonic(), _cpu_time_s())  # cpu_usage_percent: since the last stats
+        self._cpu_lock = threading.Lock()
         self.routes: dict[str, tuple[str, Callable[[dict[str, list[str]]], dict[str, Any]]]] = {
             "stats": ("GET", self.stats),
             "report": ("GET", self.report),
@@ -163,12 +171,18 @@ class _API:
     def stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
         t = self.history.totals()
         total = t["total_queries"]
+        process = _process()
+        avg = t["total_duration_s"] / total if total else 0.0
         data = {
             "enabled": t["enabled"],
             "total_queries": total,
             "slow_queries": t["slow_queries"],
             "slow_query_percentage": _percent(t["slow_queries"], total),
-            "avg_duration_s": t["total_duration_s"] / total if total else 0.0,
+            "avg_duration": avg,
+            "max_duration": t["max_duration_s"],
+            "memory_usage_mb": process["memory_usage_mb"],
+            "cpu_usage_percent": self._cpu_usage_percent(),
+            "avg_duration_s": avg,
             "max_duration_s": t["max_duration_s"],
             "total_duration_s": t["total_duration_s"],
             "queries_by_table": t["queries_by_table"],
@@ -179,9 +193,16 @@ class _API:
                 "dropped": t["dropped"],
                 "evicted": t["evicted"],
             },
-            "process": _process(),
+            "process": process,
         }
         return {"status": "success", "data": data}
+
+    def _cpu_usage_percent(self) -> float:
+        """This process's CPU use (% of one core) since the previous stats call (first: since start)."""
+        now, cpu = time.monotonic(), _cpu_time_s()
+        with self._cpu_lock:
+            (then, cpu_then), self._cpu_mark = self._cpu_mark, (now, cpu)
+        return round(max(0.0, 100.0 * (cpu - cpu_then) / (now - then)), 1) if now > then else 0.0
 
     def report(self, query: dict[str, list[str]]) -> dict[str, Any]:
         max_history = self.history.max_history
@@ -198,6 +219,7 @@ class _API:
         matching = [e for e in self.history.entries() if e.duration_s >= threshold]
         queries = _slowest(matching, limit)
         data = {
+            "threshold_seconds": threshold,
             "threshold_s": threshold,
             "total_slow_queries": len(matching),
             "returned_queries": len(queries),
@@ -211,7 +233,7 @@ class _API:
         entry = self.history.get(int(raw_id))
         if entry is None:
             raise _HTTPError(404, "not_found", "no query with this id in the history (it may have been evicted)")
-        return {"status": "success", "data": asdict(entry)}
+        return {"status": "success", "data": entry.details()}
 
     def health(self, query: dict[str, list[str]]) -> dict[str, Any]:
         t = self.history.totals()
