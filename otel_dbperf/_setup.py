@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -15,7 +16,7 @@ from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from . import _prefork
+from . import _forksafe, _prefork
 from ._backend import WatchedSpanExporter
 from ._guard import step
 from ._processor import DbPerfSpanProcessor
@@ -212,33 +213,73 @@ def start_derived(settings: Settings) -> None:
 
 
 def _start_profiler(settings: Settings) -> Any:
-    """The profiler API's history sink, or None when it cannot start (one warning says why)."""
+    """The profiler API's history sink, or None when it cannot start (one warning says why).
+
+    Under a pre-fork server the master serves the merged view of its workers, each of which
+    answers it on a Unix socket (see :mod:`otel_dbperf.profiler.hub`).
+    """
     from .profiler import HistorySink, QueryHistory, start
+    from .profiler import hub as profiler_hub
 
     server_name = _prefork.prefork_server(os.environ, sys.argv)
-    if server_name:
-        startup_warning(
-            "otel-dbperf: the profiler API is NOT started under %s (DBPERF_PROFILER_ADDR=%s): it would live in "
-            "the master process, which serves no requests. Run one process without a pre-fork master to use it.",
-            server_name,
-            settings.profiler_addr,
-        )
-        return None
+    master = profiler_hub.hub_from_env(os.environ)
     history = QueryHistory(settings.profiler_max_history)
+    if not server_name and profiler_hub.is_spawned_worker_of(master, sys.argv):  # uvicorn --workers
+        assert master is not None
+        try:
+            state["profiler_worker"] = profiler_hub.start_worker(history, master[1], _drain_deriver)
+        except OSError as exc:
+            startup_warning("otel-dbperf: this worker's queries are NOT in the profiler API: %s", exc)
+            return None
+        return HistorySink(history, settings.sanitize_statements)
+    view: Any = history
+    if server_name:
+        merged = profiler_hub.MergedHistory(history)
+        os.environ[profiler_hub.HUB_ENV] = merged.environ_value()  # for the workers, forked or spawned
+        atexit.register(merged.remove_directory)
+        state["profiler_hub"] = view = merged
+        _forksafe.register(_profiler_after_fork_in_child)
     try:
         server = start(
             settings.profiler_addr,
             settings.profiler_token or None,
-            history,
+            view,
             settings.slow_query_threshold_ms / 1000.0,
         )
     except (ValueError, OSError) as exc:
         startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
                         settings.profiler_addr, exc)  # fmt: skip
+        if server_name:
+            os.environ.pop(profiler_hub.HUB_ENV, None)
+            state.pop("profiler_hub", None)
         return None
     state["profiler"] = server
-    _log.info("otel-dbperf: profiler API on %s", server.url)
+    _log.info("otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" if server_name else "")
     return HistorySink(history, settings.sanitize_statements)
+
+
+def _drain_deriver() -> None:
+    deriver = state.get("deriver")
+    if deriver is not None:
+        deriver.drain(time.monotonic() + 1.0)
+
+
+def _profiler_after_fork_in_child() -> None:
+    """A worker forked by the master (gunicorn): serve this worker's history to the master."""
+    merged = state.get("profiler_hub")
+    if merged is None or os.getppid() != merged.master_pid:
+        return  # not a worker of ours (a child of a worker, ...)
+    server = state.pop("profiler", None)
+    if server is not None:
+        server._server.socket.close()  # noqa: SLF001 - the master's listening socket: not the worker's
+    state.pop("profiler_hub", None)
+    merged.local.reset()  # the master's own queries are the master's
+    from .profiler import hub as profiler_hub
+
+    try:
+        state["profiler_worker"] = profiler_hub.start_worker(merged.local, merged.directory, _drain_deriver)
+    except OSError as exc:
+        _log.warning("otel-dbperf: worker %d's queries are NOT in the profiler API: %s", os.getpid(), exc)
 
 
 def start_explain(settings: Settings) -> None:

@@ -256,6 +256,11 @@ class QueryHistory:
             start = len(self._entries) - last_n
             return [self._entries[i] for i in range(start, len(self._entries))]
 
+    def slowest(self, threshold_s: float, limit: int) -> tuple[int, list[QueryEntry]]:
+        """(how many kept queries took ``threshold_s`` or more, the ``limit`` slowest of them)."""
+        matching = [e for e in self.entries() if e.duration_s >= threshold_s]
+        return len(matching), slowest_first(matching)[:limit]
+
     def get(self, entry_id: int) -> QueryEntry | None:
         with self._lock:
             if not self._entries:
@@ -287,6 +292,11 @@ class QueryHistory:
         with self._lock:
             self._entries.clear()
             self._clear()
+
+
+def slowest_first(entries: list[QueryEntry]) -> list[QueryEntry]:
+    """Longest first; among equal durations the newest (highest id) first."""
+    return sorted(entries, key=lambda e: (e.duration_s, e.id), reverse=True)
 
 
 def _id_hex(value: int, width: int) -> str:

@@ -110,8 +110,19 @@ def _schemas() -> dict[str, Any]:
             "queries_by_operation": _COUNTS,
             "history": _object({"kept": _INT, "max_history": _INT, "dropped": _INT, "evicted": _INT}),
             "process": _object({"memory_rss_bytes": _INT, "memory_usage_mb": _NUM, "cpu_time_s": _NUM}),
+            "workers": _object(
+                {
+                    "live": _INT,
+                    "pids": {"type": "array", "items": _INT},
+                    "unresponsive": _INT,
+                    "exited": _INT,
+                    "killed": _INT,
+                    "lost_entries": _INT,
+                }
+            ),
         }
     )
+    stats_required = [name for name in stats if name != "workers"]  # workers: under a pre-fork server only
     report = dict(aggregate)
     report["top_slow_queries"] = {"type": "array", "items": _ref("QuerySummary")}
     slow: dict[str, Any] = {
@@ -124,7 +135,7 @@ def _schemas() -> dict[str, Any]:
     return {
         "QuerySummary": _object(summary),
         "QueryDetails": _object(details),
-        "Stats": _success(_object(stats)),
+        "Stats": _success(_object(stats, stats_required)),
         "Report": _success(_object(report)),
         "SlowQueries": _success(_object(slow)),
         "Details": _success(_ref("QueryDetails")),

@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from .._guard import internal_error
 from .._resources import rss_bytes
-from .history import QueryEntry, QueryHistory
+from .history import QueryEntry, slowest_first
 from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
 
 MAX_BODY = 1024  # bytes accepted in a request body (no endpoint takes one)
@@ -129,9 +129,7 @@ def _percent(part: int, whole: int) -> float:
 
 
 def _slowest(entries: list[QueryEntry], limit: int) -> list[dict[str, Any]]:
-    # Longest first; among equal durations the newest first.
-    ordered = sorted(entries, key=lambda e: (e.duration_s, e.id), reverse=True)
-    return [e.summary() for e in ordered[:limit]]
+    return [e.summary() for e in slowest_first(entries)[:limit]]
 
 
 def _cpu_time_s() -> float:
@@ -139,20 +137,33 @@ def _cpu_time_s() -> float:
     return times.user + times.system
 
 
-def _process() -> dict[str, Any]:
-    rss = rss_bytes()
+def _process(rss: int | None = None, cpu_time_s: float | None = None) -> dict[str, Any]:
+    rss = rss_bytes() if rss is None else rss
     return {
         "memory_rss_bytes": rss,
         "memory_usage_mb": round(rss / (1024 * 1024), 3),
-        "cpu_time_s": round(_cpu_time_s(), 3),
+        "cpu_time_s": round(_cpu_time_s() if cpu_time_s is None else cpu_time_s, 3),
     }
+
+
+class HistoryView(Protocol):
+    """What the API reads: a :class:`QueryHistory`, or the master's merged view of its workers."""
+
+    max_history: int
+    enabled: bool
+
+    def totals(self) -> dict[str, Any]: ...
+    def entries(self, last_n: int | None = None) -> list[QueryEntry]: ...
+    def slowest(self, threshold_s: float, limit: int) -> tuple[int, list[QueryEntry]]: ...
+    def get(self, entry_id: int) -> QueryEntry | None: ...
+    def reset(self) -> None: ...
 
 
 class _API:
     """The endpoints apart from the HTTP plumbing: each takes the parsed query string and
     returns the JSON body, or raises :class:`_HTTPError`."""
 
-    def __init__(self, history: QueryHistory, slow_threshold_s: float, token_required: bool) -> None:
+    def __init__(self, history: HistoryView, slow_threshold_s: float, token_required: bool) -> None:
         self.history = history
         self.slow_threshold_s = slow_threshold_s
         self.token_required = token_required  # the OpenAPI document declares the bearer scheme
@@ -171,7 +182,7 @@ class _API:
     def stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
         t = self.history.totals()
         total = t["total_queries"]
-        process = _process()
+        process = _process(t.get("memory_rss_bytes"), t.get("cpu_time_s"))  # merged: every worker's sum
         avg = t["total_duration_s"] / total if total else 0.0
         data = {
             "enabled": t["enabled"],
@@ -181,7 +192,7 @@ class _API:
             "avg_duration": avg,
             "max_duration": t["max_duration_s"],
             "memory_usage_mb": process["memory_usage_mb"],
-            "cpu_usage_percent": self._cpu_usage_percent(),
+            "cpu_usage_percent": self._cpu_usage_percent(process["cpu_time_s"]),
             "avg_duration_s": avg,
             "max_duration_s": t["max_duration_s"],
             "total_duration_s": t["total_duration_s"],
@@ -195,11 +206,13 @@ class _API:
             },
             "process": process,
         }
+        if "workers" in t:
+            data["workers"] = t["workers"]
         return {"status": "success", "data": data}
 
-    def _cpu_usage_percent(self) -> float:
-        """This process's CPU use (% of one core) since the previous stats call (first: since start)."""
-        now, cpu = time.monotonic(), _cpu_time_s()
+    def _cpu_usage_percent(self, cpu: float) -> float:
+        """CPU use (% of one core) since the previous stats call (first: since start)."""
+        now = time.monotonic()
         with self._cpu_lock:
             (then, cpu_then), self._cpu_mark = self._cpu_mark, (now, cpu)
         return round(max(0.0, 100.0 * (cpu - cpu_then) / (now - then)), 1) if now > then else 0.0
@@ -216,12 +229,12 @@ class _API:
     def slow_queries(self, query: dict[str, list[str]]) -> dict[str, Any]:
         threshold = _float_param(query, "threshold", self.slow_threshold_s)
         limit = _int_param(query, "limit", 20, 1, MAX_LIMIT)
-        matching = [e for e in self.history.entries() if e.duration_s >= threshold]
-        queries = _slowest(matching, limit)
+        matching, slowest = self.history.slowest(threshold, limit)
+        queries = [e.summary() for e in slowest]
         data = {
             "threshold_seconds": threshold,
             "threshold_s": threshold,
-            "total_slow_queries": len(matching),
+            "total_slow_queries": matching,
             "returned_queries": len(queries),
             "queries": queries,
         }
@@ -530,7 +543,7 @@ class ProfilerServer:
 
     host: str
     port: int
-    history: QueryHistory
+    history: HistoryView
     _server: _Server
     _thread: threading.Thread
 
@@ -574,7 +587,7 @@ def is_loopback(host: str) -> bool:
 _TOKEN = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it travels in a header
 
 
-def start(addr: str, token: str | None, history: QueryHistory, slow_threshold_s: float = 0.1) -> ProfilerServer:
+def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: float = 0.1) -> ProfilerServer:
     """Serve ``history`` at ``addr`` on a daemon thread.
 
     Raises ValueError for a malformed address or token, and when ``addr`` is not a

@@ -1,0 +1,184 @@
+"""One profiler API for every worker of a pre-fork server, end to end: opentelemetry-instrument
+gunicorn -w 3 (a Flask app on PostgreSQL) and uvicorn --workers 2 (FastAPI), real traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from conftest import base_env, free_port, get, serve, server_output
+from sqlalchemy import create_engine
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="pre-fork servers need fork")
+
+
+def _call(url: str, method: str = "GET") -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _ok(url: str, method: str = "GET") -> Any:
+    status, body = _call(url, method)
+    assert status == 200, (url, status, body)
+    return body
+
+
+def _until(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20.0) -> Any:
+    """Poll ``read`` until ``done`` (histories are fed every 0.5 s): a hang detector, not a timing test."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = read()
+    return value
+
+
+def _spread(base: str, paths: list[str], threads: int) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        assert all(status == 200 for status, _ in pool.map(lambda p: get(base + p), paths))
+
+
+@pytest.fixture
+def pg_app_env(receiver: Any, pg_sync_url: str) -> Callable[..., dict[str, str]]:
+    from models import seed
+
+    seed(create_engine(pg_sync_url))
+
+    def env(port: int, **extra: str) -> dict[str, str]:
+        return base_env(receiver, APP_DB_URL=pg_sync_url, DBPERF_PROFILER_ADDR=f"127.0.0.1:{port}", **extra)
+
+    return env
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str, str]], worker_class: str) -> None:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/profiler"
+    with serve("gunicorn", "flask_app:app", pg_app_env(port), "-w", "3", "-k", worker_class) as srv:
+        base = srv["url"]
+        # warm-up: every worker connects (the dialect's first-connect queries), then reset
+        _spread(base, ["/slow"] * 12, 12)
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] == 12)
+        assert stats["workers"]["live"] == 3 and stats["slow_queries"] == 12, stats
+        _ok(f"{api}/reset", "POST")
+        assert _ok(f"{api}/stats")["data"]["total_queries"] == 0
+
+        _spread(base, ["/n/3"] * 20 + ["/slow"] * 6, 8)
+        sent = 20 * 3 + 6
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
+        assert stats["total_queries"] == sent and stats["slow_queries"] == 6, stats
+        assert stats["avg_duration"] > 0 and stats["memory_usage_mb"] > 0
+        report = _ok(f"{api}/report?last_n_queries=1000&top=100")["data"]
+        assert report["total_queries"] == sent
+        slow = _ok(f"{api}/slow-queries?threshold=0.2&limit=100")["data"]
+        assert slow["total_slow_queries"] == 6 and len(slow["queries"]) == 6
+        by_pid = {q["pid"]: q for q in slow["queries"]}
+        assert len(by_pid) >= 2, slow  # six 0.3 s requests at once on sync workers: several workers
+        assert set(by_pid) <= set(stats["workers"]["pids"])
+        for pid, summary in by_pid.items():
+            details = _ok(f"{api}/query-details/{summary['id']}")["data"]
+            assert details["pid"] == pid and details["query"] == "SELECT pg_sleep(?)" and details["route"] == "/slow"
+            assert details["service_instance_id"]  # each worker's own
+        assert len(
+            {_ok(f"{api}/query-details/{q['id']}")["data"]["service_instance_id"] for q in by_pid.values()}
+        ) == len(by_pid)
+        assert _call(f"{api}/query-details/{(999 << 22) | 1}")[0] == 404
+
+        # toggle and reset reach every worker
+        assert _ok(f"{api}/toggle?enable=false", "POST")["data"]["enabled"] is False
+        _spread(base, ["/n/2"] * 9, 6)
+        assert _ok(f"{api}/health")["status"] == "degraded"
+        dropped = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["history"]["dropped"] >= 18)
+        assert dropped["total_queries"] == sent and dropped["history"]["dropped"] == 18
+        _ok(f"{api}/toggle?enable=true", "POST")
+        _ok(f"{api}/reset", "POST")
+        empty = _ok(f"{api}/stats")["data"]
+        assert empty["total_queries"] == 0 and empty["history"]["kept"] == 0
+        assert _ok(f"{api}/slow-queries?threshold=0")["data"]["queries"] == []
+
+        # a worker killed: the API keeps answering, the worker's totals as last seen are kept
+        _spread(base, ["/n/1"] * 9, 6)
+        seen = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 9)
+        assert seen["total_queries"] == 9
+        victim = max(
+            seen["workers"]["pids"],
+            key=lambda p: sum(
+                q["pid"] == p for q in _ok(f"{api}/slow-queries?threshold=0&limit=1000")["data"]["queries"]
+            ),
+        )
+        os.kill(victim, signal.SIGKILL)
+        after = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["workers"]["killed"] == 1)
+        assert after["workers"]["killed"] == 1 and victim not in after["workers"]["pids"], after
+        assert after["total_queries"] == 9  # its totals as last seen
+        assert (
+            after["workers"]["lost_entries"] >= 1 and after["history"]["kept"] == 9 - after["workers"]["lost_entries"]
+        )
+        _spread(base, ["/n/1"] * 6, 6)  # the replacement worker serves
+        assert _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 15)["total_queries"] >= 15
+        output = server_output(srv)
+    assert "Traceback" not in output and "otel-dbperf" not in output, output
+
+
+def test_recycled_workers_hand_their_queries_over(pg_app_env: Callable[..., dict[str, str]]) -> None:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/profiler"
+    with serve("gunicorn", "flask_app:app", pg_app_env(port), "-w", "2", "--max-requests", "20") as srv:
+        base = srv["url"]
+        statuses: list[int] = []
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(get, base + "/n/2") for _ in range(120)]
+            while not all(f.done() for f in futures):  # the API answers while workers come and go
+                statuses.append(_call(f"{api}/stats")[0])
+            assert all(f.result()[0] == 200 for f in futures)
+        assert statuses and set(statuses) == {200}
+
+        sent = 120 * 2
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
+        assert stats["workers"]["exited"] >= 4, stats  # 120 requests (+ /ping) over 2 workers at 20 each
+        assert stats["workers"]["killed"] == 0
+        # every query is counted: the recycled workers handed theirs over at exit
+        assert stats["total_queries"] == sent, stats
+        assert _ok(f"{api}/report?last_n_queries=1000")["data"]["total_queries"] == min(1000, stats["history"]["kept"])
+        output = server_output(srv)
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("launcher", ["uvicorn --workers 2", "gunicorn -w 2 -k uvicorn.workers.UvicornWorker"])
+def test_asgi_workers_share_one_profiler(receiver: Any, pg_async_url: str, pg_sync_url: str, launcher: str) -> None:
+    from models import seed
+
+    seed(create_engine(pg_sync_url))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/profiler"
+    env = base_env(receiver, APP_DB_URL=pg_async_url, DBPERF_PROFILER_ADDR=f"127.0.0.1:{port}")
+    kind, *args = launcher.split()
+    with serve(kind, "fastapi_app:app", env, *args) as srv:
+        base = srv["url"]
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["workers"]["live"] == 2)
+        assert stats["workers"]["live"] == 2, stats  # spawned workers, each serving the master
+        _spread(base, ["/n/3"] * 30 + ["/slow"] * 4, 8)
+        sent = 30 * 3 + 4
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
+        assert stats["total_queries"] == sent and stats["slow_queries"] == 4, stats
+        entries = _ok(f"{api}/slow-queries?threshold=0&limit=1000")["data"]["queries"]
+        assert len(entries) == sent
+        first_of = {q["pid"]: q["id"] for q in entries}
+        assert set(first_of) <= set(stats["workers"]["pids"])
+        for pid, entry_id in first_of.items():
+            assert _ok(f"{api}/query-details/{entry_id}")["data"]["pid"] == pid
+        _ok(f"{api}/reset", "POST")
+        assert _ok(f"{api}/stats")["data"]["total_queries"] == 0
+        output = server_output(srv)
+    assert "Traceback" not in output, output
