@@ -199,7 +199,7 @@ def start_derived(settings: Settings) -> None:
     sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
     if sink is not None:
         sinks.append(sink)
-    if settings.profiler_addr:
+    if settings.profiler_addr or settings.profiler_mount:
         sink = step("profiler API setup", "no profiler API", _start_profiler, settings)
         if sink is not None:
             sinks.append(sink)
@@ -216,11 +216,19 @@ def _start_profiler(settings: Settings) -> Any:
     """The profiler API's history sink, or None when it cannot start (one warning says why).
 
     Under a pre-fork server the master serves the merged view of its workers, each of which
-    answers it on a Unix socket (see :mod:`otel_dbperf.profiler.hub`).
+    answers it on a Unix socket (see :mod:`otel_dbperf.profiler.hub`). ``DBPERF_PROFILER_MOUNT``
+    serves the API on the app's port too (see :mod:`otel_dbperf.profiler.mount`).
     """
     from .profiler import HistorySink, QueryHistory, start
     from .profiler import hub as profiler_hub
+    from .profiler.server import TOKEN_FORMAT, make_api, respond
 
+    token = settings.profiler_token or None
+    if token is not None and not TOKEN_FORMAT.fullmatch(token):
+        # The message never contains the token itself.
+        startup_warning("otel-dbperf: the profiler API is NOT started: DBPERF_PROFILER_TOKEN must be at least "
+                        "16 visible ASCII characters (no spaces)")  # fmt: skip
+        return None
     server_name = _prefork.prefork_server(os.environ, sys.argv)
     master = profiler_hub.hub_from_env(os.environ)
     history = QueryHistory(settings.profiler_max_history)
@@ -231,6 +239,8 @@ def _start_profiler(settings: Settings) -> Any:
         except OSError as exc:
             startup_warning("otel-dbperf: this worker's queries are NOT in the profiler API: %s", exc)
             return None
+        if settings.profiler_mount:
+            _mount(settings, _relay_to(master[1]))
         return HistorySink(history, settings.sanitize_statements)
     view: Any = history
     if server_name:
@@ -239,23 +249,69 @@ def _start_profiler(settings: Settings) -> Any:
         atexit.register(merged.remove_directory)
         state["profiler_hub"] = view = merged
         _forksafe.register(_profiler_after_fork_in_child)
-    try:
-        server = start(
-            settings.profiler_addr,
-            settings.profiler_token or None,
-            view,
-            settings.slow_query_threshold_ms / 1000.0,
-        )
-    except (ValueError, OSError) as exc:
-        startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
-                        settings.profiler_addr, exc)  # fmt: skip
+    threshold_s = settings.slow_query_threshold_ms / 1000.0
+    serving = False
+    if settings.profiler_addr:
+        try:
+            server = start(settings.profiler_addr, token, view, threshold_s)
+        except (ValueError, OSError) as exc:
+            startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
+                            settings.profiler_addr, exc)  # fmt: skip
+        else:
+            serving = True
+            state["profiler"] = server
+            _log.info(
+                "otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" * bool(server_name)
+            )
+    if settings.profiler_mount:
+        api = make_api(view, threshold_s, token is not None)
+
+        def answer(open_ok: bool, method: str, path: str, query: str, authorization: str | None) -> Any:
+            return respond(api, token, open_ok, method, path, query, authorization)
+
+        if server_name:  # the workers serve the app's port: they relay to the master
+            try:
+                relay = profiler_hub.MountRelay(view.directory, answer)
+                relay.start()
+                state["profiler_relay"] = relay
+                serving = _mount(settings, _relay_to(view.directory)) or serving
+            except OSError as exc:
+                startup_warning("otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): %s",
+                                settings.profiler_mount, exc)  # fmt: skip
+        else:
+            serving = _mount(settings, answer) or serving
+    if not serving:
         if server_name:
             os.environ.pop(profiler_hub.HUB_ENV, None)
             state.pop("profiler_hub", None)
         return None
-    state["profiler"] = server
-    _log.info("otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" if server_name else "")
     return HistorySink(history, settings.sanitize_statements)
+
+
+def _relay_to(directory: str) -> Any:
+    from .profiler import hub as profiler_hub
+
+    def answer(open_ok: bool, method: str, path: str, query: str, authorization: str | None) -> Any:
+        request = {"open": open_ok, "method": method, "path": path, "query": query, "authorization": authorization}
+        return profiler_hub.relay(directory, request)
+
+    return answer
+
+
+def _mount(settings: Settings, answer: Any) -> bool:
+    from .profiler.mount import Mount, install
+
+    mount = Mount(settings.profiler_mount, answer)
+    servers = install(mount)
+    if not servers:
+        startup_warning(
+            "otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): neither gunicorn "
+            "nor uvicorn is installed (the mount wraps the app they serve)",
+            settings.profiler_mount,
+        )
+        return False
+    state["profiler_mount"] = mount
+    return True
 
 
 def _drain_deriver() -> None:
@@ -272,6 +328,9 @@ def _profiler_after_fork_in_child() -> None:
     server = state.pop("profiler", None)
     if server is not None:
         server._server.socket.close()  # noqa: SLF001 - the master's listening socket: not the worker's
+    relay = state.pop("profiler_relay", None)
+    if relay is not None and relay._sock is not None:  # noqa: SLF001
+        relay._sock.close()  # noqa: SLF001 - likewise
     state.pop("profiler_hub", None)
     merged.local.reset()  # the master's own queries are the master's
     from .profiler import hub as profiler_hub

@@ -218,3 +218,12 @@ def test_waiting_queries_are_bounded() -> None:
     assert released[-1] == ("bare", "")
     pending.clear()
     assert len(pending) == 0
+
+
+def test_profiler_mount_setting() -> None:
+    from otel_dbperf.settings import Settings
+
+    assert Settings.from_env({"DBPERF_PROFILER_MOUNT": "/ops/profiler/"}).profiler_mount == "/ops/profiler"
+    assert Settings.from_env({}).profiler_mount == ""
+    for bad in ("profiler", "/a b", "/x?y=1", "//"):
+        assert Settings.from_env({"DBPERF_PROFILER_MOUNT": bad}).profiler_mount in ("",), bad

@@ -182,3 +182,85 @@ def test_asgi_workers_share_one_profiler(receiver: Any, pg_async_url: str, pg_sy
         assert _ok(f"{api}/stats")["data"]["total_queries"] == 0
         output = server_output(srv)
     assert "Traceback" not in output, output
+
+
+# ------------------------------------------------------------------ on the app's own port
+
+
+TOKEN = "mount-token-0123456789abcdef"
+
+
+def _profiler_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Server spans of requests to the API (paths under /profiler or /ops/profiler)."""
+    keys = ("url.path", "http.target", "http.route", "http.url", "url.full")
+    return [
+        s
+        for s in spans
+        if s["kind"] == "SERVER"
+        and any("profiler" in str(s["attributes"].get(k, "")) for k in keys)
+        or "profiler" in s["name"]
+    ]
+
+
+def _mounted(url: str, token: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_mounted_on_the_apps_port_under_gunicorn(pg_app_env: Callable[..., dict[str, str]], receiver: Any) -> None:
+    env = pg_app_env(0, DBPERF_PROFILER_MOUNT="/profiler")
+    del env["DBPERF_PROFILER_ADDR"]  # the mount alone
+    with serve("gunicorn", "flask_app:app", env, "-w", "3") as srv:
+        api = srv["url"] + "/profiler"
+        _spread(srv["url"], ["/slow"] * 9, 9)
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] == 9)
+        assert stats["slow_queries"] == 9 and stats["workers"]["live"] == 3, stats  # whichever worker answers
+        _ok(f"{api}/reset", "POST")
+        _spread(srv["url"], ["/n/2"] * 10, 5)
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 20)
+        assert stats["total_queries"] == 20, stats
+        slow = _ok(f"{api}/slow-queries?threshold=0&limit=100")["data"]
+        for q in slow["queries"][:5]:
+            assert _ok(f"{api}/query-details/{q['id']}")["data"]["route"] == "/n/<int:k>"
+        for _ in range(5):
+            _ok(f"{api}/stats")
+        # a client that is not on loopback (here: forwarded by a proxy) needs the token, which is unset
+        assert _mounted(f"{api}/stats", headers={"X-Forwarded-For": "203.0.113.9"})[0] == 421
+        assert _call(f"{api}/nope")[0] == 404 and _call(f"{api}/reset")[0] == 405
+        assert _ok(f"{api}/stats")["data"]["total_queries"] == 20  # the API's own requests run no query
+        spans = receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" and "/n/" in x["name"] for x in s) >= 10)
+        assert not _profiler_spans(spans)  # not the app's requests: no spans
+        output = server_output(srv)
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("launcher", ["uvicorn", "uvicorn --workers 2"])
+def test_mounted_on_an_asgi_apps_port_with_a_token(
+    receiver: Any, pg_async_url: str, pg_sync_url: str, launcher: str
+) -> None:
+    from models import seed
+
+    seed(create_engine(pg_sync_url))
+    env = base_env(receiver, APP_DB_URL=pg_async_url, DBPERF_PROFILER_MOUNT="/ops/profiler/",
+                   DBPERF_PROFILER_TOKEN=TOKEN)  # fmt: skip
+    kind, *args = launcher.split()
+    with serve(kind, "fastapi_app:app", env, *args) as srv:
+        api = srv["url"] + "/ops/profiler"
+        _spread(srv["url"], ["/n/3"] * 10, 5)
+        assert _mounted(f"{api}/stats")[0] == 401  # the token is required on every endpoint ...
+        assert _mounted(f"{api}/stats", "wrong-token-0123456789")[0] == 401
+        assert _mounted(f"{api}/health")[0] == 200  # ... but health
+        stats = _until(lambda: _mounted(f"{api}/stats", TOKEN)[1]["data"], lambda s: s["total_queries"] >= 30)
+        assert stats["total_queries"] == 30, stats
+        assert ("workers" in stats) == ("--workers" in launcher)
+        assert get(srv["url"] + "/ping")[0] == 200  # the app itself is untouched
+        spans = receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" and "/n/" in x["name"] for x in s) >= 10)
+        assert not _profiler_spans(spans)  # not the app's requests: no spans
+        output = server_output(srv)
+    assert "Traceback" not in output, output

@@ -45,7 +45,7 @@ from .history import MAX_KEYS, OTHER, QueryEntry, QueryHistory, slowest_first
 HUB_ENV = "_OTEL_DB_PROFILER_HUB"
 PID_BITS = 22  # Linux pids are below 2**22
 ASK_TIMEOUT_S = 2.0  # the master's deadline for one worker's answer
-MAX_REQUEST = 4096  # bytes of one request from the master
+MAX_REQUEST = 16384  # bytes of one request (a mounted API request relayed: its path and query)
 MAX_REPLY = 256 << 20  # bytes of one worker's answer (a full history of long statements)
 MAX_RETIRED_FILES = 64  # exited workers' hand-over files waiting for the master
 _SOCK, _FINAL, _DISABLED = ".sock", ".final.json", "disabled"
@@ -97,22 +97,19 @@ def _totals_with_process(history: QueryHistory) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- worker side
 
 
-class WorkerEndpoint:
-    """A worker's history, served to the master on ``<dir>/<pid>.sock`` (one request per connection)."""
+class _UnixServer:
+    """JSON in, JSON out on a Unix socket: one request per connection, one connection at a time,
+    on one daemon thread (only the master or its workers connect: the directory is 0700)."""
 
-    def __init__(self, history: QueryHistory, directory: str, flush: Callable[[], None] | None = None) -> None:
-        self.history = history
-        self.directory = directory
-        self.pid = os.getpid()
-        self.path = os.path.join(directory, f"{self.pid}{_SOCK}")
-        self._flush = flush
+    name = "otel-dbperf-profiler-unix"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._sock: socket.socket | None = None
         self.served = 0
 
     def start(self) -> None:
         """Bind and serve on a daemon thread; raises OSError if the socket cannot be made."""
-        if os.path.exists(os.path.join(self.directory, _DISABLED)):
-            self.history.enabled = False  # the master's toggle reaches workers started after it
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -123,7 +120,7 @@ class WorkerEndpoint:
             sock.close()
             raise
         self._sock = sock
-        threading.Thread(target=self._serve, args=(sock,), name="otel-dbperf-profiler-worker", daemon=True).start()
+        threading.Thread(target=self._serve, args=(sock,), name=self.name, daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
         while True:
@@ -135,9 +132,9 @@ class WorkerEndpoint:
                 with conn:
                     self._handle(conn)
             except OSError:
-                pass  # the master gave up (its deadline) or went away
+                pass  # the other side gave up (its deadline) or went away
             except Exception as exc:  # noqa: BLE001 - never into the host
-                internal_error("profiler.worker", exc)
+                internal_error("profiler.unix", exc)
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(ASK_TIMEOUT_S)
@@ -154,6 +151,27 @@ class WorkerEndpoint:
             reply = None
         conn.sendall(json.dumps(reply, separators=(",", ":")).encode())
         self.served += 1
+
+    def answer(self, request: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class WorkerEndpoint(_UnixServer):
+    """A worker's history, served to the master on ``<dir>/<pid>.sock``."""
+
+    name = "otel-dbperf-profiler-worker"
+
+    def __init__(self, history: QueryHistory, directory: str, flush: Callable[[], None] | None = None) -> None:
+        self.history = history
+        self.directory = directory
+        self.pid = os.getpid()
+        self._flush = flush
+        super().__init__(os.path.join(directory, f"{self.pid}{_SOCK}"))
+
+    def start(self) -> None:
+        if os.path.exists(os.path.join(self.directory, _DISABLED)):
+            self.history.enabled = False  # the master's toggle reaches workers started after it
+        super().start()
 
     def answer(self, request: dict[str, Any]) -> Any:
         """The reply to one request of the master (public for tests)."""
@@ -209,11 +227,11 @@ class WorkerEndpoint:
 # ---------------------------------------------------------------------------------- master side
 
 
-def _ask(path: str, request: dict[str, Any]) -> Any:
+def _ask(path: str, request: dict[str, Any], timeout: float = ASK_TIMEOUT_S) -> Any:
     """One request to a worker, with one deadline for connecting, sending and the whole answer."""
-    deadline = time.monotonic() + ASK_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(ASK_TIMEOUT_S)
+        sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(json.dumps(request).encode() + b"\n")
         chunks: list[bytes] = []
@@ -457,6 +475,37 @@ class MergedHistory:
             self._ask_all({"op": "reset"})
             self._seen.clear()
             self._clear_retired()
+
+
+RELAY = "master.sock"  # the master's socket for API requests mounted on the workers' port
+RELAY_TIMEOUT_S = 15.0  # the master asks every worker (ASK_TIMEOUT_S each) before it answers
+
+
+class MountRelay(_UnixServer):
+    """In the master: answers the API requests its workers receive on the app's port
+    (``DBPERF_PROFILER_MOUNT``) with the merged view."""
+
+    name = "otel-dbperf-profiler-relay"
+
+    def __init__(self, directory: str, respond: Callable[..., tuple[int, dict[str, Any], dict[str, str]]]) -> None:
+        self._respond = respond
+        super().__init__(os.path.join(directory, RELAY))
+
+    def answer(self, request: dict[str, Any]) -> Any:
+        status, body, headers = self._respond(
+            bool(request["open"]),
+            str(request["method"]),
+            str(request["path"]),
+            str(request["query"]),
+            request["authorization"] if isinstance(request["authorization"], str) else None,
+        )
+        return {"status": status, "body": body, "headers": headers}
+
+
+def relay(directory: str, request: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A worker's mounted API request, answered by the master (raises OSError/ValueError if it cannot)."""
+    reply = _ask(os.path.join(directory, RELAY), request, RELAY_TIMEOUT_S)
+    return int(reply["status"]), dict(reply["body"]), {str(k): str(v) for k, v in reply["headers"].items()}
 
 
 def start_worker(history: QueryHistory, directory: str, flush: Callable[[], None] | None = None) -> WorkerEndpoint:

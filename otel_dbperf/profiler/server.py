@@ -274,6 +274,60 @@ class _API:
         return document(self.history.max_history, self.slow_threshold_s, self.token_required)
 
 
+def check_access(token: str | None, open_ok: bool, path: str, authorization: str | None) -> None:
+    """Raise the error a request gets before its parameters are looked at (421, 401), if any.
+
+    ``open_ok``: without a token the request may be served (for the port of its own, a
+    loopback ``Host``; for the mount, also a loopback peer, not forwarded by a proxy).
+    """
+    if token is None and not open_ok:
+        raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
+    if path != _PREFIX + "health" and token is not None:
+        given = (authorization or "").encode("utf-8", "replace")
+        # Constant time: the comparison does not tell how much of a guess was right.
+        if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+            raise _HTTPError(
+                401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+
+def answer(api: _API, method: str, path: str, query_string: str) -> dict[str, Any]:
+    """The JSON body for one request that passed :func:`check_access`; raises :class:`_HTTPError`."""
+    if not path.startswith(_PREFIX):
+        raise _HTTPError(404, "not_found", "unknown path")
+    name = path[len(_PREFIX) :]
+    details = name.startswith("query-details/")
+    if details:
+        expected = "GET"
+    elif name in api.routes:
+        expected = api.routes[name][0]
+    else:
+        raise _HTTPError(404, "not_found", "unknown path")
+    if method != expected:
+        raise _HTTPError(405, "method_not_allowed", f"use {expected}", headers={"Allow": expected})
+    try:
+        query = parse_qs(query_string, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
+    except ValueError as exc:  # more than max_num_fields
+        raise _HTTPError(400, "bad_query", "too many query parameters") from exc
+    return api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+
+
+def respond(
+    api: _API, token: str | None, open_ok: bool, method: str, path: str, query_string: str, authorization: str | None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, extra headers) of one request, outside the HTTP server (the mount)."""
+    try:
+        check_access(token, open_ok, path, authorization)
+        return 200, answer(api, method, path, query_string), {}
+    except _HTTPError as err:
+        return err.status, _error_body(err.code, err.message, err.parameter), dict(err.headers or {})
+
+
+def make_api(history: HistoryView, slow_threshold_s: float, token_required: bool) -> _API:
+    """The endpoints over ``history``, for the mount (the HTTP server makes its own)."""
+    return _API(history, slow_threshold_s, token_required)
+
+
 def _error_body(code: str, message: str, parameter: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if parameter is not None:
@@ -389,34 +443,11 @@ class _Handler(BaseHTTPRequestHandler):
             internal_error("profiler.http", exc)
 
     def _route(self) -> None:
-        api = self.server.api
-        if self.server.token is None and not self._loopback_host():
-            raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
+        server = self.server
         split = urlsplit(self.path)
-        path = split.path
-        if path != _PREFIX + "health" and not self._authorized():
-            raise _HTTPError(
-                401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        check_access(server.token, self._loopback_host(), split.path, self.headers.get("Authorization"))
         self._read_body()
-        if not path.startswith(_PREFIX):
-            raise _HTTPError(404, "not_found", "unknown path")
-        name = path[len(_PREFIX) :]
-        details = name.startswith("query-details/")
-        if details:
-            method = "GET"
-        elif name in api.routes:
-            method = api.routes[name][0]
-        else:
-            raise _HTTPError(404, "not_found", "unknown path")
-        if self.command != method:
-            raise _HTTPError(405, "method_not_allowed", f"use {method}", headers={"Allow": method})
-        try:
-            query = parse_qs(split.query, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
-        except ValueError as exc:  # more than max_num_fields
-            raise _HTTPError(400, "bad_query", "too many query parameters") from exc
-        body = api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
-        self._send(200, body)
+        self._send(200, answer(server.api, self.command, split.path, split.query))
 
     def _loopback_host(self) -> bool:
         """The Host header names this server on loopback (or is absent: no browser omits it)."""
@@ -426,14 +457,6 @@ class _Handler(BaseHTTPRequestHandler):
         host = host.strip().lower()
         port = self.server.server_port
         return host in self.server.loopback_hosts or (port == 80 and host in _LOOPBACK_NAMES)
-
-    def _authorized(self) -> bool:
-        token = self.server.token
-        if token is None:
-            return True
-        given = self.headers.get("Authorization", "")
-        # Constant time: the comparison does not tell how much of a guess was right.
-        return hmac.compare_digest(given.encode("utf-8", "replace"), b"Bearer " + token.encode())
 
     def _read_body(self) -> None:
         if "Transfer-Encoding" in self.headers:
@@ -584,7 +607,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost: may resolve anywhere
 
 
-_TOKEN = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it travels in a header
+TOKEN_FORMAT = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it travels in a header
 
 
 def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: float = 0.1) -> ProfilerServer:
@@ -594,7 +617,7 @@ def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: 
     loopback address and no token is given. OSError if the port cannot be bound.
     """
     host, port = parse_addr(addr)
-    if token is not None and not _TOKEN.fullmatch(token):
+    if token is not None and not TOKEN_FORMAT.fullmatch(token):
         # The message never contains the token itself.
         raise ValueError("DBPERF_PROFILER_TOKEN must be at least 16 visible ASCII characters (no spaces)")
     if token is None and not is_loopback(host):
