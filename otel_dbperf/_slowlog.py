@@ -21,6 +21,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
 from . import attributes as A
+from ._pending import PendingByRequest
 from ._processor import _DUR, _LOC, _REQ, _SLOW, _STACK, _STMT
 from .settings import Settings
 
@@ -47,35 +48,28 @@ class SlowQueryLog:
         self._clock = clock
         self._windows: OrderedDict[str, list[Any]] = OrderedDict()  # fingerprint -> [start, sent, suppressed]
         self._overall = [clock(), 0]
-        self._pending: dict[int, list[tuple[Any, Any, Any]]] = {}  # id(request) -> its slow queries
+        # the slow queries of a request, until its root names the route
+        self._pending: PendingByRequest[tuple[Any, Any, Any]] = PendingByRequest(
+            lambda item, route: self._emit(*item, route),
+            lambda item: self._count_suppressed(item[2].fingerprint if item[2] else ""),
+            _MAX_PENDING_REQUESTS,
+            _MAX_PENDING_PER_REQUEST,
+        )
         self.emitted = 0
         self.suppressed = 0
 
     def after_fork_in_child(self) -> None:
         """A forked child: the slow queries waiting for the parent's requests are the parent's."""
-        self._pending = {}
+        self._pending.clear()
 
     # sink interface of the derivation thread
     def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
         if not record[_SLOW]:
             return
-        request = record[_REQ]
-        if request is None:
-            self._emit(span, record, analysis, "")
-            return
-        if len(self._pending) >= _MAX_PENDING_REQUESTS:  # roots that never came: send without a route
-            oldest = next(iter(self._pending))
-            for item in self._pending.pop(oldest):
-                self._emit(*item, "")
-        waiting = self._pending.setdefault(id(request), [])
-        if len(waiting) < _MAX_PENDING_PER_REQUEST:
-            waiting.append((span, record, analysis))
-        else:
-            self._count_suppressed(analysis.fingerprint if analysis else "")
+        self._pending.add(record[_REQ], (span, record, analysis))
 
     def request(self, span: Any, request: Any, route: str) -> None:
-        for item in self._pending.pop(id(request), ()):
-            self._emit(*item, route)
+        self._pending.done(request, route)
 
     def _count_suppressed(self, fingerprint: str) -> None:
         self.suppressed += 1
