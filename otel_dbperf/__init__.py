@@ -38,13 +38,15 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
 
     Applies the distro's environment defaults, builds the SDK providers with the
     otel-dbperf processors (``kwargs`` go to the SDK configurator), and, unless
-    told not to, instruments SQLAlchemy (any version otel-dbperf supports).
+    told not to, instruments SQLAlchemy (any version otel-dbperf supports). sqlite3
+    connections that ``SQLite3Instrumentor`` instruments trace ``execute``,
+    ``executemany`` and ``executescript`` too.
     """
     from . import _sqlalchemy
     from ._guard import step
     from ._setup import current_settings, start_explain
     from .configurator import DbPerfConfigurator
-    from .distro import DbPerfDistro
+    from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
 
     DbPerfDistro().configure()
     DbPerfConfigurator().configure(**kwargs)  # type: ignore[no-untyped-call]
@@ -52,3 +54,5 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     if instrument_sqlalchemy:
         step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
+    if settings.enabled:
+        step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)
