@@ -12,6 +12,7 @@ from conftest import base_env, free_port, get, marker_line, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
+from otel_dbperf.profiler.history import stack_lines
 
 APP = "flask_app:app"
 
@@ -85,7 +86,9 @@ def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Pa
         assert len(slow["queries"]) == 2
         entry = _json(f"{api}/query-details/{slow['queries'][0]['id']}")["data"]
         assert entry["code_location"].endswith(f"flask_app.py:{marker_line('flask_app.py', 'slow')}")
-        assert entry["statement"] == "SELECT dbperf_sleep(?)"
+        assert entry["statement"] == entry["query"] == "SELECT dbperf_sleep(?)"
+        assert entry["route"] == "/slow"  # from the request's root span
+        assert entry["stack_trace"] == stack_lines(entry["stacktrace"]) and "parameters" not in entry
         assert entry["trace_id"] in {s["trace_id"] for s in spans}
         assert _json(f"{api}/health")["status"] == "healthy"
         report = _json(f"{api}/report?last_n_queries=100")["data"]
