@@ -52,7 +52,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates
 from otel_dbperf._location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
 
@@ -172,8 +172,10 @@ class Variant:
         requests: bool = True,
         deriver: Any = None,
         meters: Any = None,
+        duplicates: bool = False,
     ) -> None:
         self.name = name
+        self.duplicates = duplicates  # otel-dbperf's parameter-digest listener (exact duplicates) on
         self.engine = engine
         self.provider = provider
         self.processors = processors
@@ -194,6 +196,11 @@ class Variant:
     def activate(self) -> None:
         if self.provider is not None:
             self.provider._active_span_processor._span_processors = self.processors  # noqa: SLF001
+        # class-level, so on for otel-dbperf's variants only (vanilla shares the engine)
+        if self.duplicates:
+            _duplicates.install()
+        else:
+            _duplicates.uninstall()
 
     def requests_of(self, conn: Any, start: int, statement: Callable[[int], Any]) -> None:
         """One request: 10 queries, each 20 frames deep, in a SERVER span (or none)."""
@@ -283,7 +290,7 @@ def build(
         "vanilla": Variant(
             "vanilla", engine, provider, (batch(make_exporter(exporter, port)),), requests, meters=meters
         ),
-        "otel-dbperf": Variant("otel-dbperf", engine, provider, ours, requests, deriver, meters),
+        "otel-dbperf": Variant("otel-dbperf", engine, provider, ours, requests, deriver, meters, duplicates=True),
     }
     if meters is not None:
         for v in variants.values():
@@ -459,7 +466,7 @@ def latency(rounds: int, per_round: int) -> int:
         counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
         EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
 
-        def ours(exporter: SpanExporter, batch: int) -> tuple[Any, ...]:
+        def ours(exporter: SpanExporter, batch: int) -> tuple[Any, ...]:  # (no duplicate digests here)
             p = DbPerfSpanProcessor(settings)
             return (p, BatchSpanProcessor(p.wrap_exporter(exporter), max_export_batch_size=batch))
 
@@ -641,6 +648,7 @@ def breakdown(rounds: int, block: int) -> int:
         alone("empty processor", _EmptyProcessor()),
         alone("CPU clocks only", _ClocksProcessor()),
         alone("frame walk only", _WalkProcessor()),
+        Variant("otel-dbperf, no duplicate digests", ours.engine, ours.provider, ours.processors),
         ours,
     ]
     for x in variants:

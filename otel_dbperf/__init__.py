@@ -13,7 +13,7 @@ DBPERF_SANITIZE_STATEMENTS (true), DBPERF_STATEMENT_MAX_LENGTH (4096),
 DBPERF_N_PLUS_ONE_THRESHOLD (5), DBPERF_RESOURCE_SAMPLES (request),
 DBPERF_SLOW_QUERY_LOGS_PER_MINUTE (1), DBPERF_EXPLAIN (false),
 DBPERF_EXPLAIN_ANALYZE (false), DBPERF_EXPLAIN_TIMEOUT_MS (200),
-DBPERF_PROFILER_ADDR (unset), DBPERF_PROFILER_TOKEN (unset),
+DBPERF_PROFILER_ADDR (unset), DBPERF_PROFILER_TOKEN (unset), DBPERF_PROFILER_MOUNT (unset),
 DBPERF_PROFILER_MAX_HISTORY (1000), DBPERF_SQLCOMMENTER (false), DBPERF_LOG_LEVEL (unset),
 DBPERF_APP_LOGS (true), DBPERF_FILE_PATH (dbperf-spans.jsonl), DBPERF_JAEGER_URL (unset),
 DBPERF_SHUTDOWN_TIMEOUT_MS (2000).
@@ -38,13 +38,15 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
 
     Applies the distro's environment defaults, builds the SDK providers with the
     otel-dbperf processors (``kwargs`` go to the SDK configurator), and, unless
-    told not to, instruments SQLAlchemy (any version otel-dbperf supports).
+    told not to, instruments SQLAlchemy (any version otel-dbperf supports). sqlite3
+    connections that ``SQLite3Instrumentor`` instruments trace ``execute``,
+    ``executemany`` and ``executescript`` too.
     """
     from . import _sqlalchemy
     from ._guard import step
-    from ._setup import current_settings, start_explain
+    from ._setup import current_settings, start_duplicates, start_explain
     from .configurator import DbPerfConfigurator
-    from .distro import DbPerfDistro
+    from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
 
     DbPerfDistro().configure()
     DbPerfConfigurator().configure(**kwargs)  # type: ignore[no-untyped-call]
@@ -52,3 +54,6 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     if instrument_sqlalchemy:
         step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
+    step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
+    if settings.enabled:
+        step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)

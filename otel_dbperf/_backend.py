@@ -326,7 +326,11 @@ def shutdown(
             f"otel-dbperf: the flush at exit stopped after {budget_s:g} s (DBPERF_SHUTDOWN_TIMEOUT_MS) "
             f"with exports still under way (process {os.getpid()}); what they held is dropped."
         )
-    dropped = [_count(w.dropped, w.signal) for w in watches if w.dropped]
+    totals: dict[str, int] = {}
+    for w in watches:  # one total per signal (a process may have watched several exporters of one)
+        if w.dropped:
+            totals[w.signal] = totals.get(w.signal, 0) + w.dropped
+    dropped = [_count(n, signal) for signal, n in totals.items()]
     if dropped:
         _say(f"otel-dbperf: process {os.getpid()} exits; failed exports dropped {', '.join(dropped)} in all.")
 

@@ -3,6 +3,11 @@
 A frame walk with ``sys._getframe`` costs a few microseconds; the verdict per
 file name is cached. Under async SQLAlchemy the query runs in a child
 greenlet, so the walk continues into the parent greenlet's suspended frames.
+
+The same walk notices a SQLAlchemy lazy load on its way: the frame of
+lazy loader's ``_load_for_state`` (``sqlalchemy/orm/strategies.py``), recognised by its
+code object. Its file gets its own cached verdict, so every other frame costs
+the walk nothing more.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 _MAX_DEPTH = 256
 _CACHE_MAX = 100_000
 _THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STRATEGIES = "sqlalchemy.orm.strategies"
+_LAZY_FILE = 2  # the verdict of SQLAlchemy's strategies.py: not application code, home of the lazy loader
 
 
 #: (file path, line number, qualified function name) of an application frame
@@ -45,18 +52,31 @@ class AppCode:
         self._prefixes = tuple(os.path.abspath(p).rstrip(os.sep) + os.sep for p in app_paths)
         self._excluded = (_THIS_PACKAGE, *_stdlib_dirs())
         # Keyed by file name: a str caches its hash, a code object does not (hashing one
-        # walks its constants on every lookup).
-        self._cache: dict[str, bool] = {}
+        # walks its constants on every lookup). True, False or _LAZY_FILE.
+        self._cache: dict[str, bool | int] = {}
+        self._lazy_code: CodeType | None = None  # the lazy loader's _load_for_state, once SQLAlchemy's ORM is loaded
 
     def is_app(self, code: CodeType) -> bool:
-        filename = code.co_filename
+        return self._verdict(code.co_filename) is True
+
+    def _verdict(self, filename: str) -> bool | int:
         verdict = self._cache.get(filename)
         if verdict is None:
             verdict = self._classify(filename)
+            if verdict is False and self._is_lazy_file(filename):
+                verdict = _LAZY_FILE
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[filename] = verdict
         return verdict
+
+    def _is_lazy_file(self, filename: str) -> bool:
+        """Whether ``filename`` is the loaded ``sqlalchemy.orm.strategies`` (once per file name)."""
+        module = sys.modules.get(_STRATEGIES)
+        if module is None or getattr(module, "__file__", None) != filename:
+            return False
+        self._lazy_code = _lazy_loader_code(module)
+        return True
 
     def _classify(self, filename: str) -> bool:
         """Under an application path, and not under a more specific library location."""
@@ -73,20 +93,33 @@ class AppCode:
 
     def first_app_frame(self, frame: FrameType | None) -> FrameType | None:
         """The innermost application frame at or above ``frame`` (across greenlets)."""
+        return self.find(frame)[0]
+
+    def find(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None]:
+        """(the innermost application frame at or above ``frame``, the SQLAlchemy lazy-loader
+        frame passed on the way there or None), across greenlets."""
         cached = self._cache.get
         glet = None
+        lazy = None
         for _ in range(_MAX_DEPTH):
             if frame is None:
                 frame, glet = _parent_greenlet_frame(glet)
                 if frame is None:
-                    return None
-            verdict = cached(frame.f_code.co_filename)
-            if verdict:
-                return frame
-            if verdict is None and self.is_app(frame.f_code):
-                return frame
+                    return None, lazy
+            code = frame.f_code
+            verdict = cached(code.co_filename)
+            if verdict is not False:  # most frames are library frames: one test each
+                if verdict is None:
+                    verdict = self._verdict(code.co_filename)
+                if verdict is True:
+                    return frame, lazy
+                if verdict == _LAZY_FILE and lazy is None:
+                    if self._lazy_code is None:  # classified while the module was still loading
+                        self._lazy_code = _lazy_loader_code(sys.modules.get(_STRATEGIES))
+                    if code is self._lazy_code:
+                        lazy = frame
             frame = frame.f_back
-        return None
+        return None, lazy
 
     def stacktrace(self, frame: FrameType | None, max_frames: int, source: bool = False) -> str:
         """Application frames only, most recent call last, at most ``max_frames``.
@@ -114,6 +147,25 @@ class AppCode:
             return ""
         lines.reverse()
         return "Traceback (application frames, most recent call last):\n" + "\n".join(lines)
+
+
+def _lazy_loader_code(module: Any) -> CodeType | None:
+    """The code object of the lazy loader's ``_load_for_state`` (``LazyLoader`` in SQLAlchemy 1.4 and
+    2.0, ``_LazyLoader`` in 2.1), or None."""
+    loader = getattr(module, "_LazyLoader", None) or getattr(module, "LazyLoader", None)
+    function = getattr(loader, "_load_for_state", None)
+    code = getattr(getattr(function, "__wrapped__", function), "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def lazy_loaded_relationship(frame: FrameType) -> Any:
+    """The relationship (``RelationshipProperty``) that the lazy-loader ``frame`` is loading, or None.
+
+    ``frame`` is one :meth:`AppCode.find` returned: its ``self`` is the lazy-loader
+    strategy, whose ``parent_property`` is the relationship.
+    """
+    strategy = frame.f_locals.get("self")
+    return getattr(strategy, "parent_property", None)
 
 
 def _parent_greenlet_frame(glet: Any) -> tuple[FrameType | None, Any]:

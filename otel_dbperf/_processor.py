@@ -14,7 +14,6 @@ later attribute access on it slower (CPython's specialised attribute lookups mis
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 import weakref
@@ -32,9 +31,10 @@ from . import _forksafe
 from . import attributes as A
 from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
-from ._location import AppCode, location_of
+from ._location import AppCode, lazy_loaded_relationship, location_of
 from ._resources import rss_bytes, thread_time_ns
-from ._sql import OPERATIONS, analyze
+from ._sql import OPERATIONS, Analysis, analyze
+from ._suggest import relationship_fix
 from .settings import Settings
 
 _CLIENT = SpanKind.CLIENT
@@ -47,7 +47,6 @@ _MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 ana
 _MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
 _EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request thread
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
-_UNSAMPLED = (0, None, False, 0)  # the open entry of a DB span outside any request, resources not sampled per query
 
 _processors: weakref.WeakSet[DbPerfSpanProcessor] = weakref.WeakSet()
 
@@ -66,25 +65,15 @@ def _after_fork_in_child() -> None:
 
 _forksafe.register(_after_fork_in_child)
 
-try:  # the per-dialect sanitizer takes the database's name (db.system.name) where it can
-    _ANALYZE_TAKES_DIALECT = "dialect" in inspect.signature(analyze).parameters
-except (TypeError, ValueError):  # pragma: no cover - a C function or a wrapper without a signature
-    _ANALYZE_TAKES_DIALECT = False
-
-
-def _analyze_statement(statement: str, max_length: int, system: Any) -> Any:
-    if _ANALYZE_TAKES_DIALECT and isinstance(system, str) and system:
-        return analyze(statement, max_length, dialect=system)  # type: ignore[call-arg,unused-ignore]
-    return analyze(statement, max_length)
-
-
 # A DB span's record, built once on the request thread (a tuple: made in C, no __init__):
 # (cpu_ns (-1: not sampled), duration_ns, slow, statement, location, stacktrace, request,
 #  nested: a driver-level span inside an ORM-level one, which is not counted twice,
 #  system: db.system.name / db.system, the dialect the statement is sanitized by,
+#  relationship: the SQLAlchemy relationship this query lazily loaded, or None,
+#  params: keyed digest of the query's parameters (see _duplicates), b"" for none, None: not taken,
 #  rss_delta: the process RSS change in bytes from the span's start to its end, None: not sampled)
 # cpu_ns and rss_delta are sampled only under DBPERF_RESOURCE_SAMPLES=query.
-_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS, _RSS_DELTA = range(10)
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS, _REL, _PARAMS, _RSS_DELTA = range(12)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
 
@@ -125,7 +114,7 @@ class _Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss",
-        "cursor", "fp_counts", "seen",
+        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -140,7 +129,10 @@ class _Request:
         # export side, under _EXPORT_LOCK
         self.cursor = 0  # records[:cursor] are counted in fp_counts
         self.fp_counts: dict[str, int] = {}
-        self.seen: dict[int, tuple[str, str, int]] = {}  # id(record) -> (fingerprint, summary, repeat)
+        self.seen: dict[int, tuple[str, str, int, bool]] = {}  # id(record) -> (fingerprint, summary, repeat, duplicate)
+        self.dup_keys: set[tuple[str, bytes]] = set()  # (statement, parameter digest) of the SELECTs so far
+        self.dup_count = 0  # SELECTs that exactly repeat an earlier one of the request
+        self.dup_ns = 0  # and their DB time
 
 
 class DbPerfSpanProcessor(SpanProcessor):
@@ -157,7 +149,8 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._app = AppCode(settings.app_paths) if settings.code_location else None
         self._resources = settings.resource_samples != "off"  # CPU time and RSS per request
         self._per_query = settings.resource_samples == "query"  # and per DB span
-        # span id -> (cpu0, request, orm, rss0) for client spans, or the _Request of a request's span
+        # span id -> (samples, request, orm, parameter digest) for client spans, or the _Request of a
+        # request's span; samples: (thread CPU ns, RSS bytes) at the start under DBPERF_RESOURCE_SAMPLES=query, else 0
         self._open: dict[int, Any] = {}
         # span id -> Record or _Request, for the exporters
         self._done: dict[int, Any] = {}
@@ -186,7 +179,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             parent = span._parent  # noqa: SLF001
             if parent is None or parent[2]:  # a local root
                 if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
-                    open_[span_id] = (thread_time_ns(), None, False, rss_bytes()) if self._per_query else _UNSAMPLED
+                    open_[span_id] = ((thread_time_ns(), rss_bytes()) if self._per_query else 0, None, False, None)
                 elif self._resources:
                     open_[span_id] = _Request(span_id, thread_time_ns(), rss_bytes())
                 else:
@@ -195,7 +188,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             entry = open_.get(parent[1])
             if entry is None:
                 if span._kind is _CLIENT:  # noqa: SLF001
-                    open_[span_id] = (thread_time_ns(), None, False, rss_bytes()) if self._per_query else _UNSAMPLED
+                    open_[span_id] = ((thread_time_ns(), rss_bytes()) if self._per_query else 0, None, False, None)
                 return
             request = entry if entry.__class__ is _Request else entry[1]
             if span._kind is _CLIENT:  # noqa: SLF001
@@ -205,10 +198,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if scope is not None and scope.name == _ORM_SCOPE:
                         orm = True
                         request.open_orm += 1
-                if self._per_query:
-                    open_[span_id] = (thread_time_ns(), request, orm, rss_bytes())
-                else:
-                    open_[span_id] = (0, request, orm, 0)
+                open_[span_id] = ((thread_time_ns(), rss_bytes()) if self._per_query else 0, request, orm, None)
             elif request is not None:
                 open_[span_id] = request
         except Exception as exc:  # noqa: BLE001
@@ -231,7 +221,8 @@ class DbPerfSpanProcessor(SpanProcessor):
                         submit(span, entry)
                 return
             if self._per_query:
-                cpu_ns, rss_delta = thread_time_ns() - entry[0], rss_bytes() - entry[3]
+                cpu0, rss0 = entry[0]
+                cpu_ns, rss_delta = thread_time_ns() - cpu0, rss_bytes() - rss0
             else:
                 cpu_ns, rss_delta = -1, None
             request = entry[1]
@@ -248,17 +239,33 @@ class DbPerfSpanProcessor(SpanProcessor):
             statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
             location = None
             stack = ""
+            relationship = None
             app = self._app
             if app is not None:
                 frame = sys._getframe(3)  # noqa: SLF001 - the caller of Span.end
-                found = app.first_app_frame(frame)
+                found, lazy = app.find(frame)
+                if lazy is not None:
+                    relationship = lazy_loaded_relationship(lazy)
                 if found is not None:
                     location = location_of(found)
                     if slow and duration >= self._stack_ns:
                         settings = self.settings
                         stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
             nested = request is not None and not entry[2] and request.open_orm > 0
-            record = (cpu_ns, duration, slow, statement, location, stack, request, nested, system, rss_delta)
+            record = (
+                cpu_ns,
+                duration,
+                slow,
+                statement,
+                location,
+                stack,
+                request,
+                nested,
+                system,
+                relationship,
+                entry[3],
+                rss_delta,
+            )
             if request is not None and statement is not None and not nested:
                 if len(request.records) < _MAX_QUERIES_PER_REQUEST:
                     request.records.append(record)
@@ -368,24 +375,11 @@ class EnrichingSpanExporter(SpanExporter):
         """A DB span without its record: never its raw statement. Sanitized here, with the
         fingerprint, summary and slow flag that the span alone gives."""
         self.unmeasured += 1
-        settings = self._settings
         attrs = dict(original)
         statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
-        name = None
-        if isinstance(statement, str):
-            system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
-            analysis = _analyze_statement(statement, settings.statement_max_length, system)
-            if settings.sanitize_statements:
-                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
-                    if key in attrs:
-                        attrs[key] = analysis.sanitized
-                name = _statement_free_names(span, attrs, analysis, statement)
-            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
-            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
-                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
-        elif settings.sanitize_statements:
-            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
-                attrs.pop(key, None)  # not text we can sanitize: not exported
+        _, name = self._statement_attributes(
+            span, attrs, statement, attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+        )
         start, end = span._start_time, span._end_time  # noqa: SLF001
         if isinstance(start, int) and isinstance(end, int):
             attrs[A.QUERY_SLOW] = end - start >= self._processor._slow_ns  # noqa: SLF001
@@ -439,35 +433,52 @@ class EnrichingSpanExporter(SpanExporter):
             for i in range(request.cursor, end):
                 record = records[i]
                 statement = record[_STMT]
+                duplicate = False
                 if isinstance(statement, str):
                     analysis = analyze(statement, max_length, record[_SYS])
                     fingerprint, summary = analysis.fingerprint, analysis.summary
+                    params = record[_PARAMS]
+                    if params is not None and analysis.operation == "SELECT":
+                        key = (statement, params)
+                        if key in request.dup_keys:
+                            duplicate = True
+                            request.dup_count += 1
+                            request.dup_ns += record[_DUR]
+                        else:
+                            request.dup_keys.add(key)
                 else:
                     fingerprint, summary = "", ""
                 repeat = counts[fingerprint] = counts.get(fingerprint, 0) + 1
-                seen[id(record)] = (fingerprint, summary, repeat)
+                seen[id(record)] = (fingerprint, summary, repeat, duplicate)
             request.cursor = end
+
+    def _statement_attributes(
+        self, span: ReadableSpan, attrs: dict[str, Any], statement: Any, system: Any
+    ) -> tuple[Analysis | None, str | None]:
+        """The statement's sanitized text, fingerprint and summary into ``attrs``; its analysis and
+        the span's new name (None: keep it). A statement that is not text is not exported."""
+        settings = self._settings
+        if not isinstance(statement, str):
+            if settings.sanitize_statements:
+                for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                    attrs.pop(key, None)
+            return None, None
+        analysis = analyze(statement, settings.statement_max_length, system)
+        name = None
+        if settings.sanitize_statements:
+            for key in (_DB_QUERY_TEXT, _DB_STATEMENT):
+                if key in attrs:
+                    attrs[key] = analysis.sanitized
+            name = _statement_free_names(span, attrs, analysis, statement)
+        attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
+        if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
+            attrs[A.DB_QUERY_SUMMARY] = analysis.summary
+        return analysis, name
 
     def _enrich_query(self, span: ReadableSpan, record: Record) -> ReadableSpan:
         settings = self._settings
         attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
-        statement = record[_STMT]
-        analysis = (
-            analyze(statement, settings.statement_max_length, record[_SYS]) if isinstance(statement, str) else None
-        )
-        name = None
-        if analysis is not None:
-            if settings.sanitize_statements:
-                for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
-                    if key in attrs:
-                        attrs[key] = analysis.sanitized
-                name = _statement_free_names(span, attrs, analysis, statement)
-            attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
-            if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
-                attrs[A.DB_QUERY_SUMMARY] = analysis.summary
-        elif settings.sanitize_statements:
-            for key in (A.DB_QUERY_TEXT, A.DB_STATEMENT):
-                attrs.pop(key, None)  # not text we can sanitize (none at all, normally): not exported
+        analysis, name = self._statement_attributes(span, attrs, record[_STMT], record[_SYS])
         slow = record[_SLOW]
         attrs[A.QUERY_SLOW] = slow
         if record[_CPU] >= 0:
@@ -485,8 +496,11 @@ class EnrichingSpanExporter(SpanExporter):
             if seen is None:
                 self._advance(request)
                 seen = request.seen.get(id(record))
-            if seen is not None and seen[2] >= self._n1:  # None: not counted (nested, or over the cap)
-                attrs[A.N_PLUS_ONE] = True
+            if seen is not None:  # None: not counted (nested, or over the cap)
+                if seen[2] >= self._n1:
+                    attrs[A.N_PLUS_ONE] = True
+                if seen[3]:
+                    attrs[A.QUERY_DUPLICATE] = True
         extra_events: list[Event] | None = None
         if slow:
             event_attrs: dict[str, Any] = {
@@ -513,6 +527,8 @@ class EnrichingSpanExporter(SpanExporter):
         attrs[A.DB_QUERY_COUNT] = count
         attrs[A.DB_SLOW_QUERY_COUNT] = slow
         attrs[A.DB_DURATION_MS] = db_ns / 1e6
+        attrs[A.DB_DUPLICATE_COUNT] = request.dup_count
+        attrs[A.DB_DUPLICATE_DURATION_MS] = request.dup_ns / 1e6
         worst_fp, worst = "", 0
         for fp, repeats in request.fp_counts.items():
             if repeats > worst and fp:
@@ -528,6 +544,15 @@ class EnrichingSpanExporter(SpanExporter):
                 attrs[A.N_PLUS_ONE_QUERY_SUMMARY] = summary
             if first[_LOC] is not None:
                 attrs[A.N_PLUS_ONE_CODE_LOCATION] = f"{first[_LOC][0]}:{first[_LOC][1]}"
+            seen = request.seen
+            lazy = next(
+                (r[_REL] for r in records if r[_REL] is not None and seen.get(id(r), ("",))[0] == worst_fp), None
+            )
+            if lazy is not None:
+                relationship, suggestion = relationship_fix(lazy)
+                if relationship:
+                    attrs[A.N_PLUS_ONE_RELATIONSHIP] = relationship
+                    attrs[A.N_PLUS_ONE_SUGGESTION] = suggestion
         if self._processor._resources:  # noqa: SLF001
             attrs[A.CPU_TIME_MS] = request.cpu_ns / 1e6
             attrs[A.MEMORY_RSS_BYTES] = request.rss

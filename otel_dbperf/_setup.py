@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -15,7 +16,7 @@ from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from . import _prefork
+from . import _forksafe, _prefork
 from ._backend import WatchedSpanExporter
 from ._guard import step
 from ._processor import DbPerfSpanProcessor
@@ -198,7 +199,7 @@ def start_derived(settings: Settings) -> None:
     sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
     if sink is not None:
         sinks.append(sink)
-    if settings.profiler_addr:
+    if settings.profiler_addr or settings.profiler_mount:
         sink = step("profiler API setup", "no profiler API", _start_profiler, settings)
         if sink is not None:
             sinks.append(sink)
@@ -212,33 +213,132 @@ def start_derived(settings: Settings) -> None:
 
 
 def _start_profiler(settings: Settings) -> Any:
-    """The profiler API's history sink, or None when it cannot start (one warning says why)."""
-    from .profiler import HistorySink, QueryHistory, start
+    """The profiler API's history sink, or None when it cannot start (one warning says why).
 
+    Under a pre-fork server the master serves the merged view of its workers, each of which
+    answers it on a Unix socket (see :mod:`otel_dbperf.profiler.hub`). ``DBPERF_PROFILER_MOUNT``
+    serves the API on the app's port too (see :mod:`otel_dbperf.profiler.mount`).
+    """
+    from .profiler import HistorySink, QueryHistory, start
+    from .profiler import hub as profiler_hub
+    from .profiler.server import TOKEN_FORMAT, make_api, respond
+
+    token = settings.profiler_token or None
+    if token is not None and not TOKEN_FORMAT.fullmatch(token):
+        # The message never contains the token itself.
+        startup_warning("otel-dbperf: the profiler API is NOT started: DBPERF_PROFILER_TOKEN must be at least "
+                        "16 visible ASCII characters (no spaces)")  # fmt: skip
+        return None
     server_name = _prefork.prefork_server(os.environ, sys.argv)
-    if server_name:
-        startup_warning(
-            "otel-dbperf: the profiler API is NOT started under %s (DBPERF_PROFILER_ADDR=%s): it would live in "
-            "the master process, which serves no requests. Run one process without a pre-fork master to use it.",
-            server_name,
-            settings.profiler_addr,
-        )
-        return None
+    master = profiler_hub.hub_from_env(os.environ)
     history = QueryHistory(settings.profiler_max_history)
-    try:
-        server = start(
-            settings.profiler_addr,
-            settings.profiler_token or None,
-            history,
-            settings.slow_query_threshold_ms / 1000.0,
-        )
-    except (ValueError, OSError) as exc:
-        startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
-                        settings.profiler_addr, exc)  # fmt: skip
+    if not server_name and profiler_hub.is_spawned_worker_of(master, sys.argv):  # uvicorn --workers
+        assert master is not None
+        try:
+            state["profiler_worker"] = profiler_hub.start_worker(history, master[1], _drain_deriver)
+        except OSError as exc:
+            startup_warning("otel-dbperf: this worker's queries are NOT in the profiler API: %s", exc)
+            return None
+        if settings.profiler_mount:
+            _mount(settings, _relay_to(master[1]))
+        return HistorySink(history, settings.sanitize_statements)
+    view: Any = history
+    if server_name:
+        merged = profiler_hub.MergedHistory(history)
+        os.environ[profiler_hub.HUB_ENV] = merged.environ_value()  # for the workers, forked or spawned
+        atexit.register(merged.remove_directory)
+        state["profiler_hub"] = view = merged
+        _forksafe.register(_profiler_after_fork_in_child)
+    threshold_s = settings.slow_query_threshold_ms / 1000.0
+    serving = False
+    if settings.profiler_addr:
+        try:
+            server = start(settings.profiler_addr, token, view, threshold_s)
+        except (ValueError, OSError) as exc:
+            startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
+                            settings.profiler_addr, exc)  # fmt: skip
+        else:
+            serving = True
+            state["profiler"] = server
+            _log.info(
+                "otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" * bool(server_name)
+            )
+    if settings.profiler_mount:
+        api = make_api(view, threshold_s, token is not None)
+
+        def answer(open_ok: bool, method: str, path: str, query: str, authorization: str | None) -> Any:
+            return respond(api, token, open_ok, method, path, query, authorization)
+
+        if server_name:  # the workers serve the app's port: they relay to the master
+            try:
+                relay = profiler_hub.MountRelay(view.directory, answer)
+                relay.start()
+                state["profiler_relay"] = relay
+                serving = _mount(settings, _relay_to(view.directory)) or serving
+            except OSError as exc:
+                startup_warning("otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): %s",
+                                settings.profiler_mount, exc)  # fmt: skip
+        else:
+            serving = _mount(settings, answer) or serving
+    if not serving:
+        if server_name:
+            os.environ.pop(profiler_hub.HUB_ENV, None)
+            state.pop("profiler_hub", None)
         return None
-    state["profiler"] = server
-    _log.info("otel-dbperf: profiler API on %s", server.url)
     return HistorySink(history, settings.sanitize_statements)
+
+
+def _relay_to(directory: str) -> Any:
+    from .profiler import hub as profiler_hub
+
+    def answer(open_ok: bool, method: str, path: str, query: str, authorization: str | None) -> Any:
+        request = {"open": open_ok, "method": method, "path": path, "query": query, "authorization": authorization}
+        return profiler_hub.relay(directory, request)
+
+    return answer
+
+
+def _mount(settings: Settings, answer: Any) -> bool:
+    from .profiler.mount import Mount, install
+
+    mount = Mount(settings.profiler_mount, answer)
+    servers = install(mount)
+    if not servers:
+        startup_warning(
+            "otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): neither gunicorn "
+            "nor uvicorn is installed (the mount wraps the app they serve)",
+            settings.profiler_mount,
+        )
+        return False
+    state["profiler_mount"] = mount
+    return True
+
+
+def _drain_deriver() -> None:
+    deriver = state.get("deriver")
+    if deriver is not None:
+        deriver.drain(time.monotonic() + 1.0)
+
+
+def _profiler_after_fork_in_child() -> None:
+    """A worker forked by the master (gunicorn): serve this worker's history to the master."""
+    merged = state.get("profiler_hub")
+    if merged is None or os.getppid() != merged.master_pid:
+        return  # not a worker of ours (a child of a worker, ...)
+    server = state.pop("profiler", None)
+    if server is not None:
+        server._server.socket.close()  # noqa: SLF001 - the master's listening socket: not the worker's
+    relay = state.pop("profiler_relay", None)
+    if relay is not None and relay._sock is not None:  # noqa: SLF001
+        relay._sock.close()  # noqa: SLF001 - likewise
+    state.pop("profiler_hub", None)
+    merged.local.reset()  # the master's own queries are the master's
+    from .profiler import hub as profiler_hub
+
+    try:
+        state["profiler_worker"] = profiler_hub.start_worker(merged.local, merged.directory, _drain_deriver)
+    except OSError as exc:
+        _log.warning("otel-dbperf: worker %d's queries are NOT in the profiler API: %s", os.getpid(), exc)
 
 
 def start_explain(settings: Settings) -> None:
@@ -259,3 +359,11 @@ def start_explain(settings: Settings) -> None:
     explainer = Explainer(config)
     install(explainer, settings.slow_query_threshold_ms)
     state["explainer"] = explainer
+
+
+def start_duplicates(settings: Settings) -> None:
+    """Exact duplicate queries: a digest of each query's parameters (see ``_duplicates``)."""
+    if settings.enabled and state.get("processor") is not None:
+        from . import _duplicates
+
+        _duplicates.install()

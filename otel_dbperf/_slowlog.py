@@ -21,7 +21,9 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
 from . import attributes as A
-from ._processor import _DUR, _LOC, _REQ, _SLOW, _STACK, _STMT
+from ._pending import PendingByRequest
+from ._processor import _DUR, _LOC, _REL, _REQ, _SLOW, _STACK, _STMT
+from ._suggest import relationship_fix
 from .settings import Settings
 
 _WINDOW_S = 60.0
@@ -47,35 +49,28 @@ class SlowQueryLog:
         self._clock = clock
         self._windows: OrderedDict[str, list[Any]] = OrderedDict()  # fingerprint -> [start, sent, suppressed]
         self._overall = [clock(), 0]
-        self._pending: dict[int, list[tuple[Any, Any, Any]]] = {}  # id(request) -> its slow queries
+        # the slow queries of a request, until its root names the route
+        self._pending: PendingByRequest[tuple[Any, Any, Any]] = PendingByRequest(
+            lambda item, route: self._emit(*item, route),
+            lambda item: self._count_suppressed(item[2].fingerprint if item[2] else ""),
+            _MAX_PENDING_REQUESTS,
+            _MAX_PENDING_PER_REQUEST,
+        )
         self.emitted = 0
         self.suppressed = 0
 
     def after_fork_in_child(self) -> None:
         """A forked child: the slow queries waiting for the parent's requests are the parent's."""
-        self._pending = {}
+        self._pending.clear()
 
     # sink interface of the derivation thread
     def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
         if not record[_SLOW]:
             return
-        request = record[_REQ]
-        if request is None:
-            self._emit(span, record, analysis, "")
-            return
-        if len(self._pending) >= _MAX_PENDING_REQUESTS:  # roots that never came: send without a route
-            oldest = next(iter(self._pending))
-            for item in self._pending.pop(oldest):
-                self._emit(*item, "")
-        waiting = self._pending.setdefault(id(request), [])
-        if len(waiting) < _MAX_PENDING_PER_REQUEST:
-            waiting.append((span, record, analysis))
-        else:
-            self._count_suppressed(analysis.fingerprint if analysis else "")
+        self._pending.add(record[_REQ], (span, record, analysis))
 
     def request(self, span: Any, request: Any, route: str) -> None:
-        for item in self._pending.pop(id(request), ()):
-            self._emit(*item, route)
+        self._pending.done(request, route)
 
     def _count_suppressed(self, fingerprint: str) -> None:
         self.suppressed += 1
@@ -137,6 +132,13 @@ class SlowQueryLog:
             attrs[A.CODE_STACKTRACE] = record[_STACK]
         if route:
             attrs["http.route"] = route
+        lazy_loads = _lazy_loads(record)
+        if lazy_loads >= settings.n_plus_one_threshold:  # this slow query is one of an N+1 of lazy loads
+            relationship, suggestion = relationship_fix(record[_REL])
+            if relationship:
+                attrs[A.N_PLUS_ONE_RELATIONSHIP] = relationship
+                attrs[A.N_PLUS_ONE_SUGGESTION] = suggestion
+                attrs[A.N_PLUS_ONE_REPEAT_COUNT] = lazy_loads
         for event in span.events:
             if event.name == A.EVENT_EXPLAIN:  # the plan, when DBPERF_EXPLAIN made one
                 for key, value in (event.attributes or {}).items():
@@ -155,3 +157,14 @@ class SlowQueryLog:
             event_name=EVENT_NAME,
         )
         self.emitted += 1
+
+
+def _lazy_loads(record: tuple[Any, ...]) -> int:
+    """How often the query's request lazily loaded the relationship this query loads (0: no lazy load).
+
+    Only for records that are sent (rate-limited), once the request's root came: its records are all in.
+    """
+    relationship, request = record[_REL], record[_REQ]
+    if relationship is None or request is None:
+        return 0
+    return sum(r[_REL] is relationship for r in list(request.records))

@@ -16,6 +16,8 @@ CPU_TIME_MS = "dbperf.cpu.time_ms"
 # Extension: a driver-level (DB-API) span that ran inside an ORM-level (SQLAlchemy) span for
 # the same query; request roll-ups and reports count the query once, through the ORM span.
 QUERY_NESTED = "dbperf.query.nested"
+# True on a SELECT that exactly repeats (same statement, same parameters) an earlier one of its request
+QUERY_DUPLICATE = "dbperf.query.duplicate"
 
 # On the local root span of each request (roll-up of its DB spans)
 DB_QUERY_COUNT = "dbperf.db.query_count"
@@ -26,6 +28,13 @@ N_PLUS_ONE_FINGERPRINT = "dbperf.n_plus_one.fingerprint"
 N_PLUS_ONE_QUERY_SUMMARY = "dbperf.n_plus_one.query_summary"
 N_PLUS_ONE_REPEAT_COUNT = "dbperf.n_plus_one.repeat_count"
 N_PLUS_ONE_CODE_LOCATION = "dbperf.n_plus_one.code_location"
+# When the worst repeat is a SQLAlchemy lazy load: the relationship ("Author.books") and the
+# loader option that removes the N+1 ("selectinload(Author.books)", "joinedload(Book.author)")
+N_PLUS_ONE_RELATIONSHIP = "dbperf.n_plus_one.relationship"
+N_PLUS_ONE_SUGGESTION = "dbperf.n_plus_one.suggestion"
+# SELECTs of the request that exactly repeat an earlier one (cache candidates), and their DB time
+DB_DUPLICATE_COUNT = "dbperf.db.duplicate_count"
+DB_DUPLICATE_DURATION_MS = "dbperf.db.duplicate_duration_ms"
 MEMORY_RSS_BYTES = "dbperf.memory.rss_bytes"
 MEMORY_RSS_DELTA_BYTES = "dbperf.memory.rss_delta_bytes"
 

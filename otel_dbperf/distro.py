@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.util import find_spec
 from typing import Any
 
 from opentelemetry.environment_variables import (
@@ -40,6 +41,18 @@ class _PassedOverFilter(logging.Filter):
             return True
 
 
+def install_sqlite3_shortcuts() -> None:
+    """sqlite3's ``conn.execute()`` and kin traced through contrib's cursor tracing (see ``_sqlite3``)."""
+    if find_spec("_sqlite3") is None or find_spec("opentelemetry.instrumentation.dbapi") is None:
+        return  # no sqlite3, or no contrib DB-API tracing: nothing to do
+    from . import _sqlite3
+
+    _sqlite3.install()
+
+
+_SQLITE3_SHORTCUTS = ("sqlite3 connection shortcuts", "conn.execute()/executemany()/executescript() stay untraced")
+
+
 class DbPerfDistro(BaseDistro):
     def _configure(self, **kwargs: Any) -> None:
         os.environ.setdefault(OTEL_TRACES_EXPORTER, "otlp")
@@ -63,4 +76,6 @@ class DbPerfDistro(BaseDistro):
             kwargs.update(_sqlalchemy.instrumentor_kwargs(current_settings()))
             step("SQLAlchemy instrumentation (greenlet check)", "async-less SQLAlchemy may be left uninstrumented",
                  _sqlalchemy.prepare, entry_point.load()())  # fmt: skip
+        if entry_point.name == "sqlite3" and current_settings().enabled:
+            step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)
         super().load_instrumentor(entry_point, **kwargs)

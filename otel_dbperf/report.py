@@ -186,6 +186,9 @@ class FingerprintStats:
     total_ms: float = 0.0
     max_ms: float = 0.0
     slow: int = 0
+    duplicates: int = 0  # spans that exactly repeated an earlier query of their request
+    duplicate_ms: float = 0.0  # their DB time: what caching the result within the request would save
+    duplicate_trace: str = ""
     slowest_trace: str = ""
     samples: list[float] = field(default_factory=list)
     locations: Counter[str] = field(default_factory=Counter)
@@ -199,6 +202,10 @@ class FingerprintStats:
             self.max_ms, self.slowest_trace = ms, span.trace_id
         if span.attributes.get(A.QUERY_SLOW):
             self.slow += 1
+        if span.attributes.get(A.QUERY_DUPLICATE):
+            self.duplicates += 1
+            self.duplicate_ms += ms
+            self.duplicate_trace = self.duplicate_trace or span.trace_id
         if len(self.samples) < _SAMPLES:
             self.samples.append(ms)
         else:
@@ -326,6 +333,7 @@ class Report:
             "db_duration_ms": a.get(A.DB_DURATION_MS, 0.0),
             "slow_queries": a.get(A.DB_SLOW_QUERY_COUNT, 0),
             "n_plus_one": bool(a.get(A.N_PLUS_ONE_DETECTED)),
+            "duplicate_queries": int(a.get(A.DB_DUPLICATE_COUNT, 0)),
             "error": span.status_code == STATUS_CODES["STATUS_CODE_ERROR"],
         }
         self._seq += 1
@@ -342,12 +350,17 @@ class Report:
                     "fingerprint": key[1],
                     "code_location": key[2],
                     "query_summary": a.get(A.N_PLUS_ONE_QUERY_SUMMARY, ""),
+                    "relationship": str(a.get(A.N_PLUS_ONE_RELATIONSHIP, "")),
+                    "suggestion": str(a.get(A.N_PLUS_ONE_SUGGESTION, "")),
                     "requests": 0,
                     "max_repeat_count": 0,
                     "trace_id": span.trace_id,
                 },
             )
             finding["requests"] += 1
+            if not finding["suggestion"] and a.get(A.N_PLUS_ONE_SUGGESTION):
+                finding["relationship"] = str(a.get(A.N_PLUS_ONE_RELATIONSHIP, ""))
+                finding["suggestion"] = str(a[A.N_PLUS_ONE_SUGGESTION])
             repeat = int(a.get(A.N_PLUS_ONE_REPEAT_COUNT, 0))
             if repeat > finding["max_repeat_count"]:
                 finding["max_repeat_count"], finding["trace_id"] = repeat, span.trace_id
@@ -357,6 +370,8 @@ class Report:
             return trace_link(trace_id, jaeger_url)
 
         top = sorted(self.fingerprints.values(), key=lambda s: -s.total_ms)[: self.top]
+        repeated = [s for s in self.fingerprints.values() if s.duplicates]
+        repeated = sorted(repeated, key=lambda s: (-s.duplicate_ms, -s.duplicates, s.fingerprint))[: self.top]
         return {
             "input": {
                 "lines": stats.lines,
@@ -390,6 +405,20 @@ class Report:
             "n_plus_one": [
                 {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
                 for f in sorted(self.n_plus_one.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
+            ],
+            "duplicates": [
+                {
+                    "fingerprint": s.fingerprint,
+                    "summary": s.summary,
+                    "statement": s.statement,
+                    "count": s.count,
+                    "duplicates": s.duplicates,
+                    "saved_ms": round(s.duplicate_ms, 3),
+                    "code_locations": [loc for loc, _ in s.locations.most_common()],
+                    "routes": [r for r, _ in s.routes.most_common()],
+                    "example": link(s.duplicate_trace),
+                }
+                for s in repeated
             ],
             "routes": [
                 {"route": r, "requests": int(t[0]), "total_ms": round(t[1], 3), "db_ms": round(t[2], 3)}
@@ -437,6 +466,21 @@ def render_text(data: dict[str, Any]) -> str:
             f"  {f['route']}: {f['query_summary']} repeated up to {f['max_repeat_count']}x "
             f"in {f['requests']} request(s) at {f['code_location']}  ({link_text(f['example'])})"
         )
+        if f.get("suggestion"):
+            lines.append(f"      lazy load of {f['relationship']}: load it with {f['suggestion']}")
+    lines.append("")
+    lines.append("Exact duplicate queries (same statement and parameters again in one request: cache candidates)")
+    if not data.get("duplicates"):
+        lines.append("  none found")
+    for d in data.get("duplicates", []):
+        lines.append(
+            f"  {d['summary'] or '(no summary)'}  [{d['fingerprint']}]  {d['duplicates']} of {d['count']} repeated "
+            f"an earlier one: {d['saved_ms']:.1f} ms to save  ({link_text(d['example'])})"
+        )
+        for loc in d["code_locations"][:3]:
+            lines.append(f"      at {loc}")
+        if d["routes"]:
+            lines.append(f"      from {', '.join(d['routes'][:5])}")
     lines.append("")
     lines.append("Slowest requests")
     for r in data["slowest_requests"]:

@@ -253,6 +253,7 @@ def _n1_text(f: dict[str, Any]) -> str:
     return (
         f"{f['route']}: {f['query_summary'] or f['fingerprint']} repeated up to {f['max_repeat_count']}x "
         f"in {f['requests']} request(s) at {f['code_location']}"
+        + (f"; fix: {f['suggestion']}" if f.get("suggestion") else "")
     )
 
 

@@ -117,13 +117,35 @@ def render_html(data: dict[str, Any]) -> str:
     if data["n_plus_one"]:
         out.append(
             "<table><tr><th>route</th><th>query</th><th>repeats</th><th>requests</th><th>issued at</th>"
-            "<th>example</th></tr>"
+            "<th>fix</th><th>example</th></tr>"
         )
         for f in data["n_plus_one"]:
+            fix = (
+                f"lazy load of <code>{escape(f['relationship'])}</code>: <code>{escape(f['suggestion'])}</code>"
+                if f.get("suggestion")
+                else ""
+            )
             out.append(
                 f"<tr><td>{escape(f['route'])}</td><td>{escape(str(f['query_summary']))}</td>"
                 f"<td class=n>{f['max_repeat_count']}</td><td class=n>{f['requests']}</td>"
-                f"<td><code>{escape(f['code_location'])}</code></td><td>{_link(f['example'])}</td></tr>"
+                f"<td><code>{escape(f['code_location'])}</code></td><td>{fix}</td><td>{_link(f['example'])}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append('<p class="muted">none found</p>')
+    out.append("<h2>Exact duplicate queries (cache candidates)</h2>")
+    if data.get("duplicates"):
+        out.append(
+            "<table><tr><th>query</th><th>repeated</th><th>of</th><th>DB time to save</th><th>issued at</th>"
+            "<th>routes</th><th>example</th></tr>"
+        )
+        for d in data["duplicates"]:
+            out.append(
+                f"<tr><td>{escape(d['summary'] or '(no summary)')}<br><code>{escape(d['statement'][:300])}</code></td>"
+                f"<td class=n>{d['duplicates']}</td><td class=n>{d['count']}</td>"
+                f"<td class=n>{d['saved_ms']:.1f} ms</td>"
+                f"<td>{'<br>'.join(f'<code>{escape(loc)}</code>' for loc in d['code_locations'][:3])}</td>"
+                f"<td>{escape(', '.join(d['routes'][:5]))}</td><td>{_link(d['example'])}</td></tr>"
             )
         out.append("</table>")
     else:

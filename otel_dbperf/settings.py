@@ -99,6 +99,18 @@ def _parse_paths(raw: str) -> tuple[str, ...]:
     return paths
 
 
+_MOUNT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+def _parse_mount(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value:
+        return ""
+    if not _MOUNT.fullmatch(value):
+        raise ValueError("expected a URL path such as /profiler (letters, digits, . _ ~ - between slashes)")
+    return value
+
+
 def _missing_paths(paths: tuple[str, ...]) -> str | None:
     missing = [p for p in paths if not os.path.isdir(p)]
     if not missing:
@@ -146,6 +158,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_EXPLAIN_TIMEOUT_MS", "explain_timeout_ms", _int_between(10, 10_000), 200, "200", True),
     _Var("DBPERF_PROFILER_ADDR", "profiler_addr", str.strip, "", "(unset)"),
     _Var("DBPERF_PROFILER_TOKEN", "profiler_token", str.strip, "", "(unset)"),
+    _Var("DBPERF_PROFILER_MOUNT", "profiler_mount", _parse_mount, "", "(unset)"),
     _Var("DBPERF_PROFILER_MAX_HISTORY", "profiler_max_history", _int_between(1, 100_000), 1000, "1000", True),
     _Var("DBPERF_SQLCOMMENTER", "sqlcommenter", _parse_bool, False, "false"),
     _Var("DBPERF_LOG_LEVEL", "log_level", _parse_level, "", "(unset)"),
@@ -177,6 +190,7 @@ class Settings:
     explain_timeout_ms: int = 200
     profiler_addr: str = ""
     profiler_token: str = ""
+    profiler_mount: str = ""
     profiler_max_history: int = 1000
     sqlcommenter: bool = False
     log_level: str = ""

@@ -78,6 +78,8 @@ def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:
     assert root[A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT dbperf_books"
     assert root[A.DB_QUERY_COUNT] == 9
     assert len(root[A.N_PLUS_ONE_FINGERPRINT]) == 16
+    assert root[A.N_PLUS_ONE_RELATIONSHIP] == "Author.books"  # a lazy load: its relationship and fix
+    assert root[A.N_PLUS_ONE_SUGGESTION] == "selectinload(Author.books)"
     flagged = [s for s in queries if s["attributes"].get(A.N_PLUS_ONE)]
     assert len(flagged) == 8 - 5 + 1  # the repeats from the threshold (5) on
     assert roots["/author/<int:author_id>"]["attributes"][A.N_PLUS_ONE_DETECTED] is False

@@ -12,6 +12,7 @@ from conftest import base_env, free_port, get, marker_line, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
+from otel_dbperf.profiler.history import stack_lines
 
 APP = "flask_app:app"
 
@@ -85,7 +86,9 @@ def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Pa
         assert len(slow["queries"]) == 2
         entry = _json(f"{api}/query-details/{slow['queries'][0]['id']}")["data"]
         assert entry["code_location"].endswith(f"flask_app.py:{marker_line('flask_app.py', 'slow')}")
-        assert entry["statement"] == "SELECT dbperf_sleep(?)"
+        assert entry["statement"] == entry["query"] == "SELECT dbperf_sleep(?)"
+        assert entry["route"] == "/slow"  # from the request's root span
+        assert entry["stack_trace"] == stack_lines(entry["stacktrace"]) and "parameters" not in entry
         assert entry["trace_id"] in {s["trace_id"] for s in spans}
         assert _json(f"{api}/health")["status"] == "healthy"
         report = _json(f"{api}/report?last_n_queries=100")["data"]
@@ -136,8 +139,11 @@ def test_explain_plan_on_the_slow_span_and_its_log_record(receiver: Any, pg_sync
     )  # fmt: skip
     with serve("gunicorn", APP, env, "-w", "1") as srv:
         assert get(srv["url"] + "/authors")[0] == 200  # every query is "slow" at 1 ms: rate limits apply
-        spans = receiver.wait_for(lambda s: any(e["name"] == A.EVENT_EXPLAIN for x in s for e in x["events"]))
-        logs = receiver.wait_for_logs(lambda r: any("dbperf.explain.plan" in x["attributes"] for x in r))
+        try:
+            spans = receiver.wait_for(lambda s: any(e["name"] == A.EVENT_EXPLAIN for x in s for e in x["events"]))
+            logs = receiver.wait_for_logs(lambda r: any("dbperf.explain.plan" in x["attributes"] for x in r))
+        except AssertionError as exc:  # say why there was no plan: the app's stderr has otel-dbperf's lines
+            raise AssertionError(f"{exc}\n--- app output:\n{server_output(srv)[-4000:]}") from None
         output = server_output(srv)
     explained = [(s, e) for s in spans for e in s["events"] if e["name"] == A.EVENT_EXPLAIN]
     span, event = explained[0]

@@ -799,8 +799,9 @@ def test_pg_plan_follows_the_parameter_values(db: Db) -> None:
     selective = explainer.explain(conn, "postgresql", sql, {"q": ROWS - 10}, "f")
     broad = explainer.explain(conn, "postgresql", sql, {"q": 10}, "f")
     assert selective is not None and selective.index_hint == f"{BIG}(qty)"
-    assert broad is not None and broad.verdict == "" and broad.estimated_rows is not None
-    assert broad.estimated_rows > ROWS * 0.9  # the filter keeps almost every row: no index advice
+    assert broad is not None and broad.index_hint == "" and broad.estimated_rows is not None
+    assert broad.estimated_rows > ROWS * 0.9  # the filter keeps almost every row: no index advice,
+    assert broad.verdict.startswith(f"returns est. {broad.estimated_rows} rows to the application")  # but this
 
 
 # --- verdicts --------------------------------------------------------------------------------
@@ -862,6 +863,116 @@ def test_small_tables_and_joins_get_no_verdict(db: Db) -> None:
     plan = explainer.explain(conn, db.dialect, join, (2,), "g")
     assert plan is not None and BIG not in plan.verdict  # the big table is read by its primary key
     conn.rollback()
+
+
+def test_function_on_an_indexed_column_verdict(db: Db) -> None:
+    explainer = Explainer(UNLIMITED)
+    conn = db.connect(False)
+    sql = f"SELECT id, qty FROM {BIG} WHERE lower(name) = {db.p}"
+    try:
+        db.begin(conn)
+        db.query(conn, f"CREATE INDEX dbperf_explain_name ON {BIG} (name)")
+        plan = explainer.explain(conn, db.dialect, sql, (SECRET,), "f")
+        assert plan is not None
+        assert "so the index on name cannot be used: compare the raw column name" in plan.verdict, plan.verdict
+        if db.dialect == "mysql":  # MariaDB shows lower() as lcase(), which the statement does not name
+            assert plan.verdict.startswith(f"Full scan (access_type ALL) of {BIG} (est. ")
+            assert "applies a function to name" in plan.verdict and plan.index_hint == ""
+        else:
+            assert "the filter applies lower() to name" in plan.verdict
+            assert plan.verdict.endswith(f"or index the expression: {BIG}(lower(name))")
+            assert plan.index_hint == f"{BIG}(lower(name))"
+        if db.dialect == "postgresql":
+            assert plan.verdict.startswith(f"Seq Scan on {BIG} (est. {ROWS} rows): the filter applies lower()")
+        for shown in (plan.text, plan.verdict, plan.index_hint):
+            assert SECRET not in shown
+        plain = explainer.explain(conn, db.dialect, f"SELECT id, qty FROM {BIG} WHERE name = {db.p}", ("n42",), "g")
+        assert plain is not None and plain.verdict == ""  # the raw column uses the index
+        assert db.in_transaction(conn) is (db.driver != "pymysql")  # MariaDB's DDL committed; the others' did not
+    finally:
+        conn.rollback()
+        if db.dialect == "mysql":
+            db.query(conn, f"DROP INDEX dbperf_explain_name ON {BIG}")
+
+
+def test_function_on_a_column_without_an_index_gets_the_missing_index_verdict(db: Db) -> None:
+    sql = f"SELECT id, qty FROM {BIG} WHERE lower(name) = {db.p}"
+    plan = Explainer(UNLIMITED).explain(db.connect(False), db.dialect, sql, ("n42",), "f")
+    assert plan is not None and "cannot be used" not in plan.verdict and "may help" in plan.verdict
+
+
+def test_unfiltered_full_scan_verdict(db: Db) -> None:
+    explainer = Explainer(UNLIMITED)
+    conn = db.connect(False)
+    plan = explainer.explain(conn, db.dialect, f"SELECT id, name FROM {BIG}", None, "f")
+    assert plan is not None
+    assert plan.verdict.endswith("with no filter: the query reads and returns the whole table; add a WHERE, a "
+                                 "LIMIT, or paginate"), plan.verdict  # fmt: skip
+    kind = {"postgresql": "Seq Scan on", "mysql": "Full scan (access_type ALL) of", "sqlite": "Full scan (SCAN) of"}
+    assert plan.verdict.startswith(f"{kind[db.dialect]} {BIG}")
+    if db.dialect != "sqlite":
+        assert plan.estimated_rows is not None and plan.estimated_rows > ROWS * 0.9
+    for bounded in (f"SELECT id, name FROM {BIG} LIMIT 10", f"SELECT count(*) FROM {BIG}"):
+        plan = explainer.explain(conn, db.dialect, bounded, None, "g")
+        assert plan is not None and plan.verdict == "", (bounded, plan.verdict)
+    conn.rollback()
+
+
+def test_sort_without_an_index_verdict(db: Db) -> None:
+    explainer = Explainer(UNLIMITED)
+    conn = db.connect(False)
+    plan = explainer.explain(conn, db.dialect, f"SELECT id, name FROM {BIG} ORDER BY qty LIMIT {db.p}", (10,), "f")
+    assert plan is not None
+    assert plan.verdict.endswith(f"by qty: an index on {BIG}(qty) may serve the ORDER BY"), plan.verdict
+    assert plan.index_hint == f"{BIG}(qty)"
+    if db.dialect == "postgresql":
+        assert plan.verdict.startswith(f"Sort of est. {ROWS} rows") and plan.estimated_rows == ROWS
+    elif db.dialect == "mysql":
+        assert plan.verdict.startswith("Filesort of est. ")
+    else:
+        assert plan.verdict.startswith("Sort in a temporary B-tree by qty")
+    try:
+        db.begin(conn)
+        db.query(conn, f"CREATE INDEX dbperf_explain_qty ON {BIG} (qty)")
+        indexed = explainer.explain(
+            conn, db.dialect, f"SELECT id, name FROM {BIG} ORDER BY qty LIMIT {db.p}", (10,), "g"
+        )
+        assert indexed is not None and indexed.verdict == "", indexed.verdict  # the index serves the ORDER BY
+    finally:
+        conn.rollback()
+        if db.dialect == "mysql":
+            db.query(conn, f"DROP INDEX dbperf_explain_qty ON {BIG}")
+
+
+@pytest.mark.parametrize("db", ["psycopg", "psycopg2", "pymysql"], indirect=True)
+def test_large_result_verdict(db: Db) -> None:
+    explainer = Explainer(UNLIMITED)
+    conn = db.connect(False)
+    plan = explainer.explain(conn, db.dialect, f"SELECT id, name FROM {BIG} WHERE id > {db.p}", (10,), "f")
+    assert plan is not None and plan.estimated_rows is not None and plan.estimated_rows >= 10_000
+    assert plan.verdict == (
+        f"returns est. {plan.estimated_rows} rows to the application: fetch only the rows it uses "
+        "(a LIMIT, keyset pagination) or aggregate in SQL"
+    )
+    assert plan.index_hint == ""
+    small = explainer.explain(conn, db.dialect, f"SELECT id, name FROM {BIG} WHERE id > {db.p}", (ROWS - 100,), "g")
+    assert small is not None and small.verdict == ""
+    conn.rollback()
+
+
+def test_new_verdicts_name_only_names_of_the_statement() -> None:
+    """A plan whose filter or sort key holds values (as bound parameters print): never a "column" or "function"."""
+    doc = [{"Plan": {"Node Type": "Seq Scan", "Relation Name": "users", "Plan Rows": 5, "Total Cost": 9.0,
+                     "Filter": "(dbperf_secret_fn(dbperf_secret_col) = 'x')"}}]  # fmt: skip
+    plan = _explain._pg_plan(doc, 100_000, ExplainConfig(), "SELECT * FROM users WHERE f(a) = %s", frozenset({
+        "dbperf_secret_col"}))  # fmt: skip
+    assert "dbperf_secret" not in plan.verdict + plan.index_hint
+    sort = [{"Plan": {"Node Type": "Limit", "Plan Rows": 10, "Plans": [{"Node Type": "Sort", "Plan Rows": 90_000,
+             "Sort Key": ["(dbperf_secret_col = 'x')"], "Plans": [{"Node Type": "Seq Scan", "Relation Name": "users",
+                                                                  "Plan Rows": 90_000}]}]}}]  # fmt: skip
+    plan = _explain._pg_plan(sort, None, ExplainConfig(), "SELECT * FROM users ORDER BY a = %s LIMIT 3")
+    assert plan.verdict == "Sort of est. 90000 rows: an index matching the ORDER BY may avoid it"
+    assert plan.index_hint == ""
 
 
 # --- hostile input -----------------------------------------------------------------------------

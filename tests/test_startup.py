@@ -179,6 +179,9 @@ class _Recorder:
     def drain(self) -> None:
         pass
 
+    def drain_at_exit(self) -> None:
+        pass
+
 
 class _Processor:
     deriver: Any = None

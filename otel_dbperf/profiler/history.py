@@ -6,10 +6,11 @@ per-key counts are capped so that a stream of distinct table names cannot grow t
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import _forksafe
@@ -44,10 +45,22 @@ class QueryEntry:
     route: str = ""
     cpu_time_ms: float | None = None
     error_type: str = ""
+    pid: int = 0  # the process that ran the query
+    service_instance_id: str = ""
+    relationship: str = ""  # the SQLAlchemy relationship this query lazily loaded ("Author.books"), or ""
+    suggestion: str = ""  # the loader option that loads it up front ("selectinload(Author.books)"), or ""
 
     def summary(self) -> dict[str, Any]:
-        """The entry without its bulky fields (stacktrace, plan), for lists."""
+        """The entry without its bulky fields (stacktrace, plan), for lists: seed 000's fields
+        (``query``, ``duration``, ``query_type``, ``memory_delta``, ``cpu_percent``,
+        ``has_stack_trace``) beside ours."""
         return {
+            "query": self.statement,
+            "duration": self.duration_s,
+            "query_type": query_type(self.operation),
+            "memory_delta": None,  # MB; not sampled per query
+            "cpu_percent": self.cpu_percent(),
+            "has_stack_trace": bool(self.stacktrace),
             "id": self.id,
             "timestamp": self.timestamp,
             "duration_s": self.duration_s,
@@ -62,9 +75,65 @@ class QueryEntry:
             "route": self.route,
             "cpu_time_ms": self.cpu_time_ms,
             "error_type": self.error_type,
+            "relationship": self.relationship,
+            "suggestion": self.suggestion,
             "has_stacktrace": bool(self.stacktrace),
             "has_plan": self.plan is not None,
+            "pid": self.pid,
+            "service_instance_id": self.service_instance_id,
         }
+
+    def details(self) -> dict[str, Any]:
+        """Every field, plus seed 000's names (``stack_trace`` as a list of lines). Never the
+        query's parameters: they are not recorded."""
+        data = asdict(self)
+        data.update(
+            query=self.statement,
+            duration=self.duration_s,
+            query_type=query_type(self.operation),
+            memory_delta=None,
+            cpu_percent=self.cpu_percent(),
+            stack_trace=stack_lines(self.stacktrace),
+        )
+        return data
+
+    def cpu_percent(self) -> float | None:
+        """CPU time of the querying thread over the query's wall-clock time, when sampled."""
+        if self.cpu_time_ms is None or self.duration_s <= 0:
+            return None
+        return round(min(100.0, self.cpu_time_ms / (self.duration_s * 10.0)), 1)
+
+
+#: operations that only read; everything else that changes data or schema is a write
+_READS = frozenset(["SELECT", "SHOW", "EXPLAIN", "DESCRIBE", "VALUES", "TABLE"])
+_OTHERS = frozenset(["", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "START"])
+
+
+def query_type(operation: str) -> str:
+    """Seed 000's ``query_type``: ``read``, ``write``, or ``other`` (transaction control, unknown)."""
+    operation = operation.upper()
+    if operation in _READS:
+        return "read"
+    return "other" if operation in _OTHERS else "write"
+
+
+def stack_lines(stacktrace: str) -> list[str]:
+    """The stack as a list of lines (``File "app.py", line 4, in view``), most recent call last."""
+    return [line.strip() for line in stacktrace.splitlines()[1:] if line.strip()] if stacktrace else []
+
+
+_own_pid = [os.getpid()]
+
+
+def _pid() -> int:
+    return _own_pid[0]
+
+
+def _after_fork() -> None:
+    _own_pid[0] = os.getpid()
+
+
+_forksafe.register(_after_fork)
 
 
 def _bump(counts: dict[str, int], key: str) -> None:
@@ -129,6 +198,9 @@ class QueryHistory:
         route: str = "",
         cpu_time_ms: float | None = None,
         error_type: str = "",
+        service_instance_id: str = "",
+        relationship: str = "",
+        suggestion: str = "",
     ) -> int:
         """Record one query; returns its id, or 0 when the profiler is disabled."""
         try:
@@ -166,6 +238,10 @@ class QueryHistory:
                         route,
                         cpu_time_ms,
                         error_type,
+                        _pid(),
+                        service_instance_id,
+                        relationship,
+                        suggestion,
                     )
                 )
                 self.total += 1
@@ -187,6 +263,11 @@ class QueryHistory:
                 return list(self._entries)
             start = len(self._entries) - last_n
             return [self._entries[i] for i in range(start, len(self._entries))]
+
+    def slowest(self, threshold_s: float, limit: int) -> tuple[int, list[QueryEntry]]:
+        """(how many kept queries took ``threshold_s`` or more, the ``limit`` slowest of them)."""
+        matching = [e for e in self.entries() if e.duration_s >= threshold_s]
+        return len(matching), slowest_first(matching)[:limit]
 
     def get(self, entry_id: int) -> QueryEntry | None:
         with self._lock:
@@ -219,6 +300,11 @@ class QueryHistory:
         with self._lock:
             self._entries.clear()
             self._clear()
+
+
+def slowest_first(entries: list[QueryEntry]) -> list[QueryEntry]:
+    """Longest first; among equal durations the newest (highest id) first."""
+    return sorted(entries, key=lambda e: (e.duration_s, e.id), reverse=True)
 
 
 def _id_hex(value: int, width: int) -> str:

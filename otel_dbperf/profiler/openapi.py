@@ -41,27 +41,57 @@ _COUNTS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "i
 
 
 def _schemas() -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "id": {"type": "integer", "minimum": 1},
-        "timestamp": {"type": "number", "description": "unix seconds"},
-        "duration_s": _NUM,
-        "statement": {"type": "string", "description": "sanitized: literals replaced by ?"},
-        "fingerprint": _STR,
-        "operation": _STR,
-        "table": _STR,
-        "db_system": _STR,
-        "slow": _BOOL,
-        "code_location": {"type": "string", "description": "file:line of the application code, or empty"},
-        "trace_id": {"type": "string", "pattern": "^([0-9a-f]{32})?$"},
-        "route": _STR,
-        "cpu_time_ms": {"type": "number", "nullable": True},
-        "error_type": _STR,
-        "has_stacktrace": _BOOL,
-        "has_plan": _BOOL,
+    seed: dict[str, Any] = {  # seed 000's names and units
+        "query": {"type": "string", "description": "the sanitized statement (literals replaced by ?)"},
+        "duration": {"type": "number", "minimum": 0, "description": "seconds"},
+        "query_type": {"type": "string", "enum": ["read", "write", "other"]},
+        "memory_delta": {"type": "number", "nullable": True, "description": "MB; null: not sampled per query"},
+        "cpu_percent": {
+            "type": "number",
+            "nullable": True,
+            "minimum": 0,
+            "maximum": 100,
+            "description": "CPU time of the querying thread over the query's duration; null: not sampled",
+        },
     }
+    summary: dict[str, Any] = dict(seed)
+    summary["has_stack_trace"] = _BOOL
+    summary.update(
+        {
+            "id": {"type": "integer", "minimum": 1},
+            "timestamp": {"type": "number", "description": "unix seconds"},
+            "duration_s": _NUM,
+            "statement": {"type": "string", "description": "sanitized: literals replaced by ?"},
+            "fingerprint": _STR,
+            "operation": _STR,
+            "table": _STR,
+            "db_system": _STR,
+            "slow": _BOOL,
+            "code_location": {"type": "string", "description": "file:line of the application code, or empty"},
+            "trace_id": {"type": "string", "pattern": "^([0-9a-f]{32})?$"},
+            "route": _STR,
+            "cpu_time_ms": {"type": "number", "nullable": True},
+            "error_type": _STR,
+            "has_stacktrace": _BOOL,
+            "has_plan": _BOOL,
+            "pid": {"type": "integer", "minimum": 0, "description": "the process (worker) that ran the query"},
+            "service_instance_id": _STR,
+            "relationship": {
+                "type": "string",
+                "description": "the SQLAlchemy relationship this query lazily loaded (e.g. Author.books), or empty",
+            },
+            "suggestion": {
+                "type": "string",
+                "description": "the loader option that loads that relationship up front, in one query for all "
+                "rows (e.g. selectinload(Author.books), joinedload(Book.author)): the fix when the lazy load "
+                "repeats per row (N+1); or empty",
+            },
+        }
+    )
     details = {k: v for k, v in summary.items() if not k.startswith("has_")}
     details.update(
         {
+            "stack_trace": {"type": "array", "items": _STR, "description": "the stack, one line per item"},
             "function": _STR,
             "stacktrace": _STR,
             "plan": {"type": "string", "nullable": True},
@@ -77,20 +107,36 @@ def _schemas() -> dict[str, Any]:
         "avg_duration_s": _NUM,
         "max_duration_s": _NUM,
         "total_duration_s": _NUM,
+        "avg_duration": {"type": "number", "minimum": 0, "description": "seconds"},
+        "max_duration": {"type": "number", "minimum": 0, "description": "seconds"},
     }
     stats = dict(aggregate)
     stats.update(
         {
+            "memory_usage_mb": {"type": "number", "minimum": 0, "description": "RSS of the process(es), MiB"},
+            "cpu_usage_percent": {"type": "number", "minimum": 0, "description": "% of one core since the last stats"},
             "enabled": _BOOL,
             "queries_by_table": _COUNTS,
             "queries_by_operation": _COUNTS,
             "history": _object({"kept": _INT, "max_history": _INT, "dropped": _INT, "evicted": _INT}),
             "process": _object({"memory_rss_bytes": _INT, "memory_usage_mb": _NUM, "cpu_time_s": _NUM}),
+            "workers": _object(
+                {
+                    "live": _INT,
+                    "pids": {"type": "array", "items": _INT},
+                    "unresponsive": _INT,
+                    "exited": _INT,
+                    "killed": _INT,
+                    "lost_entries": _INT,
+                }
+            ),
         }
     )
+    stats_required = [name for name in stats if name != "workers"]  # workers: under a pre-fork server only
     report = dict(aggregate)
     report["top_slow_queries"] = {"type": "array", "items": _ref("QuerySummary")}
     slow: dict[str, Any] = {
+        "threshold_seconds": _NUM,
         "threshold_s": _NUM,
         "total_slow_queries": _INT,
         "returned_queries": _INT,
@@ -99,7 +145,7 @@ def _schemas() -> dict[str, Any]:
     return {
         "QuerySummary": _object(summary),
         "QueryDetails": _object(details),
-        "Stats": _success(_object(stats)),
+        "Stats": _success(_object(stats, stats_required)),
         "Report": _success(_object(report)),
         "SlowQueries": _success(_object(slow)),
         "Details": _success(_ref("QueryDetails")),

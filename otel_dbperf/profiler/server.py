@@ -23,14 +23,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from .._guard import internal_error
 from .._resources import rss_bytes
-from .history import QueryEntry, QueryHistory
+from .history import QueryEntry, slowest_first
 from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
 
 MAX_BODY = 1024  # bytes accepted in a request body (no endpoint takes one)
@@ -112,7 +112,7 @@ def _aggregate(entries: list[QueryEntry]) -> dict[str, Any]:
     total = len(entries)
     slow = sum(1 for e in entries if e.slow)
     duration = sum(e.duration_s for e in entries)
-    return {
+    data: dict[str, Any] = {
         "total_queries": total,
         "slow_queries": slow,
         "slow_query_percentage": _percent(slow, total),
@@ -120,6 +120,8 @@ def _aggregate(entries: list[QueryEntry]) -> dict[str, Any]:
         "max_duration_s": max((e.duration_s for e in entries), default=0.0),
         "total_duration_s": duration,
     }
+    data["avg_duration"], data["max_duration"] = data["avg_duration_s"], data["max_duration_s"]  # seed 000
+    return data
 
 
 def _percent(part: int, whole: int) -> float:
@@ -127,29 +129,46 @@ def _percent(part: int, whole: int) -> float:
 
 
 def _slowest(entries: list[QueryEntry], limit: int) -> list[dict[str, Any]]:
-    # Longest first; among equal durations the newest first.
-    ordered = sorted(entries, key=lambda e: (e.duration_s, e.id), reverse=True)
-    return [e.summary() for e in ordered[:limit]]
+    return [e.summary() for e in slowest_first(entries)[:limit]]
 
 
-def _process() -> dict[str, Any]:
+def _cpu_time_s() -> float:
     times = os.times()
-    rss = rss_bytes()
+    return times.user + times.system
+
+
+def _process(rss: int | None = None, cpu_time_s: float | None = None) -> dict[str, Any]:
+    rss = rss_bytes() if rss is None else rss
     return {
         "memory_rss_bytes": rss,
         "memory_usage_mb": round(rss / (1024 * 1024), 3),
-        "cpu_time_s": round(times.user + times.system, 3),
+        "cpu_time_s": round(_cpu_time_s() if cpu_time_s is None else cpu_time_s, 3),
     }
+
+
+class HistoryView(Protocol):
+    """What the API reads: a :class:`QueryHistory`, or the master's merged view of its workers."""
+
+    max_history: int
+    enabled: bool
+
+    def totals(self) -> dict[str, Any]: ...
+    def entries(self, last_n: int | None = None) -> list[QueryEntry]: ...
+    def slowest(self, threshold_s: float, limit: int) -> tuple[int, list[QueryEntry]]: ...
+    def get(self, entry_id: int) -> QueryEntry | None: ...
+    def reset(self) -> None: ...
 
 
 class _API:
     """The endpoints apart from the HTTP plumbing: each takes the parsed query string and
     returns the JSON body, or raises :class:`_HTTPError`."""
 
-    def __init__(self, history: QueryHistory, slow_threshold_s: float, token_required: bool) -> None:
+    def __init__(self, history: HistoryView, slow_threshold_s: float, token_required: bool) -> None:
         self.history = history
         self.slow_threshold_s = slow_threshold_s
         self.token_required = token_required  # the OpenAPI document declares the bearer scheme
+        self._cpu_mark = (time.monotonic(), _cpu_time_s())  # cpu_usage_percent: since the last stats
+        self._cpu_lock = threading.Lock()
         self.routes: dict[str, tuple[str, Callable[[dict[str, list[str]]], dict[str, Any]]]] = {
             "stats": ("GET", self.stats),
             "report": ("GET", self.report),
@@ -163,12 +182,18 @@ class _API:
     def stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
         t = self.history.totals()
         total = t["total_queries"]
+        process = _process(t.get("memory_rss_bytes"), t.get("cpu_time_s"))  # merged: every worker's sum
+        avg = t["total_duration_s"] / total if total else 0.0
         data = {
             "enabled": t["enabled"],
             "total_queries": total,
             "slow_queries": t["slow_queries"],
             "slow_query_percentage": _percent(t["slow_queries"], total),
-            "avg_duration_s": t["total_duration_s"] / total if total else 0.0,
+            "avg_duration": avg,
+            "max_duration": t["max_duration_s"],
+            "memory_usage_mb": process["memory_usage_mb"],
+            "cpu_usage_percent": self._cpu_usage_percent(process["cpu_time_s"]),
+            "avg_duration_s": avg,
             "max_duration_s": t["max_duration_s"],
             "total_duration_s": t["total_duration_s"],
             "queries_by_table": t["queries_by_table"],
@@ -179,9 +204,18 @@ class _API:
                 "dropped": t["dropped"],
                 "evicted": t["evicted"],
             },
-            "process": _process(),
+            "process": process,
         }
+        if "workers" in t:
+            data["workers"] = t["workers"]
         return {"status": "success", "data": data}
+
+    def _cpu_usage_percent(self, cpu: float) -> float:
+        """CPU use (% of one core) since the previous stats call (first: since start)."""
+        now = time.monotonic()
+        with self._cpu_lock:
+            (then, cpu_then), self._cpu_mark = self._cpu_mark, (now, cpu)
+        return round(max(0.0, 100.0 * (cpu - cpu_then) / (now - then)), 1) if now > then else 0.0
 
     def report(self, query: dict[str, list[str]]) -> dict[str, Any]:
         max_history = self.history.max_history
@@ -195,11 +229,12 @@ class _API:
     def slow_queries(self, query: dict[str, list[str]]) -> dict[str, Any]:
         threshold = _float_param(query, "threshold", self.slow_threshold_s)
         limit = _int_param(query, "limit", 20, 1, MAX_LIMIT)
-        matching = [e for e in self.history.entries() if e.duration_s >= threshold]
-        queries = _slowest(matching, limit)
+        matching, slowest = self.history.slowest(threshold, limit)
+        queries = [e.summary() for e in slowest]
         data = {
+            "threshold_seconds": threshold,
             "threshold_s": threshold,
-            "total_slow_queries": len(matching),
+            "total_slow_queries": matching,
             "returned_queries": len(queries),
             "queries": queries,
         }
@@ -211,7 +246,7 @@ class _API:
         entry = self.history.get(int(raw_id))
         if entry is None:
             raise _HTTPError(404, "not_found", "no query with this id in the history (it may have been evicted)")
-        return {"status": "success", "data": asdict(entry)}
+        return {"status": "success", "data": entry.details()}
 
     def health(self, query: dict[str, list[str]]) -> dict[str, Any]:
         t = self.history.totals()
@@ -237,6 +272,60 @@ class _API:
 
     def openapi(self, query: dict[str, list[str]]) -> dict[str, Any]:
         return document(self.history.max_history, self.slow_threshold_s, self.token_required)
+
+
+def check_access(token: str | None, open_ok: bool, path: str, authorization: str | None) -> None:
+    """Raise the error a request gets before its parameters are looked at (421, 401), if any.
+
+    ``open_ok``: without a token the request may be served (for the port of its own, a
+    loopback ``Host``; for the mount, also a loopback peer, not forwarded by a proxy).
+    """
+    if token is None and not open_ok:
+        raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
+    if path != _PREFIX + "health" and token is not None:
+        given = (authorization or "").encode("utf-8", "replace")
+        # Constant time: the comparison does not tell how much of a guess was right.
+        if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+            raise _HTTPError(
+                401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+
+def answer(api: _API, method: str, path: str, query_string: str) -> dict[str, Any]:
+    """The JSON body for one request that passed :func:`check_access`; raises :class:`_HTTPError`."""
+    if not path.startswith(_PREFIX):
+        raise _HTTPError(404, "not_found", "unknown path")
+    name = path[len(_PREFIX) :]
+    details = name.startswith("query-details/")
+    if details:
+        expected = "GET"
+    elif name in api.routes:
+        expected = api.routes[name][0]
+    else:
+        raise _HTTPError(404, "not_found", "unknown path")
+    if method != expected:
+        raise _HTTPError(405, "method_not_allowed", f"use {expected}", headers={"Allow": expected})
+    try:
+        query = parse_qs(query_string, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
+    except ValueError as exc:  # more than max_num_fields
+        raise _HTTPError(400, "bad_query", "too many query parameters") from exc
+    return api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+
+
+def respond(
+    api: _API, token: str | None, open_ok: bool, method: str, path: str, query_string: str, authorization: str | None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, extra headers) of one request, outside the HTTP server (the mount)."""
+    try:
+        check_access(token, open_ok, path, authorization)
+        return 200, answer(api, method, path, query_string), {}
+    except _HTTPError as err:
+        return err.status, _error_body(err.code, err.message, err.parameter), dict(err.headers or {})
+
+
+def make_api(history: HistoryView, slow_threshold_s: float, token_required: bool) -> _API:
+    """The endpoints over ``history``, for the mount (the HTTP server makes its own)."""
+    return _API(history, slow_threshold_s, token_required)
 
 
 def _error_body(code: str, message: str, parameter: str | None = None) -> dict[str, Any]:
@@ -354,34 +443,11 @@ class _Handler(BaseHTTPRequestHandler):
             internal_error("profiler.http", exc)
 
     def _route(self) -> None:
-        api = self.server.api
-        if self.server.token is None and not self._loopback_host():
-            raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
+        server = self.server
         split = urlsplit(self.path)
-        path = split.path
-        if path != _PREFIX + "health" and not self._authorized():
-            raise _HTTPError(
-                401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        check_access(server.token, self._loopback_host(), split.path, self.headers.get("Authorization"))
         self._read_body()
-        if not path.startswith(_PREFIX):
-            raise _HTTPError(404, "not_found", "unknown path")
-        name = path[len(_PREFIX) :]
-        details = name.startswith("query-details/")
-        if details:
-            method = "GET"
-        elif name in api.routes:
-            method = api.routes[name][0]
-        else:
-            raise _HTTPError(404, "not_found", "unknown path")
-        if self.command != method:
-            raise _HTTPError(405, "method_not_allowed", f"use {method}", headers={"Allow": method})
-        try:
-            query = parse_qs(split.query, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
-        except ValueError as exc:  # more than max_num_fields
-            raise _HTTPError(400, "bad_query", "too many query parameters") from exc
-        body = api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
-        self._send(200, body)
+        self._send(200, answer(server.api, self.command, split.path, split.query))
 
     def _loopback_host(self) -> bool:
         """The Host header names this server on loopback (or is absent: no browser omits it)."""
@@ -391,14 +457,6 @@ class _Handler(BaseHTTPRequestHandler):
         host = host.strip().lower()
         port = self.server.server_port
         return host in self.server.loopback_hosts or (port == 80 and host in _LOOPBACK_NAMES)
-
-    def _authorized(self) -> bool:
-        token = self.server.token
-        if token is None:
-            return True
-        given = self.headers.get("Authorization", "")
-        # Constant time: the comparison does not tell how much of a guess was right.
-        return hmac.compare_digest(given.encode("utf-8", "replace"), b"Bearer " + token.encode())
 
     def _read_body(self) -> None:
         if "Transfer-Encoding" in self.headers:
@@ -508,7 +566,7 @@ class ProfilerServer:
 
     host: str
     port: int
-    history: QueryHistory
+    history: HistoryView
     _server: _Server
     _thread: threading.Thread
 
@@ -549,17 +607,17 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost: may resolve anywhere
 
 
-_TOKEN = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it travels in a header
+TOKEN_FORMAT = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it travels in a header
 
 
-def start(addr: str, token: str | None, history: QueryHistory, slow_threshold_s: float = 0.1) -> ProfilerServer:
+def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: float = 0.1) -> ProfilerServer:
     """Serve ``history`` at ``addr`` on a daemon thread.
 
     Raises ValueError for a malformed address or token, and when ``addr`` is not a
     loopback address and no token is given. OSError if the port cannot be bound.
     """
     host, port = parse_addr(addr)
-    if token is not None and not _TOKEN.fullmatch(token):
+    if token is not None and not TOKEN_FORMAT.fullmatch(token):
         # The message never contains the token itself.
         raise ValueError("DBPERF_PROFILER_TOKEN must be at least 16 visible ASCII characters (no spaces)")
     if token is None and not is_loopback(host):

@@ -5,16 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 from .. import attributes as A
-from .._processor import _CPU, _DUR, _LOC, _SLOW, _STACK, _STMT
+from .._pending import PendingByRequest
+from .._processor import _CPU, _DUR, _LOC, _REL, _REQ, _SLOW, _STACK, _STMT
+from .._suggest import relationship_fix
 from .history import QueryHistory
+
+#: a request's queries wait for its root span (which names the route) in a bounded table:
+#: at most this many requests (beyond, the oldest request's queries are added without a route) ...
+MAX_PENDING_REQUESTS = 256
+#: ... and this many queries each (beyond, added at once without a route)
+MAX_PENDING_PER_REQUEST = 64
+#: ... and at most this long (a request still running then: its queries are added without a route)
+MAX_PENDING_S = 60.0
 
 
 class HistorySink:
-    """``query(span, record, analysis)``: one history entry per DB query (nested driver spans excluded)."""
+    """``query(span, record, analysis)``: one history entry per DB query (nested driver spans excluded),
+    added when its request's root span arrives, with the request's route."""
 
     def __init__(self, history: QueryHistory, sanitize: bool = True) -> None:
         self.history = history
         self._sanitize = sanitize
+        self._pending: PendingByRequest[dict[str, Any]] = PendingByRequest(
+            self._add,
+            lambda entry: self._add(entry, ""),
+            MAX_PENDING_REQUESTS,
+            MAX_PENDING_PER_REQUEST,
+            MAX_PENDING_S,
+        )
+
+    def after_fork_in_child(self) -> None:
+        """A forked child: the queries waiting for the parent's requests are the parent's."""
+        self._pending.clear()
+
+    def _add(self, entry: dict[str, Any], route: str) -> None:
+        self.history.add(route=route, **entry)
 
     def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
         attrs = span.attributes or {}
@@ -27,26 +52,33 @@ class HistorySink:
         statement = record[_STMT] or ""
         if analysis is not None and self._sanitize:
             statement = analysis.sanitized
-        self.history.add(
-            record[_DUR] / 1e9,
-            statement,
-            timestamp=(span.end_time or 0) / 1e9 or None,
-            fingerprint=analysis.fingerprint if analysis is not None else "",
-            operation=analysis.operation if analysis is not None else "",
-            table=analysis.table if analysis is not None else "",
-            db_system=str(attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM) or ""),
-            slow=bool(record[_SLOW]),
-            code_location=f"{location[0]}:{location[1]}" if location else "",
-            function=location[2] if location else "",
-            stacktrace=record[_STACK] or "",
-            plan=plan.get(A.EXPLAIN_PLAN),
-            plan_format=plan.get(A.EXPLAIN_FORMAT),
-            verdict=plan.get(A.EXPLAIN_VERDICT),
-            trace_id=format(context.trace_id, "032x"),
-            span_id=format(context.span_id, "016x"),
-            cpu_time_ms=record[_CPU] / 1e6 if record[_CPU] >= 0 else None,
-            error_type=str(attrs.get("error.type") or ""),
-        )
+        relationship, suggestion = relationship_fix(record[_REL]) if record[_REL] is not None else ("", "")
+        resource = getattr(span, "resource", None)
+        instance = resource.attributes.get("service.instance.id", "") if resource is not None else ""
+        entry = {
+            "duration_s": record[_DUR] / 1e9,
+            "statement": statement,
+            "timestamp": (span.end_time or 0) / 1e9 or None,
+            "fingerprint": analysis.fingerprint if analysis is not None else "",
+            "operation": analysis.operation if analysis is not None else "",
+            "table": analysis.table if analysis is not None else "",
+            "db_system": str(attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM) or ""),
+            "slow": bool(record[_SLOW]),
+            "code_location": f"{location[0]}:{location[1]}" if location else "",
+            "function": location[2] if location else "",
+            "stacktrace": record[_STACK] or "",
+            "plan": plan.get(A.EXPLAIN_PLAN),
+            "plan_format": plan.get(A.EXPLAIN_FORMAT),
+            "verdict": plan.get(A.EXPLAIN_VERDICT),
+            "trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x"),
+            "cpu_time_ms": record[_CPU] / 1e6 if record[_CPU] >= 0 else None,
+            "error_type": str(attrs.get("error.type") or ""),
+            "service_instance_id": str(instance or ""),
+            "relationship": relationship,
+            "suggestion": suggestion,
+        }
+        self._pending.add(record[_REQ], entry)
 
     def request(self, span: Any, request: Any, route: str) -> None:
-        pass
+        self._pending.done(request, route)
