@@ -158,8 +158,8 @@ def test_query_type_and_stack_lines() -> None:
 # ------------------------------------------------------------- the route, from the request's root
 
 
-def _pipeline(history: QueryHistory) -> tuple[Any, _metrics.SpanDeriver]:
-    settings = Settings(slow_query_threshold_ms=0)
+def _pipeline(history: QueryHistory, resource_samples: str = "request") -> tuple[Any, _metrics.SpanDeriver]:
+    settings = Settings.from_env({"DBPERF_SLOW_QUERY_THRESHOLD_MS": "0", "DBPERF_RESOURCE_SAMPLES": resource_samples})
     processor = DbPerfSpanProcessor(settings)
     provider = TracerProvider()
     provider.add_span_processor(processor)
@@ -192,6 +192,28 @@ def test_history_entries_carry_their_request_route() -> None:
         ("SELECT ?", ""),
     ]
     assert {e.pid for e in entries} == {__import__("os").getpid()}
+
+
+@pytest.mark.parametrize("level", ["request", "query"])
+def test_memory_delta_and_cpu_percent_are_sampled_only_per_query(level: str) -> None:
+    history = QueryHistory(100)
+    tracer, deriver = _pipeline(history, level)
+    with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as db:
+        db.set_attribute("db.system.name", "postgresql")
+        db.set_attribute("db.query.text", "SELECT 1")
+        ballast = bytearray(32 * 1024 * 1024)  # touched: the RSS grows while the query runs
+        ballast[::4096] = b"x" * len(ballast[::4096])
+    deriver.drain()
+    (entry,) = history.entries()
+    summary, details = entry.summary(), entry.details()
+    if level == "request":
+        assert summary["memory_delta"] is None and summary["cpu_percent"] is None
+        assert details["memory_delta"] is None and details["memory_delta_bytes"] is None
+    else:
+        assert isinstance(entry.memory_delta_bytes, int) and entry.memory_delta_bytes > 16 * 1024 * 1024
+        assert summary["memory_delta"] == details["memory_delta"] == round(entry.memory_delta_bytes / 2**20, 3)
+        assert summary["cpu_percent"] is not None
+    del ballast
 
 
 def test_waiting_queries_are_bounded() -> None:

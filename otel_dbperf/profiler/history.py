@@ -49,6 +49,7 @@ class QueryEntry:
     service_instance_id: str = ""
     relationship: str = ""  # the SQLAlchemy relationship this query lazily loaded ("Author.books"), or ""
     suggestion: str = ""  # the loader option that loads it up front ("selectinload(Author.books)"), or ""
+    memory_delta_bytes: int | None = None  # process RSS change over the query (DBPERF_RESOURCE_SAMPLES=query)
 
     def summary(self) -> dict[str, Any]:
         """The entry without its bulky fields (stacktrace, plan), for lists: seed 000's fields
@@ -58,7 +59,7 @@ class QueryEntry:
             "query": self.statement,
             "duration": self.duration_s,
             "query_type": query_type(self.operation),
-            "memory_delta": None,  # MB; not sampled per query
+            "memory_delta": self.memory_delta(),
             "cpu_percent": self.cpu_percent(),
             "has_stack_trace": bool(self.stacktrace),
             "id": self.id,
@@ -91,11 +92,17 @@ class QueryEntry:
             query=self.statement,
             duration=self.duration_s,
             query_type=query_type(self.operation),
-            memory_delta=None,
+            memory_delta=self.memory_delta(),
             cpu_percent=self.cpu_percent(),
             stack_trace=stack_lines(self.stacktrace),
         )
         return data
+
+    def memory_delta(self) -> float | None:
+        """Seed 000's ``memory_delta``: the process's RSS change over the query, in MB (None: not sampled)."""
+        if self.memory_delta_bytes is None:
+            return None
+        return round(self.memory_delta_bytes / (1024 * 1024), 3)
 
     def cpu_percent(self) -> float | None:
         """CPU time of the querying thread over the query's wall-clock time, when sampled."""
@@ -201,6 +208,7 @@ class QueryHistory:
         service_instance_id: str = "",
         relationship: str = "",
         suggestion: str = "",
+        memory_delta_bytes: int | None = None,
     ) -> int:
         """Record one query; returns its id, or 0 when the profiler is disabled."""
         try:
@@ -242,6 +250,7 @@ class QueryHistory:
                         service_instance_id,
                         relationship,
                         suggestion,
+                        memory_delta_bytes,
                     )
                 )
                 self.total += 1

@@ -45,7 +45,11 @@ def _schemas() -> dict[str, Any]:
         "query": {"type": "string", "description": "the sanitized statement (literals replaced by ?)"},
         "duration": {"type": "number", "minimum": 0, "description": "seconds"},
         "query_type": {"type": "string", "enum": ["read", "write", "other"]},
-        "memory_delta": {"type": "number", "nullable": True, "description": "MB; null: not sampled per query"},
+        "memory_delta": {
+            "type": "number",
+            "nullable": True,
+            "description": "process RSS change over the query, MB; null: not sampled (DBPERF_RESOURCE_SAMPLES=query)",
+        },
         "cpu_percent": {
             "type": "number",
             "nullable": True,
@@ -98,6 +102,7 @@ def _schemas() -> dict[str, Any]:
             "plan_format": {"type": "string", "nullable": True},
             "verdict": {"type": "string", "nullable": True},
             "span_id": {"type": "string", "pattern": "^([0-9a-f]{16})?$"},
+            "memory_delta_bytes": {"type": "integer", "nullable": True},
         }
     )
     aggregate: dict[str, Any] = {

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import attributes as A
 from .._pending import PendingByRequest
-from .._processor import _CPU, _DUR, _LOC, _REL, _REQ, _SLOW, _STACK, _STMT
+from .._processor import _CPU, _DUR, _LOC, _REL, _REQ, _RSS_DELTA, _SLOW, _STACK, _STMT
 from .._suggest import relationship_fix
 from .history import QueryHistory
 
@@ -73,6 +73,7 @@ class HistorySink:
             "trace_id": format(context.trace_id, "032x"),
             "span_id": format(context.span_id, "016x"),
             "cpu_time_ms": record[_CPU] / 1e6 if record[_CPU] >= 0 else None,
+            "memory_delta_bytes": record[_RSS_DELTA],
             "error_type": str(attrs.get("error.type") or ""),
             "service_instance_id": str(instance or ""),
             "relationship": relationship,
