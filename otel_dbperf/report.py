@@ -108,6 +108,17 @@ class ReadStats:
         if len(self.reasons) < _MAX_REASONS:
             self.reasons.append(f"{where}: {why}")
 
+    def as_dict(self) -> dict[str, Any]:
+        """The ``input`` object of the JSON reports."""
+        return {
+            "lines": self.lines,
+            "corrupt_lines": self.corrupt,
+            "other_signal_lines": self.other_signals,
+            "spans": self.spans,
+            "bad_spans": self.bad_spans,
+            "rejected": list(self.reasons),
+        }
+
 
 def _span(s: Any, service: str) -> Span:
     return Span(
@@ -373,14 +384,7 @@ class Report:
         repeated = [s for s in self.fingerprints.values() if s.duplicates]
         repeated = sorted(repeated, key=lambda s: (-s.duplicate_ms, -s.duplicates, s.fingerprint))[: self.top]
         return {
-            "input": {
-                "lines": stats.lines,
-                "corrupt_lines": stats.corrupt,
-                "other_signal_lines": stats.other_signals,
-                "spans": stats.spans,
-                "bad_spans": stats.bad_spans,
-                "rejected": list(stats.reasons),
-            },
+            "input": stats.as_dict(),
             "requests": self.requests,
             "db_spans": self.db_spans,
             "top_queries": [

@@ -204,12 +204,7 @@ def compare(
 
     def side_info(report: Report, stats: ReadStats) -> dict[str, Any]:
         return {
-            "input": {
-                "lines": stats.lines,
-                "corrupt_lines": stats.corrupt,
-                "other_signal_lines": stats.other_signals,
-                "spans": stats.spans,
-            },
+            "input": stats.as_dict(),
             "requests": report.requests,
             "db_spans": report.db_spans,
             "fingerprints": len(report.fingerprints),
