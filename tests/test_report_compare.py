@@ -253,7 +253,14 @@ def test_json_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "db_time_per_request": True,
     }
     assert data["baseline"] == {
-        "input": {"lines": 50, "corrupt_lines": 0, "other_signal_lines": 0, "spans": 50 * 8 - 1, "bad_spans": 0, "rejected": []},
+        "input": {
+            "lines": 50,
+            "corrupt_lines": 0,
+            "other_signal_lines": 0,
+            "spans": 50 * 8 - 1,
+            "bad_spans": 0,
+            "rejected": [],
+        },
         "requests": 50,
         "db_spans": 50 * 7 - 1,
         "fingerprints": 7,
