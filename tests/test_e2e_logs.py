@@ -140,8 +140,9 @@ def test_flask_console_is_unchanged_and_records_go_out_scrubbed(
                    OTEL_BLRP_SCHEDULE_DELAY="100")  # fmt: skip
     plain = _run_app(server, False, env, tmp_path)
 
-    def exported() -> None:
+    def exported() -> None:  # before the stop: SIGTERM ends the Flask dev server at once, without a flush
         receiver.wait_for_logs(lambda logs: {SIGNUP_RECORD, "signup failed"} <= {r["body"] for r in logs})
+        receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" for x in s) >= 4)
 
     instrumented = _run_app(server, True, env, tmp_path, exported)
 
