@@ -147,10 +147,7 @@ class SpanDeriver:
             )
 
     def drain(self, deadline: float | None = None) -> None:
-        """Record the metrics of the spans queued when it is called (until ``deadline``, a
-        ``time.monotonic()``). Spans queued meanwhile wait for the next drain: under a sustained
-        stream the lock is never held for good, so a metric collection, which drains first,
-        always finishes (a full queue drops and counts instead)."""
+        """Record the metrics of every queued span (until ``deadline``, a ``time.monotonic()``)."""
         if deadline is None:
             lock_ok = self._lock.acquire()
         else:
@@ -159,7 +156,7 @@ class SpanDeriver:
             return
         try:
             queue = self.queue
-            for _ in range(len(queue)):
+            while queue:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 try:

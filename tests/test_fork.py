@@ -134,6 +134,13 @@ def test_children_forked_while_every_lock_is_held_still_trace_and_exit(pipeline:
     for w in workers:
         w.start()
     time.sleep(0.3)
+    # The spans keep their exporters and the deriver busy while the locks are taken below; the
+    # producers stop first: a drain empties the queue before it lets go of its lock, so a producer
+    # faster than the deriver would keep the holder waiting (tests/apps/fork_app.py forks while
+    # producers run, without holding locks).
+    stop.set()
+    for w in workers:
+        w.join(10)
     # The deterministic part: a parent thread holds every lock of ours while the children fork.
     held, release = threading.Event(), threading.Event()
 
