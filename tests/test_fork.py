@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import APPS, BIN, base_env
+from fork_app import wait_all
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -174,7 +174,7 @@ def test_children_forked_while_every_lock_is_held_still_trace_and_exit(pipeline:
         release.set()
         stop.set()
         os.close(write_end)
-    codes, hung = _wait_all(pids)
+    codes, hung = wait_all(pids, CHILD_DEADLINE_S)
     with os.fdopen(read_end) as reports_file:
         reports = [json.loads(line) for line in reports_file]
     for w in [*workers, holding]:
@@ -190,23 +190,6 @@ def test_children_forked_while_every_lock_is_held_still_trace_and_exit(pipeline:
     pipeline.request("GET /after", 2)
     assert pipeline.provider.force_flush(10_000)
     assert any(s.name == "GET /after" for s in pipeline.slow.spans)
-
-
-def _wait_all(pids: list[int]) -> tuple[list[int], int]:
-    deadline = time.monotonic() + CHILD_DEADLINE_S
-    codes: dict[int, int] = {}
-    while len(codes) < len(pids) and time.monotonic() < deadline:
-        for pid in pids:
-            if pid not in codes:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes[pid] = os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    hung = [pid for pid in pids if pid not in codes]
-    for pid in hung:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return sorted(codes.values()), len(hung)
 
 
 def test_children_of_an_instrumented_app_exit_while_the_parent_exports(receiver: Any, tmp_path: Path) -> None:

@@ -63,7 +63,14 @@ def main() -> None:
         pids.append(pid)
         time.sleep(0.02)
     stop.set()  # the hazard is at fork time; from here on the children get the CPU
-    deadline = time.monotonic() + 60  # a hang detector: a healthy child exits in about a second
+    codes, hung = wait_all(pids, 60.0)  # a hang detector: a healthy child exits in about a second
+    print(json.dumps({"children": n, "exited": codes, "hung": hung}), flush=True)
+
+
+def wait_all(pids: list[int], limit_s: float) -> tuple[list[int], int]:
+    """The children's exit codes (sorted), and how many were still running after ``limit_s``
+    (killed). Shared with tests/test_fork.py."""
+    deadline = time.monotonic() + limit_s
     codes: dict[int, int] = {}
     while len(codes) < len(pids) and time.monotonic() < deadline:
         for pid in pids:
@@ -71,12 +78,12 @@ def main() -> None:
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     codes[pid] = os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
+        time.sleep(0.02)
     hung = [pid for pid in pids if pid not in codes]
     for pid in hung:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    print(json.dumps({"children": n, "exited": sorted(codes.values()), "hung": len(hung)}), flush=True)
+    return sorted(codes.values()), len(hung)
 
 
 if __name__ == "__main__":
