@@ -25,7 +25,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
 
 from . import _forksafe
 from . import attributes as A
@@ -114,7 +114,7 @@ class _Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss",
-        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns",
+        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns", "extras",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -133,6 +133,47 @@ class _Request:
         self.dup_keys: set[tuple[str, bytes]] = set()  # (statement, parameter digest) of the SELECTs so far
         self.dup_count = 0  # SELECTs that exactly repeat an earlier one of the request
         self.dup_ns = 0  # and their DB time
+        #: attributes other hooks add to the request's root span (see :func:`current_request`)
+        self.extras: dict[str, Any] | None = None
+
+    def add(self, key: str, value: float) -> None:
+        """Add ``value`` to the request attribute ``key`` (request thread; a hook of another concern:
+        pool waits, transactions). The sum lands on the root span when it is exported."""
+        extras = self.extras
+        if extras is None:
+            extras = self.extras = {}
+        extras[key] = extras.get(key, 0) + value
+
+    def set_max(self, key: str, value: float) -> None:
+        """Keep the largest ``value`` seen for the request attribute ``key``."""
+        extras = self.extras
+        if extras is None:
+            extras = self.extras = {}
+        if value > extras.get(key, value - 1):
+            extras[key] = value
+
+
+def current_request() -> _Request | None:
+    """The request (local root) the current span belongs to, or None outside any request.
+
+    For hooks that run on the request thread outside a DB span's end (SQLAlchemy pool and
+    transaction events): they add their per-request figures with :meth:`_Request.add`.
+    """
+    try:
+        span = get_current_span()
+        context = span.get_span_context()
+        if not context.is_valid:
+            return None
+        for processor in list(_processors):
+            entry = processor._open.get(context.span_id)  # noqa: SLF001
+            if entry is None:
+                continue
+            request = entry if entry.__class__ is _Request else entry[1]
+            if request is not None:
+                return request  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001
+        internal_error("current_request", exc)
+    return None
 
 
 class DbPerfSpanProcessor(SpanProcessor):
@@ -557,6 +598,8 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.CPU_TIME_MS] = request.cpu_ns / 1e6
             attrs[A.MEMORY_RSS_BYTES] = request.rss
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
+        if request.extras:
+            attrs.update(request.extras)
         return self._scrub(span, attrs, None)
 
     def _scrub(

@@ -315,3 +315,24 @@ def test_stacktrace_has_source_lines_only_when_asked(tmp_path: Path, source: boo
     assert (source_line in stack) is source
     if not source:
         assert all(line.startswith(("Traceback", '  File "')) for line in stack.splitlines())
+
+
+def test_other_hooks_add_request_attributes_through_current_request(traced: Traced) -> None:
+    """A hook on the request thread (pool waits, transactions) adds figures to the request's root span."""
+    assert _processor.current_request() is None  # outside any request
+    traced.memory.clear()
+    with (
+        traced.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER),
+        traced.tracer.start_as_current_span("inner"),
+    ):
+        request = _processor.current_request()
+        assert request is not None
+        request.add("dbperf.test.sum", 2)
+        request.add("dbperf.test.sum", 3.5)
+        request.set_max("dbperf.test.max", 4)
+        request.set_max("dbperf.test.max", 1)
+    (root,) = [s for s in traced.spans() if s.name == "GET /x"]
+    assert root.attributes["dbperf.test.sum"] == 5.5
+    assert root.attributes["dbperf.test.max"] == 4
+    (inner,) = [s for s in traced.spans() if s.name == "inner"]
+    assert "dbperf.test.sum" not in inner.attributes
