@@ -54,9 +54,11 @@ from sqlalchemy.pool import StaticPool
 
 from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates
 from otel_dbperf._location import AppCode, location_of
+from otel_dbperf._otlp import SpanEncoder, fast_exporter
 from otel_dbperf._resources import rss_bytes
 
 QUERIES_PER_REQUEST = 10
+STOCK = "otel-dbperf, stock encoder"  # otel-dbperf with DBPERF_OTLP_ENCODER=stock
 DEPTH = 20
 BATCH = 512
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -247,9 +249,18 @@ class _Drain:
 
 
 def build(
-    samples: str = "request", exporter: str = "otlp", port: int = 0, requests: bool = True, metrics: bool = False
+    samples: str = "request",
+    exporter: str = "otlp",
+    port: int = 0,
+    requests: bool = True,
+    metrics: bool = False,
+    stock: bool = False,
 ) -> dict[str, Variant]:
-    """``bare``, ``vanilla`` and ``otel-dbperf`` (with ``metrics``: both with a MeterProvider)."""
+    """``bare``, ``vanilla`` and ``otel-dbperf`` (with ``metrics``: both with a MeterProvider).
+
+    ``otel-dbperf`` sends through otel-dbperf's OTLP encoder (``DBPERF_OTLP_ENCODER=fast``, the
+    default), as ``_setup`` composes it; with ``stock``, also ``otel-dbperf, stock encoder``: the same
+    processor and exporter with the SDK's encoder."""
     settings = Settings(
         app_paths=(HERE,),
         resource_samples=samples,  # type: ignore[arg-type]
@@ -284,7 +295,7 @@ def build(
     def batch(exp: SpanExporter) -> BatchSpanProcessor:
         return BatchSpanProcessor(exp, max_export_batch_size=BATCH)
 
-    ours = (dbperf, batch(dbperf.wrap_exporter(make_exporter(exporter, port))))
+    ours = (dbperf, batch(dbperf.wrap_exporter(fast_exporter(make_exporter(exporter, port), "fast"))))
     variants = {
         "bare": Variant("bare", make_engine(), requests=requests),
         "vanilla": Variant(
@@ -292,6 +303,17 @@ def build(
         ),
         "otel-dbperf": Variant("otel-dbperf", engine, provider, ours, requests, deriver, meters, duplicates=True),
     }
+    if stock:
+        variants[STOCK] = Variant(
+            STOCK,
+            engine,
+            provider,
+            (dbperf, batch(dbperf.wrap_exporter(make_exporter(exporter, port)))),
+            requests,
+            deriver,
+            meters,
+            duplicates=True,
+        )
     if meters is not None:
         for v in variants.values():
             v.extra_flush = (meters,)  # the final flush collects and exports the metrics too
@@ -311,7 +333,7 @@ def cpu_time(rounds: int, block: int, samples: str, exporter: str) -> dict[str, 
     receiver = Receiver()
     try:
         scenarios = {
-            "requests": build(samples, exporter, receiver.port),
+            "requests": build(samples, exporter, receiver.port, stock=True),
             "no request": build(samples, exporter, receiver.port, requests=False),
             "metrics": build(samples, exporter, receiver.port, metrics=True),
         }
@@ -334,14 +356,18 @@ def cpu_time(rounds: int, block: int, samples: str, exporter: str) -> dict[str, 
     )
     out = {}
     for name, s in scenarios.items():
-        bare, vanilla, ours = s["bare"], s["vanilla"], s["otel-dbperf"]
+        bare, vanilla = s["bare"], s["vanilla"]
         vt, vc = paired(vanilla, bare, "thread_ns"), paired(vanilla, bare, "total_ns")
-        ot, oc = paired(ours, vanilla, "thread_ns"), paired(ours, vanilla, "total_ns")
-        out[name] = (ot / vt, oc / vc)
-        print(
-            f"  {name:<11} vanilla adds {vt:6.2f} request thread, {vc:6.2f} all threads; "
-            f"otel-dbperf adds {ot:6.2f} ({ot / vt:+.0%}) and {oc:6.2f} ({oc / vc:+.0%})"
-        )
+        for key in ("otel-dbperf", STOCK):
+            if key not in s:
+                continue
+            ot, oc = paired(s[key], vanilla, "thread_ns"), paired(s[key], vanilla, "total_ns")
+            out[name if key == "otel-dbperf" else f"{name}, stock encoder"] = (ot / vt, oc / vc)
+            label = name if key == "otel-dbperf" else "  stock encoder"
+            print(
+                f"  {label:<15} vanilla adds {vt:6.2f} request thread, {vc:6.2f} all threads; "
+                f"{key} adds {ot:6.2f} ({ot / vt:+.0%}) and {oc:6.2f} ({oc / vc:+.0%})"
+            )
     return out
 
 
@@ -353,7 +379,9 @@ _TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 def _instructions_child(variant: str, n: int, gc_off: bool, port: int, samples: str, exporter: str) -> int:
     """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
     scenario, _, name = variant.partition(":")
-    variants = build(samples, exporter, port, requests=scenario != "no request", metrics=scenario == "metrics")
+    variants = build(
+        samples, exporter, port, requests=scenario != "no request", metrics=scenario == "metrics", stock=name == STOCK
+    )
     chosen = variants[name]
     chosen.run(300)  # warm-up, flushed on another thread
     if n:
@@ -404,8 +432,12 @@ LIMITS = {  # section 6: (scenario, figure index) -> limit on (otel-dbperf added
 }
 
 
-def instructions(n: int, samples: str, exporter: str, cpu_rounds: int) -> int:
-    """Each section 6 limit with its instruction figure, the CPU-time figure beside it."""
+def instructions(
+    n: int, samples: str, exporter: str, cpu_rounds: int, stock_in: tuple[str, ...] = ("requests",)
+) -> int:
+    """Each section 6 limit with its instruction figure, the CPU-time figure beside it.
+
+    ``stock_in``: the scenarios where otel-dbperf with the SDK's encoder is measured too."""
     if not shutil.which("valgrind"):
         print("valgrind not found (apt-get install valgrind)")
         return 1
@@ -413,11 +445,13 @@ def instructions(n: int, samples: str, exporter: str, cpu_rounds: int) -> int:
     counts: dict[str, tuple[float, float]] = {}
     try:
         for scenario in ("requests", "no request", "metrics"):
-            for name in ("bare", "vanilla", "otel-dbperf"):
+            for name in ("bare", "vanilla", "otel-dbperf", STOCK):
+                if name == STOCK and scenario not in stock_in:
+                    continue
                 key = f"{scenario}:{name}"
                 counts[key] = _count(key, n, receiver.port, samples, exporter)
                 print(
-                    f"  {key:<24}{counts[key][0]:>12,.0f} request thread (GC off){counts[key][1]:>12,.0f} all threads",
+                    f"  {key:<38}{counts[key][0]:>12,.0f} request thread (GC off){counts[key][1]:>12,.0f} all threads",
                     flush=True,
                 )
     finally:
@@ -428,14 +462,20 @@ def instructions(n: int, samples: str, exporter: str, cpu_rounds: int) -> int:
         f"{DEPTH} frames deep, exporter {exporter}, batches of {BATCH}, DBPERF_RESOURCE_SAMPLES={samples})"
     )
     ok = True
-    for scenario in ("requests", "no request", "metrics"):
-        bare, vanilla, ours = (counts[f"{scenario}:{x}"] for x in ("bare", "vanilla", "otel-dbperf"))
+    rows = [(scenario, "otel-dbperf") for scenario in ("requests", "no request", "metrics")]
+    rows += [(scenario, STOCK) for scenario in stock_in]
+    for scenario, variant in rows:
+        bare, vanilla, ours = (counts[f"{scenario}:{x}"] for x in ("bare", "vanilla", variant))
+        if variant == STOCK:
+            print(f"  the same, DBPERF_OTLP_ENCODER=stock ({scenario}):")
         for i, label in ((0, "request thread"), (1, "all threads")):
             added = vanilla[i] - bare[i]
             ours_added = ours[i] - vanilla[i]
             ratio = ours_added / added
-            limit = LIMITS.get((scenario, i))
-            if scenario == "metrics" and i == 0:
+            limit = LIMITS.get((scenario, i)) if variant == "otel-dbperf" else None
+            if variant == STOCK:
+                verdict = ""
+            elif scenario == "metrics" and i == 0:
                 plain = counts["requests:otel-dbperf"][0] - counts["requests:vanilla"][0]
                 extra = ours_added - plain  # what metrics add on the request thread beyond tracing
                 verdict = f"metrics add {extra:+,.0f}: " + ("OK" if extra <= 0.01 * added else "OVER")
@@ -444,10 +484,23 @@ def instructions(n: int, samples: str, exporter: str, cpu_rounds: int) -> int:
             else:
                 verdict = f"limit +{limit:.0%}: " + ("OK" if ratio <= limit else "OVER")
                 ok = ok and ratio <= limit
-            cpu_figure = f"CPU time {cpu[scenario][i]:+.0%}" if scenario in cpu else ""
+            cpu_key = scenario if variant == "otel-dbperf" else f"{scenario}, stock encoder"
+            cpu_figure = f"CPU time {cpu[cpu_key][i]:+.0%}" if cpu_key in cpu else ""
             print(
                 f"  {scenario:<11}{label:<15} vanilla adds {added:>9,.0f}  otel-dbperf {ours_added:>+9,.0f} "
                 f"({ratio:+.1%})  {verdict:<28}{cpu_figure}"
+            )
+    # the moonshot (issue 16): all of otel-dbperf against vanilla tracing alone
+    vanilla_alone = counts["requests:vanilla"]
+    print("\nmoonshot: otel-dbperf's whole pipeline against vanilla tracing alone (instructions per query)")
+    whole = (("requests:otel-dbperf", "otel-dbperf (tracing)"), ("metrics:otel-dbperf", "otel-dbperf + metrics"))
+    for key, label in whole:
+        for i, thread in ((0, "request thread"), (1, "all threads")):
+            base = vanilla_alone[i] - counts["requests:bare"][i]
+            ours_total = counts[key][i] - counts["requests:bare"][i]
+            print(
+                f"  {label:<22}{thread:<15} adds {ours_total:>9,.0f} to bare; vanilla tracing adds {base:>9,.0f} "
+                f"({ours_total / base - 1:+.1%})"
             )
     return 0 if ok else 3
 
@@ -566,8 +619,10 @@ class _Capture(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def _encoding_child(which: str, repeat: int) -> int:
-    """Encode one batch of 512 DB spans ``repeat`` times as the OTLP exporter does (callgrind runs this)."""
+def _encoding_child(which: str, repeat: int, encoder: str = "stock") -> int:
+    """Encode one batch of 512 DB spans ``repeat`` times as the OTLP exporter does (callgrind runs this):
+    ``stock`` the SDK's encoder, ``fast`` otel-dbperf's (a new encoder, so its caches fill once per run,
+    in the first repeat)."""
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
@@ -584,24 +639,41 @@ def _encoding_child(which: str, repeat: int) -> int:
         for span in spans:
             kept = {k: val for k, val in span.attributes.items() if k not in drop}
             span._attributes = BoundedAttributes(attributes=kept, immutable=True)  # noqa: SLF001
+    if encoder == "fast":
+        ours = SpanEncoder()
+        if repeat:
+            assert ours.encode(spans) == encode_spans(spans).SerializePartialToString()  # the same bytes
+            repeat -= 1
+        for _ in range(repeat):
+            ours.encode(spans)
+        return 0
     for _ in range(repeat):
-        encode_spans(spans).SerializeToString()
+        encode_spans(spans).SerializePartialToString()
     return 0
 
 
 def encoding(repeat: int) -> int:
-    """Instructions the OTLP protobuf encoder spends per span, with and without the attributes we add."""
-    per_span = {}
+    """Instructions the OTLP protobuf encoder spends per span, with and without the attributes we add:
+    the SDK's encoder (``encode_spans(...).SerializePartialToString()``, as its exporter calls it) and
+    otel-dbperf's (``DBPERF_OTLP_ENCODER=fast``; the first of the ``repeat`` encodings, which fills its
+    caches and is checked equal to the stock bytes, is counted)."""
+    per_span: dict[tuple[str, str], float] = {}
+    print(f"instructions per span to encode (callgrind, a batch of {BATCH} DB spans encoded {repeat} times)")
+    print(f"  {'':<36}{'stock':>9}{'ours':>9}  ours/stock")
     for which in _DROPS:
-        base = [sys.executable, __file__, "--encoding-child", which]
-        zero = _callgrind([*base, "--queries", "0"])[1]
-        full = _callgrind([*base, "--queries", str(repeat)])[1]
-        per_span[which] = (full - zero) / repeat / BATCH
-        print(f"  {which:<36}{per_span[which]:>9,.0f} instructions per span to encode", flush=True)
-    ours = per_span["otel-dbperf span"]
-    for which, cost in per_span.items():
-        if which != "otel-dbperf span":
-            print(f"  {which:<36}{cost - ours:>+9,.0f} against the otel-dbperf span")
+        for encoder in ("stock", "fast"):
+            base = [sys.executable, __file__, "--encoding-child", which, "--encoder", encoder]
+            zero = _callgrind([*base, "--queries", "0"])[1]
+            full = _callgrind([*base, "--queries", str(repeat)])[1]
+            per_span[which, encoder] = (full - zero) / repeat / BATCH
+        stock, fast = per_span[which, "stock"], per_span[which, "fast"]
+        print(f"  {which:<36}{stock:>9,.0f}{fast:>9,.0f}  {fast / stock:.3f}", flush=True)
+    for encoder in ("stock", "fast"):
+        ours = per_span["otel-dbperf span", encoder]
+        print(f"  against the otel-dbperf span, {encoder} encoder:")
+        for which in _DROPS:
+            if which != "otel-dbperf span":
+                print(f"    {which:<34}{per_span[which, encoder] - ours:>+9,.0f}")
     return 0
 
 
@@ -694,6 +766,12 @@ def main() -> int:
     parser.add_argument("--instructions", action="store_true", help="the gate: callgrind instruction counts")
     parser.add_argument("--cpu-rounds", type=int, default=60, help="with --instructions: CPU-time rounds beside")
     parser.add_argument("--queries", type=int, default=1000, help="with --instructions: queries per run")
+    parser.add_argument(
+        "--stock-in",
+        default="requests",
+        help="with --instructions: scenarios (comma-separated: requests, no request, metrics; empty: none) "
+        "where otel-dbperf with DBPERF_OTLP_ENCODER=stock is counted too",
+    )
     parser.add_argument("--latency", action="store_true", help="p99 request latency, concurrency 1 and 4")
     parser.add_argument("--probe", action="store_true", help="the independent probe's setup")
     parser.add_argument("--venv", default=os.path.join(os.path.dirname(HERE), ".venv-sa20"), help="with --probe")
@@ -702,6 +780,7 @@ def main() -> int:
     parser.add_argument("--distinct", type=int, default=100_000)
     parser.add_argument("--encoding", action="store_true", help="OTLP encoding cost per added attribute")
     parser.add_argument("--encoding-child", help=argparse.SUPPRESS)
+    parser.add_argument("--encoder", default="stock", choices=("stock", "fast"), help=argparse.SUPPRESS)
     parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
     parser.add_argument("--gc", default="on", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -714,11 +793,12 @@ def main() -> int:
             args.instructions_child, args.queries, args.gc == "off", args.port, args.samples, args.exporter
         )
     if args.encoding_child:
-        return _encoding_child(args.encoding_child, args.queries)
+        return _encoding_child(args.encoding_child, args.queries, args.encoder)
     if args.encoding:
         return encoding(20)
     if args.instructions:
-        return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds)
+        stock_in = tuple(x for x in args.stock_in.split(",") if x)
+        return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds, stock_in)
     if args.latency:
         return latency(args.rounds, 50)
     if args.probe:

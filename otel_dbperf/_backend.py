@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ._guard import internal_error
+from ._otlp import FastOTLPSpanExporter
 from .settings import Settings
 
 REPEAT_S = 300.0  # while exports of a signal keep failing, the line is repeated at most this often
@@ -176,7 +177,8 @@ class Watch:
 class WatchedSpanExporter(SpanExporter):
     def __init__(self, exporter: SpanExporter) -> None:
         self._exporter = exporter
-        self.watch = Watch("traces", exporter)
+        # otel-dbperf's OTLP encoder sends through the SDK exporter it wraps: that one is watched
+        self.watch = Watch("traces", exporter.wrapped if isinstance(exporter, FastOTLPSpanExporter) else exporter)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return self.watch.export(len(spans), lambda: self._exporter.export(spans))  # type: ignore[no-any-return]

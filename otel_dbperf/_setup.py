@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from . import _forksafe, _prefork
 from ._backend import WatchedSpanExporter
 from ._guard import step
+from ._otlp import fast_exporter
 from ._processor import DbPerfSpanProcessor
 from ._startup_log import startup_warning
 from .settings import Settings, describe_effective
@@ -49,7 +50,9 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     processor = DbPerfSpanProcessor(settings)
 
     def export_processor(exporter: SpanExporter) -> SpanProcessor:
-        return BatchSpanProcessor(processor.wrap_exporter(WatchedSpanExporter(exporter)))
+        # the SDK's OTLP/HTTP protobuf exporter gets otel-dbperf's encoder (DBPERF_OTLP_ENCODER)
+        sender = fast_exporter(exporter, settings.otlp_encoder)
+        return BatchSpanProcessor(processor.wrap_exporter(WatchedSpanExporter(sender)))
 
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
     state["processor"] = processor

@@ -50,6 +50,19 @@ def _parse_samples(raw: str) -> ResourceSamples:
     raise ValueError("expected request, query or off")
 
 
+#: DBPERF_OTLP_ENCODER: ``fast`` (otel-dbperf writes the OTLP/HTTP protobuf bytes of spans itself) or ``stock``
+OtlpEncoder = Literal["fast", "stock"]
+_ENCODERS: tuple[OtlpEncoder, ...] = ("fast", "stock")
+
+
+def _parse_encoder(raw: str) -> OtlpEncoder:
+    value = raw.strip().lower()
+    for encoder in _ENCODERS:
+        if value == encoder:
+            return encoder
+    raise ValueError("expected fast or stock")
+
+
 def _ms_between(low: float, high: float) -> Callable[[str], float]:
     """A number of milliseconds in [low, high] (NaN, infinities and 1e308 are out of range)."""
 
@@ -166,6 +179,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_FILE_PATH", "file_path", str.strip, "dbperf-spans.jsonl", "dbperf-spans.jsonl"),
     _Var("DBPERF_JAEGER_URL", "jaeger_url", str.strip, "", "(unset)"),
     _Var("DBPERF_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _ms_between(0, 60_000), 2000.0, "2000", True),
+    _Var("DBPERF_OTLP_ENCODER", "otlp_encoder", _parse_encoder, "fast", "fast"),
 )
 
 
@@ -198,6 +212,7 @@ class Settings:
     file_path: str = "dbperf-spans.jsonl"
     jaeger_url: str = ""
     shutdown_timeout_ms: float = 2000.0
+    otlp_encoder: OtlpEncoder = "fast"
 
     def __post_init__(self) -> None:
         if not self.app_paths:
@@ -207,6 +222,8 @@ class Settings:
             object.__setattr__(self, "resource_samples", "query" if samples else "off")
         elif samples not in _SAMPLE_LEVELS:
             raise ValueError(f"resource_samples must be one of {', '.join(_SAMPLE_LEVELS)}, not {samples!r}")
+        if self.otlp_encoder not in _ENCODERS:
+            raise ValueError(f"otlp_encoder must be one of {', '.join(_ENCODERS)}, not {self.otlp_encoder!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -40,8 +40,10 @@ def test_values_are_parsed() -> None:
             "DBPERF_N_PLUS_ONE_THRESHOLD": " 3 ",
             "DBPERF_APP_PATHS": "/srv/app, /opt/lib ,",
             "DBPERF_SQLCOMMENTER": "yes",
+            "DBPERF_OTLP_ENCODER": " Stock ",
         }
     )
+    assert s.otlp_encoder == "stock"
     assert s.enabled is False and s.slow_query_threshold_ms == 250.5 and s.n_plus_one_threshold == 3
     assert s.app_paths == ("/srv/app", "/opt/lib") and s.sqlcommenter is True
 
@@ -56,6 +58,7 @@ def test_values_are_parsed() -> None:
         ("DBPERF_N_PLUS_ONE_THRESHOLD", "2.5", "5"),
         ("DBPERF_ENABLED", "maybe", "true"),
         ("DBPERF_APP_PATHS", " , ", "(current directory)"),
+        ("DBPERF_OTLP_ENCODER", "quick", "fast"),
     ],
 )
 def test_malformed_value_warns_once_and_uses_default(
