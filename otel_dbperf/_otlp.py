@@ -34,11 +34,12 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
+from time import sleep as _sleep
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from ._guard import internal_error
 
@@ -47,6 +48,8 @@ _log = logging.getLogger("otel_dbperf")
 MAX_CACHED_PAIRS = 4096  # (key, value) pairs per value kind and field; the cache is emptied when full
 MAX_CACHED_CHARS = 256  # longer strings are encoded each time (encoding them is a copy; caching costs memory)
 MAX_CACHED_BLOCKS = 64  # resource and scope objects whose encoded block is kept
+PAUSE_EVERY = 64  # spans encoded between two pauses of the export thread
+PAUSE_S: float | None = None  # the pause (None: none); see docs/design.md "The OTLP encoder"
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
@@ -57,6 +60,9 @@ _BYTE = [bytes((i,)) for i in range(256)]
 _PACK_Q = struct.Struct("<Q").pack  # fixed64
 _PACK_D = struct.Struct("<d").pack  # double
 _PACK_TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
+_PACK_IDS = struct.Struct(">HQQHQ").pack  # trace_id (1, 16 bytes) and span_id (2, 8 bytes), big-endian
+_PACK_IDS_PARENT = struct.Struct(">HQQHQHQ").pack  # and parent_span_id (4, 8 bytes)
+_M64 = (1 << 64) - 1
 
 # tags: (field number << 3) | wire type, one byte each below field 16
 _LEN = 2  # wire type: length-delimited
@@ -82,6 +88,14 @@ _KIND = {
     SpanKind.CLIENT: b"\x30\x03",
     SpanKind.PRODUCER: b"\x30\x04",
     SpanKind.CONSUMER: b"\x30\x05",
+}
+#: the same by the members' ids (a dict keyed by an Enum member hashes it in Python)
+_KIND_BY_ID = {id(kind): encoded for kind, encoded in _KIND.items()}
+#: Span.status (15) of a status without a description, by the id of its StatusCode member
+_STATUS_BY_ID = {
+    id(StatusCode.UNSET): b"\x7a\x00",
+    id(StatusCode.OK): b"\x7a\x02\x18\x01",
+    id(StatusCode.ERROR): b"\x7a\x02\x18\x02",
 }
 
 
@@ -161,20 +175,22 @@ def _items(attributes: Any) -> Any:
     return attributes.items()
 
 
-_DIRECT: dict[type, bool] = {}  # span class -> its ``attributes`` is ReadableSpan's
+_DIRECT: dict[type, bool] = {}  # span class -> its attributes, events and links properties are ReadableSpan's
 
 
-def _span_attributes(span: Any) -> Any:
-    """The span's attributes: ``ReadableSpan._attributes`` (opentelemetry-sdk 1.45.1: the BoundedAttributes
-    that the public ``attributes`` wraps in a MappingProxyType) when the class does not override
-    ``attributes``, else the property, as the stock encoder reads it."""
+def _direct(span: Any) -> bool:
+    """Whether the span's attributes, events and links can be read from ``ReadableSpan._attributes``,
+    ``_events`` and ``_links`` (opentelemetry-sdk 1.45.1: what the public properties wrap in a
+    MappingProxyType or copy into a tuple under a lock): the class overrides none of the three
+    properties and has the fields. Otherwise the properties, as the stock encoder reads them."""
     cls = span.__class__
     direct = _DIRECT.get(cls)
     if direct is None:
-        direct = _DIRECT[cls] = getattr(cls, "attributes", None) is ReadableSpan.attributes and hasattr(
-            span, "_attributes"
+        direct = _DIRECT[cls] = all(
+            getattr(cls, name, None) is getattr(ReadableSpan, name) and hasattr(span, f"_{name}")
+            for name in ("attributes", "events", "links")
         )
-    return span._attributes if direct else span.attributes  # noqa: SLF001
+    return direct
 
 
 class SpanEncoder:
@@ -190,6 +206,10 @@ class SpanEncoder:
         self._scopes: dict[int, tuple[Any, bytes]] = {}  # id -> (the object, InstrumentationScope + schema_url)
         self._status: dict[tuple[int, str | None], bytes] = {}
         self.skipped = 0  # attributes skipped as the stock encoder skips them
+        #: every ``pause_every`` spans the encoding sleeps ``pause_s`` seconds (None: never), so that a
+        #: request thread waiting for the GIL gets it then rather than at the next switch interval
+        self.pause_every = PAUSE_EVERY
+        self.pause_s: float | None = PAUSE_S
 
     # ------------------------------------------------------------------ attributes
 
@@ -293,8 +313,13 @@ class SpanEncoder:
         """Span.status (15): message (2), code (3)."""
         if status is None:
             return b""
-        code = status.status_code.value
+        code_member = status.status_code
         description = status.description
+        if description is None:
+            found = _STATUS_BY_ID.get(id(code_member))
+            if found is not None:
+                return found
+        code = code_member.value
         key = (code, description)
         encoded = self._status.get(key)
         if encoded is None:
@@ -307,24 +332,28 @@ class SpanEncoder:
 
     def span(self, span: ReadableSpan) -> bytes:
         """The Span message, fields in field-number order."""
-        context = span.get_span_context()
+        context: Any = span.get_span_context()
         parent = span.parent
-        parts = [
-            b"\x0a\x10",
-            context.trace_id.to_bytes(16, "big"),  # type: ignore[union-attr]
-            b"\x12\x08",
-            context.span_id.to_bytes(8, "big"),  # type: ignore[union-attr]
-        ]
-        trace_state = context.trace_state  # type: ignore[union-attr]
+        trace_id = context.trace_id
+        trace_state = context.trace_state
         if trace_state:
-            parts.append(_string_field(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()])))
-        if parent:
-            parts.append(b"\x22\x08")
-            parts.append(parent.span_id.to_bytes(8, "big"))
+            parts = [
+                _PACK_IDS(0x0A10, trace_id >> 64, trace_id & _M64, 0x1208, context.span_id),
+                _string_field(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()])),
+            ]
+            if parent:
+                parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        elif parent:
+            high, low = trace_id >> 64, trace_id & _M64
+            parts = [_PACK_IDS_PARENT(0x0A10, high, low, 0x1208, context.span_id, 0x2208, parent.span_id)]
+        else:
+            parts = [_PACK_IDS(0x0A10, trace_id >> 64, trace_id & _M64, 0x1208, context.span_id)]
         name = span.name
         if name:
-            parts.append(_field(b"\x2a", name.encode("utf-8")))
-        parts.append(_KIND[span.kind])
+            encoded = name.encode("utf-8")
+            n = len(encoded)
+            parts.append((b"\x2a" + _BYTE[n] if n < 0x80 else b"\x2a" + _varint(n)) + encoded)
+        parts.append(_KIND_BY_ID[id(span.kind)])
         start, end = span.start_time, span.end_time
         if start and end:
             parts.append(_PACK_TIMES(0x39, start, 0x41, end))
@@ -333,18 +362,21 @@ class SpanEncoder:
                 parts.append(b"\x39" + _PACK_Q(start))
             if end:
                 parts.append(b"\x41" + _PACK_Q(end))
-        parts.append(self.attributes(b"\x4a", _span_attributes(span)))
+        direct = _DIRECT.get(span.__class__)
+        if direct is None:
+            direct = _direct(span)
+        parts.append(self.attributes(b"\x4a", span._attributes if direct else span.attributes))  # noqa: SLF001
         dropped = span.dropped_attributes
         if dropped:
             parts.append(b"\x50" + _varint(dropped))
-        events = span.events
+        events = span._events if direct else span.events  # noqa: SLF001
         if events:
             for event in events:
                 parts.append(self._event(event))
         dropped = span.dropped_events
         if dropped:
             parts.append(b"\x60" + _varint(dropped))
-        links = span.links
+        links = span._links if direct else span.links  # noqa: SLF001
         if links:
             for link in links:
                 parts.append(self._link(link))
@@ -405,7 +437,15 @@ class SpanEncoder:
         last_scope: Any = _NOTHING
         last_list: list[bytes] = []
         encode = self.span
+        pause = 0.0 if self.pause_s is None else self.pause_s
+        every = 0 if self.pause_s is None else self.pause_every
+        countdown = every
         for span in spans:
+            if every:
+                countdown -= 1
+                if not countdown:  # let request threads waiting for the GIL run (pause_every, pause_s)
+                    countdown = every
+                    _sleep(pause)
             resource = span.resource
             scope = span.instrumentation_scope or None
             if resource is not last_resource or scope is not last_scope:
@@ -544,6 +584,7 @@ def fast_exporter(exporter: SpanExporter, mode: str) -> SpanExporter:
     """``exporter`` itself, or wrapped in :class:`FastOTLPSpanExporter` when ``mode`` is ``fast`` and it
     is the SDK's OTLP/HTTP protobuf span exporter as checked."""
     if mode == "fast" and FastOTLPSpanExporter.applies_to(exporter):
+        _log.debug("otel-dbperf: spans are encoded by otel-dbperf's OTLP encoder (DBPERF_OTLP_ENCODER=fast)")
         return FastOTLPSpanExporter(exporter)
     return exporter
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import random
+import subprocess
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import APPS, BIN, base_env, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.attributes import BoundedAttributes
@@ -417,3 +419,60 @@ def test_a_backend_that_is_down_is_a_failed_export() -> None:
     fast = FastOTLPSpanExporter(OTLPSpanExporter(endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", timeout=0.5))
     assert fast.export(real_spans()) is SpanExportResult.FAILURE
     assert fast.batches == 1 and fast.fallbacks == 0
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def run_script(receiver: Receiver, tmp_path: Path, **extra: str) -> tuple[str, list[dict[str, Any]]]:
+    receiver.clear()
+    proc = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "script_app.py", str(tmp_path / "s.db")],
+        cwd=APPS,
+        env=base_env(receiver, DBPERF_LOG_LEVEL="DEBUG", **extra),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "internal error" not in proc.stderr, proc.stderr
+    spans = receiver.wait_for(lambda s: any(x["name"] == "GET /script" for x in s))
+    return proc.stderr, spans
+
+
+def comparable(spans: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What two runs of the same script share: no ids, no times, no CPU or memory figures."""
+    varying = {A.CPU_TIME_MS, "dbperf.memory.rss_bytes", "dbperf.memory.rss_delta_bytes", "dbperf.db.duration_ms"}
+    return sorted(
+        (s["name"], s["kind"], s["scope"], sorted((k, repr(v)) for k, v in s["attributes"].items() if k not in varying))
+        for s in spans
+    )
+
+
+def test_opentelemetry_instrument_uses_our_encoder_by_default(receiver: Receiver, tmp_path: Path) -> None:
+    """Under ``opentelemetry-instrument`` (OTLP/HTTP protobuf, otel-dbperf's default protocol) the SDK's
+    exporter sends our bytes; with ``DBPERF_OTLP_ENCODER=stock`` its own; the receiver gets the same spans."""
+    fast_err, fast_spans = run_script(receiver, tmp_path)
+    assert "spans are encoded by otel-dbperf's OTLP encoder" in fast_err
+    stock_err, stock_spans = run_script(receiver, tmp_path, DBPERF_OTLP_ENCODER="stock")
+    assert "spans are encoded by otel-dbperf's OTLP encoder" not in stock_err
+    assert len(fast_spans) >= 7 and comparable(fast_spans) == comparable(stock_spans)
+
+
+class Renamed(ReadableSpan):
+    """A span class whose properties are not the fields: read through the properties, as the stock encoder."""
+
+    @property
+    def attributes(self) -> Any:
+        return {"from.property": True}
+
+    @property
+    def events(self) -> Sequence[Event]:
+        return (Event("from.property", timestamp=5),)
+
+
+def test_a_span_class_that_overrides_the_properties_is_read_through_them() -> None:
+    span = Renamed("s", SpanContext(1, 2, False), attributes={"field": 1}, events=[Event("field", timestamp=1)])
+    decoded = ExportTraceServiceRequest.FromString(assert_same([span]))
+    (out,) = decoded.resource_spans[0].scope_spans[0].spans
+    assert [kv.key for kv in out.attributes] == ["from.property"] and [e.name for e in out.events] == ["from.property"]
