@@ -519,9 +519,13 @@ def latency(rounds: int, per_round: int) -> int:
         counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
         EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
 
-        def ours(exporter: SpanExporter, batch: int, encoder: str = "fast") -> tuple[Any, ...]:
+        def ours(
+            exporter: SpanExporter, batch: int, encoder: str = "fast", pause: float | None = None
+        ) -> tuple[Any, ...]:
             p = DbPerfSpanProcessor(settings)  # (no duplicate digests here)
             sender = fast_exporter(exporter, encoder)
+            if pause is not None:
+                sender.encoder.pause_s = pause  # type: ignore[attr-defined]
             return (p, BatchSpanProcessor(p.wrap_exporter(sender), max_export_batch_size=batch))
 
         otlp = lambda: make_exporter("otlp", receiver.port)  # noqa: E731
@@ -539,6 +543,8 @@ def latency(rounds: int, per_round: int) -> int:
             "otel-dbperf, OTLP batch 64": Variant("d64", engine, provider, ours(otlp(), 64)),
             "otel-dbperf, OTLP 512, stock enc.": Variant("s512", engine, provider, ours(otlp(), 512, "stock")),
             "otel-dbperf, OTLP 64, stock enc.": Variant("s64", engine, provider, ours(otlp(), 64, "stock")),
+            "otel-dbperf, OTLP 512, pause 0": Variant("p0", engine, provider, ours(otlp(), 512, pause=0.0)),
+            "otel-dbperf, OTLP 512, pause 0.1ms": Variant("p1", engine, provider, ours(otlp(), 512, pause=1e-4)),
         }
         processors = [p for v in configs.values() for p in v.processors]
         print(

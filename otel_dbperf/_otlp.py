@@ -65,11 +65,11 @@ _PACK_IDS_PARENT = struct.Struct(">HQQHQHQ").pack  # and parent_span_id (4, 8 by
 _M64 = (1 << 64) - 1
 
 # tags: (field number << 3) | wire type, one byte each below field 16
-_LEN = 2  # wire type: length-delimited
 _T_KV_KEY = b"\x0a"  # KeyValue.key (1)
 _T_KV_VALUE = b"\x12"  # KeyValue.value (2)
 _T_STRING = b"\x0a"  # AnyValue.string_value (1)
-_T_BOOL = b"\x10"  # AnyValue.bool_value (2)
+_BOOL_TRUE = b"\x10\x01"  # AnyValue.bool_value (2)
+_BOOL_FALSE = b"\x10\x00"
 _T_INT = b"\x18"  # AnyValue.int_value (3)
 _T_DOUBLE = b"\x21"  # AnyValue.double_value (4)
 _T_ARRAY = b"\x2a"  # AnyValue.array_value (5); ArrayValue.values (1) is 0x0a
@@ -111,6 +111,13 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _count(tag: bytes, n: int) -> bytes:
+    """A uint32 field (a dropped count), never 0 here; out of range raises, as upb does."""
+    if not 0 < n <= 0xFFFFFFFF:
+        raise ValueError("count out of uint32 range")
+    return tag + _varint(n)
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field."""
     n = len(payload)
@@ -134,7 +141,7 @@ def _any_value(value: Any) -> bytes:
     if cls is str:
         return _field(_T_STRING, value.encode("utf-8"))
     if cls is bool:
-        return b"\x10\x01" if value else b"\x10\x00"
+        return _BOOL_TRUE if value else _BOOL_FALSE
     if cls is int:
         if value >= 0:
             if value > _INT64_MAX:
@@ -368,21 +375,21 @@ class SpanEncoder:
         parts.append(self.attributes(b"\x4a", span._attributes if direct else span.attributes))  # noqa: SLF001
         dropped = span.dropped_attributes
         if dropped:
-            parts.append(b"\x50" + _varint(dropped))
+            parts.append(_count(b"\x50", dropped))
         events = span._events if direct else span.events  # noqa: SLF001
         if events:
             for event in events:
                 parts.append(self._event(event))
         dropped = span.dropped_events
         if dropped:
-            parts.append(b"\x60" + _varint(dropped))
+            parts.append(_count(b"\x60", dropped))
         links = span._links if direct else span.links  # noqa: SLF001
         if links:
             for link in links:
                 parts.append(self._link(link))
         dropped = span.dropped_links
         if dropped:
-            parts.append(b"\x70" + _varint(dropped))
+            parts.append(_count(b"\x70", dropped))
         parts.append(self._status_field(span.status))
         parts.append(_FLAGS_REMOTE if parent and parent.is_remote else _FLAGS_LOCAL)
         return b"".join(parts)
@@ -397,7 +404,7 @@ class SpanEncoder:
         )
         dropped = event.dropped_attributes
         if dropped:
-            body += b"\x20" + _varint(dropped)
+            body += _count(b"\x20", dropped)
         return _field(b"\x5a", body)
 
     def _link(self, link: Any) -> bytes:
@@ -413,7 +420,7 @@ class SpanEncoder:
         )
         dropped = link.dropped_attributes
         if dropped:
-            body += b"\x28" + _varint(dropped)
+            body += _count(b"\x28", dropped)
         body += _LINK_FLAGS_REMOTE if context.is_remote else _LINK_FLAGS_LOCAL
         return _field(b"\x6a", body)
 

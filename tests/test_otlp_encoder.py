@@ -476,3 +476,17 @@ def test_a_span_class_that_overrides_the_properties_is_read_through_them() -> No
     decoded = ExportTraceServiceRequest.FromString(assert_same([span]))
     (out,) = decoded.resource_spans[0].scope_spans[0].spans
     assert [kv.key for kv in out.attributes] == ["from.property"] and [e.name for e in out.events] == ["from.property"]
+
+
+@pytest.mark.parametrize("dropped", [-1, 2**32])
+def test_a_dropped_count_out_of_uint32_is_refused_by_both(dropped: int) -> None:
+    class Odd(ReadableSpan):
+        @property
+        def dropped_attributes(self) -> int:
+            return dropped
+
+    span = Odd("s", SpanContext(1, 2, False))
+    with pytest.raises(ValueError):
+        stock_bytes([span])
+    with pytest.raises(ValueError):
+        SpanEncoder().encode([span])
