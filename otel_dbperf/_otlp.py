@@ -547,7 +547,8 @@ class FastOTLPSpanExporter(SpanExporter):
         except Exception as exc:  # noqa: BLE001 - never lose the batch: the stock path sends it
             self.fallbacks += 1
             result = exporter.export(spans)
-            internal_error("otlp encoder", exc)  # under pytest, re-raised after the batch went out
+            # under pytest, re-raised after the batch went out
+            internal_error("otlp encoder", exc, "that batch was encoded by the SDK's encoder instead")
             return result  # type: ignore[no-any-return]
         self.batches += 1
         return self._send(exporter, len(spans), data)
