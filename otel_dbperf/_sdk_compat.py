@@ -131,6 +131,13 @@ def with_changes(
     )
 
 
+def span_processors_of(span: Any) -> Sequence[Any]:
+    """The span processors of ``span``'s provider (``Span._span_processor``, the SDK's
+    ``SynchronousMultiSpanProcessor`` / ``ConcurrentMultiSpanProcessor``, and its
+    ``_span_processors`` tuple); empty for another kind of span."""
+    return getattr(getattr(span, "_span_processor", None), "_span_processors", ())  # type: ignore[no-any-return]
+
+
 def contrib_query_span(execution_context: Any) -> Any:
     """The span contrib's SQLAlchemy instrumentation opened for a query (``context._otel_span``,
     set in its ``before_cursor_execute`` and ended in ``after_cursor_execute``), or None."""
