@@ -259,7 +259,7 @@ def build(
     """``bare``, ``vanilla`` and ``otel-dbperf`` (with ``metrics``: both with a MeterProvider).
 
     ``otel-dbperf`` sends through otel-dbperf's OTLP encoder (``DBPERF_OTLP_ENCODER=fast``, the
-    default), as ``_setup`` composes it; with ``stock``, also ``otel-dbperf, stock encoder``: the same
+    default), as ``_runtime`` composes it; with ``stock``, also ``otel-dbperf, stock encoder``: the same
     processor and exporter with the SDK's encoder."""
     settings = Settings(
         app_paths=(HERE,),
@@ -273,7 +273,7 @@ def build(
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        from otel_dbperf._metrics import SpanDeriver
+        from otel_dbperf._pipeline.derive import build_deriver
         from otel_dbperf.metrics import default_views
 
         reader = PeriodicExportingMetricReader(
@@ -289,7 +289,7 @@ def build(
     EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
     dbperf = DbPerfSpanProcessor(settings)
     if meters is not None:
-        deriver = SpanDeriver(settings, meters)
+        deriver = build_deriver(dbperf.thresholds, meters)
         dbperf.attach_deriver(deriver.submit)
 
     def batch(exp: SpanExporter) -> BatchSpanProcessor:

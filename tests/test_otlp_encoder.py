@@ -42,7 +42,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _guard, _otlp, _setup
+from otel_dbperf import DbPerfSpanProcessor, Settings, _guard, _otlp, _runtime
 from otel_dbperf import attributes as A
 from otel_dbperf._backend import WatchedSpanExporter
 from otel_dbperf._otlp import FastOTLPSpanExporter, SpanEncoder, fast_exporter
@@ -338,14 +338,14 @@ def trace_requests(receiver: Receiver) -> list[ExportTraceServiceRequest]:
 def test_the_setup_sends_our_bytes_through_the_sdk_exporter(
     receiver: Receiver, compression: Compression, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As ``_setup`` composes it: the SDK's exporter gets our encoder, whose bytes go out through the
+    """As ``_runtime`` composes it: the SDK's exporter gets our encoder, whose bytes go out through the
     exporter's client (compressed by it: the receiver decompresses by the header) and are the stock
     encoder's bytes."""
-    monkeypatch.setattr(_setup, "state", dict(_setup.state))
+    monkeypatch.setattr(_runtime.runtime, "processor", _runtime.runtime.processor)  # restored afterwards
     inner = OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces", compression=compression)
-    factory = _setup.sdk_kwargs(Settings())["export_span_processor"]
+    factory = _runtime.sdk_kwargs(Settings())["export_span_processor"]
     batch_processor = factory(inner)
-    enriching = batch_processor.span_exporter  # the chain _setup built
+    enriching = batch_processor.span_exporter  # the chain _runtime built
     watched = enriching._exporter  # noqa: SLF001
     assert isinstance(watched, WatchedSpanExporter)
     fast = watched._exporter  # noqa: SLF001
@@ -359,7 +359,7 @@ def test_the_setup_sends_our_bytes_through_the_sdk_exporter(
 
 
 def test_stock_setting_and_other_exporters_keep_the_stock_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_setup, "state", dict(_setup.state))
+    monkeypatch.setattr(_runtime.runtime, "processor", _runtime.runtime.processor)  # restored afterwards
     otlp = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
     assert fast_exporter(otlp, "stock") is otlp
     assert isinstance(fast_exporter(otlp, "fast"), FastOTLPSpanExporter)
@@ -374,7 +374,7 @@ def test_stock_setting_and_other_exporters_keep_the_stock_path(monkeypatch: pyte
     broken = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
     del broken._client  # noqa: SLF001 - an SDK without the client we send through
     assert fast_exporter(broken, "fast") is broken
-    factory = _setup.sdk_kwargs(Settings(otlp_encoder="stock"))["export_span_processor"]
+    factory = _runtime.sdk_kwargs(Settings(otlp_encoder="stock"))["export_span_processor"]
     processor = factory(otlp)
     assert processor.span_exporter._exporter._exporter is otlp  # noqa: SLF001
     processor.shutdown()
