@@ -44,7 +44,7 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     """
     from . import _sqlalchemy
     from ._guard import step
-    from ._setup import current_settings, start_duplicates, start_explain
+    from ._setup import current_settings, start_duplicates, start_explain, start_pools
     from .configurator import DbPerfConfigurator
     from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
 
@@ -55,5 +55,6 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
         step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
     step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
+    step("connection pool setup", "no pool metrics, waits or transactions", start_pools, settings)
     if settings.enabled:
         step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)

@@ -19,6 +19,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from itertools import islice
+from time import time_ns
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
@@ -27,7 +28,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
 
-from . import _forksafe
+from . import _error_kind, _forksafe
 from . import attributes as A
 from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
@@ -45,6 +46,7 @@ _DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
 _ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 _MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 analysis
 _MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
+_MAX_REQUEST_EVENTS = 32  # events other hooks add to one request's root span
 _EXPORT_LOCK = threading.Lock()  # export threads only: never taken on a request thread
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
 
@@ -114,7 +116,7 @@ class _Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss",
-        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns", "extras",
+        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns", "extras", "events",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -135,6 +137,8 @@ class _Request:
         self.dup_ns = 0  # and their DB time
         #: attributes other hooks add to the request's root span (see :func:`current_request`)
         self.extras: dict[str, Any] | None = None
+        #: events other hooks add to the request's root span (see :meth:`event`)
+        self.events: list[Event] | None = None
 
     def add(self, key: str, value: float) -> None:
         """Add ``value`` to the request attribute ``key`` (request thread; a hook of another concern:
@@ -151,6 +155,15 @@ class _Request:
             extras = self.extras = {}
         if value > extras.get(key, value - 1):
             extras[key] = value
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """An event for the request's root span, timed now (a hook of another concern: a long pool wait,
+        a long transaction). Bounded: past :data:`_MAX_REQUEST_EVENTS` they are not kept."""
+        events = self.events
+        if events is None:
+            events = self.events = []
+        if len(events) < _MAX_REQUEST_EVENTS:
+            events.append(Event(name, attributes, timestamp=time_ns()))
 
 
 def current_request() -> _Request | None:
@@ -275,8 +288,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
             duration = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
             slow = duration >= self._slow_ns
-            if span._status.status_code is _ERROR and _ERROR_TYPE not in attrs:  # noqa: SLF001
-                _set_error_type(attrs)
+            kind = _set_error_type(attrs) if span._status.status_code is _ERROR else None  # noqa: SLF001
             statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
             location = None
             stack = ""
@@ -293,6 +305,8 @@ class DbPerfSpanProcessor(SpanProcessor):
                         settings = self.settings
                         stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
             nested = request is not None and not entry[2] and request.open_orm > 0
+            if kind is not None and not nested:
+                _error_kind.counted(kind, request, system)
             record = (
                 cpu_ns,
                 duration,
@@ -344,17 +358,24 @@ class DbPerfSpanProcessor(SpanProcessor):
             return slot[0]
 
 
-def _set_error_type(attrs: dict[str, Any]) -> None:
-    """semconv ``error.type`` on a failed DB span: the DB-API exception being handled right now.
+def _set_error_type(attrs: dict[str, Any]) -> str | None:
+    """semconv ``error.type`` on a failed DB span: the DB-API exception being handled right now;
+    and ``dbperf.db.error.kind`` when it is a timeout, lock wait, deadlock or the like (returned).
 
     The SQLAlchemy instrumentation ends a failed query's span from its ``handle_error``
     listener, inside SQLAlchemy's ``except`` block, so the exception is still current.
     """
     exc = sys.exc_info()[1]
-    if exc is not None:
-        kind = type(exc)
-        module = kind.__module__
-        attrs[_ERROR_TYPE] = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    if exc is None:
+        return None
+    if _ERROR_TYPE not in attrs:
+        cls = type(exc)
+        module = cls.__module__
+        attrs[_ERROR_TYPE] = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    kind = _error_kind.classify(exc)
+    if kind is not None:
+        attrs[A.DB_ERROR_KIND] = kind
+    return kind
 
 
 def _count_overflow(request: _Request, record: Record) -> None:
@@ -600,7 +621,7 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
         if request.extras:
             attrs.update(request.extras)
-        return self._scrub(span, attrs, None)
+        return self._scrub(span, attrs, list(request.events) if request.events else None)
 
     def _scrub(
         self,

@@ -195,6 +195,7 @@ def start_derived(settings: Settings) -> None:
 
     # each part on its own: one that fails is left out, the others still start
     meter_provider = step("metrics setup", "no derived metrics", metrics_provider)
+    state["meter_provider"] = meter_provider
     sinks: list[Any] = []
     sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
     if sink is not None:
@@ -367,3 +368,13 @@ def start_duplicates(settings: Settings) -> None:
         from . import _duplicates
 
         _duplicates.install()
+
+
+def start_pools(settings: Settings) -> None:
+    """Connection pools and transactions of every SQLAlchemy engine (see ``_pools``, ``_transactions``)."""
+    if not settings.enabled or state.get("processor") is None or "sqlalchemy" not in sys.modules:
+        return
+    from . import __version__, _pools, _transactions
+
+    _pools.install(settings.slow_query_threshold_ms, state.get("meter_provider"), __version__)
+    _transactions.install(settings.long_transaction_ms)
