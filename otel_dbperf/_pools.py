@@ -95,7 +95,8 @@ def pool_name(pool: Any, engine: Any = None) -> str:
     url = getattr(engine, "url", None)
     if url is not None:
         try:
-            return str(url.set(username=None, password=None, query={}).render_as_string(hide_password=True))
+            bare = type(url).create(url.drivername, host=url.host, port=url.port, database=url.database)
+            return str(bare.render_as_string(hide_password=True))
         except Exception:  # noqa: BLE001 - an odd URL object: fall back to the dialect
             pass
     dialect = getattr(pool, "_dialect", None)
@@ -358,10 +359,10 @@ class PoolMetrics:
             unit="{request}",
             description="Checkouts waiting for a connection.",
         )
+        self.queue: deque[tuple[Any, ...]] = deque()
         self._drain_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self.needs_thread = True
-        self._thread_started = False
 
     def start(self) -> None:
         with self._start_lock:
@@ -373,9 +374,7 @@ class PoolMetrics:
         self._drain_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self.needs_thread = True
-        queue = _Hooks.queue
-        if queue is not None:
-            queue.clear()
+        self.queue.clear()
         _Hooks.conns = {}
 
     def _run(self) -> None:
@@ -384,8 +383,8 @@ class PoolMetrics:
             self.drain()
 
     def drain(self) -> None:
-        queue = _Hooks.queue
-        if queue is None or not self._drain_lock.acquire(timeout=5.0):
+        queue = self.queue
+        if not self._drain_lock.acquire(timeout=5.0):
             return
         try:
             while queue:
@@ -480,8 +479,8 @@ def install(slow_threshold_ms: float, meter_provider: Any = None, version: str =
         _Hooks.slow_ns = int(slow_threshold_ms * 1_000_000)
         _Hooks.threshold_ms = slow_threshold_ms
         if meter_provider is not None and _Hooks.metrics is None:
-            _Hooks.queue = deque()
             _Hooks.metrics = PoolMetrics(meter_provider, version)
+            _Hooks.queue = _Hooks.metrics.queue
             _forksafe.register(_Hooks.metrics.after_fork_in_child)
             _error_kind.listener = count_error
         if _Hooks.originals:
