@@ -125,6 +125,9 @@ def _register(pool: Any) -> _PoolState:
             state = _PoolState(pool, pool_name(pool, engine))
             pool.__dict__[_KEY] = state
             _Hooks.pools.add(pool)
+    queue = _Hooks.queue
+    if queue is not None:  # the pool's timeout counter starts at 0, so increase() sees its first timeout
+        _put(queue, (_TIMEOUT, state, 0))
     return state  # type: ignore[no-any-return]
 
 
@@ -335,6 +338,8 @@ class PoolMetrics:
             unit="{error}",
             description="Database timeouts, lock waits, deadlocks, serialization failures and pool timeouts.",
         )
+        for kind in _error_kind.KINDS:  # every kind's series exists from 0: increase() sees the first error
+            self._errors.add(0, {A.DB_ERROR_KIND: kind})
         meter.create_observable_up_down_counter(
             M.DB_CLIENT_CONNECTION_COUNT.name,
             callbacks=[self._count],
@@ -387,7 +392,7 @@ class PoolMetrics:
         if not self._drain_lock.acquire(timeout=5.0):
             return
         try:
-            while queue:
+            for _ in range(len(queue)):  # what is queued now: a faster producer never keeps the lock
                 try:
                     kind, subject, value = queue.popleft()
                 except IndexError:
@@ -400,13 +405,11 @@ class PoolMetrics:
                     elif kind == _CREATE:
                         self._create.record(value, subject.attrs)
                     elif kind == _TIMEOUT:
-                        self._timeouts.add(1, subject.attrs)
-                        self._errors.add(1, {A.DB_ERROR_KIND: POOL_TIMEOUT})
+                        self._timeouts.add(value, subject.attrs)
+                        if value:
+                            self._errors.add(value, {A.DB_ERROR_KIND: POOL_TIMEOUT})
                     else:
-                        labels = {A.DB_ERROR_KIND: subject}
-                        if isinstance(value, str) and value:
-                            labels[A.DB_SYSTEM_NAME] = value
-                        self._errors.add(1, labels)
+                        self._errors.add(1, {A.DB_ERROR_KIND: subject})
                 except Exception as exc:  # noqa: BLE001
                     internal_error("pools.metrics", exc)
         finally:
@@ -497,8 +500,8 @@ def install(slow_threshold_ms: float, meter_provider: Any = None, version: str =
     return True
 
 
-def uninstall() -> None:
-    """Undo :func:`install` (tests)."""
+def uninstall(metrics: bool = True) -> None:
+    """Undo :func:`install` (tests); ``metrics`` False keeps the instruments for a later install (bench)."""
     with _Hooks.lock:
         for (_, attr), (cls, original) in _Hooks.originals.items():
             setattr(cls, attr, original)
@@ -509,7 +512,8 @@ def uninstall() -> None:
 
             event.remove(sa_pool.Pool, "connect", _Hooks.connect_listener)
             _Hooks.connect_listener = None
-        _Hooks.queue = None
-        _Hooks.metrics = None
-        _error_kind.listener = None
+        if metrics:
+            _Hooks.queue = None
+            _Hooks.metrics = None
+            _error_kind.listener = None
         _Hooks.conns = {}

@@ -41,7 +41,7 @@ RETURNED_ROWS = "db.client.response.returned_rows"
 RETURNED_ROWS_ATTRIBUTES = frozenset({"db.system.name", "db.namespace", "server.address", "server.port", "error.type"})
 #: the connection-pool metrics (semconv): the pool, and for db.client.connection.count its state
 POOL_ATTRIBUTES = frozenset({"db.client.connection.pool.name", "db.client.connection.state"})
-ERROR_ATTRIBUTES = frozenset({"dbperf.db.error.kind", "db.system.name"})
+ERROR_ATTRIBUTES = frozenset({"dbperf.db.error.kind"})
 #: seconds waiting for a pooled connection (the 0.1 s bound is the saturation alert's)
 POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: seconds a connection stays checked out
