@@ -45,7 +45,7 @@ from ._guard import internal_error
 from ._processor import current_request
 from .metrics import METER_NAME
 
-POOL_NAME = "db.client.connection.pool.name"
+POOL_NAME = A.DB_CLIENT_CONNECTION_POOL_NAME
 STATE = "db.client.connection.state"
 _KEY = "_dbperf_pool"  # on a Pool instance: its _PoolState
 _OUT = "_dbperf_out"  # on a checked-out _ConnectionRecord: perf_counter_ns at its checkout

@@ -61,8 +61,9 @@ EVENT_POOL_WAIT = "dbperf.pool_wait"
 # On the request span: a transaction open at or over DBPERF_LONG_TRANSACTION_MS
 EVENT_LONG_TRANSACTION = "dbperf.long_transaction"
 
-# Attributes of the dbperf.pool_wait event (with db.client.connection.pool.name, dbperf.duration_ms
-# and dbperf.threshold_ms): the pool's state when the checkout ended
+# Attributes of the dbperf.pool_wait event (with dbperf.duration_ms and dbperf.threshold_ms): the pool
+# (semconv's name, also the pool metrics' label) and its state when the checkout ended
+DB_CLIENT_CONNECTION_POOL_NAME = "db.client.connection.pool.name"
 POOL_CLASS = "dbperf.pool.class"
 POOL_SIZE = "dbperf.pool.size"
 POOL_CHECKED_OUT = "dbperf.pool.checked_out"
