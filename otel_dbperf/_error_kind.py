@@ -82,11 +82,11 @@ REQUEST_COUNTS = {
     SERIALIZATION: "dbperf.db.serialization_failures",
     POOL_TIMEOUT: "dbperf.db.pool_timeouts",
 }
-#: ``listener(kind, system)`` for every classified failed DB span (the ``dbperf.db.errors`` counter)
+#: ``listener(kind)`` for every classified failed DB span (the ``dbperf.db.errors`` counter)
 listener: Any = None
 
 
-def counted(kind: str, request: Any, system: Any) -> None:
+def counted(kind: str, request: Any) -> None:
     """A failed DB span of ``kind`` (request thread, errors only): the request's count and the counter.
 
     Pool timeouts are counted where the checkout failed (:mod:`otel_dbperf._pools`), which sees them
@@ -98,4 +98,4 @@ def counted(kind: str, request: Any, system: Any) -> None:
         request.add(REQUEST_COUNTS[kind], 1)
     callback = listener
     if callback is not None:
-        callback(kind, system)
+        callback(kind)

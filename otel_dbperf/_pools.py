@@ -42,7 +42,7 @@ from . import attributes as A
 from . import metric_names as M
 from ._error_kind import POOL_TIMEOUT
 from ._guard import internal_error
-from ._processor import current_request
+from ._pipeline import current_request
 from .metrics import METER_NAME
 
 POOL_NAME = A.DB_CLIENT_CONNECTION_POOL_NAME
@@ -278,11 +278,11 @@ def _put(queue: deque[tuple[Any, ...]], item: tuple[Any, ...]) -> None:
         _Hooks.dropped += 1
 
 
-def count_error(kind: str, system: Any) -> None:
+def count_error(kind: str) -> None:
     """A DB span failed with a classified error (``_error_kind.listener``: errors only)."""
     queue = _Hooks.queue
     if queue is not None:
-        _put(queue, (_ERROR, kind, system))
+        _put(queue, (_ERROR, kind, 1))
 
 
 def _snapshot(pool: Any, state: _PoolState) -> tuple[int | None, int, int, int | None, int | None]:

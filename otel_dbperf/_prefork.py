@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _forksafe
 from ._guard import guarded
+from ._sdk_compat import reset_metric_storages
 
 PULL_EXPORTER = "prometheus"
 _PREFORK_SERVERS = ("gunicorn",)
@@ -114,25 +114,6 @@ class ForkHooks:
         if self.meter_provider is not None:
             reset_metric_storages(self.meter_provider)
         _resample_own_process()
-
-
-def reset_metric_storages(provider: Any) -> None:
-    """Forget the measurements inherited from the parent (each reader gets a new, empty storage)."""
-    from opentelemetry.sdk.metrics._internal.metric_reader_storage import MetricReaderStorage
-
-    consumer = getattr(provider, "_measurement_consumer", None)
-    storages = getattr(consumer, "_reader_storages", None)
-    if consumer is None or storages is None:
-        return
-    consumer._lock = threading.Lock()  # noqa: SLF001 - the parent's may have been held by its exporter thread
-    consumer._reader_storages = {  # noqa: SLF001
-        reader: MetricReaderStorage(
-            provider._sdk_config,  # noqa: SLF001
-            reader._instrument_class_temporality,  # noqa: SLF001
-            reader._instrument_class_aggregation,  # noqa: SLF001
-        )
-        for reader in storages
-    }
 
 
 def _resample_own_process() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import attributes as A
 from ._guard import internal_error
-from ._processor import _DUR, current_request
+from ._pipeline import current_request
 
 _MAX_OPEN = 10_000  # open transactions followed at once (connections that never commit are dropped)
 _now = time.perf_counter_ns
@@ -61,7 +61,7 @@ def _end(conn: Any) -> None:
         records = request.records
         busy = request.overflow[1] - overflow_ns
         for i in range(first, len(records)):
-            busy += records[i][_DUR]
+            busy += records[i].duration_ns
         request.add(A.DB_TRANSACTION_COUNT, 1)
         request.set_max(A.DB_TRANSACTION_MAX_MS, length / 1e6)
         request.add(A.DB_IDLE_IN_TRANSACTION_MS, max(0, length - busy) / 1e6)
