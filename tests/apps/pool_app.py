@@ -1,4 +1,4 @@
-"""A Flask app with a small SQLAlchemy pool, served by gunicorn threads under opentelemetry-instrument.
+"""A Flask app with a small SQLAlchemy pool, served by threads (uvicorn's WSGI) under opentelemetry-instrument.
 
 ``main`` (pool_size=2, max_overflow=0): /hold keeps a connection ~100 ms, so 8 concurrent
 requests queue for it; /idle_tx sleeps inside a transaction; /statement_timeout is canceled
