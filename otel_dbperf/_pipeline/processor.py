@@ -254,8 +254,10 @@ def current_request() -> Request | None:
         context = get_current_span().get_span_context()
         if not context.is_valid:
             return None
-        for processor in list(_processors):
-            entry = processor._open.get(context.span_id)  # noqa: SLF001
+        # the WeakSet's own references: ~10x cheaper than list(_processors) (a generator under a guard)
+        for ref in tuple(_processors.data):  # type: ignore[attr-defined]
+            processor = ref()
+            entry = processor._open.get(context.span_id) if processor is not None else None  # noqa: SLF001
             if entry is None:
                 continue
             request = entry if entry.__class__ is Request else entry.request
