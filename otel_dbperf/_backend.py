@@ -153,12 +153,20 @@ class Watch:
             )
 
     def stop_retrying(self) -> None:
-        """From now on one attempt per export. The OTLP/HTTP client (SDK 1.45) ends its retry loop,
-        after the attempt under way, once its shutdown event is set; ``shutdown()`` would also refuse
+        """From now on one attempt per export. The OTLP/HTTP exporter ends its retry loop, after the
+        attempt under way, once its shutdown event is set: its client's ``_shutdown_event`` from SDK
+        1.45 on; before (checked with 1.43 and 1.44), the exporter's own ``_shutdown_in_progress``
+        (spans, metrics) or ``_shutdown_is_occuring`` (logs). ``shutdown()`` would also refuse
         every later export. Other exporters are bounded by :func:`shutdown` alone."""
-        event = getattr(getattr(self.exporter, "_client", None), "_shutdown_event", None)
-        if isinstance(event, threading.Event):
-            event.set()
+        for owner, name in (
+            (getattr(self.exporter, "_client", None), "_shutdown_event"),
+            (self.exporter, "_shutdown_in_progress"),
+            (self.exporter, "_shutdown_is_occuring"),
+        ):
+            event = getattr(owner, name, None)
+            if isinstance(event, threading.Event):
+                event.set()
+                return
 
     def close(self, shutdown: Callable[[], Any]) -> None:
         """The exporter's ``shutdown``, once (at the bound, and again by its processor)."""

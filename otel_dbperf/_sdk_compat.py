@@ -34,11 +34,19 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Status
 
-#: the releases every access below was checked against (inclusive bounds)
+#: the releases every access below (and those listed in docs/design.md "Private SDK access") was
+#: checked against, inclusive: the ends of ``scripts/test-matrix`` and the ranges of pyproject.toml
+_SDK = ("1.44.0", "1.45.1")
+_CONTRIB = ("0.65b0", "0.66b1")  # released with SDK 1.44.0 and 1.45.1
 CHECKED: dict[str, tuple[str, str]] = {
-    "opentelemetry-sdk": ("1.45.1", "1.45.1"),
-    "opentelemetry-instrumentation-sqlalchemy": ("0.66b1", "0.66b1"),
-    "opentelemetry-exporter-otlp-proto-http": ("1.45.1", "1.45.1"),
+    "opentelemetry-api": _SDK,
+    "opentelemetry-sdk": _SDK,
+    "opentelemetry-exporter-otlp-proto-http": _SDK,
+    "opentelemetry-instrumentation": _CONTRIB,
+    "opentelemetry-instrumentation-sqlalchemy": _CONTRIB,
+    "opentelemetry-instrumentation-dbapi": _CONTRIB,
+    "opentelemetry-instrumentation-sqlite3": _CONTRIB,
+    "opentelemetry-instrumentation-system-metrics": _CONTRIB,
 }
 
 
@@ -129,6 +137,13 @@ def with_changes(
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
+
+
+def span_processors_of(span: Any) -> Sequence[Any]:
+    """The span processors of ``span``'s provider (``Span._span_processor``, the SDK's
+    ``SynchronousMultiSpanProcessor`` / ``ConcurrentMultiSpanProcessor``, and its
+    ``_span_processors`` tuple); empty for another kind of span."""
+    return getattr(getattr(span, "_span_processor", None), "_span_processors", ())  # type: ignore[no-any-return]
 
 
 def contrib_query_span(execution_context: Any) -> Any:

@@ -145,6 +145,42 @@ def test_the_flush_at_exit_is_bounded(capsys: pytest.CaptureFixture[str]) -> Non
     assert "exports of traces" not in capsys.readouterr().err
 
 
+def test_after_stop_retrying_the_otlp_exporter_makes_one_attempt() -> None:
+    """The flush at exit makes one attempt per export: the OTLP/HTTP exporter's retry wait is ended
+    (its client's shutdown event from SDK 1.45 on, the exporter's own before)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    posts: list[str] = []
+
+    class Unavailable(BaseHTTPRequestHandler):  # 503: a retryable answer
+        def do_POST(self) -> None:  # noqa: N802
+            posts.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    provider = TracerProvider(shutdown_on_exit=False)
+    span = provider.get_tracer("t").start_span("s")
+    span.end()
+    try:
+        otlp = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{server.server_port}/v1/traces", timeout=30)
+        exporter = _backend.WatchedSpanExporter(otlp)
+        exporter.watch.stop_retrying()
+        assert exporter.export([span]) is SpanExportResult.FAILURE
+        assert posts == ["/v1/traces"]  # without the stop: retried after 1, 2, 4, 8 s
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_quick_flush_is_not_cut(capsys: pytest.CaptureFixture[str]) -> None:
     class Quick(Failing):
         def __init__(self) -> None:

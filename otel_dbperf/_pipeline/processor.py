@@ -29,8 +29,9 @@ from .. import attributes as A
 from .._guard import internal_error
 from .._location import AppCode, lazy_loaded_relationship, location_of
 from .._resources import rss_bytes, thread_time_ns
+from .._sdk_compat import span_processors_of
 from ..settings import Settings
-from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds, new_query
+from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
 
 _CLIENT = SpanKind.CLIENT
 _ERROR = StatusCode.ERROR
@@ -38,6 +39,8 @@ _ERROR_TYPE = "error.type"
 _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
 _DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
 _ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
+_SPAN_END = Span.end.__code__
+_new = object.__new__
 MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
 _SHARED_LOCK = threading.Lock()  # export threads only (several exporters share a payload)
 _OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
@@ -88,6 +91,10 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._consumers = 0
         # the derivation thread's submit(span, payload) once set up; nested driver spans excluded
         self._submit: Any = None
+        # the depth (from _end_query) of the frame that called Span.end, and the code objects seen
+        # there (id -> code: identity, not hashing, which walks a code object's constants)
+        self._end_depth = 4
+        self._end_callers: dict[int, Any] = {}
         _processors.add(self)
 
     def attach_deriver(self, submit: Any) -> None:
@@ -132,7 +139,12 @@ class DbPerfSpanProcessor(SpanProcessor):
                 orm = True
                 if request is not None:
                     request.open_orm += 1
-            query = new_query(request, orm)
+            query = _new(Query)  # inline new_query: no Python call on the hot path
+            query.request = request
+            query.orm = orm
+            query.params = query.plan = query.facts = None
+            query.repeat = 0
+            query.duplicate = False
             if self._per_query:
                 query.cpu_ns, query.rss_delta = thread_time_ns(), rss_bytes()
             open_[span_id] = query
@@ -182,8 +194,15 @@ class DbPerfSpanProcessor(SpanProcessor):
         query.relationship = None
         app = self._app
         if app is not None:
-            # the walk starts at our caller and climbs past the SDK's frames (cached as not the app's)
-            frame = sys._getframe(2)  # noqa: SLF001
+            # the walk starts at the frame that called Span.end: at the depth found last time when
+            # that frame's code is a known caller of Span.end, else found again (see _end_caller)
+            frame: Any = None
+            try:
+                frame = sys._getframe(self._end_depth)  # noqa: SLF001
+            except ValueError:
+                pass
+            if frame is None or self._end_callers.get(id(frame.f_code)) is not frame.f_code:
+                frame = self._end_caller()
             found, lazy = app.find(frame)
             if lazy is not None:
                 query.relationship = lazy_loaded_relationship(lazy)
@@ -204,6 +223,26 @@ class DbPerfSpanProcessor(SpanProcessor):
         submit = self._submit
         if submit is not None and statement is not None and not nested:  # "connect" spans are no operation
             submit(span, query)
+
+    def _end_caller(self) -> Any:
+        """The frame that called the SDK's ``Span.end`` (found by its code object, so a change in the
+        SDK's call depth cannot skip the app's frames); its depth and code are remembered for
+        :meth:`_end_query`'s fast path. Without ``Span.end`` on this thread's stack (the hooks run
+        on a pool thread under ``ConcurrentMultiSpanProcessor``): our caller, nothing remembered."""
+        frame: Any = sys._getframe(2)  # noqa: SLF001 - _end_query's caller
+        depth = 1  # of frame, counted from _end_query
+        while frame is not None:
+            if frame.f_code is _SPAN_END:
+                caller = frame.f_back
+                if caller is not None:
+                    if len(self._end_callers) >= 64:
+                        self._end_callers.clear()
+                    self._end_callers[id(caller.f_code)] = caller.f_code
+                    self._end_depth = depth + 1
+                return caller
+            frame = frame.f_back
+            depth += 1
+        return sys._getframe(2)  # noqa: SLF001
 
     def _publish(self, span_id: int, payload: Any) -> None:
         consumers = self._consumers
@@ -233,14 +272,15 @@ class DbPerfSpanProcessor(SpanProcessor):
 def open_query(span: Any) -> Query | None:
     """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
     the parameters' digest, the EXPLAIN plan), or None."""
-    try:
-        span_id = span.get_span_context().span_id
-    except AttributeError:
+    context = getattr(span, "_context", None)
+    if context is None:
         return None
-    for processor in list(_processors):
-        entry = processor._open.get(span_id)  # noqa: SLF001
-        if entry is not None and entry.__class__ is Query:
-            return entry  # type: ignore[no-any-return]
+    span_id = context[1]
+    for processor in span_processors_of(span):
+        if processor.__class__ is DbPerfSpanProcessor:
+            entry = processor._open.get(span_id)  # noqa: SLF001
+            if entry is not None and entry.__class__ is Query:
+                return entry  # type: ignore[no-any-return]
     return None
 
 
@@ -251,18 +291,18 @@ def current_request() -> Request | None:
     transaction events): they add their per-request figures with :meth:`Request.add`.
     """
     try:
-        context = get_current_span().get_span_context()
-        if not context.is_valid:
+        span = get_current_span()
+        context = getattr(span, "_context", None)
+        if context is None:
             return None
-        # the WeakSet's own references: ~10x cheaper than list(_processors) (a generator under a guard)
-        for ref in tuple(_processors.data):  # type: ignore[attr-defined]
-            processor = ref()
-            entry = processor._open.get(context.span_id) if processor is not None else None  # noqa: SLF001
-            if entry is None:
-                continue
-            request = entry if entry.__class__ is Request else entry.request
-            if request is not None:
-                return request  # type: ignore[no-any-return]
+        span_id = context[1]
+        for processor in span_processors_of(span):
+            if processor.__class__ is DbPerfSpanProcessor:
+                entry = processor._open.get(span_id)  # noqa: SLF001
+                if entry is not None:
+                    request = entry if entry.__class__ is Request else entry.request
+                    if request is not None:
+                        return request  # type: ignore[no-any-return]
     except Exception as exc:  # noqa: BLE001
         internal_error("current_request", exc)
     return None
