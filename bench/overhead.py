@@ -22,12 +22,15 @@ callgrind does not see, and this VM's speed drifts by tens of percent.
     python bench/overhead.py --memory 1000000 --distinct 100000
 
 Options: ``--samples request|query|off`` (DBPERF_RESOURCE_SAMPLES, default request),
-``--exporter otlp|null`` (null: the spans are dropped, nothing encoded), ``--queries N``.
+``--exporter otlp|null`` (null: the spans are dropped, nothing encoded), ``--queries N``,
+``--checkout`` (each request checks a connection out of the pool and runs its 10 queries in one
+transaction, ``with engine.begin()``: otel-dbperf's pool and transaction hooks on the measured path).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -52,13 +55,18 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates
+from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates, _pools, _transactions
 from otel_dbperf._location import AppCode, location_of
 from otel_dbperf._otlp import SpanEncoder, fast_exporter
 from otel_dbperf._resources import rss_bytes
 
 QUERIES_PER_REQUEST = 10
 STOCK = "otel-dbperf, stock encoder"  # otel-dbperf with DBPERF_OTLP_ENCODER=stock
+#: --checkout: each request checks a connection out of the pool and runs its queries in one transaction
+#: (``with engine.begin()``), so otel-dbperf's pool and transaction hooks are on the measured path
+CHECKOUT = os.environ.get("BENCH_CHECKOUT") == "1"
+#: BENCH_POOL_HOOKS=0 with --checkout: otel-dbperf without its pool and transaction hooks (their share)
+POOL_HOOKS = os.environ.get("BENCH_POOL_HOOKS") != "0"
 DEPTH = 20
 BATCH = 512
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -203,24 +211,37 @@ class Variant:
             _duplicates.install()
         else:
             _duplicates.uninstall()
+        if self.duplicates and CHECKOUT and POOL_HOOKS:  # otel-dbperf's pool and transaction hooks (class-level)
+            _pools.install(100.0, self.meters)
+            _transactions.install(1000.0)
+        else:
+            _pools.uninstall(metrics=False)
+            _transactions.uninstall()
 
     def requests_of(self, conn: Any, start: int, statement: Callable[[int], Any]) -> None:
-        """One request: 10 queries, each 20 frames deep, in a SERVER span (or none)."""
+        """One request: 10 queries, each 20 frames deep, in a SERVER span (or none); ``conn`` None
+        (``--checkout``): on a connection checked out for the request, in one transaction."""
         tracer = self.tracer
         if tracer is not None and self.requests:
             t0 = time.perf_counter()
             with tracer.start_as_current_span("GET /bench", kind=SpanKind.SERVER):
-                for i in range(start, start + QUERIES_PER_REQUEST):
-                    deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+                self.queries(conn, start, statement)
             if self.http is not None:
                 self.http.record(time.perf_counter() - t0, {"http.route": "/bench", "http.request.method": "GET"})
         else:
-            for i in range(start, start + QUERIES_PER_REQUEST):
-                deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
+            self.queries(conn, start, statement)
+
+    def queries(self, conn: Any, start: int, statement: Callable[[int], Any]) -> None:
+        if conn is None:
+            with self.engine.begin() as checked_out:
+                self.queries(checked_out, start, statement)
+            return
+        for i in range(start, start + QUERIES_PER_REQUEST):
+            deep(DEPTH, lambda i=i: conn.execute(statement(i), {"id": i % 2 + 1}).scalar())
 
     def run(self, n: int, statement: Callable[[int], Any] = lambda i: POINT) -> None:
         self.activate()
-        with self.engine.connect() as conn:
+        with contextlib.nullcontext() if CHECKOUT else self.engine.connect() as conn:
             cpu0, proc0 = time.thread_time_ns(), time.process_time_ns()
             for start in range(0, n, QUERIES_PER_REQUEST):
                 self.requests_of(conn, start, statement)
@@ -786,6 +807,9 @@ def main() -> int:
     parser.add_argument("--memory", type=int, default=0, help="run the memory-bound check with this many queries")
     parser.add_argument("--distinct", type=int, default=100_000)
     parser.add_argument("--encoding", action="store_true", help="OTLP encoding cost per added attribute")
+    parser.add_argument(
+        "--checkout", action="store_true", help="each request checks out a connection and runs one transaction"
+    )
     parser.add_argument("--encoding-child", help=argparse.SUPPRESS)
     parser.add_argument("--encoder", default="stock", choices=("stock", "fast"), help=argparse.SUPPRESS)
     parser.add_argument("--instructions-child", help=argparse.SUPPRESS)
@@ -793,6 +817,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.checkout:
+        os.environ["BENCH_CHECKOUT"] = "1"  # the children (callgrind runs) inherit it
+        global CHECKOUT
+        CHECKOUT = True
     if args.receiver:
         return _receiver_main()
     if args.instructions_child:

@@ -10,7 +10,7 @@ DBPERF_ENABLED (true), DBPERF_SLOW_QUERY_THRESHOLD_MS (100),
 DBPERF_STACKTRACE_THRESHOLD_MS (500), DBPERF_STACKTRACE_MAX_FRAMES (20),
 DBPERF_STACKTRACE_SOURCE (false), DBPERF_CODE_LOCATION (true), DBPERF_APP_PATHS (current directory),
 DBPERF_SANITIZE_STATEMENTS (true), DBPERF_STATEMENT_MAX_LENGTH (4096),
-DBPERF_N_PLUS_ONE_THRESHOLD (5), DBPERF_RESOURCE_SAMPLES (request),
+DBPERF_N_PLUS_ONE_THRESHOLD (5), DBPERF_LONG_TRANSACTION_MS (1000), DBPERF_RESOURCE_SAMPLES (request),
 DBPERF_SLOW_QUERY_LOGS_PER_MINUTE (1), DBPERF_EXPLAIN (false),
 DBPERF_EXPLAIN_ANALYZE (false), DBPERF_EXPLAIN_TIMEOUT_MS (200),
 DBPERF_PROFILER_ADDR (unset), DBPERF_PROFILER_TOKEN (unset), DBPERF_PROFILER_MOUNT (unset),
@@ -44,7 +44,7 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     """
     from . import _sqlalchemy
     from ._guard import step
-    from ._runtime import current_settings, start_duplicates, start_explain
+    from ._runtime import current_settings, start_duplicates, start_explain, start_pools
     from .configurator import DbPerfConfigurator
     from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
 
@@ -55,5 +55,6 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
         step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
     step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
+    step("connection pool setup", "no pool metrics, waits or transactions", start_pools, settings)
     if settings.enabled:
         step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)

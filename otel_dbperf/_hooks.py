@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ._guard import guarded, step
-from ._runtime import current_settings, runtime, start_duplicates, start_explain
+from ._runtime import current_settings, runtime, start_duplicates, start_explain, start_pools
 from ._startup_log import startup_warning
 
 
@@ -23,6 +23,7 @@ def post_instrument() -> None:
     if runtime.configured:
         step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
         step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
+        step("connection pool setup", "no pool metrics, waits or transactions", start_pools, settings)
     if settings.enabled and not runtime.configured and not runtime.declarative:
         startup_warning(
             "otel-dbperf: another OpenTelemetry configurator ran (OTEL_PYTHON_DISTRO=%s, "

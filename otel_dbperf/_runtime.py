@@ -4,8 +4,8 @@ Called in this order by the configurator (``opentelemetry-instrument``) or
 :func:`otel_dbperf.configure`: :func:`sdk_kwargs` (the span processor and the export
 wrapper, given to the SDK), :func:`sdk_patches` (our views, while the SDK builds its
 providers), :func:`start_derived` (the derivation thread and its sinks: metrics, slow-query
-log, profiler), then from the post-instrument hook :func:`start_explain` and
-:func:`start_duplicates`. What was built is kept in :data:`runtime`.
+log, profiler), then from the post-instrument hook :func:`start_explain`,
+:func:`start_duplicates` and :func:`start_pools`. What was built is kept in :data:`runtime`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Runtime:
     profiler_relay: Any = None
     profiler_worker: Any = None
     profiler_mount: Any = None
+    meter_provider: Any = None  # the SDK's, when metrics are exported (None: no derived metrics)
 
 
 runtime = Runtime()
@@ -231,6 +232,7 @@ def start_derived(settings: Settings) -> None:
 
     # each part on its own: one that fails is left out, the others still start
     meter_provider = step("metrics setup", "no derived metrics", metrics_provider)
+    runtime.meter_provider = meter_provider
     sinks: list[Any] = []
     sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
     if sink is not None:
@@ -404,3 +406,13 @@ def start_duplicates(settings: Settings) -> None:
         from . import _duplicates
 
         _duplicates.install()
+
+
+def start_pools(settings: Settings) -> None:
+    """Connection pools and transactions of every SQLAlchemy engine (see ``_pools``, ``_transactions``)."""
+    if not settings.enabled or runtime.processor is None or "sqlalchemy" not in sys.modules:
+        return
+    from . import __version__, _pools, _transactions
+
+    _pools.install(settings.slow_query_threshold_ms, runtime.meter_provider, __version__)
+    _transactions.install(settings.long_transaction_ms)

@@ -38,9 +38,39 @@ DB_DUPLICATE_DURATION_MS = "dbperf.db.duplicate_duration_ms"
 MEMORY_RSS_BYTES = "dbperf.memory.rss_bytes"
 MEMORY_RSS_DELTA_BYTES = "dbperf.memory.rss_delta_bytes"
 
+# SQLAlchemy connection pools and transactions, on the request's root span (see docs/metrics.md)
+DB_POOL_WAIT_MS = "dbperf.db.pool_wait_ms"  # total time the request waited for a pooled connection
+DB_POOL_TIMEOUTS = "dbperf.db.pool_timeouts"  # its checkouts that timed out
+DB_CONNECTIONS_USED = "dbperf.db.connections_used"  # distinct connections it checked out
+DB_STATEMENT_TIMEOUTS = "dbperf.db.statement_timeouts"
+DB_LOCK_TIMEOUTS = "dbperf.db.lock_timeouts"
+DB_DEADLOCKS = "dbperf.db.deadlocks"
+DB_SERIALIZATION_FAILURES = "dbperf.db.serialization_failures"
+DB_TRANSACTION_COUNT = "dbperf.db.transaction_count"
+DB_TRANSACTION_MAX_MS = "dbperf.db.transaction_max_ms"  # the longest transaction, BEGIN to COMMIT/ROLLBACK
+DB_IDLE_IN_TRANSACTION_MS = "dbperf.db.idle_in_transaction_ms"  # time in transactions not running a query
+DB_LONG_TRANSACTION_COUNT = "dbperf.db.long_transaction_count"  # transactions past DBPERF_LONG_TRANSACTION_MS
+# On a failed DB span: statement_timeout, lock_timeout, deadlock, serialization or pool_timeout
+DB_ERROR_KIND = "dbperf.db.error.kind"
+
 # Span events
 EVENT_SLOW_QUERY = "dbperf.slow_query"
 EVENT_EXPLAIN = "dbperf.explain"
+# On the request span: a checkout that waited at or over the slow threshold (or timed out)
+EVENT_POOL_WAIT = "dbperf.pool_wait"
+# On the request span: a transaction open at or over DBPERF_LONG_TRANSACTION_MS
+EVENT_LONG_TRANSACTION = "dbperf.long_transaction"
+
+# Attributes of the dbperf.pool_wait event (with dbperf.duration_ms and dbperf.threshold_ms): the pool
+# (semconv's name, also the pool metrics' label) and its state when the checkout ended
+DB_CLIENT_CONNECTION_POOL_NAME = "db.client.connection.pool.name"
+POOL_CLASS = "dbperf.pool.class"
+POOL_SIZE = "dbperf.pool.size"
+POOL_CHECKED_OUT = "dbperf.pool.checked_out"
+POOL_IDLE = "dbperf.pool.idle"
+POOL_OVERFLOW = "dbperf.pool.overflow"
+POOL_PENDING_REQUESTS = "dbperf.pool.pending_requests"
+POOL_TIMED_OUT = "dbperf.pool.timed_out"
 
 # Attributes of the dbperf.explain event (DBPERF_EXPLAIN); also on the slow query's log record
 EXPLAIN_PLAN = "dbperf.explain.plan"

@@ -39,6 +39,16 @@ HTTP_ATTRIBUTES = frozenset({"http.route", "http.request.method", "http.response
 #: contrib's DB-API metric of rows per query, kept without the statement-derived db.operation.name
 RETURNED_ROWS = "db.client.response.returned_rows"
 RETURNED_ROWS_ATTRIBUTES = frozenset({"db.system.name", "db.namespace", "server.address", "server.port", "error.type"})
+#: the connection-pool metrics (semconv): the pool, and for db.client.connection.count its state
+POOL_ATTRIBUTES = frozenset({"db.client.connection.pool.name", "db.client.connection.state"})
+ERROR_ATTRIBUTES = frozenset({"dbperf.db.error.kind"})
+#: seconds waiting for a pooled connection (the 0.1 s bound is the saturation alert's)
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: seconds a connection stays checked out
+POOL_USE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: the SQLAlchemy instrumentation's deprecated pool metric, dropped (db.client.connection.count replaces it)
+CONTRIB_POOL_USAGE = "db.client.connections.usage"
+SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 PROCESS_CPU_ATTRIBUTES = frozenset({"type", "cpu.mode"})  # "type" today, semconv's "cpu.mode" later
 
 
@@ -97,6 +107,27 @@ def default_views(slow_query_threshold_ms: float = 100.0) -> tuple[View, ...]:
             attribute_keys=set(HTTP_ATTRIBUTES),
         ),
         View(instrument_name=M.PROCESS_CPU_TIME.name, attribute_keys=set(PROCESS_CPU_ATTRIBUTES)),
+        View(
+            instrument_name=M.DB_CLIENT_CONNECTION_WAIT_TIME.name,
+            meter_name=METER_NAME,
+            aggregation=ExplicitBucketHistogramAggregation(with_boundary(POOL_WAIT_BUCKETS, threshold_s)),
+            attribute_keys=set(POOL_ATTRIBUTES),
+        ),
+        View(
+            instrument_name=M.DB_CLIENT_CONNECTION_USE_TIME.name,
+            meter_name=METER_NAME,
+            aggregation=ExplicitBucketHistogramAggregation(with_boundary(POOL_USE_BUCKETS, threshold_s)),
+            attribute_keys=set(POOL_ATTRIBUTES),
+        ),
+        View(
+            instrument_name=M.DB_CLIENT_CONNECTION_CREATE_TIME.name,
+            meter_name=METER_NAME,
+            aggregation=ExplicitBucketHistogramAggregation(DB_DURATION_BUCKETS),
+            attribute_keys=set(POOL_ATTRIBUTES),
+        ),
+        View(instrument_name=M.DB_ERRORS.name, meter_name=METER_NAME, attribute_keys=set(ERROR_ATTRIBUTES)),
+        # contrib's deprecated pool gauge: one source for pool usage (ours, the semconv names)
+        View(instrument_name=CONTRIB_POOL_USAGE, meter_name=SQLALCHEMY_SCOPE, aggregation=DropAggregation()),
     )
 
 

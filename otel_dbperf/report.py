@@ -234,6 +234,11 @@ class FingerprintStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _number(value: Any) -> float:
+    """A request attribute that should be a number (absent, or written by another tool: 0)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def _bounded_add(counter: Counter[str], key: str, n: int = 1) -> None:
     if key in counter or len(counter) < _MAX_KEYS:
         counter[key] += n
@@ -263,7 +268,8 @@ class Report:
         self._route_of: OrderedDict[str, str] = OrderedDict()  # trace id -> route of its request
         self._pending: OrderedDict[str, list[str]] = OrderedDict()  # trace id -> fingerprints awaiting a route
         self._held: OrderedDict[str, list[Span]] = OrderedDict()  # with --route: queries awaiting their request
-        self.routes: dict[str, list[float]] = {}  # route -> [requests, total ms, DB ms] (bounded)
+        # route -> [requests, total ms, DB ms, pool wait ms, pool timeouts] (bounded)
+        self.routes: dict[str, list[float]] = {}
 
     def _keep(self, span: Span) -> bool:
         f = self.filters
@@ -328,11 +334,14 @@ class Report:
         self.requests += 1
         totals = self.routes.get(route)
         if totals is None and len(self.routes) < _MAX_TRACES // 100:
-            totals = self.routes[route] = [0, 0.0, 0.0]
+            totals = self.routes[route] = [0, 0.0, 0.0, 0.0, 0]
+        pool_wait_ms = _number(a.get(A.DB_POOL_WAIT_MS))
         if totals is not None:
             totals[0] += 1
             totals[1] += span.duration_ms
             totals[2] += float(a.get(A.DB_DURATION_MS, 0.0))
+            totals[3] += pool_wait_ms
+            totals[4] += _number(a.get(A.DB_POOL_TIMEOUTS))
         for fp in self._pending.pop(span.trace_id, ()):
             _bounded_add(self.fingerprints[fp].routes, route)
         entry = {
@@ -345,6 +354,7 @@ class Report:
             "slow_queries": a.get(A.DB_SLOW_QUERY_COUNT, 0),
             "n_plus_one": bool(a.get(A.N_PLUS_ONE_DETECTED)),
             "duplicate_queries": int(a.get(A.DB_DUPLICATE_COUNT, 0)),
+            "pool_wait_ms": pool_wait_ms,
             "error": span.status_code == STATUS_CODES["STATUS_CODE_ERROR"],
         }
         self._seq += 1
@@ -425,7 +435,14 @@ class Report:
                 for s in repeated
             ],
             "routes": [
-                {"route": r, "requests": int(t[0]), "total_ms": round(t[1], 3), "db_ms": round(t[2], 3)}
+                {
+                    "route": r,
+                    "requests": int(t[0]),
+                    "total_ms": round(t[1], 3),
+                    "db_ms": round(t[2], 3),
+                    "pool_wait_ms": round(t[3], 3),
+                    "pool_timeouts": int(t[4]),
+                }
                 for r, t in sorted(self.routes.items(), key=lambda kv: -kv[1][2])
             ],
             "slowest_requests": [
@@ -491,6 +508,7 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(
             f"  {r['duration_ms']:8.1f} ms  {r['name']}  DB {r['db_queries']} queries / {r['db_duration_ms']:.1f} ms"
             f"  slow {r['slow_queries']}{'  N+1' if r['n_plus_one'] else ''}{'  error' if r['error'] else ''}"
+            f"{f'  waited {wait:.1f} ms for a connection' if (wait := r.get('pool_wait_ms', 0.0)) else ''}"
             f"  ({link_text(r)})"
         )
     return "\n".join(lines)

@@ -164,6 +164,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_SANITIZE_STATEMENTS", "sanitize_statements", _parse_bool, True, "true"),
     _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_between(64, 65_536), 4096, "4096", True),
     _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
+    _Var("DBPERF_LONG_TRANSACTION_MS", "long_transaction_ms", _ms_between(0, _DAY_MS), 1000.0, "1000", True),
     _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_samples, "request", "request"),
     _Var("DBPERF_SLOW_QUERY_LOGS_PER_MINUTE", "slow_query_logs_per_minute", _int_between(0, 10_000), 1, "1", True),
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
@@ -197,6 +198,7 @@ class Settings:
     sanitize_statements: bool = True
     statement_max_length: int = 4096
     n_plus_one_threshold: int = 5
+    long_transaction_ms: float = 1000.0
     resource_samples: ResourceSamples = "request"
     slow_query_logs_per_minute: int = 1
     explain: bool = False

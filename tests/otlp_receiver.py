@@ -85,6 +85,8 @@ class Receiver:
                             "trace_id": s.trace_id.hex(),
                             "span_id": s.span_id.hex(),
                             "parent_span_id": s.parent_span_id.hex(),
+                            "start": s.start_time_unix_nano,
+                            "end": s.end_time_unix_nano,
                             "scope": ss.scope.name,
                             "attributes": {kv.key: _value(kv.value) for kv in s.attributes},
                             "events": [

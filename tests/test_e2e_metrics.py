@@ -127,6 +127,15 @@ def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression
         assert queries == {route: float(TRAFFIC[route][0] * QUERIES[route]) for route in TRAFFIC}
         assert prom.value("sum(process_memory_usage_bytes)") > 10_000_000
         assert prom.value("sum(process_cpu_time_seconds_total)") > 0
+        # the connection pool (issue 13): one checkout per request that queries, each back in the pool
+        checkouts = sum(n for route, (n, _) in TRAFFIC.items() if QUERIES[route])
+        prom.wait_until("sum(db_client_connection_use_time_seconds_count)", checkouts)
+        assert prom.value("sum(db_client_connection_wait_time_seconds_count)") == checkouts
+        assert prom.value('sum(db_client_connection_count{db_client_connection_state="used"})') == 0
+        assert prom.value('sum(db_client_connection_count{db_client_connection_state="idle"})') >= 1
+        assert prom.value("sum(db_client_connection_max)") == 15  # SQLAlchemy's default 5 + 10 overflow
+        assert prom.value("sum(dbperf_db_errors_total)") == 0  # a missing table is none of the kinds
+        assert not prom.query("db_client_connections_usage")  # contrib's deprecated gauge: dropped by a view
         # no unbounded label anywhere
         labels = {k for s in prom.query(f'{{job="{JOB}"}}') for k in s["metric"]}
         assert not labels & {"db_query_text", "db_statement", "dbperf_query_fingerprint", "trace_id"}

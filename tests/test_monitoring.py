@@ -51,6 +51,15 @@ SEED_ALERTS = {
     "ErrorRateWarning": ("warning", "5m", "0.05"),
     "ErrorRateCritical": ("critical", "5m", "0.10"),
 }
+# Issue 13: pool saturation (pending for 5 minutes, wait p95 over 100 ms), pool timeouts, deadlocks,
+# statement timeouts: name -> (severity, for, threshold)
+POOL_ALERTS = {
+    "DBPoolPendingRequests": ("warning", "5m", "0"),
+    "DBPoolWaitP95High": ("warning", "5m", "0.1"),
+    "DBPoolTimeouts": ("warning", None, "0"),
+    "DBDeadlocks": ("warning", None, "0"),
+    "DBStatementTimeouts": ("warning", None, "0"),
+}
 # severity -> the receivers it must reach, and no other (amtool config routes test)
 ROUTING = {"critical": {"pager", "chat", "email"}, "warning": {"chat", "email"}, "info": {"chat-info"}, "": {"chat"}}
 
@@ -79,11 +88,12 @@ def test_rules_parse() -> None:
 def test_the_seed_alerts_by_name_severity_duration_and_threshold() -> None:
     found = alerts()
     assert set(SEED_ALERTS) <= set(found)
-    assert set(found) - set(SEED_ALERTS) == {"NPlusOneSpike"}  # the only one of our own; duplicates are gone
-    for name, (severity, duration, threshold) in SEED_ALERTS.items():
+    # our own: N+1, and the pools' and database errors' (issue 13); the seed's duplicates are gone
+    assert set(found) - set(SEED_ALERTS) == {"NPlusOneSpike", *POOL_ALERTS}
+    for name, (severity, duration, threshold) in {**SEED_ALERTS, **POOL_ALERTS}.items():
         rule = found[name]
         assert rule["labels"]["severity"] == severity, name
-        assert rule["for"] == duration, name
+        assert rule.get("for") == duration, name
         assert comparison_sides(rule["expr"])[1].startswith(threshold), name
     # the baseline: the same hour a week ago, else the last day's average
     spike = comparison_sides(found["QueryRateSpike"]["expr"])[1]

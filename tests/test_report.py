@@ -237,3 +237,27 @@ def test_stdin_and_other_signals(monkeypatch: pytest.MonkeyPatch) -> None:
     assert code == EXIT_OK
     counts = {k: v for k, v in json.loads(text)["input"].items() if k != "rejected"}
     assert counts == {"lines": 7, "corrupt_lines": 2, "other_signal_lines": 1, "spans": 11, "bad_spans": 0}
+
+
+def test_pool_wait_and_timeouts_per_route(tmp_path: Path) -> None:
+    """Each route's total wait for a pooled connection and its pool timeouts (issue 13)."""
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OTLPJsonFileSpanExporter(str(path))))
+    tracer = provider.get_tracer("test")
+    for route, wait_ms, timeouts in (("/a", 120.5, 0), ("/a", 30.0, 1), ("/b", 0.25, 0), ("/c", None, None)):
+        with tracer.start_as_current_span(f"GET {route}", kind=SpanKind.SERVER) as root:
+            root.set_attribute("http.route", route)
+            if wait_ms is not None:
+                root.set_attribute("dbperf.db.pool_wait_ms", wait_ms)
+                root.set_attribute("dbperf.db.pool_timeouts", timeouts)
+    provider.shutdown()
+    code, text = report(str(path), "--json")
+    assert code == EXIT_OK
+    routes = {r["route"]: r for r in json.loads(text)["routes"]}
+    assert {r: (v["pool_wait_ms"], v["pool_timeouts"]) for r, v in routes.items()} == {
+        "/a": (150.5, 1),
+        "/b": (0.25, 0),
+        "/c": (0.0, 0),  # no pool figures (no SQLAlchemy, or an older otel-dbperf): none
+    }
+    assert "waited 120.5 ms for a connection" in report(str(path))[1]

@@ -206,7 +206,7 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
         if request.extras:
             attrs.update(request.extras)
-        return self._scrub(span, attrs, None)
+        return self._scrub(span, attrs, list(request.events) if request.events else None)
 
     def _scrub(
         self,

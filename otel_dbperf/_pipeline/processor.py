@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 
-from .. import _forksafe
+from .. import _error_kind, _forksafe
 from .. import attributes as A
 from .._guard import internal_error
 from .._location import AppCode, lazy_loaded_relationship, location_of
@@ -187,8 +187,7 @@ class DbPerfSpanProcessor(SpanProcessor):
         query.system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
         duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
         slow = query.slow = duration >= self._slow_ns
-        if span._status.status_code is _ERROR and _ERROR_TYPE not in attrs:  # noqa: SLF001
-            _set_error_type(attrs)
+        kind = _set_error_type(attrs) if span._status.status_code is _ERROR else None  # noqa: SLF001
         statement = query.statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
         query.location = None
         query.stack = ""
@@ -213,6 +212,8 @@ class DbPerfSpanProcessor(SpanProcessor):
                     settings = self.settings
                     query.stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
         nested = query.nested = request is not None and not orm and request.open_orm > 0
+        if kind is not None and not nested:
+            _error_kind.counted(kind, request)
         if request is not None and statement is not None and not nested:
             if len(request.records) < MAX_QUERIES_PER_REQUEST:
                 request.records.append(query)
@@ -307,17 +308,24 @@ def current_request() -> Request | None:
     return None
 
 
-def _set_error_type(attrs: dict[str, Any]) -> None:
-    """semconv ``error.type`` on a failed DB span: the DB-API exception being handled right now.
+def _set_error_type(attrs: dict[str, Any]) -> str | None:
+    """semconv ``error.type`` on a failed DB span: the DB-API exception being handled right now;
+    and ``dbperf.db.error.kind`` when it is a timeout, lock wait, deadlock or the like (returned).
 
     The SQLAlchemy instrumentation ends a failed query's span from its ``handle_error``
     listener, inside SQLAlchemy's ``except`` block, so the exception is still current.
     """
     exc = sys.exc_info()[1]
-    if exc is not None:
-        kind = type(exc)
-        module = kind.__module__
-        attrs[_ERROR_TYPE] = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    if exc is None:
+        return None
+    if _ERROR_TYPE not in attrs:
+        cls = type(exc)
+        module = cls.__module__
+        attrs[_ERROR_TYPE] = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    kind = _error_kind.classify(exc)
+    if kind is not None:
+        attrs[A.DB_ERROR_KIND] = kind
+    return kind
 
 
 def _count_overflow(request: Request, query: Query) -> None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from time import time_ns
 from typing import Any
+
+from opentelemetry.sdk.trace import Event
 
 from .. import _forksafe
 from .._sql import Analysis, analyze
@@ -32,6 +35,7 @@ def _after_fork_in_child() -> None:
 _forksafe.register(_after_fork_in_child)
 
 MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 analysis; beyond: totals
+MAX_REQUEST_EVENTS = 32  # events other hooks add to one request's root span
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss", "ended",
-        "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "_rollup",
+        "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -151,6 +155,8 @@ class Request:
         self.dup_ns = 0  # and their DB time
         #: attributes other hooks add to the request's root span (see processor.current_request)
         self.extras: dict[str, Any] | None = None
+        #: events other hooks add to the request's root span (see :meth:`event`)
+        self.events: list[Event] | None = None
         self._rollup: Rollup | None = None
 
     # ---- request thread: figures of other concerns (pool waits, transactions) -------------
@@ -168,6 +174,15 @@ class Request:
             extras = self.extras = {}
         if key not in extras or value > extras[key]:
             extras[key] = value
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """An event for the request's root span, timed now (a long pool wait, a long transaction).
+        Bounded: past :data:`MAX_REQUEST_EVENTS` they are not kept."""
+        events = self.events
+        if events is None:
+            events = self.events = []
+        if len(events) < MAX_REQUEST_EVENTS:
+            events.append(Event(name, attributes, timestamp=time_ns()))
 
     # ---- off the request thread ----------------------------------------------------------
     def advance(self, max_length: int) -> None:
