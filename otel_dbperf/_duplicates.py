@@ -60,7 +60,7 @@ def _after_cursor_execute(
             open_ = processor._open  # noqa: SLF001
             span_id = span._context[1]  # type: ignore[union-attr]  # noqa: SLF001
             entry = open_.get(span_id)
-            if entry is None or entry.__class__ is not tuple or not entry[2]:
+            if entry is None or entry.__class__ is not tuple or not entry[2] or entry[1] is None:
                 continue  # not an ORM-level span inside a request
             if taken is False:
                 taken = digest(parameters)

@@ -27,7 +27,9 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span
 from . import attributes as A
 from . import metric_names as M
 from ._guard import internal_error
-from ._processor import _DUR, _SLOW, _STMT, _SYS
+from ._nosql import KIND_QUERY
+from ._processor import _DUR, _KIND, _SLOW, _STMT, _SYS
+from ._route import route_labels
 from ._sql import OPERATIONS, analyze
 from .metrics import METER_NAME
 from .settings import Settings
@@ -38,6 +40,7 @@ _MAX_QUEUE = 100_000  # spans awaiting derivation; past it they are dropped and 
 _MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
 _OTHER = "_OTHER"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_$]{0,62}){0,2}")
+_COMMAND = re.compile(r"[A-Z][A-Z0-9_.]{0,31}(?: [A-Z][A-Z0-9_]{0,31})?")  # a non-SQL command label
 _DRAIN_INTERVAL_S = 0.5
 EXIT_DRAIN_S = 2.0  # at exit the queue is drained for at most this long; the rest is dropped and counted
 
@@ -188,6 +191,10 @@ class SpanDeriver:
         statement = record[_STMT]
         max_length = self._settings.statement_max_length
         analysis = analyze(statement, max_length, record[_SYS]) if isinstance(statement, str) else None
+        if record[_KIND] != KIND_QUERY:  # a call to a key-value or document store: its duration only
+            if self._provider is not None:
+                self._query_metrics(span, record, analysis, sql=False)
+            return
         for sink in self._sinks:
             try:
                 sink.query(span, record, analysis)
@@ -196,7 +203,7 @@ class SpanDeriver:
         if self._provider is not None:
             self._query_metrics(span, record, analysis)
 
-    def _query_metrics(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
+    def _query_metrics(self, span: Any, record: tuple[Any, ...], analysis: Any, sql: bool = True) -> None:
         attrs = span.attributes or {}
         labels: dict[str, Any] = {}
         system = attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM)
@@ -213,7 +220,10 @@ class SpanDeriver:
             operation = attrs.get("db.operation.name") or ""
         if operation:
             # an operation keyword only: contrib's value is the statement's first piece, maybe a literal
-            labels["db.operation.name"] = operation.upper() if str(operation).lower() in OPERATIONS else _OTHER
+            if sql:
+                labels["db.operation.name"] = operation.upper() if str(operation).lower() in OPERATIONS else _OTHER
+            else:  # a command name (our analysis keeps only that): bounded by the store's command set
+                labels["db.operation.name"] = operation if _COMMAND.fullmatch(str(operation)) else _OTHER
         if table:
             labels["db.collection.name"] = self._table(str(table))
         error = _error_type(span)
@@ -221,20 +231,19 @@ class SpanDeriver:
             labels["error.type"] = error
         context = _context_of(span)
         self._db_duration.record(record[_DUR] / 1e9, labels, context=context)
-        if record[_SLOW]:
+        if sql and record[_SLOW]:
             self._slow.add(1, labels, context=context)
 
     def _record_request(self, span: Any, request: Any) -> None:
         attrs = span.attributes or {}
-        route = attrs.get("http.route")
+        route, labels = route_labels(attrs)
         for sink in self._sinks:
             try:
-                sink.request(span, request, route or "")
+                sink.request(span, request, route)
             except Exception as exc:  # noqa: BLE001
                 internal_error("sink", exc)
         if self._provider is None:
             return
-        labels = {"http.route": route} if route else {}
         context = _context_of(span)
         records = list(request.records)
         count, db_ns = len(records), 0

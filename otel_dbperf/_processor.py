@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
+from _thread import get_ident
 from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -31,7 +32,8 @@ from . import _forksafe
 from . import attributes as A
 from ._errors import scrub_error_text, scrub_traceback
 from ._guard import internal_error
-from ._location import AppCode, lazy_loaded_relationship, location_of
+from ._location import SETUP, AppCode, lazy_loaded_relationship, location_of
+from ._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call, nosql_rollup
 from ._resources import rss_bytes, thread_time_ns
 from ._sql import OPERATIONS, Analysis, analyze
 from ._suggest import relationship_fix
@@ -71,9 +73,13 @@ _forksafe.register(_after_fork_in_child)
 #  system: db.system.name / db.system, the dialect the statement is sanitized by,
 #  relationship: the SQLAlchemy relationship this query lazily loaded, or None,
 #  params: keyed digest of the query's parameters (see _duplicates), b"" for none, None: not taken,
-#  rss_delta: the process RSS change in bytes from the span's start to its end, None: not sampled)
+#  rss_delta: the process RSS change in bytes from the span's start to its end, None: not sampled,
+#  kind: KIND_QUERY a SQL query of the application; KIND_SETUP a connection span or a statement of the
+#  framework's connection setup (not a query: not counted, no slow flag); KIND_NOSQL a call to a
+#  key-value or document store (its own roll-up, see _nosql); KIND_NOSQL_FRAMEWORK one with no
+#  application frame on the stack (a worker's broker and result-backend traffic): not rolled up)
 # cpu_ns and rss_delta are sampled only under DBPERF_RESOURCE_SAMPLES=query.
-_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS, _REL, _PARAMS, _RSS_DELTA = range(12)
+_CPU, _DUR, _SLOW, _STMT, _LOC, _STACK, _REQ, _NESTED, _SYS, _REL, _PARAMS, _RSS_DELTA, _KIND = range(13)
 Record = tuple[Any, ...]  # the layout above; a plain tuple because a NamedTuple costs ~30x to build
 
 
@@ -114,7 +120,7 @@ class _Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss",
-        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns", "extras",
+        "cursor", "fp_counts", "seen", "dup_keys", "dup_count", "dup_ns", "extras", "calls",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -135,6 +141,8 @@ class _Request:
         self.dup_ns = 0  # and their DB time
         #: attributes other hooks add to the request's root span (see :func:`current_request`)
         self.extras: dict[str, Any] | None = None
+        #: the request's calls to key-value and document stores (see _nosql), None: none yet
+        self.calls: list[Record] | None = None
 
     def add(self, key: str, value: float) -> None:
         """Add ``value`` to the request attribute ``key`` (request thread; a hook of another concern:
@@ -193,6 +201,8 @@ class DbPerfSpanProcessor(SpanProcessor):
         # span id -> (samples, request, orm, parameter digest) for client spans, or the _Request of a
         # request's span; samples: (thread CPU ns, RSS bytes) at the start under DBPERF_RESOURCE_SAMPLES=query, else 0
         self._open: dict[int, Any] = {}
+        # thread id -> ORM-level client spans open on it outside any request
+        self._loose_orm: dict[int, int] = {}
         # span id -> Record or _Request, for the exporters
         self._done: dict[int, Any] = {}
         self._consumers = 0
@@ -220,7 +230,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             parent = span._parent  # noqa: SLF001
             if parent is None or parent[2]:  # a local root
                 if span._kind is _CLIENT:  # noqa: SLF001 - a DB span outside any request
-                    open_[span_id] = ((thread_time_ns(), rss_bytes()) if self._per_query else 0, None, False, None)
+                    open_[span_id] = self._loose(span)
                 elif self._resources:
                     open_[span_id] = _Request(span_id, thread_time_ns(), rss_bytes())
                 else:
@@ -229,10 +239,13 @@ class DbPerfSpanProcessor(SpanProcessor):
             entry = open_.get(parent[1])
             if entry is None:
                 if span._kind is _CLIENT:  # noqa: SLF001
-                    open_[span_id] = ((thread_time_ns(), rss_bytes()) if self._per_query else 0, None, False, None)
+                    open_[span_id] = self._loose(span)
                 return
             request = entry if entry.__class__ is _Request else entry[1]
             if span._kind is _CLIENT:  # noqa: SLF001
+                if request is None:
+                    open_[span_id] = self._loose(span)
+                    return
                 orm = False
                 if request is not None:
                     scope = span._instrumentation_scope  # noqa: SLF001
@@ -244,6 +257,18 @@ class DbPerfSpanProcessor(SpanProcessor):
                 open_[span_id] = request
         except Exception as exc:  # noqa: BLE001
             internal_error("on_start", exc)
+
+    def _loose(self, span: Span) -> tuple[Any, ...]:
+        """The open entry of a client span outside any request. An ORM-level one is counted open on
+        its thread, so a driver span inside it is nested there too (one statement, one count)."""
+        samples = (thread_time_ns(), rss_bytes()) if self._per_query else 0
+        scope = span._instrumentation_scope  # noqa: SLF001
+        if scope is not None and scope.name == _ORM_SCOPE:
+            loose = self._loose_orm
+            thread = get_ident()
+            loose[thread] = loose.get(thread, 0) + 1
+            return (samples, None, True, None)
+        return (samples, None, False, None)
 
     def _on_ending(self, span: Span) -> None:
         try:
@@ -268,7 +293,10 @@ class DbPerfSpanProcessor(SpanProcessor):
                 cpu_ns, rss_delta = -1, None
             request = entry[1]
             if entry[2]:
-                request.open_orm -= 1
+                if request is not None:
+                    request.open_orm -= 1
+                else:
+                    _loose_ended(self._loose_orm)
             attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
             if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
                 return  # an HTTP or other client span: not ours
@@ -281,18 +309,29 @@ class DbPerfSpanProcessor(SpanProcessor):
             location = None
             stack = ""
             relationship = None
+            kind = KIND_NOSQL if system in NOSQL_SYSTEMS else KIND_QUERY if statement is not None else KIND_SETUP
             app = self._app
             if app is not None:
                 frame = sys._getframe(3)  # noqa: SLF001 - the caller of Span.end
-                found, lazy = app.find(frame)
+                found, lazy, hint = app.walk(frame)
                 if lazy is not None:
                     relationship = lazy_loaded_relationship(lazy)
+                if hint is SETUP:
+                    kind = KIND_SETUP
+                    hint = None
                 if found is not None:
-                    location = location_of(found)
+                    location = location_of(found, hint)
                     if slow and duration >= self._stack_ns:
                         settings = self.settings
                         stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
-            nested = request is not None and not entry[2] and request.open_orm > 0
+                elif kind == KIND_NOSQL:
+                    kind = KIND_NOSQL_FRAMEWORK  # no application frame: the framework's own traffic
+            if entry[2]:
+                nested = False
+            elif request is not None:
+                nested = request.open_orm > 0
+            else:
+                nested = self._loose_orm.get(get_ident(), 0) > 0
             record = (
                 cpu_ns,
                 duration,
@@ -306,15 +345,20 @@ class DbPerfSpanProcessor(SpanProcessor):
                 relationship,
                 entry[3],
                 rss_delta,
+                kind,
             )
-            if request is not None and statement is not None and not nested:
-                if len(request.records) < _MAX_QUERIES_PER_REQUEST:
-                    request.records.append(record)
-                else:
-                    _count_overflow(request, record)
+            if kind == KIND_QUERY:
+                if request is not None and not nested:
+                    if len(request.records) < _MAX_QUERIES_PER_REQUEST:
+                        request.records.append(record)
+                    else:
+                        _count_overflow(request, record)
+            elif kind == KIND_NOSQL and request is not None:
+                add_call(request, record)
             self._publish(span_id, record)
             submit = self._submit
-            if submit is not None and statement is not None and not nested:  # "connect" spans are no operation
+            # connection spans and setup statements are no operation of the application
+            if submit is not None and kind != KIND_SETUP and not nested:
                 submit(span, record)
         except Exception as exc:  # noqa: BLE001
             internal_error("_on_ending", exc)
@@ -355,6 +399,16 @@ def _set_error_type(attrs: dict[str, Any]) -> None:
         kind = type(exc)
         module = kind.__module__
         attrs[_ERROR_TYPE] = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _loose_ended(loose: dict[int, int]) -> None:
+    """An ORM-level client span outside any request ended on this thread."""
+    thread = get_ident()
+    left = loose.get(thread, 0) - 1
+    if left > 0:
+        loose[thread] = left
+    else:
+        loose.pop(thread, None)
 
 
 def _count_overflow(request: _Request, record: Record) -> None:
@@ -422,7 +476,7 @@ class EnrichingSpanExporter(SpanExporter):
             span, attrs, statement, attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
         )
         start, end = span._start_time, span._end_time  # noqa: SLF001
-        if isinstance(start, int) and isinstance(end, int):
+        if isinstance(start, int) and isinstance(end, int) and statement is not None:  # a connection: no query
             attrs[A.QUERY_SLOW] = end - start >= self._processor._slow_ns  # noqa: SLF001
         return self._scrub(span, attrs, None, name)
 
@@ -520,19 +574,31 @@ class EnrichingSpanExporter(SpanExporter):
         settings = self._settings
         attrs = dict(_attr_dict(span._attributes))  # noqa: SLF001
         analysis, name = self._statement_attributes(span, attrs, record[_STMT], record[_SYS])
+        kind = record[_KIND]
         slow = record[_SLOW]
-        attrs[A.QUERY_SLOW] = slow
+        if kind == KIND_SETUP:  # a connection span or setup statement: not a query, never slow
+            slow = False
+            if record[_STMT] is not None:
+                attrs[A.QUERY_SETUP] = True
+        else:
+            attrs[A.QUERY_SLOW] = slow
+            if kind != KIND_QUERY:
+                attrs[A.QUERY_NOSQL] = True
+                if kind == KIND_NOSQL_FRAMEWORK:
+                    attrs[A.QUERY_FRAMEWORK] = True
         if record[_CPU] >= 0:
             attrs[A.CPU_TIME_MS] = record[_CPU] / 1e6
         location = record[_LOC]
         if location is not None:
-            attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location
+            attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location[:3]
+            if len(location) > 3:
+                attrs[A.CODE_PYTHON_LOCATION] = location[3]
         if record[_STACK]:
             attrs[A.CODE_STACKTRACE] = record[_STACK]
         if record[_NESTED]:
             attrs[A.QUERY_NESTED] = True
         request = record[_REQ]
-        if request is not None:
+        if request is not None and kind == KIND_QUERY:
             seen = request.seen.get(id(record))
             if seen is None:
                 self._advance(request)
@@ -585,6 +651,8 @@ class EnrichingSpanExporter(SpanExporter):
                 attrs[A.N_PLUS_ONE_QUERY_SUMMARY] = summary
             if first[_LOC] is not None:
                 attrs[A.N_PLUS_ONE_CODE_LOCATION] = f"{first[_LOC][0]}:{first[_LOC][1]}"
+                if len(first[_LOC]) > 3:
+                    attrs[A.N_PLUS_ONE_PYTHON_LOCATION] = first[_LOC][3]
             seen = request.seen
             lazy = next(
                 (r[_REL] for r in records if r[_REL] is not None and seen.get(id(r), ("",))[0] == worst_fp), None
@@ -600,6 +668,8 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
         if request.extras:
             attrs.update(request.extras)
+        if request.calls:
+            attrs.update(nosql_rollup(request.calls, self._n1, self._settings.statement_max_length))
         return self._scrub(span, attrs, None)
 
     def _scrub(
