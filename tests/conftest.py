@@ -51,6 +51,25 @@ def pg_user() -> str:
     return os.environ.get("PGUSER", "postgres")
 
 
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_DB = 11  # the tests' own Redis database number (the server may be shared)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """A reachable Redis on 127.0.0.1:6379 (skips without it, fails under DBPERF_REQUIRE_SERVICES=1)."""
+    try:
+        import redis
+
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001
+        reason = f"Redis at {REDIS_HOST}:{REDIS_PORT} not reachable: {exc}"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    return REDIS_DB
+
+
 @pytest.fixture(scope="session")
 def pg_sync_url(pg_user: str) -> str:
     return f"postgresql+psycopg://{pg_user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
