@@ -135,10 +135,16 @@ def base_env(receiver: Receiver, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def serve(kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: Path = BIN) -> Iterator[dict[str, Any]]:
-    """Run ``app`` under opentelemetry-instrument behind a real server (from ``bin_dir``); yield its base URL."""
+def serve(
+    kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: Path = BIN, cwd: Path = APPS
+) -> Iterator[dict[str, Any]]:
+    """Run ``app`` under opentelemetry-instrument behind a real server (from ``bin_dir``); yield its base URL.
+
+    ``kind`` "runserver": Django's development server, ``app`` the project's manage.py (in ``cwd``)."""
     port = free_port()
-    if kind == "gunicorn":
+    if kind == "runserver":
+        server = [str(bin_dir / "python"), app, "runserver", f"127.0.0.1:{port}", "--noreload", *extra_args]
+    elif kind == "gunicorn":
         server = [str(bin_dir / "gunicorn"), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", *extra_args, app]
     else:
         server = [
@@ -154,7 +160,7 @@ def serve(kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: P
         ]
     cmd = [str(bin_dir / "opentelemetry-instrument"), *server]
     log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     info: dict[str, Any] = {"url": base, "proc": proc, "log": log}
     try:
