@@ -4,20 +4,24 @@ its task name; the worker's own broker and result-backend traffic is never count
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, TESTS, base_env, marker_line
+from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
+from otel_dbperf.cli import EXIT_OK, main
 
 APP_FILE = str(APPS / "celery_tasks.py")
 
@@ -100,10 +104,17 @@ def _system(span: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
-def test_task_rollup_named_by_task_without_broker_traffic(receiver: Any, db_url: str, redis_db: int, pool: str) -> None:
+def test_task_rollup_named_by_task_without_broker_traffic(
+    receiver: Any, db_url: str, redis_db: int, pool: str, tmp_path: Path
+) -> None:
     _purge(redis_db)
     env = base_env(receiver, APP_DB_URL=db_url, APP_REDIS_DB=str(redis_db), OTEL_METRICS_EXPORTER="otlp")
     env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
+    file = tmp_path / "spans.jsonl"  # for the report, beside the OTLP receiver
+    env.update(OTEL_TRACES_EXPORTER="otlp,otlp_json_file", DBPERF_FILE_PATH=str(file))
+    profiler = free_port()
+    if pool == "solo":  # the worker's own process serves the profiler
+        env["DBPERF_PROFILER_ADDR"] = f"127.0.0.1:{profiler}"
     client = _client(redis_db)
     with worker(env, pool) as w:
         ran = client.send_task("beyondsql.writers_report").get(timeout=60)
@@ -130,6 +141,16 @@ def test_task_rollup_named_by_task_without_broker_traffic(receiver: Any, db_url:
             return any(s["trace_id"] == task["trace_id"] and "PUBLISH" in _statement(s) for s in spans)
 
         spans = receiver.wait_for(result_stored)
+        history: list[dict[str, Any]] = []
+        if pool == "solo":
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the history gets the route when the task's span comes
+                status, body = get(f"http://127.0.0.1:{profiler}/profiler/slow-queries?threshold=0&limit=100")
+                assert status == 200, body
+                history = json.loads(body)["data"]["queries"]
+                if sum(q["route"] == "beyondsql.writers_report" for q in history) >= 11:
+                    break
+                time.sleep(0.2)
     output = w["output"]
     assert "internal error" not in output, output
 
@@ -157,6 +178,26 @@ def test_task_rollup_named_by_task_without_broker_traffic(receiver: Any, db_url:
     assert b[A.NOSQL_CALL_COUNT] == 7 and b["dbperf.nosql.redis.call_count"] == 7
     assert b[A.NOSQL_REPEAT_DETECTED] is True and b[A.NOSQL_REPEAT_OPERATION] == "GET"
     assert b[A.NOSQL_REPEAT_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_get')}"
+
+    # the profiler and the report name the task as the route; no broker command among the queries
+    if pool == "solo":
+        routes = [q["route"] for q in history]
+        assert routes.count("beyondsql.writers_report") == 11, history
+        assert not [q for q in history if "GET" in q["statement"] or "PUBLISH" in q["statement"]], history
+    out = io.StringIO()
+    assert main(["report", str(file), "--json"], out=out) == EXIT_OK
+    report = json.loads(out.getvalue())
+    (n1,) = report["n_plus_one"]
+    assert n1["route"] == "beyondsql.writers_report" and n1["max_repeat_count"] == 10
+    assert {r["route"] for r in report["routes"]} == {"beyondsql.writers_report", "beyondsql.warm_cache"}
+    assert sum(q["count"] for q in report["top_queries"]) == 11, report["top_queries"]
+    (repeat,) = report["repeated_calls"]
+    assert (repeat["route"], repeat["system"], repeat["operation"], repeat["suggestion"]) == (
+        "beyondsql.warm_cache",
+        "redis",
+        "GET",
+        "MGET",
+    )
 
     # metrics carry the task name
     queries = [
