@@ -9,6 +9,8 @@ and forks the workers from it. The SDK already gives each forked child its own
   the child starts its metric storages afresh;
 - the system-metrics instrumentation samples the ``psutil.Process`` it made in
   the master, so every worker would report the master's CPU and memory;
+- a periodic reader's export lock, held by the master's export thread at the fork, would stay
+  held in the child (see :func:`reset_export_locks`);
 - the Prometheus pull exporter serves from the master, which never sees the
   workers' measurements, and the workers cannot share its port: refused at
   startup with one message saying what to do (see :func:`pull_refusal`).
@@ -113,6 +115,7 @@ class ForkHooks:
             self.deriver.after_fork_in_child()
         if self.meter_provider is not None:
             reset_metric_storages(self.meter_provider)
+            reset_export_locks(self.meter_provider)
         _resample_own_process()
 
 
@@ -133,6 +136,16 @@ def reset_metric_storages(provider: Any) -> None:
         )
         for reader in storages
     }
+
+
+def reset_export_locks(provider: Any) -> None:
+    """Fresh export locks for the periodic readers: the SDK restarts a reader's thread in the child
+    but keeps its ``_export_lock``, which the parent's thread holds while it exports; a fork at that
+    moment (a Celery prefork pool starting its children while the master exports) left the child's
+    reader waiting on it forever, and the child's metrics were never exported."""
+    for reader in getattr(provider, "_metric_readers", None) or ():
+        if hasattr(reader, "_export_lock"):
+            reader._export_lock = threading.Lock()  # noqa: SLF001
 
 
 def _resample_own_process() -> None:
