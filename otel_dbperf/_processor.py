@@ -580,12 +580,13 @@ class EnrichingSpanExporter(SpanExporter):
             slow = False
             if record[_STMT] is not None:
                 attrs[A.QUERY_SETUP] = True
+        elif kind == KIND_NOSQL_FRAMEWORK:  # the framework's own call (a worker's blocking BRPOP): never slow
+            slow = False
+            attrs[A.QUERY_NOSQL] = attrs[A.QUERY_FRAMEWORK] = True
         else:
             attrs[A.QUERY_SLOW] = slow
-            if kind != KIND_QUERY:
+            if kind == KIND_NOSQL:
                 attrs[A.QUERY_NOSQL] = True
-                if kind == KIND_NOSQL_FRAMEWORK:
-                    attrs[A.QUERY_FRAMEWORK] = True
         if record[_CPU] >= 0:
             attrs[A.CPU_TIME_MS] = record[_CPU] / 1e6
         location = record[_LOC]

@@ -179,3 +179,30 @@ def test_nested_driver_span_outside_any_request_counts_once(pg_sync_url: str, tm
     assert int(orm[A.CODE_LINE_NUMBER]) == marker_line("import_time_app.py", "import_query")
     (query,) = [q for q in _report(out)["top_queries"] if q["statement"] == "SELECT ? + ?"]
     assert query["count"] == 1
+
+
+def test_a_forked_child_gets_fresh_metric_export_locks() -> None:
+    """A periodic reader's export lock held by the parent's export thread at the fork (a Celery
+    prefork pool starting its child while the master exports) must not stay held in the child:
+    the child's metrics would never be exported."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+    from otel_dbperf import _prefork
+
+    with open(os.devnull, "w") as sink:
+        reader = PeriodicExportingMetricReader(ConsoleMetricExporter(out=sink), export_interval_millis=3_600_000)
+        provider = MeterProvider(metric_readers=[reader])
+        hooks = _prefork.ForkHooks(provider, None)
+        read, write = os.pipe()
+        with reader._export_lock:  # as the parent's export thread holds it while it exports
+            pid = os.fork()
+            if pid == 0:  # the child: report whether the lock is free, and leave at once
+                os.write(write, b"free" if not reader._export_lock.locked() else b"held")
+                os._exit(0)
+        os.close(write)
+        answer = os.read(read, 4)
+        os.close(read)
+        os.waitpid(pid, 0)
+        provider.shutdown()
+    assert hooks is not None and answer == b"free"

@@ -29,7 +29,7 @@ def test_exit_drain_stops_at_its_bound_and_counts_the_rest(
     monkeypatch.setattr(_metrics, "EXIT_DRAIN_S", 0.2)
     sink = SlowSink()
     deriver = _metrics.SpanDeriver(Settings(), None, sinks=[sink])
-    record = (-1, 1_000, False, "SELECT 1", None, "", None, False, "sqlite", None, None)
+    record = (-1, 1_000, False, "SELECT 1", None, "", None, False, "sqlite", None, None, None, 0)  # _processor.Record
     n = 1000  # 10 s of work for the sink
     for _ in range(n):
         deriver.queue.append((object(), record))
@@ -44,7 +44,7 @@ def test_exit_drain_stops_at_its_bound_and_counts_the_rest(
 def test_exit_drain_without_backlog_drops_nothing(caplog: pytest.LogCaptureFixture) -> None:
     sink = SlowSink()
     deriver = _metrics.SpanDeriver(Settings(), None, sinks=[sink])
-    record = (-1, 1_000, False, "SELECT 1", None, "", None, False, "sqlite", None, None)
+    record = (-1, 1_000, False, "SELECT 1", None, "", None, False, "sqlite", None, None, None, 0)  # _processor.Record
     for _ in range(3):
         deriver.queue.append((object(), record))
     with caplog.at_level(logging.WARNING, logger="otel_dbperf"):
