@@ -199,6 +199,10 @@ def test_task_rollup_named_by_task_without_broker_traffic(
     assert n1["route"] == "beyondsql.writers_report" and n1["max_repeat_count"] == 10
     assert {r["route"] for r in report["routes"]} == {"beyondsql.writers_report", "beyondsql.warm_cache"}
     assert sum(q["count"] for q in report["top_queries"]) == 11, report["top_queries"]
+    text = io.StringIO()
+    assert main(["report", str(file)], out=text) == EXIT_OK
+    assert "beyondsql.warm_cache: redis GET repeated up to 7x in 1 request(s) at " in text.getvalue()
+    assert ": use MGET" in text.getvalue()
     (repeat,) = report["repeated_calls"]
     assert (repeat["route"], repeat["system"], repeat["operation"], repeat["suggestion"]) == (
         "beyondsql.warm_cache",
