@@ -35,7 +35,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from otel_dbperf import DbPerfSpanProcessor, Settings, _sql
-from otel_dbperf._metrics import SpanDeriver
+from otel_dbperf._pipeline.derive import build_deriver
 from otel_dbperf.metrics import default_views
 
 _serial = itertools.count()
@@ -90,7 +90,7 @@ def build() -> tuple[list[Variant], Any]:
     provider.add_span_processor(processor)
     provider.add_span_processor(BatchSpanProcessor(processor.wrap_exporter(NullExporter())))
     meters = MeterProvider(metric_readers=[InMemoryMetricReader()], views=default_views())
-    deriver = SpanDeriver(settings, meters)
+    deriver = build_deriver(processor.thresholds, meters)
     processor.attach_deriver(deriver.submit)
     ours = make_engine()
     EngineTracer(provider.get_tracer(_SCOPE), ours, _COUNTER)

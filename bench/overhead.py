@@ -262,7 +262,7 @@ def build(
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        from otel_dbperf._metrics import SpanDeriver
+        from otel_dbperf._pipeline.derive import build_deriver
         from otel_dbperf.metrics import default_views
 
         reader = PeriodicExportingMetricReader(
@@ -278,7 +278,7 @@ def build(
     EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
     dbperf = DbPerfSpanProcessor(settings)
     if meters is not None:
-        deriver = SpanDeriver(settings, meters)
+        deriver = build_deriver(dbperf.thresholds, meters)
         dbperf.attach_deriver(deriver.submit)
 
     def batch(exp: SpanExporter) -> BatchSpanProcessor:

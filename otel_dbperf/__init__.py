@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._processor import DbPerfSpanProcessor, EnrichingSpanExporter
+from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
 from .settings import Settings
 
 __version__ = "0.1.0"
@@ -44,7 +44,7 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     """
     from . import _sqlalchemy
     from ._guard import step
-    from ._setup import current_settings, start_duplicates, start_explain
+    from ._runtime import current_settings, start_duplicates, start_explain
     from .configurator import DbPerfConfigurator
     from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
 

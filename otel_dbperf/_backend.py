@@ -241,7 +241,7 @@ def watching(settings: Settings) -> Iterator[None]:
     ``_init_metrics`` and ``_init_logging`` look ``PeriodicExportingMetricReader`` and
     ``BatchLogRecordProcessor`` up in their module when they call them; for this call only
     those names give the exporter a watcher first (a test pins this to the SDK range we
-    support). Span exporters are watched in the export processor factory (``_setup``).
+    support). Span exporters are watched in the export processor factory (``_runtime``).
     Afterwards the bounded flush at exit is registered, to run before the SDK's own.
     """
     if not settings.enabled:

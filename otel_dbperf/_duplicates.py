@@ -2,8 +2,8 @@
 
 One class-level SQLAlchemy ``after_cursor_execute`` listener (it runs before contrib's
 instance-level one, which ends the query's span: see ``_explain.install``) takes a
-digest of the query's parameters and leaves it in the processor's entry for that span;
-the export thread compares (statement, digest) pairs within the request.
+digest of the query's parameters and leaves it in that span's ``Query`` (``_pipeline``);
+its request's analysis compares (statement, digest) pairs within the request.
 
 The digest is a BLAKE2b keyed with a random key made in this process, never exported
 and never logged: parameters (and anything derived from them) never leave the process,
@@ -21,7 +21,8 @@ import threading
 from typing import Any
 
 from ._guard import internal_error
-from ._processor import DbPerfSpanProcessor
+from ._pipeline.processor import open_query
+from ._sdk_compat import contrib_query_span
 
 MAX_PARAMETERS = 64  # more parameters than this: not judged (the digest would cost too much)
 _KEYED = hashlib.blake2b(key=os.urandom(32), digest_size=16)  # copied per digest: the key is set up once
@@ -51,20 +52,12 @@ def _after_cursor_execute(
     try:
         if executemany or context.isinsert or context.isupdate or context.isdelete:
             return
-        span = getattr(context, "_otel_span", None)  # contrib's span of this query, still open
-        processors = getattr(getattr(span, "_span_processor", None), "_span_processors", ())
-        taken: Any = False
-        for processor in processors:
-            if processor.__class__ is not DbPerfSpanProcessor:
-                continue
-            open_ = processor._open  # noqa: SLF001
-            span_id = span._context[1]  # type: ignore[union-attr]  # noqa: SLF001
-            entry = open_.get(span_id)
-            if entry is None or entry.__class__ is not tuple or not entry[2] or entry[1] is None:
-                continue  # not an ORM-level span inside a request
-            if taken is False:
-                taken = digest(parameters)
-            open_[span_id] = (entry[0], entry[1], entry[2], taken)
+        span = contrib_query_span(context)  # still open
+        if span is None:
+            return
+        query = open_query(span)
+        if query is not None and query.orm and query.request is not None:  # only judged within a request
+            query.params = digest(parameters)
     except Exception as exc:  # noqa: BLE001 - never into the application
         internal_error("duplicates.after_cursor_execute", exc)
 

@@ -34,6 +34,8 @@ from typing import Any
 from . import _forksafe
 from . import attributes as A
 from ._guard import internal_error
+from ._pipeline.processor import open_query
+from ._sdk_compat import contrib_query_span
 from ._sql import _MAX_SCAN, analyze, code_tokens
 
 _log = logging.getLogger("otel_dbperf")
@@ -1010,8 +1012,11 @@ def _new_install_lock() -> None:
 _forksafe.register(_new_install_lock)
 
 
-def install(explainer: Explainer, slow_threshold_ms: float, on_plan: OnPlan | None = None) -> None:
+def install(explainer: Explainer, slow_threshold_ns: int, on_plan: OnPlan | None = None) -> None:
     """Explain slow SELECTs of every SQLAlchemy engine; ``on_plan(span, plan)`` sees each plan.
+
+    ``slow_threshold_ns``: the pipeline's ``Thresholds.slow_ns``. The decision is made before
+    the span ends (the plan needs the query's connection), on the time since the span began.
 
     The listener is class-level on ``Engine``: SQLAlchemy runs class-level listeners before
     the instance-level ones of contrib's instrumentation, so the query's span is still open.
@@ -1020,13 +1025,13 @@ def install(explainer: Explainer, slow_threshold_ms: float, on_plan: OnPlan | No
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    threshold_ns = int(slow_threshold_ms * 1_000_000)
-
     def after_cursor_execute(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
         try:
-            _explain_slow_query(explainer, threshold_ns, on_plan, conn, statement, parameters, context, executemany)
+            _explain_slow_query(
+                explainer, slow_threshold_ns, on_plan, conn, statement, parameters, context, executemany
+            )
         except Exception as exc:  # noqa: BLE001 - never into the application
             internal_error("explain.after_cursor_execute", exc)
 
@@ -1062,7 +1067,7 @@ def _explain_slow_query(
     context: Any,
     executemany: bool,
 ) -> None:
-    span = getattr(context, "_otel_span", None)  # contrib's span of this query, not yet ended
+    span = contrib_query_span(context)  # not yet ended
     if span is None or executemany or not span.is_recording():
         return
     start = getattr(span, "start_time", None)
@@ -1078,6 +1083,10 @@ def _explain_slow_query(
         return
     # The span ends after the EXPLAIN: the event's time is when the query itself finished.
     attrs = {**plan_attributes(plan), ATTR_DURATION_MS: (time.time_ns() - ended_ns) / 1e6}
-    span.add_event(EVENT_EXPLAIN, attrs, timestamp=ended_ns)
+    query = open_query(span)
+    if query is not None:  # the exporter adds the event; the slow-query log and the profiler read it here
+        query.plan = (attrs, ended_ns)
+    else:
+        span.add_event(EVENT_EXPLAIN, attrs, timestamp=ended_ns)
     if on_plan is not None:
         on_plan(span, plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ._guard import guarded, step
-from ._setup import current_settings, start_duplicates, start_explain, state
+from ._runtime import current_settings, runtime, start_duplicates, start_explain
 from ._startup_log import startup_warning
 
 
@@ -20,10 +20,10 @@ def post_instrument() -> None:
 
     settings = current_settings()
     step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
-    if state["configured"]:
+    if runtime.configured:
         step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
         step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
-    if settings.enabled and not state["configured"] and not state.get("declarative"):
+    if settings.enabled and not runtime.configured and not runtime.declarative:
         startup_warning(
             "otel-dbperf: another OpenTelemetry configurator ran (OTEL_PYTHON_DISTRO=%s, "
             "OTEL_PYTHON_CONFIGURATOR=%s), so DB spans are NOT enriched; to choose otel-dbperf set "

@@ -23,7 +23,6 @@ import threading
 from typing import Any
 
 from . import attributes as A
-from ._sql import analyze
 
 #: db.system.name / db.system values read as key-value and document stores (the rest is SQL)
 NOSQL_SYSTEMS = frozenset(
@@ -49,11 +48,10 @@ NOSQL_SYSTEMS = frozenset(
     }
 )
 
-# The kinds of a processor record (its last field)
+# The kinds of a query (Query.kind, set by the processor when its span ends)
 KIND_QUERY, KIND_SETUP, KIND_NOSQL, KIND_NOSQL_FRAMEWORK = 0, 1, 2, 3
 
 MAX_CALLS = 10_000  # calls of one request kept for its roll-up; past it they are not counted
-_DUR, _SLOW, _STMT, _LOC, _SYS = 1, 2, 3, 4, 8  # fields of the processor's Record (checked by a test)
 _lock = threading.Lock()
 
 # Redis commands with a multi-key / multi-value form
@@ -83,7 +81,7 @@ def is_nosql(system: Any) -> bool:
     return system in NOSQL_SYSTEMS
 
 
-def add_call(request: Any, record: tuple[Any, ...]) -> None:
+def add_call(request: Any, query: Any) -> None:
     """Request thread: keep one of the request's calls (bounded; past the cap they are not counted)."""
     calls = request.calls
     if calls is None:
@@ -92,7 +90,7 @@ def add_call(request: Any, record: tuple[Any, ...]) -> None:
             if calls is None:
                 calls = request.calls = []
     if len(calls) < MAX_CALLS:
-        calls.append(record)
+        calls.append(query)
 
 
 def suggestion(system: str, operation: str) -> str:
@@ -106,31 +104,32 @@ def suggestion(system: str, operation: str) -> str:
     return "one batched call"
 
 
-def operation_of(record: tuple[Any, ...], max_length: int) -> str:
-    statement = record[_STMT]
-    return analyze(statement, max_length, record[_SYS]).operation if isinstance(statement, str) else ""
+def operation_of(query: Any, max_length: int) -> str:
+    """The call's command (``GET``), from its analysis (made once, kept on the query)."""
+    analysis = query.analysis(max_length)
+    return analysis.operation if analysis is not None else ""
 
 
-def nosql_rollup(calls: list[tuple[Any, ...]], threshold: int, max_length: int) -> dict[str, Any]:
+def nosql_rollup(calls: list[Any], threshold: int, max_length: int) -> dict[str, Any]:
     """Export thread: the root-span attributes of a request's calls (see attributes.py)."""
     attrs: dict[str, Any] = {}
     count, total_ns, slow = 0, 0, 0
     per_system: dict[str, list[int]] = {}
-    repeats: dict[tuple[str, str], list[Any]] = {}  # (system, operation) -> [count, first record]
-    for record in list(calls):
+    repeats: dict[tuple[str, str], list[Any]] = {}  # (system, operation) -> [count, first call]
+    for query in list(calls):
         count += 1
-        total_ns += record[_DUR]
-        slow += record[_SLOW]
-        system = str(record[_SYS])
+        total_ns += query.duration_ns
+        slow += query.slow
+        system = str(query.system)
         figures = per_system.get(system)
         if figures is None:
             figures = per_system[system] = [0, 0]
         figures[0] += 1
-        figures[1] += record[_DUR]
-        key = (system, operation_of(record, max_length))
+        figures[1] += query.duration_ns
+        key = (system, operation_of(query, max_length))
         seen = repeats.get(key)
         if seen is None:
-            repeats[key] = [1, record]
+            repeats[key] = [1, query]
         else:
             seen[0] += 1
     attrs[A.NOSQL_CALL_COUNT] = count
@@ -152,7 +151,7 @@ def nosql_rollup(calls: list[tuple[Any, ...]], threshold: int, max_length: int) 
         if operation:
             attrs[A.NOSQL_REPEAT_OPERATION] = operation
         attrs[A.NOSQL_REPEAT_COUNT] = worst
-        if first[_LOC] is not None:
-            attrs[A.NOSQL_REPEAT_CODE_LOCATION] = f"{first[_LOC][0]}:{first[_LOC][1]}"
+        if first.location is not None:
+            attrs[A.NOSQL_REPEAT_CODE_LOCATION] = f"{first.location[0]}:{first.location[1]}"
         attrs[A.NOSQL_REPEAT_SUGGESTION] = suggestion(system, operation)
     return attrs

@@ -10,7 +10,7 @@ and forks the workers from it. The SDK already gives each forked child its own
 - the system-metrics instrumentation samples the ``psutil.Process`` it made in
   the master, so every worker would report the master's CPU and memory;
 - a periodic reader's export lock, held by the master's export thread at the fork, would stay
-  held in the child (see :func:`reset_export_locks`);
+  held in the child (see ``_sdk_compat.reset_export_locks``);
 - the Prometheus pull exporter serves from the master, which never sees the
   workers' measurements, and the workers cannot share its port: refused at
   startup with one message saying what to do (see :func:`pull_refusal`).
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _forksafe
 from ._guard import guarded
+from ._sdk_compat import reset_export_locks, reset_metric_storages
 
 PULL_EXPORTER = "prometheus"
 _PREFORK_SERVERS = ("gunicorn",)
@@ -117,35 +117,6 @@ class ForkHooks:
             reset_metric_storages(self.meter_provider)
             reset_export_locks(self.meter_provider)
         _resample_own_process()
-
-
-def reset_metric_storages(provider: Any) -> None:
-    """Forget the measurements inherited from the parent (each reader gets a new, empty storage)."""
-    from opentelemetry.sdk.metrics._internal.metric_reader_storage import MetricReaderStorage
-
-    consumer = getattr(provider, "_measurement_consumer", None)
-    storages = getattr(consumer, "_reader_storages", None)
-    if consumer is None or storages is None:
-        return
-    consumer._lock = threading.Lock()  # noqa: SLF001 - the parent's may have been held by its exporter thread
-    consumer._reader_storages = {  # noqa: SLF001
-        reader: MetricReaderStorage(
-            provider._sdk_config,  # noqa: SLF001
-            reader._instrument_class_temporality,  # noqa: SLF001
-            reader._instrument_class_aggregation,  # noqa: SLF001
-        )
-        for reader in storages
-    }
-
-
-def reset_export_locks(provider: Any) -> None:
-    """Fresh export locks for the periodic readers: the SDK restarts a reader's thread in the child
-    but keeps its ``_export_lock``, which the parent's thread holds while it exports; a fork at that
-    moment (a Celery prefork pool starting its children while the master exports) left the child's
-    reader waiting on it forever, and the child's metrics were never exported."""
-    for reader in getattr(provider, "_metric_readers", None) or ():
-        if hasattr(reader, "_export_lock"):
-            reader._export_lock = threading.Lock()  # noqa: SLF001
 
 
 def _resample_own_process() -> None:

@@ -6,7 +6,7 @@ fingerprint (``DBPERF_SLOW_QUERY_LOGS_PER_MINUTE``) and overall, so a storm of s
 cannot flood the log backend; what was suppressed is counted, and reported on the next
 record of the same fingerprint (``dbperf.slow_query.suppressed``).
 
-Runs on the derivation thread (see ``_metrics``), never on the request thread. A slow
+Runs on the derivation thread (a sink of ``_pipeline.derive``), never on the request thread. A slow
 query inside a request waits there for its request's root span, which names the route.
 """
 
@@ -22,7 +22,7 @@ from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
 from . import attributes as A
 from ._pending import PendingByRequest
-from ._processor import _DUR, _LOC, _REL, _REQ, _SLOW, _STACK, _STMT
+from ._pipeline.record import Query, Request, Rollup
 from ._suggest import relationship_fix
 from .settings import Settings
 
@@ -50,9 +50,9 @@ class SlowQueryLog:
         self._windows: OrderedDict[str, list[Any]] = OrderedDict()  # fingerprint -> [start, sent, suppressed]
         self._overall = [clock(), 0]
         # the slow queries of a request, until its root names the route
-        self._pending: PendingByRequest[tuple[Any, Any, Any]] = PendingByRequest(
+        self._pending: PendingByRequest[tuple[Any, Query]] = PendingByRequest(
             lambda item, route: self._emit(*item, route),
-            lambda item: self._count_suppressed(item[2].fingerprint if item[2] else ""),
+            lambda item: self._count_suppressed(item[1].facts.fingerprint if item[1].facts else ""),
             _MAX_PENDING_REQUESTS,
             _MAX_PENDING_PER_REQUEST,
         )
@@ -64,12 +64,12 @@ class SlowQueryLog:
         self._pending.clear()
 
     # sink interface of the derivation thread
-    def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
-        if not record[_SLOW]:
+    def query(self, span: Any, query: Query) -> None:
+        if not query.slow:
             return
-        self._pending.add(record[_REQ], (span, record, analysis))
+        self._pending.add(query.request, (span, query))
 
-    def request(self, span: Any, request: Any, route: str) -> None:
+    def request(self, span: Any, request: Request, rollup: Rollup, route: str) -> None:
         self._pending.done(request, route)
 
     def _count_suppressed(self, fingerprint: str) -> None:
@@ -100,13 +100,14 @@ class SlowQueryLog:
         suppressed, window[2] = window[2], 0
         return True, suppressed
 
-    def _emit(self, span: Any, record: tuple[Any, ...], analysis: Any, route: str) -> None:
+    def _emit(self, span: Any, query: Query, route: str) -> None:
+        analysis = query.facts
         fingerprint = analysis.fingerprint if analysis is not None else ""
         allowed, suppressed = self._allow(fingerprint)
         if not allowed:
             return
         settings = self._settings
-        duration_ms = record[_DUR] / 1e6
+        duration_ms = query.duration_ns / 1e6
         attrs: dict[str, Any] = {
             A.EVENT_DURATION_MS: round(duration_ms, 3),
             A.EVENT_THRESHOLD_MS: settings.slow_query_threshold_ms,
@@ -115,7 +116,7 @@ class SlowQueryLog:
         summary = ""
         if analysis is not None:
             attrs[A.QUERY_FINGERPRINT] = fingerprint
-            attrs[A.DB_QUERY_TEXT] = analysis.sanitized if settings.sanitize_statements else record[_STMT]
+            attrs[A.DB_QUERY_TEXT] = analysis.sanitized if settings.sanitize_statements else query.statement
             summary = analysis.summary
             if summary:
                 attrs[A.DB_QUERY_SUMMARY] = summary
@@ -124,25 +125,23 @@ class SlowQueryLog:
         if system:
             attrs[A.DB_SYSTEM_NAME] = system
         where = ""
-        location = record[_LOC]
+        location = query.location
         if location is not None:
             attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location
             where = f" at {location[0]}:{location[1]}"
-        if record[_STACK]:
-            attrs[A.CODE_STACKTRACE] = record[_STACK]
+        if query.stack:
+            attrs[A.CODE_STACKTRACE] = query.stack
         if route:
             attrs["http.route"] = route
-        lazy_loads = _lazy_loads(record)
+        lazy_loads = _lazy_loads(query)
         if lazy_loads >= settings.n_plus_one_threshold:  # this slow query is one of an N+1 of lazy loads
-            relationship, suggestion = relationship_fix(record[_REL])
+            relationship, suggestion = relationship_fix(query.relationship)
             if relationship:
                 attrs[A.N_PLUS_ONE_RELATIONSHIP] = relationship
                 attrs[A.N_PLUS_ONE_SUGGESTION] = suggestion
                 attrs[A.N_PLUS_ONE_REPEAT_COUNT] = lazy_loads
-        for event in span.events:
-            if event.name == A.EVENT_EXPLAIN:  # the plan, when DBPERF_EXPLAIN made one
-                for key, value in (event.attributes or {}).items():
-                    attrs[key] = value
+        if query.plan is not None:  # the plan, when DBPERF_EXPLAIN made one
+            attrs.update(query.plan[0])
         body = (
             f"slow query {summary or 'SQL'}: {duration_ms:.1f} ms "
             f"(threshold {settings.slow_query_threshold_ms:g} ms){where}" + (f" in {route}" if route else "")
@@ -159,12 +158,12 @@ class SlowQueryLog:
         self.emitted += 1
 
 
-def _lazy_loads(record: tuple[Any, ...]) -> int:
+def _lazy_loads(query: Query) -> int:
     """How often the query's request lazily loaded the relationship this query loads (0: no lazy load).
 
     Only for records that are sent (rate-limited), once the request's root came: its records are all in.
     """
-    relationship, request = record[_REL], record[_REQ]
+    relationship, request = query.relationship, query.request
     if relationship is None or request is None:
         return 0
-    return sum(r[_REL] is relationship for r in list(request.records))
+    return sum(q.relationship is relationship for q in list(request.records))

@@ -11,7 +11,15 @@ from opentelemetry.sdk.environment_variables import OTEL_CONFIG_FILE
 from ._backend import watching
 from ._guard import step
 from ._logs import start_log_hook
-from ._setup import current_settings, log_effective, refuse_declarative, sdk_kwargs, sdk_patches, start_derived, state
+from ._runtime import (
+    current_settings,
+    log_effective,
+    refuse_declarative,
+    runtime,
+    sdk_kwargs,
+    sdk_patches,
+    start_derived,
+)
 
 
 class DbPerfConfigurator(_OTelSDKConfigurator):
@@ -26,7 +34,7 @@ class DbPerfConfigurator(_OTelSDKConfigurator):
         with sdk_patches(settings, views), watching(settings):
             super()._configure(**{**ours, **kwargs})  # type: ignore[no-untyped-call]
         step("app log export", "app log records are NOT exported", start_log_hook, settings)
-        state["configured"] = True
+        runtime.configured = True
         step("metrics and slow-query logs setup", "no derived metrics, slow-query logs or profiler API",
              start_derived, settings)  # fmt: skip
         log_effective(settings)

@@ -18,7 +18,7 @@ from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from . import _sqlalchemy
 from ._guard import step
-from ._setup import current_settings
+from ._runtime import current_settings
 from .metrics import SYSTEM_METRICS_CONFIG
 
 NAME = "otel_dbperf"  # the name of our distro and configurator entry points

@@ -16,7 +16,7 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.trace import SpanKind
 from test_processor import make
 
-from otel_dbperf import _nosql, _processor
+from otel_dbperf import _nosql
 from otel_dbperf import attributes as A
 from otel_dbperf._sql import analyze
 from otel_dbperf.cli import EXIT_OK, main
@@ -27,16 +27,6 @@ def line_in(path: str, name: str) -> int:
         if line.rstrip().endswith(f"# line: {name}"):
             return i
     raise LookupError(name)
-
-
-def test_the_roll_up_reads_the_record_fields_it_is_given() -> None:
-    assert (_nosql._DUR, _nosql._SLOW, _nosql._STMT, _nosql._LOC, _nosql._SYS) == (
-        _processor._DUR,
-        _processor._SLOW,
-        _processor._STMT,
-        _processor._LOC,
-        _processor._SYS,
-    )
 
 
 @pytest.mark.parametrize(

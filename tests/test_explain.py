@@ -1063,7 +1063,7 @@ class Traced:
         instrumentor.instrument(engine=engine, tracer_provider=self.provider, skip_dep_check=True)
         self.explainer = Explainer(config)
         self.seen: list[tuple[Any, Plan, bool]] = []  # (span, plan, span still open)
-        _explain.install(self.explainer, threshold_ms, on_plan=self.on_plan)
+        _explain.install(self.explainer, int(threshold_ms * 1_000_000), on_plan=self.on_plan)
 
     def on_plan(self, span: Any, plan: Plan) -> None:
         self.seen.append((span, plan, span.end_time is None))

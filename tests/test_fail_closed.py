@@ -14,8 +14,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import text
 from test_processor import APP_CODE, Traced
 
-from otel_dbperf import DbPerfSpanProcessor, EnrichingSpanExporter, Settings, _guard, _processor
+from otel_dbperf import DbPerfSpanProcessor, EnrichingSpanExporter, Settings, _guard
 from otel_dbperf import attributes as A
+from otel_dbperf._pipeline import processor as _processor
 
 SETTINGS = Settings(app_paths=(str(APP_CODE.parent),))
 
@@ -32,7 +33,7 @@ def leaks(spans: list[ReadableSpan], n: int) -> list[str]:
 def test_evicted_records_are_sanitized_on_the_spot(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow collector and a big export queue: records evicted from the pending table before
     the export thread gets to their spans."""
-    monkeypatch.setattr(_processor, "_MAX_PENDING", 20)
+    monkeypatch.setattr(_processor, "MAX_PENDING", 20)
     t = Traced(SETTINGS, batch=True)  # spans wait in the batch queue until the flush below
     n = 300
     with t.tracer.start_as_current_span("GET /many", kind=SpanKind.SERVER), t.engine.connect() as conn:
@@ -78,7 +79,7 @@ def _db_span(tracer: Any, i: int, **extra: Any) -> Any:
 
 
 def test_spans_trimmed_from_the_open_table_are_sanitized(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_processor, "_MAX_PENDING", 10)
+    monkeypatch.setattr(_processor, "MAX_PENDING", 10)
     provider, processor, memory = _provider()
     tracer = provider.get_tracer("t")
     spans = [_db_span(tracer, i) for i in range(100)]  # started long before they end

@@ -20,8 +20,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _explain, _guard, _metrics, _prefork, _processor
+from otel_dbperf import DbPerfSpanProcessor, Settings, _explain, _guard, _prefork
 from otel_dbperf import attributes as A
+from otel_dbperf._pipeline import processor as _processor
+from otel_dbperf._pipeline import record as _record
+from otel_dbperf._pipeline.derive import build_deriver
 from otel_dbperf.exporters.otlp_json_file import OTLPJsonFileSpanExporter
 from otel_dbperf.profiler import HistorySink, QueryHistory
 
@@ -59,7 +62,7 @@ class Pipeline:
         self.tracer = self.provider.get_tracer("fork-test")
         self.meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
         self.history = QueryHistory(100)
-        self.deriver = _metrics.SpanDeriver(settings, self.meters, sinks=[HistorySink(self.history)])
+        self.deriver = build_deriver(self.processor.thresholds, self.meters, [HistorySink(self.history)])
         self.processor.attach_deriver(self.deriver.submit)
         self.hooks = _prefork.ForkHooks(self.meters, self.deriver)
         self.explainer = _explain.Explainer()
@@ -74,8 +77,9 @@ class Pipeline:
     def locks(self) -> list[Any]:
         """Every lock of otel-dbperf's reachable from here (read when used: the child's are new)."""
         return [
-            _processor._EXPORT_LOCK,
+            _processor._SHARED_LOCK,
             _processor._OVERFLOW_LOCK,
+            _record.ANALYSIS_LOCK,
             self.deriver._lock,
             self.history._lock,
             self.explainer._lock,

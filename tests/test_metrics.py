@@ -16,8 +16,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import text
 from test_processor import APP_CODE, Traced
 
-from otel_dbperf import Settings, _metrics, _prefork
+from otel_dbperf import Settings, _prefork
 from otel_dbperf import metric_names as M
+from otel_dbperf._pipeline import derive, metrics_sink
+from otel_dbperf._pipeline.derive import build_deriver
 from otel_dbperf.metrics import DB_DURATION_BUCKETS, DEFAULT_VIEWS, default_views
 
 
@@ -26,7 +28,7 @@ class Metered(Traced):
         super().__init__(settings)
         self.reader = InMemoryMetricReader()
         self.meters = MeterProvider(metric_readers=[self.reader], views=views)
-        self.deriver = _metrics.SpanDeriver(settings, self.meters)
+        self.deriver = build_deriver(self.processor.thresholds, self.meters)
         self.processor.attach_deriver(self.deriver.submit)
         self.data: Any = None
 
@@ -133,15 +135,16 @@ def test_views_keep_cardinality_bounded(metered: Metered) -> None:
 def test_table_names_are_capped() -> None:
     m = Metered(Settings(app_paths=(str(APP_CODE.parent),)))
     try:
-        names = {m.deriver._table(f"t{i}") for i in range(_metrics._MAX_TABLES + 50)}
-        assert len(names) == _metrics._MAX_TABLES + 1 and "_OTHER" in names
+        (sink,) = [s for s in m.deriver._sinks if isinstance(s, metrics_sink.MetricsSink)]
+        names = {sink.table(f"t{i}") for i in range(metrics_sink.MAX_TABLES + 50)}
+        assert len(names) == metrics_sink.MAX_TABLES + 1 and "_OTHER" in names
     finally:
         m.meters.shutdown()
         m.provider.shutdown()
 
 
 def test_queue_is_bounded_and_drops_are_counted(metered: Metered, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_metrics, "_MAX_QUEUE", 3)
+    monkeypatch.setattr(derive, "MAX_QUEUE", 3)
     metered.deriver._lock.acquire()  # hold the drainer so the queue fills
     try:
         for i in range(10):
@@ -246,7 +249,7 @@ def test_driver_instrumentations_copy_of_db_duration_is_dropped(metered: Metered
 def test_sdk_patch_gives_the_sdks_meter_provider_our_views_and_is_undone() -> None:
     from opentelemetry.sdk import _configuration as sdk_configuration
 
-    from otel_dbperf import _setup
+    from otel_dbperf import _runtime as _setup
 
     original = sdk_configuration.MeterProvider  # type: ignore[attr-defined]
     with _setup.sdk_patches(Settings(slow_query_threshold_ms=250), None):

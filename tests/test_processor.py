@@ -20,8 +20,11 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import StaticPool
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _guard, _processor
+import otel_dbperf
+from otel_dbperf import DbPerfSpanProcessor, Settings, _guard
 from otel_dbperf import attributes as A
+from otel_dbperf._pipeline import processor as _processor
+from otel_dbperf._pipeline import record as _record
 
 APP_CODE = Path(queries.__file__)
 
@@ -210,7 +213,7 @@ def test_failing_enrichment_never_reaches_the_app(
     _guard.RERAISE = False
     before = _guard.errors
     monkeypatch.setattr(traced.processor._app, "walk", boom)  # request-thread step
-    monkeypatch.setattr(_processor, "analyze", boom)  # export-thread step
+    monkeypatch.setattr(_record, "analyze", boom)  # export-thread step
     monkeypatch.setattr(_processor, "thread_time_ns", boom)  # on_start step
     traced.memory.clear()
     with traced.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
@@ -222,7 +225,7 @@ def test_failing_enrichment_never_reaches_the_app(
 
 
 def test_request_state_is_bounded(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_processor, "_MAX_QUERIES_PER_REQUEST", 6)
+    monkeypatch.setattr(_processor, "MAX_QUERIES_PER_REQUEST", 6)
     traced.memory.clear()
     with traced.tracer.start_as_current_span("GET /many", kind=SpanKind.SERVER):
         queries.n_plus_one(traced.engine, 10)
@@ -250,7 +253,7 @@ def test_two_exporters_both_get_enriched_spans(tmp_path: Path) -> None:
 
 
 def test_pending_tables_are_bounded(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_processor, "_MAX_PENDING", 50)
+    monkeypatch.setattr(_processor, "MAX_PENDING", 50)
     spans = [traced.tracer.start_span(f"never ended {i}") for i in range(500)]
     assert len(traced.processor._open) <= 50
     for span in spans:
@@ -267,8 +270,8 @@ def test_pending_tables_are_bounded(traced: Traced, monkeypatch: pytest.MonkeyPa
         (("/",), os.path.join(os.path.dirname(os.__file__), "contextlib.py"), False),  # the standard library
         (("/",), _processor.__file__, False),  # otel-dbperf itself
         (
-            (os.path.dirname(_processor.__file__) + "/demo",),
-            os.path.dirname(_processor.__file__) + "/demo/shop.py",
+            (os.path.dirname(otel_dbperf.__file__) + "/demo",),
+            os.path.dirname(otel_dbperf.__file__) + "/demo/shop.py",
             True,
         ),
         (("/usr/lib/python3/dist-packages/shop",), "/usr/lib/python3/dist-packages/shop/app.py", True),  # named

@@ -12,8 +12,9 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _metrics
+from otel_dbperf import DbPerfSpanProcessor, Settings
 from otel_dbperf._pending import PendingByRequest
+from otel_dbperf._pipeline.derive import SpanDeriver
 from otel_dbperf.profiler import HistorySink, ProfilerServer, QueryHistory, start
 from otel_dbperf.profiler.history import query_type, stack_lines
 
@@ -158,12 +159,12 @@ def test_query_type_and_stack_lines() -> None:
 # ------------------------------------------------------------- the route, from the request's root
 
 
-def _pipeline(history: QueryHistory, resource_samples: str = "request") -> tuple[Any, _metrics.SpanDeriver]:
+def _pipeline(history: QueryHistory, resource_samples: str = "request") -> tuple[Any, SpanDeriver]:
     settings = Settings.from_env({"DBPERF_SLOW_QUERY_THRESHOLD_MS": "0", "DBPERF_RESOURCE_SAMPLES": resource_samples})
     processor = DbPerfSpanProcessor(settings)
     provider = TracerProvider()
     provider.add_span_processor(processor)
-    deriver = _metrics.SpanDeriver(settings, None, sinks=[HistorySink(history)])
+    deriver = SpanDeriver(processor.thresholds, [HistorySink(history)])
     processor.attach_deriver(deriver.submit)
     return provider.get_tracer("seed-test"), deriver
 

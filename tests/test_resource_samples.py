@@ -13,8 +13,9 @@ from conftest import APPS, BIN, base_env
 from opentelemetry.trace import SpanKind
 from test_processor import APP_CODE, Traced
 
-from otel_dbperf import Settings, _processor
+from otel_dbperf import Settings
 from otel_dbperf import attributes as A
+from otel_dbperf._pipeline import Query
 
 ROOT_SAMPLES = (A.CPU_TIME_MS, A.MEMORY_RSS_BYTES, A.MEMORY_RSS_DELTA_BYTES)
 
@@ -82,14 +83,14 @@ def test_each_level_sets_its_attributes(level: str) -> None:
             assert (key in root.attributes) is (level != "off")
         if level != "off":
             assert root.attributes[A.MEMORY_RSS_BYTES] > 1_000_000 and root.attributes[A.CPU_TIME_MS] > 0
-        query_records = [r for r in records if r.__class__ is tuple]
+        query_records = [r for r in records if r.__class__ is Query]
         assert len(query_records) == 3
         for record in query_records:
             # the record carries what the profiler reads: CPU time (-1: not sampled) and the RSS delta
             if per_query:
-                assert record[_processor._CPU] >= 0 and isinstance(record[_processor._RSS_DELTA], int)
+                assert record.cpu_ns >= 0 and isinstance(record.rss_delta, int)
             else:
-                assert record[_processor._CPU] == -1 and record[_processor._RSS_DELTA] is None
+                assert record.cpu_ns == -1 and record.rss_delta is None
     finally:
         t.provider.shutdown()
 

@@ -458,7 +458,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine, text
 from otel_dbperf import Settings
-from otel_dbperf._processor import DbPerfSpanProcessor
+from otel_dbperf import DbPerfSpanProcessor
 from otel_dbperf.metrics import default_views
 
 memory = InMemorySpanExporter()

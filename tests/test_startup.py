@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import APPS, BIN, base_env, get, serve
 
-from otel_dbperf import _guard, _hooks, _setup, _sqlalchemy
+from otel_dbperf import _guard, _hooks, _runtime, _sqlalchemy
 from otel_dbperf import attributes as A
 from otel_dbperf.settings import Settings
 
@@ -148,7 +148,7 @@ def test_post_instrument_a_failing_sqlalchemy_step_leaves_explain_running(
     ran: list[str] = []
     monkeypatch.setattr(_sqlalchemy, "ensure_instrumented", _boom)
     monkeypatch.setattr(_hooks, "start_explain", lambda settings: ran.append("explain"))
-    monkeypatch.setitem(_setup.state, "configured", True)
+    monkeypatch.setattr(_runtime.runtime, "configured", True)
     _hooks.post_instrument()
     assert ran == ["explain"]
     err = capsys.readouterr().err
@@ -163,14 +163,14 @@ def test_post_instrument_a_failing_explain_step_is_reported_not_silent(
     ran: list[str] = []
     monkeypatch.setattr(_sqlalchemy, "ensure_instrumented", lambda settings: ran.append("sqlalchemy"))
     monkeypatch.setattr(_hooks, "start_explain", _boom)
-    monkeypatch.setitem(_setup.state, "configured", True)
+    monkeypatch.setattr(_runtime.runtime, "configured", True)
     _hooks.post_instrument()
     assert ran == ["sqlalchemy"]
     assert "no EXPLAIN plans (DBPERF_EXPLAIN)" in capsys.readouterr().err
 
 
 class _Recorder:
-    def __init__(self, settings: Any, meter_provider: Any, version: str, sinks: Any) -> None:
+    def __init__(self, thresholds: Any, meter_provider: Any, sinks: Any, version: str) -> None:
         self.meter_provider, self.sinks = meter_provider, list(sinks)
 
     def submit(self, *_: Any) -> None:
@@ -185,6 +185,7 @@ class _Recorder:
 
 class _Processor:
     deriver: Any = None
+    thresholds: Any = None
 
     def attach_deriver(self, submit: Any) -> None:
         self.deriver = submit
@@ -200,19 +201,20 @@ def derived(monkeypatch: pytest.MonkeyPatch) -> _Processor:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.metrics import MeterProvider
 
-    from otel_dbperf import _metrics, _prefork
+    from otel_dbperf import _prefork
+    from otel_dbperf._pipeline import derive
 
     processor = _Processor()
-    monkeypatch.setitem(_setup.state, "processor", processor)
-    monkeypatch.setitem(_setup.state, "metric_exporters", "otlp")
-    monkeypatch.setitem(_setup.state, "deriver", None)
+    monkeypatch.setattr(_runtime.runtime, "processor", processor)
+    monkeypatch.setattr(_runtime.runtime, "metric_exporters", "otlp")
+    monkeypatch.setattr(_runtime.runtime, "deriver", None)
     monkeypatch.setenv("OTEL_LOGS_EXPORTER", "otlp")
     monkeypatch.setattr(opentelemetry.metrics, "get_meter_provider", lambda: MeterProvider())
     monkeypatch.setattr(opentelemetry._logs, "get_logger_provider", lambda: LoggerProvider())
-    monkeypatch.setattr(_metrics, "SpanDeriver", _Recorder)
+    monkeypatch.setattr(derive, "build_deriver", _Recorder)
     monkeypatch.setattr(_prefork, "ForkHooks", lambda *a: None)
     monkeypatch.setattr(atexit, "register", lambda fn: fn)
-    monkeypatch.setattr(_setup, "_start_profiler", lambda settings: "profiler-sink")
+    monkeypatch.setattr(_runtime, "_start_profiler", lambda settings: "profiler-sink")
     return processor
 
 
@@ -223,9 +225,9 @@ def test_start_derived_a_failing_profiler_leaves_metrics_and_logs(
     production: None, derived: _Processor, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     otel_logging_only(monkeypatch)
-    monkeypatch.setattr(_setup, "_start_profiler", _boom)
-    _setup.start_derived(SETTINGS)
-    deriver = _setup.state["deriver"]
+    monkeypatch.setattr(_runtime, "_start_profiler", _boom)
+    _runtime.start_derived(SETTINGS)
+    deriver = _runtime.runtime.deriver
     assert deriver.meter_provider is not None
     assert [type(s).__name__ for s in deriver.sinks] == ["SlowQueryLog"]
     assert derived.deriver is not None
@@ -239,8 +241,8 @@ def test_start_derived_a_failing_slow_query_log_leaves_metrics_and_profiler(
     from otel_dbperf import _slowlog
 
     monkeypatch.setattr(_slowlog, "SlowQueryLog", _boom)
-    _setup.start_derived(SETTINGS)
-    deriver = _setup.state["deriver"]
+    _runtime.start_derived(SETTINGS)
+    deriver = _runtime.runtime.deriver
     assert deriver.meter_provider is not None and deriver.sinks == ["profiler-sink"]
     assert "no slow-query log records" in capsys.readouterr().err
 
@@ -251,8 +253,8 @@ def test_start_derived_failing_metrics_leave_logs_and_profiler(
     import opentelemetry.metrics
 
     monkeypatch.setattr(opentelemetry.metrics, "get_meter_provider", _boom)
-    _setup.start_derived(SETTINGS)
-    deriver = _setup.state["deriver"]
+    _runtime.start_derived(SETTINGS)
+    deriver = _runtime.runtime.deriver
     assert deriver.meter_provider is None and len(deriver.sinks) == 2
 
 
@@ -269,11 +271,11 @@ def test_configurator_steps_are_independent(
     monkeypatch.setattr(configurator, "sdk_kwargs", _boom)
     monkeypatch.setattr(configurator, "start_derived", _boom)
     monkeypatch.setattr(configurator, "log_effective", lambda settings: seen.setdefault("logged", True))
-    monkeypatch.setitem(_setup.state, "configured", False)
+    monkeypatch.setattr(_runtime.runtime, "configured", False)
     monkeypatch.delenv("OTEL_CONFIG_FILE", raising=False)
     configurator.DbPerfConfigurator()._configure(auto_instrumentation_version="x")
     assert seen["sdk"] == {"auto_instrumentation_version": "x"}  # the SDK still built its providers
-    assert _setup.state["configured"] is True and seen["logged"] is True
+    assert _runtime.runtime.configured is True and seen["logged"] is True
     err = capsys.readouterr().err
     assert "span processors" in err and "DB spans are NOT enriched" in err
     assert "no derived metrics, slow-query logs or profiler API" in err
@@ -284,10 +286,10 @@ def test_explain_without_sqlalchemy_says_there_will_be_no_plans(
 ) -> None:
     otel_logging_only(monkeypatch)
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import fails, as when it is not installed
-    monkeypatch.setitem(_setup.state, "explainer", None)
-    monkeypatch.delitem(_setup.state, "declarative", raising=False)
-    _setup.start_explain(Settings.from_env({"DBPERF_EXPLAIN": "true"}))
-    assert _setup.state["explainer"] is None
+    monkeypatch.setattr(_runtime.runtime, "explainer", None)
+    monkeypatch.setattr(_runtime.runtime, "declarative", False)
+    _runtime.start_explain(Settings.from_env({"DBPERF_EXPLAIN": "true"}))
+    assert _runtime.runtime.explainer is None
     assert "DBPERF_EXPLAIN=true but SQLAlchemy is not installed" in capsys.readouterr().err
 
 

@@ -20,7 +20,7 @@ from test_processor import Traced
 
 from otel_dbperf import Settings, _duplicates
 from otel_dbperf import attributes as A
-from otel_dbperf._metrics import SpanDeriver
+from otel_dbperf._pipeline.derive import SpanDeriver
 from otel_dbperf._slowlog import SlowQueryLog
 from otel_dbperf.profiler import HistorySink, QueryHistory
 from otel_dbperf.report import ReadStats, Report, read_spans, render_text
@@ -43,7 +43,7 @@ class Harness(Traced):
         logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.logs))
         self.history = QueryHistory(1000)
         self.slowlog = SlowQueryLog(self.processor.settings, logger_provider)
-        self.deriver = SpanDeriver(self.processor.settings, None, sinks=[self.slowlog, HistorySink(self.history)])
+        self.deriver = SpanDeriver(self.processor.thresholds, [self.slowlog, HistorySink(self.history)])
         self.processor.attach_deriver(self.deriver.submit)
 
     def request(self, route: str, work: Any) -> Any:

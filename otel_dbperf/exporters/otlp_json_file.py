@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import _forksafe
 from .._guard import internal_error
-from .._setup import current_settings
+from .._runtime import current_settings
 from .._startup_log import startup_warning
 
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import attributes as A
 from .._pending import PendingByRequest
-from .._processor import _CPU, _DUR, _LOC, _REL, _REQ, _RSS_DELTA, _SLOW, _STACK, _STMT
+from .._pipeline.record import Query, Request, Rollup
 from .._suggest import relationship_fix
 from .history import QueryHistory
 
@@ -20,7 +20,7 @@ MAX_PENDING_S = 60.0
 
 
 class HistorySink:
-    """``query(span, record, analysis)``: one history entry per DB query (nested driver spans excluded),
+    """A sink of ``_pipeline.derive``: one history entry per DB query (nested driver spans excluded),
     added when its request's root span arrives, with the request's route."""
 
     def __init__(self, history: QueryHistory, sanitize: bool = True) -> None:
@@ -41,45 +41,43 @@ class HistorySink:
     def _add(self, entry: dict[str, Any], route: str) -> None:
         self.history.add(route=route, **entry)
 
-    def query(self, span: Any, record: tuple[Any, ...], analysis: Any) -> None:
+    def query(self, span: Any, query: Query) -> None:
+        analysis = query.facts
         attrs = span.attributes or {}
         context = span.get_span_context()
-        location = record[_LOC]
-        plan: dict[str, Any] = {}
-        for event in span.events:
-            if event.name == A.EVENT_EXPLAIN:
-                plan = dict(event.attributes or {})
-        statement = record[_STMT] or ""
+        location = query.location
+        plan: dict[str, Any] = query.plan[0] if query.plan is not None else {}
+        statement = query.statement or ""
         if analysis is not None and self._sanitize:
             statement = analysis.sanitized
-        relationship, suggestion = relationship_fix(record[_REL]) if record[_REL] is not None else ("", "")
+        relationship, suggestion = relationship_fix(query.relationship) if query.relationship is not None else ("", "")
         resource = getattr(span, "resource", None)
         instance = resource.attributes.get("service.instance.id", "") if resource is not None else ""
         entry = {
-            "duration_s": record[_DUR] / 1e9,
+            "duration_s": query.duration_ns / 1e9,
             "statement": statement,
             "timestamp": (span.end_time or 0) / 1e9 or None,
             "fingerprint": analysis.fingerprint if analysis is not None else "",
             "operation": analysis.operation if analysis is not None else "",
             "table": analysis.table if analysis is not None else "",
             "db_system": str(attrs.get(A.DB_SYSTEM_NAME) or attrs.get(A.DB_SYSTEM) or ""),
-            "slow": bool(record[_SLOW]),
+            "slow": bool(query.slow),
             "code_location": f"{location[0]}:{location[1]}" if location else "",
             "function": location[2] if location else "",
-            "stacktrace": record[_STACK] or "",
+            "stacktrace": query.stack or "",
             "plan": plan.get(A.EXPLAIN_PLAN),
             "plan_format": plan.get(A.EXPLAIN_FORMAT),
             "verdict": plan.get(A.EXPLAIN_VERDICT),
             "trace_id": format(context.trace_id, "032x"),
             "span_id": format(context.span_id, "016x"),
-            "cpu_time_ms": record[_CPU] / 1e6 if record[_CPU] >= 0 else None,
-            "memory_delta_bytes": record[_RSS_DELTA],
+            "cpu_time_ms": query.cpu_ns / 1e6 if query.cpu_ns >= 0 else None,
+            "memory_delta_bytes": query.rss_delta,
             "error_type": str(attrs.get("error.type") or ""),
             "service_instance_id": str(instance or ""),
             "relationship": relationship,
             "suggestion": suggestion,
         }
-        self._pending.add(record[_REQ], entry)
+        self._pending.add(query.request, entry)
 
-    def request(self, span: Any, request: Any, route: str) -> None:
+    def request(self, span: Any, request: Request, rollup: Rollup, route: str) -> None:
         self._pending.done(request, route)

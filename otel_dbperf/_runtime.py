@@ -1,4 +1,12 @@
-"""Shared by the configurator, the distro and :func:`otel_dbperf.configure`."""
+"""The composition root: builds every part from the settings, in one place.
+
+Called in this order by the configurator (``opentelemetry-instrument``) or
+:func:`otel_dbperf.configure`: :func:`sdk_kwargs` (the span processor and the export
+wrapper, given to the SDK), :func:`sdk_patches` (our views, while the SDK builds its
+providers), :func:`start_derived` (the derivation thread and its sinks: metrics, slow-query
+log, profiler), then from the post-instrument hook :func:`start_explain` and
+:func:`start_duplicates`. What was built is kept in :data:`runtime`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -19,13 +28,33 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from . import _forksafe, _prefork
 from ._backend import WatchedSpanExporter
 from ._guard import step
-from ._processor import DbPerfSpanProcessor
+from ._pipeline import DbPerfSpanProcessor, SpanDeriver, Thresholds
+from ._sdk_compat import CHECKED, exporter_entry_point_name, is_sdk_meter_provider, replaced, span_layout_ok
 from ._startup_log import startup_warning
 from .settings import Settings, describe_effective
 
 _log = logging.getLogger("otel_dbperf")
 
-state: dict[str, Any] = {"configured": False, "processor": None, "deriver": None}
+
+@dataclass
+class Runtime:
+    """What this process built (one per process; a forked child keeps the parent's objects)."""
+
+    configured: bool = False  # our configurator ran
+    declarative: bool = False  # OTEL_CONFIG_FILE: the SDK built everything itself
+    processor: DbPerfSpanProcessor | None = None
+    deriver: SpanDeriver | None = None
+    metric_exporters: str = ""  # OTEL_METRICS_EXPORTER as the SDK saw it
+    fork_hooks: Any = None
+    explainer: Any = None
+    profiler: Any = None  # the profiler API's own HTTP server
+    profiler_hub: Any = None  # under a pre-fork server's master: the merged history of its workers
+    profiler_relay: Any = None
+    profiler_worker: Any = None
+    profiler_mount: Any = None
+
+
+runtime = Runtime()
 
 
 @lru_cache(maxsize=1)
@@ -45,20 +74,26 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     """The keyword arguments for the SDK's ``_initialize_components``."""
     if not settings.enabled:
         return {}
-
+    if not span_layout_ok():
+        startup_warning(
+            "otel-dbperf: this OpenTelemetry SDK's spans are not laid out as otel-dbperf knows them "
+            "(checked with opentelemetry-sdk %s to %s), so DB spans are NOT enriched; install a supported SDK",
+            *CHECKED["opentelemetry-sdk"],
+        )
+        return {}
     processor = DbPerfSpanProcessor(settings)
 
     def export_processor(exporter: SpanExporter) -> SpanProcessor:
         return BatchSpanProcessor(processor.wrap_exporter(WatchedSpanExporter(exporter)))
 
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
-    state["processor"] = processor
+    runtime.processor = processor
     return {"span_processors": [processor], "export_span_processor": factory}
 
 
 def refuse_declarative(settings: Settings, config_file: str) -> None:
     """``OTEL_CONFIG_FILE``: the SDK builds everything from the file and takes no processors of ours."""
-    state["declarative"] = True
+    runtime.declarative = True
     if settings.enabled:
         startup_warning(
             "otel-dbperf: OTEL_CONFIG_FILE=%s is set, so the OpenTelemetry SDK builds its providers from that "
@@ -90,11 +125,13 @@ def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[Non
     from .metrics import default_views
 
     chosen = tuple(views) if views is not None else default_views(settings.slow_query_threshold_ms)
-    original = sdk_configuration.MeterProvider  # type: ignore[attr-defined]
 
-    def meter_provider(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("views", chosen)
-        return original(*args, **kwargs)
+    def with_views(original: Any) -> Any:
+        def meter_provider(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("views", chosen)
+            return original(*args, **kwargs)
+
+        return meter_provider
 
     saved = {variable: os.environ.get(variable) for variable in _EXPORTER_VARIABLES.values()}
     refusal = _prefork.pull_refusal(os.environ, sys.argv)
@@ -102,12 +139,11 @@ def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[Non
         startup_warning("%s", refusal)
         os.environ[OTEL_METRICS_EXPORTER] = _prefork.without_pull_exporter(saved[OTEL_METRICS_EXPORTER] or "")
     step("exporter check", "none (the SDK checks the exporters itself)", _without_missing_exporters)
-    state["metric_exporters"] = os.environ.get(OTEL_METRICS_EXPORTER, "")
-    sdk_configuration.MeterProvider = meter_provider  # type: ignore[attr-defined,assignment]
+    runtime.metric_exporters = os.environ.get(OTEL_METRICS_EXPORTER, "")
     try:
-        yield
+        with replaced(sdk_configuration, "MeterProvider", with_views):
+            yield
     finally:
-        sdk_configuration.MeterProvider = original  # type: ignore[attr-defined]
         for variable, value in saved.items():
             if value is None:
                 os.environ.pop(variable, None)
@@ -130,7 +166,6 @@ def _without_missing_exporters() -> None:
     The SDK raises on the first one, and ``opentelemetry-instrument`` then skips every
     instrumentation: one missing package would turn off all telemetry.
     """
-    from opentelemetry.sdk import _configuration as sdk_configuration
     from opentelemetry.util._importlib_metadata import entry_points
 
     for signal, variable in _EXPORTER_VARIABLES.items():
@@ -139,7 +174,7 @@ def _without_missing_exporters() -> None:
         kept = []
         for name in names:
             try:
-                resolved = sdk_configuration._get_exporter_entry_point(name, signal)  # type: ignore[attr-defined,arg-type]
+                resolved = exporter_entry_point_name(name, signal)
             except RuntimeError:  # an unsupported OTLP protocol: the SDK's own error says so
                 kept.append(name)
                 continue
@@ -164,20 +199,18 @@ def start_derived(settings: Settings) -> None:
 
     All three are fed by one derivation thread from the spans the processor measured.
     """
-    processor = state.get("processor")
+    processor = runtime.processor
     if not settings.enabled or processor is None:
         return
     from opentelemetry._logs import get_logger_provider
     from opentelemetry.metrics import get_meter_provider
 
     from . import __version__
-    from ._metrics import SpanDeriver
+    from ._pipeline.derive import build_deriver
 
     def metrics_provider() -> Any:
         provider: Any = get_meter_provider()
-        if not _prefork.exporter_names(state.get("metric_exporters", "")) or not hasattr(
-            provider, "_measurement_consumer"
-        ):
+        if not _prefork.exporter_names(runtime.metric_exporters) or not is_sdk_meter_provider(provider):
             return None  # no metrics exporter, or not the SDK's provider: someone else set metrics up
         return provider
 
@@ -205,10 +238,10 @@ def start_derived(settings: Settings) -> None:
             sinks.append(sink)
     if meter_provider is None and not sinks:
         return
-    deriver = SpanDeriver(settings, meter_provider, __version__, sinks)
+    deriver = build_deriver(processor.thresholds, meter_provider, sinks, __version__)
     processor.attach_deriver(deriver.submit)
-    state["deriver"] = deriver
-    state["fork_hooks"] = _prefork.ForkHooks(meter_provider, deriver)
+    runtime.deriver = deriver
+    runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
     atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
 
 
@@ -235,7 +268,7 @@ def _start_profiler(settings: Settings) -> Any:
     if not server_name and profiler_hub.is_spawned_worker_of(master, sys.argv):  # uvicorn --workers
         assert master is not None
         try:
-            state["profiler_worker"] = profiler_hub.start_worker(history, master[1], _drain_deriver)
+            runtime.profiler_worker = profiler_hub.start_worker(history, master[1], _drain_deriver)
         except OSError as exc:
             startup_warning("otel-dbperf: this worker's queries are NOT in the profiler API: %s", exc)
             return None
@@ -247,7 +280,7 @@ def _start_profiler(settings: Settings) -> Any:
         merged = profiler_hub.MergedHistory(history)
         os.environ[profiler_hub.HUB_ENV] = merged.environ_value()  # for the workers, forked or spawned
         atexit.register(merged.remove_directory)
-        state["profiler_hub"] = view = merged
+        runtime.profiler_hub = view = merged
         _forksafe.register(_profiler_after_fork_in_child)
     threshold_s = settings.slow_query_threshold_ms / 1000.0
     serving = False
@@ -259,7 +292,7 @@ def _start_profiler(settings: Settings) -> Any:
                             settings.profiler_addr, exc)  # fmt: skip
         else:
             serving = True
-            state["profiler"] = server
+            runtime.profiler = server
             _log.info(
                 "otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" * bool(server_name)
             )
@@ -273,7 +306,7 @@ def _start_profiler(settings: Settings) -> Any:
             try:
                 relay = profiler_hub.MountRelay(view.directory, answer)
                 relay.start()
-                state["profiler_relay"] = relay
+                runtime.profiler_relay = relay
                 serving = _mount(settings, _relay_to(view.directory)) or serving
             except OSError as exc:
                 startup_warning("otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): %s",
@@ -283,7 +316,7 @@ def _start_profiler(settings: Settings) -> Any:
     if not serving:
         if server_name:
             os.environ.pop(profiler_hub.HUB_ENV, None)
-            state.pop("profiler_hub", None)
+            runtime.profiler_hub = None
         return None
     return HistorySink(history, settings.sanitize_statements)
 
@@ -310,40 +343,40 @@ def _mount(settings: Settings, answer: Any) -> bool:
             settings.profiler_mount,
         )
         return False
-    state["profiler_mount"] = mount
+    runtime.profiler_mount = mount
     return True
 
 
 def _drain_deriver() -> None:
-    deriver = state.get("deriver")
+    deriver = runtime.deriver
     if deriver is not None:
         deriver.drain(time.monotonic() + 1.0)
 
 
 def _profiler_after_fork_in_child() -> None:
     """A worker forked by the master (gunicorn): serve this worker's history to the master."""
-    merged = state.get("profiler_hub")
+    merged = runtime.profiler_hub
     if merged is None or os.getppid() != merged.master_pid:
         return  # not a worker of ours (a child of a worker, ...)
-    server = state.pop("profiler", None)
+    server, runtime.profiler = runtime.profiler, None
     if server is not None:
         server._server.socket.close()  # noqa: SLF001 - the master's listening socket: not the worker's
-    relay = state.pop("profiler_relay", None)
+    relay, runtime.profiler_relay = runtime.profiler_relay, None
     if relay is not None and relay._sock is not None:  # noqa: SLF001
         relay._sock.close()  # noqa: SLF001 - likewise
-    state.pop("profiler_hub", None)
+    runtime.profiler_hub = None
     merged.local.reset()  # the master's own queries are the master's
     from .profiler import hub as profiler_hub
 
     try:
-        state["profiler_worker"] = profiler_hub.start_worker(merged.local, merged.directory, _drain_deriver)
+        runtime.profiler_worker = profiler_hub.start_worker(merged.local, merged.directory, _drain_deriver)
     except OSError as exc:
         _log.warning("otel-dbperf: worker %d's queries are NOT in the profiler API: %s", os.getpid(), exc)
 
 
 def start_explain(settings: Settings) -> None:
     """``DBPERF_EXPLAIN``: EXPLAIN slow SELECTs of every SQLAlchemy engine (see docs/explain.md)."""
-    if not (settings.enabled and settings.explain) or state.get("explainer") is not None or state.get("declarative"):
+    if not (settings.enabled and settings.explain) or runtime.explainer is not None or runtime.declarative:
         return
     try:
         import sqlalchemy  # noqa: F401
@@ -357,13 +390,14 @@ def start_explain(settings: Settings) -> None:
 
     config = ExplainConfig(analyze=settings.explain_analyze, timeout_ms=settings.explain_timeout_ms)
     explainer = Explainer(config)
-    install(explainer, settings.slow_query_threshold_ms)
-    state["explainer"] = explainer
+    thresholds = runtime.processor.thresholds if runtime.processor else Thresholds.from_settings(settings)
+    install(explainer, thresholds.slow_ns)
+    runtime.explainer = explainer
 
 
 def start_duplicates(settings: Settings) -> None:
     """Exact duplicate queries: a digest of each query's parameters (see ``_duplicates``)."""
-    if settings.enabled and state.get("processor") is not None:
+    if settings.enabled and runtime.processor is not None:
         from . import _duplicates
 
         _duplicates.install()

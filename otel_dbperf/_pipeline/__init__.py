@@ -1,0 +1,47 @@
+"""How a query's data travels, in one package (read this first).
+
+::
+
+    request thread                     export thread(s)                  derivation thread
+    --------------                     ----------------                  -----------------
+    processor.DbPerfSpanProcessor
+      on_start: Query / Request  ---.
+      on_end:   measure once        |
+        publish(span_id, payload) --+--> enrich.EnrichingSpanExporter
+                                    |      span attributes, events
+        submit(span, payload) ------+-----------------------------------> derive.SpanDeriver
+                                                                            -> Sink.query / Sink.request
+                                                                               metrics_sink.MetricsSink
+                                                                               _slowlog.SlowQueryLog
+                                                                               profiler.sink.HistorySink
+
+- :mod:`.record`: what travels. A DB span's :class:`Query` (built on the request thread;
+  other hooks that run while the span is open write into it: ``_duplicates`` its
+  parameters' digest, ``_explain`` its plan), a local root's :class:`Request`, and the
+  :class:`Thresholds` every stage judges by. Analysis happens once, off the request thread,
+  by whichever consumer asks first: :meth:`Query.analysis` (fingerprint, summary, sanitized
+  text) and :meth:`Request.rollup` (counts, duplicates, the N+1 verdict).
+- :mod:`.processor`: the request-thread half (the only code on the app's hot path).
+- :mod:`.enrich`: the span attributes (design.md section 4), on the export thread.
+- :mod:`.derive`: the queue and thread that feed the sinks; :mod:`.metrics_sink`: section 5.
+
+``_runtime`` builds all of it from the settings; ``_sdk_compat`` holds every SDK internal it uses.
+"""
+
+from .derive import Sink, SpanDeriver
+from .enrich import EnrichingSpanExporter
+from .processor import DbPerfSpanProcessor, current_request, open_query
+from .record import Query, Request, Rollup, Thresholds
+
+__all__ = [
+    "DbPerfSpanProcessor",
+    "EnrichingSpanExporter",
+    "Query",
+    "Request",
+    "Rollup",
+    "Sink",
+    "SpanDeriver",
+    "Thresholds",
+    "current_request",
+    "open_query",
+]

@@ -1,0 +1,330 @@
+"""The request-thread half: measure each DB span once, and keep each request's queries.
+
+Per DB span: at its start a :class:`~.record.Query` (and, under
+``DBPERF_RESOURCE_SAMPLES=query``, a CPU-clock and RSS reading); at its end the duration,
+the slow flag, one cached frame walk, an append to its request, and a hand-off to the
+consumers: the exporters (``publish``, taken by :mod:`.enrich`) and the derivation thread
+(``submit``, see :mod:`.derive`). Nothing is analysed here.
+
+State lives in dicts keyed by span id, never on the SDK's span objects: adding an attribute
+to one changes its instance layout and makes every later attribute access on it slower.
+The SDK span fields read here are listed, with the versions checked, in ``_sdk_compat``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from _thread import get_ident
+from itertools import islice
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind, StatusCode, get_current_span
+
+from .. import _forksafe
+from .. import attributes as A
+from .._guard import internal_error
+from .._location import SETUP, AppCode, lazy_loaded_relationship, location_of
+from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
+from .._resources import rss_bytes, thread_time_ns
+from ..settings import Settings
+from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds, new_query
+
+_CLIENT = SpanKind.CLIENT
+_ERROR = StatusCode.ERROR
+_ERROR_TYPE = "error.type"
+_DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
+_DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
+_ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
+MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
+_SHARED_LOCK = threading.Lock()  # export threads only (several exporters share a payload)
+_OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
+
+_processors: weakref.WeakSet[DbPerfSpanProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child: fresh locks (the parent's export thread may have held them), and the
+    parent's open and finished spans forgotten (they are the parent's to export). A span the
+    child ends that it has no record of is exported with its statement sanitized on the spot."""
+    global _SHARED_LOCK, _OVERFLOW_LOCK
+    _SHARED_LOCK = threading.Lock()
+    _OVERFLOW_LOCK = threading.Lock()
+    for processor in list(_processors):
+        processor._open = {}  # noqa: SLF001
+        processor._done = {}  # noqa: SLF001
+
+
+_forksafe.register(_after_fork_in_child)
+
+
+def _trim(table: dict[int, Any]) -> None:
+    """Bound a pending table: drop its oldest tenth (spans that never ended or were never exported)."""
+    for key in list(islice(table, len(table) // 10 + 1)):
+        table.pop(key, None)
+
+
+class DbPerfSpanProcessor(SpanProcessor):
+    """Request-thread half: measures DB spans and keeps per-request state.
+
+    Register it on the ``TracerProvider`` *before* the export processors, and wrap
+    their exporters with :meth:`wrap_exporter`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.thresholds = Thresholds.from_settings(settings)
+        self._slow_ns = self.thresholds.slow_ns
+        self._stack_ns = self.thresholds.stack_ns
+        self._app = AppCode(settings.app_paths) if settings.code_location else None
+        self.resources = settings.resource_samples != "off"  # CPU time and RSS per request
+        self._per_query = settings.resource_samples == "query"  # and per DB span
+        # span id -> the Query of an open client span, or the Request of a request's span
+        self._open: dict[int, Any] = {}
+        # thread id -> ORM-level client spans open on it outside any request
+        self._loose_orm: dict[int, int] = {}
+        # span id -> Query or Request (or [payload, consumers left]), for the exporters
+        self._done: dict[int, Any] = {}
+        self._consumers = 0
+        # the derivation thread's submit(span, payload) once set up; nested driver spans excluded
+        self._submit: Any = None
+        _processors.add(self)
+
+    def attach_deriver(self, submit: Any) -> None:
+        """Hand every finished DB span and request root to ``submit(span, payload)`` (metrics, sinks)."""
+        self._submit = submit
+
+    def wrap_exporter(self, exporter: SpanExporter) -> Any:
+        """The exporter that adds this processor's attributes before ``exporter`` sends spans."""
+        from .enrich import EnrichingSpanExporter
+
+        self._consumers += 1
+        return EnrichingSpanExporter(exporter, self)
+
+    # The hooks read the SDK span's fields directly (its properties cost a call each),
+    # and SpanContext by index: it is a tuple (trace_id, span_id, is_remote, ...).
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
+            open_ = self._open
+            if len(open_) >= MAX_PENDING:
+                _trim(open_)
+            parent = span._parent  # noqa: SLF001
+            request: Request | None = None
+            if parent is None or parent[2]:  # a local root
+                if span._kind is not _CLIENT:  # noqa: SLF001 - a DB span outside any request is a query
+                    if self.resources:
+                        open_[span_id] = Request(span_id, thread_time_ns(), rss_bytes())
+                    else:
+                        open_[span_id] = Request(span_id, 0, 0)
+                    return
+            else:
+                entry = open_.get(parent[1])
+                if entry is not None:
+                    request = entry if entry.__class__ is Request else entry.request
+                if span._kind is not _CLIENT:  # noqa: SLF001
+                    if request is not None:
+                        open_[span_id] = request
+                    return
+            orm = False
+            scope = span._instrumentation_scope  # noqa: SLF001
+            if scope is not None and scope.name == _ORM_SCOPE:
+                orm = True
+                if request is not None:
+                    request.open_orm += 1
+                else:  # outside any request: counted open on its thread, so its driver span is nested there
+                    loose = self._loose_orm
+                    thread = get_ident()
+                    loose[thread] = loose.get(thread, 0) + 1
+            query = new_query(request, orm)
+            if self._per_query:
+                query.cpu_ns, query.rss_delta = thread_time_ns(), rss_bytes()
+            open_[span_id] = query
+        except Exception as exc:  # noqa: BLE001
+            internal_error("on_start", exc)
+
+    def _on_ending(self, span: Span) -> None:
+        try:
+            span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
+            entry = self._open.pop(span_id, None)
+            if entry is None:
+                return
+            if entry.__class__ is Request:
+                if entry.root_id == span_id:
+                    if self.resources:
+                        entry.cpu_ns = thread_time_ns() - entry.cpu0
+                        entry.rss = rss_bytes()
+                    entry.ended = True
+                    self._publish(span_id, entry)
+                    submit = self._submit
+                    if submit is not None:
+                        submit(span, entry)
+                return
+            self._end_query(span, span_id, entry)
+        except Exception as exc:  # noqa: BLE001
+            internal_error("_on_ending", exc)
+
+    def _end_query(self, span: Span, span_id: int, query: Query) -> None:
+        if self._per_query:
+            query.cpu_ns, query.rss_delta = thread_time_ns() - query.cpu_ns, rss_bytes() - query.rss_delta  # type: ignore[operator]
+        else:
+            query.cpu_ns, query.rss_delta = -1, None
+        request = query.request
+        orm = query.orm
+        if orm:
+            if request is not None:
+                request.open_orm -= 1
+            else:
+                _loose_ended(self._loose_orm)
+        attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
+        if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
+            return  # an HTTP or other client span: not ours
+        query.system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+        duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
+        slow = query.slow = duration >= self._slow_ns
+        if span._status.status_code is _ERROR and _ERROR_TYPE not in attrs:  # noqa: SLF001
+            _set_error_type(attrs)
+        statement = query.statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
+        kind = KIND_NOSQL if query.system in NOSQL_SYSTEMS else KIND_QUERY if statement is not None else KIND_SETUP
+        query.location = None
+        query.stack = ""
+        query.relationship = None
+        app = self._app
+        if app is not None:
+            # the walk starts at our caller and climbs past the SDK's frames (cached as not the app's)
+            frame = sys._getframe(2)  # noqa: SLF001
+            found, lazy, hint = app.walk(frame)
+            if lazy is not None:
+                query.relationship = lazy_loaded_relationship(lazy)
+            if hint is SETUP:  # Django's connection setup issued it
+                kind = KIND_SETUP
+                hint = None
+            if found is not None:
+                query.location = location_of(found, hint)
+                if slow and duration >= self._stack_ns:
+                    settings = self.settings
+                    query.stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
+            elif kind == KIND_NOSQL:
+                kind = KIND_NOSQL_FRAMEWORK  # no application frame: the framework's own traffic
+        query.kind = kind
+        if orm:
+            nested = False
+        elif request is not None:
+            nested = request.open_orm > 0
+        else:
+            nested = self._loose_orm.get(get_ident(), 0) > 0
+        query.nested = nested
+        if kind == KIND_QUERY:
+            if request is not None and not nested:
+                if len(request.records) < MAX_QUERIES_PER_REQUEST:
+                    request.records.append(query)
+                else:
+                    _count_overflow(request, query)
+        elif kind == KIND_NOSQL and request is not None:
+            add_call(request, query)
+        self._publish(span_id, query)
+        submit = self._submit
+        # connection spans and setup statements are no operation of the application
+        if submit is not None and kind != KIND_SETUP and not nested:
+            submit(span, query)
+
+    def _publish(self, span_id: int, payload: Any) -> None:
+        consumers = self._consumers
+        if consumers:
+            done = self._done
+            if len(done) >= MAX_PENDING:
+                _trim(done)
+            done[span_id] = payload if consumers == 1 else [payload, consumers]
+
+    def take(self, span_id: int) -> Any:
+        """Export side: the Query or Request of a finished span (the last consumer removes it)."""
+        if self._consumers == 1:
+            return self._done.pop(span_id, None)
+        with _SHARED_LOCK:
+            slot = self._done.get(span_id)
+            if slot is None:
+                return None
+            if slot.__class__ is not list:  # published before a second exporter was wrapped
+                del self._done[span_id]
+                return slot
+            slot[1] -= 1
+            if slot[1] <= 0:
+                del self._done[span_id]
+            return slot[0]
+
+
+def open_query(span: Any) -> Query | None:
+    """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
+    the parameters' digest, the EXPLAIN plan), or None."""
+    try:
+        span_id = span.get_span_context().span_id
+    except AttributeError:
+        return None
+    for processor in list(_processors):
+        entry = processor._open.get(span_id)  # noqa: SLF001
+        if entry is not None and entry.__class__ is Query:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def current_request() -> Request | None:
+    """The request (local root) the current span belongs to, or None outside any request.
+
+    For hooks that run on the request thread outside a DB span's end (SQLAlchemy pool and
+    transaction events): they add their per-request figures with :meth:`Request.add`.
+    """
+    try:
+        context = get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        for processor in list(_processors):
+            entry = processor._open.get(context.span_id)  # noqa: SLF001
+            if entry is None:
+                continue
+            request = entry if entry.__class__ is Request else entry.request
+            if request is not None:
+                return request  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001
+        internal_error("current_request", exc)
+    return None
+
+
+def _set_error_type(attrs: dict[str, Any]) -> None:
+    """semconv ``error.type`` on a failed DB span: the DB-API exception being handled right now.
+
+    The SQLAlchemy instrumentation ends a failed query's span from its ``handle_error``
+    listener, inside SQLAlchemy's ``except`` block, so the exception is still current.
+    """
+    exc = sys.exc_info()[1]
+    if exc is not None:
+        kind = type(exc)
+        module = kind.__module__
+        attrs[_ERROR_TYPE] = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _loose_ended(loose: dict[int, int]) -> None:
+    """An ORM-level client span outside any request ended on this thread."""
+    thread = get_ident()
+    left = loose.get(thread, 0) - 1
+    if left > 0:
+        loose[thread] = left
+    else:
+        loose.pop(thread, None)
+
+
+def _count_overflow(request: Request, query: Query) -> None:
+    """Past the cap a request keeps running totals instead of every query."""
+    with _OVERFLOW_LOCK:
+        totals = request.overflow
+        totals[0] += 1
+        totals[1] += query.duration_ns
+        totals[2] += query.slow
+
+
+def is_db_span(span: ReadableSpan) -> bool:
+    attrs = span.attributes or {}
+    return _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs

@@ -1,0 +1,209 @@
+"""Every use of an OpenTelemetry SDK or contrib name that is not public API, in one place.
+
+Each entry says what it reads or writes, why, and the releases it was checked against
+(:data:`CHECKED`); ``tests/test_sdk_compat.py`` fails when the installed releases are
+outside them, and :func:`span_layout_ok` is checked once at startup: on an SDK whose span
+no longer has the fields the request-thread hooks read, otel-dbperf turns itself off with
+one warning instead of failing in every hook.
+
+The request-thread hooks (``_pipeline.processor``) read these SDK ``Span`` fields directly,
+because each property costs a Python call per span: ``_context`` (indexed: SpanContext is a
+tuple ``(trace_id, span_id, is_remote, ...)``), ``_parent``, ``_kind``,
+``_instrumentation_scope``, ``_attributes._dict`` (the plain dict inside ``BoundedAttributes``),
+``_start_time``, ``_end_time``, ``_status``. They run inside the SDK's ``Span.end``, called from
+the instrumentation's code: the code-location walk starts at the hook's caller and climbs
+(under ``ConcurrentMultiSpanProcessor`` the hooks run on a pool thread: no code location, and
+per-query CPU time is that thread's; ``opentelemetry-instrument`` never uses it).
+The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s ``_context``,
+``_attributes``, ``_events``, ``_status``, ``_name``, ``_start_time`` and ``_end_time`` (its
+properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and, through
+:func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``.
+Elsewhere: ``_prefork`` (``SystemMetricsInstrumentor._instance._proc``), ``_backend``
+(``exporter._preferred_temporality`` / ``_preferred_aggregation``, the providers'
+``_atexit_handler``), ``_logs`` (``LoggingHandler._translate``), each commented where used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Status
+
+#: the releases every access below was checked against (inclusive bounds)
+CHECKED: dict[str, tuple[str, str]] = {
+    "opentelemetry-sdk": ("1.45.1", "1.45.1"),
+    "opentelemetry-instrumentation-sqlalchemy": ("0.66b1", "0.66b1"),
+    "opentelemetry-exporter-otlp-proto-http": ("1.45.1", "1.45.1"),
+}
+
+
+# ---- spans -------------------------------------------------------------------------------
+def span_layout_ok() -> bool:
+    """Whether this SDK's spans have the fields the request-thread hooks read (see the module doc)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    try:
+        span: Any = provider.get_tracer("otel_dbperf.check").start_span("check", attributes={"a": 1})
+        span.end()
+        context = span._context  # noqa: SLF001
+        return (
+            context[1] == span.get_span_context().span_id
+            and span._parent is None  # noqa: SLF001
+            and span._kind is span.kind  # noqa: SLF001
+            and span._instrumentation_scope is span.instrumentation_scope  # noqa: SLF001
+            and span._attributes._dict == {"a": 1}  # noqa: SLF001
+            and isinstance(span._start_time, int)  # noqa: SLF001
+            and isinstance(span._end_time, int)  # noqa: SLF001
+            and span._status is span.status  # noqa: SLF001
+        )
+    except Exception:  # noqa: BLE001 - any difference means: not the layout we know
+        return False
+    finally:
+        provider.shutdown()
+
+
+def attr_dict(attrs: Any) -> Mapping[str, Any]:
+    """The plain dict behind the SDK's ``BoundedAttributes`` (read-only use), else the mapping."""
+    inner = getattr(attrs, "_dict", None)
+    return inner if isinstance(inner, dict) else (attrs or {})
+
+
+def bounded(attrs: dict[str, Any], original: Any) -> BoundedAttributes:
+    """``attrs`` as the SDK's attribute type, keeping the original's dropped count and length limit.
+
+    Built without the SDK's per-value validation (``_dict``, ``_immutable``): the values
+    otel-dbperf adds are valid by construction, and the others were validated when the span
+    set them.
+    """
+    result = BoundedAttributes(immutable=False)
+    maxlen = getattr(original, "maxlen", None)
+    dropped = getattr(original, "dropped", 0)
+    if maxlen is not None and len(attrs) > maxlen:  # the span's attribute limit also bounds ours
+        for key in list(attrs)[maxlen:]:
+            del attrs[key]
+            dropped += 1
+    result._dict = attrs  # noqa: SLF001
+    result.maxlen = maxlen
+    result.dropped = dropped
+    result._immutable = True  # noqa: SLF001
+    return result
+
+
+def with_changes(
+    span: ReadableSpan,
+    in_place: bool,
+    name: str | None,
+    attributes: BoundedAttributes,
+    events: Sequence[Event],
+    status: Status,
+) -> ReadableSpan:
+    """``span`` with a new name (None: kept), attributes, events and status.
+
+    ``in_place``: the ``ReadableSpan`` snapshot the SDK made for ``on_end`` is updated (one
+    exporter: no copy on the export path); else a copy (several exporters each get their own).
+    """
+    if in_place:
+        if name is not None:
+            span._name = name  # noqa: SLF001
+        span._attributes = attributes  # noqa: SLF001
+        span._events = events  # type: ignore[assignment]  # noqa: SLF001
+        span._status = status  # noqa: SLF001
+        return span
+    return ReadableSpan(
+        name=span.name if name is None else name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def contrib_query_span(execution_context: Any) -> Any:
+    """The span contrib's SQLAlchemy instrumentation opened for a query (``context._otel_span``,
+    set in its ``before_cursor_execute`` and ended in ``after_cursor_execute``), or None."""
+    return getattr(execution_context, "_otel_span", None)
+
+
+# ---- metrics -----------------------------------------------------------------------------
+def records_instrument(provider: Any, name: str, except_scope: str) -> bool:
+    """Whether a meter of another scope than ``except_scope`` created the instrument ``name``
+    (``MeterProvider._meters``, ``Meter._instrument_id_instrument``)."""
+    for scope, meter in list(getattr(provider, "_meters", {}).items()):
+        if getattr(scope, "name", "") == except_scope:
+            continue
+        for instrument in list(getattr(meter, "_instrument_id_instrument", {}).values()):
+            if getattr(instrument, "name", "") == name:
+                return True
+    return False
+
+
+def is_sdk_meter_provider(provider: Any) -> bool:
+    """The SDK's ``MeterProvider`` (not the API's no-op or proxy, nor another vendor's)."""
+    return hasattr(provider, "_measurement_consumer")
+
+
+def reset_metric_storages(provider: Any) -> None:
+    """Forget the measurements inherited from a forked parent: each reader gets a new, empty
+    storage (``_measurement_consumer._reader_storages``, ``MetricReaderStorage``), and the
+    consumer a new lock (the parent's may have been held by its exporter thread)."""
+    from opentelemetry.sdk.metrics._internal.metric_reader_storage import MetricReaderStorage
+
+    consumer = getattr(provider, "_measurement_consumer", None)
+    storages = getattr(consumer, "_reader_storages", None)
+    if consumer is None or storages is None:
+        return
+    consumer._lock = threading.Lock()  # noqa: SLF001
+    consumer._reader_storages = {  # noqa: SLF001
+        reader: MetricReaderStorage(
+            provider._sdk_config,  # noqa: SLF001
+            reader._instrument_class_temporality,  # noqa: SLF001
+            reader._instrument_class_aggregation,  # noqa: SLF001
+        )
+        for reader in storages
+    }
+
+
+def reset_export_locks(provider: Any) -> None:
+    """Fresh export locks for a forked child's periodic readers (``_metric_readers``,
+    ``PeriodicExportingMetricReader._export_lock``): the SDK restarts a reader's thread in the child
+    but keeps its lock, which the parent's thread holds while it exports; a fork at that moment
+    (a Celery prefork pool starting its children while the master exports) left the child's reader
+    waiting on it forever, and the child's metrics were never exported."""
+    for reader in getattr(provider, "_metric_readers", None) or ():
+        if hasattr(reader, "_export_lock"):
+            reader._export_lock = threading.Lock()  # noqa: SLF001
+
+
+# ---- the SDK's configuration -------------------------------------------------------------
+@contextmanager
+def replaced(module: Any, name: str, make: Any) -> Iterator[None]:
+    """While the SDK's ``_configuration`` builds its providers, the name ``name`` it looks up in
+    its module at call time (``MeterProvider``, ``PeriodicExportingMetricReader``,
+    ``BatchLogRecordProcessor``) is ``make(original)``; restored afterwards."""
+    original = getattr(module, name)
+    setattr(module, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def exporter_entry_point_name(name: str, signal: str) -> str:
+    """The entry point the SDK resolves an ``OTEL_*_EXPORTER`` name to (``otlp`` and the OTLP
+    protocol variables); raises RuntimeError for an unsupported protocol."""
+    from opentelemetry.sdk import _configuration as sdk_configuration
+
+    return sdk_configuration._get_exporter_entry_point(name, signal)  # type: ignore[attr-defined,arg-type,no-any-return]
