@@ -7,7 +7,18 @@ greenlet, so the walk continues into the parent greenlet's suspended frames.
 The same walk notices a SQLAlchemy lazy load on its way: the frame of
 lazy loader's ``_load_for_state`` (``sqlalchemy/orm/strategies.py``), recognised by its
 code object. Its file gets its own cached verdict, so every other frame costs
-the walk nothing more.
+the walk nothing more. :meth:`AppCode.walk` notices two more things the same way:
+
+- a template that triggered the query: Django's ``Node.render_annotated``
+  (``django/template/base.py``; its node carries the token with its line and the
+  template's origin), and a compiled Jinja2 template (its module globals hold
+  ``__jinja_template__``, whose debug info maps the Python line to the template
+  line; its code's file name is the template's, which is not a ``.py`` file). The
+  innermost template frame gives the location; the walk goes on to the first
+  application Python frame (the view), kept beside it.
+- Django's connection setup: a statement issued while ``BaseDatabaseWrapper.connect``
+  (``django/db/backends/base/base.py``) is on the stack (``SELECT set_config(...)``
+  for the time zone, ``PRAGMA foreign_keys``) is not one of the request's queries.
 """
 
 from __future__ import annotations
@@ -24,16 +35,31 @@ _CACHE_MAX = 100_000
 _THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STRATEGIES = "sqlalchemy.orm.strategies"
 _LAZY_FILE = 2  # the verdict of SQLAlchemy's strategies.py: not application code, home of the lazy loader
+_DJANGO_TEMPLATE_FILE = 3  # django/template/base.py: home of Node.render_annotated
+_DJANGO_DB_FILE = 4  # django/db/backends/base/base.py: home of BaseDatabaseWrapper.connect
+_TEMPLATE_APP = 5  # not a .py file, under an application path: maybe a compiled Jinja2 template, else app code
+_TEMPLATE_LIB = 6  # not a .py file, elsewhere: maybe a compiled Jinja2 template, else not app code
+_DJANGO_TEMPLATE = "django.template.base"
+_DJANGO_DB = "django.db.backends.base.base"
+_PY_SUFFIXES = (".py", ".pyw", ".pyc")
+#: :meth:`AppCode.walk`'s hint for a statement issued by Django's connection setup
+SETUP = "setup"
 
 
-#: (file path, line number, qualified function name) of an application frame
-Location = tuple[str, int, str]
+#: (file path, line number, qualified function name) of an application frame; for a query a
+#: template triggered, (template path, template line, the view's qualified function name,
+#: "file:line" of the view's frame)
+Location = tuple[Any, ...]
 _QUALNAME = "co_qualname" if sys.version_info >= (3, 11) else "co_name"
 
 
-def location_of(frame: FrameType) -> Location:
+def location_of(frame: FrameType, hint: Any = None) -> Location:
+    """``frame``'s location; with a template ``hint`` from :meth:`AppCode.walk`, the template's
+    file and line, and ``frame`` (the view) as its fourth item."""
     code = frame.f_code
-    return (code.co_filename, frame.f_lineno, getattr(code, _QUALNAME))
+    if hint is None or hint.__class__ is not tuple:
+        return (code.co_filename, frame.f_lineno, getattr(code, _QUALNAME))
+    return (hint[0], hint[1], getattr(code, _QUALNAME), f"{code.co_filename}:{frame.f_lineno}")
 
 
 def _stdlib_dirs() -> tuple[str, ...]:
@@ -52,12 +78,15 @@ class AppCode:
         self._prefixes = tuple(os.path.abspath(p).rstrip(os.sep) + os.sep for p in app_paths)
         self._excluded = (_THIS_PACKAGE, *_stdlib_dirs())
         # Keyed by file name: a str caches its hash, a code object does not (hashing one
-        # walks its constants on every lookup). True, False or _LAZY_FILE.
+        # walks its constants on every lookup). True, False or one of the int verdicts above.
         self._cache: dict[str, bool | int] = {}
         self._lazy_code: CodeType | None = None  # the lazy loader's _load_for_state, once SQLAlchemy's ORM is loaded
+        self._render_code: CodeType | None = None  # Django's Node.render_annotated, once its templates are loaded
+        self._connect_code: CodeType | None = None  # Django's BaseDatabaseWrapper.connect
 
     def is_app(self, code: CodeType) -> bool:
-        return self._verdict(code.co_filename) is True
+        verdict = self._verdict(code.co_filename)
+        return verdict is True or verdict == _TEMPLATE_APP
 
     def _verdict(self, filename: str) -> bool | int:
         verdict = self._cache.get(filename)
@@ -65,6 +94,12 @@ class AppCode:
             verdict = self._classify(filename)
             if verdict is False and self._is_lazy_file(filename):
                 verdict = _LAZY_FILE
+            elif verdict is False and _module_file(_DJANGO_TEMPLATE) == filename:
+                verdict = _DJANGO_TEMPLATE_FILE
+            elif verdict is False and _module_file(_DJANGO_DB) == filename:
+                verdict = _DJANGO_DB_FILE
+            elif filename and filename[0] != "<" and not filename.endswith(_PY_SUFFIXES):
+                verdict = _TEMPLATE_APP if verdict else _TEMPLATE_LIB
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[filename] = verdict
@@ -98,28 +133,70 @@ class AppCode:
     def find(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None]:
         """(the innermost application frame at or above ``frame``, the SQLAlchemy lazy-loader
         frame passed on the way there or None), across greenlets."""
+        found, lazy, _ = self.walk(frame)
+        return found, lazy
+
+    def walk(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None, Any]:
+        """:meth:`find`, and a hint: None; :data:`SETUP` when Django's connection setup issued the
+        statement; or ``(template path, template line)`` when a Django or Jinja2 template triggered it
+        (then the application frame returned is the first Python one above the template)."""
         cached = self._cache.get
         glet = None
         lazy = None
+        hint: Any = None
         for _ in range(_MAX_DEPTH):
             if frame is None:
                 frame, glet = _parent_greenlet_frame(glet)
                 if frame is None:
-                    return None, lazy
+                    return None, lazy, hint
             code = frame.f_code
             verdict = cached(code.co_filename)
-            if verdict is not False:  # most frames are library frames: one test each
+            if verdict is not False:
                 if verdict is None:
                     verdict = self._verdict(code.co_filename)
                 if verdict is True:
-                    return frame, lazy
-                if verdict == _LAZY_FILE and lazy is None:
-                    if self._lazy_code is None:  # classified while the module was still loading
-                        self._lazy_code = _lazy_loader_code(sys.modules.get(_STRATEGIES))
-                    if code is self._lazy_code:
-                        lazy = frame
+                    return frame, lazy, hint
+                if verdict == _LAZY_FILE:
+                    if lazy is None:
+                        if self._lazy_code is None:
+                            self._lazy_code = _lazy_loader_code(sys.modules.get(_STRATEGIES))
+                        if code is self._lazy_code:
+                            lazy = frame
+                elif verdict == _DJANGO_TEMPLATE_FILE:
+                    if hint is None:
+                        hint = self._django_template(frame)
+                elif verdict == _DJANGO_DB_FILE:
+                    if self._connect_code is None:
+                        self._connect_code = _django_connect_code()
+                    if code is self._connect_code:
+                        hint = SETUP
+                elif verdict in (_TEMPLATE_APP, _TEMPLATE_LIB):
+                    template = frame.f_globals.get("__jinja_template__")
+                    if template is not None:
+                        if hint is None:
+                            hint = _jinja_line(template, code.co_filename, frame.f_lineno)
+                    elif verdict == _TEMPLATE_APP:
+                        return frame, lazy, hint
             frame = frame.f_back
-        return None, lazy
+        return None, lazy, hint
+
+    def _django_template(self, frame: FrameType) -> tuple[str, int] | None:
+        """(template path, line) of the node a Django ``Node.render_annotated`` frame renders, or None."""
+        code = frame.f_code
+        if self._render_code is None:
+            node_class = getattr(sys.modules.get(_DJANGO_TEMPLATE), "Node", None)
+            render = getattr(node_class, "render_annotated", None)
+            self._render_code = getattr(render, "__code__", None)
+        if code is not self._render_code:
+            return None
+        node = frame.f_locals.get("self")
+        token = getattr(node, "token", None)
+        origin = getattr(node, "origin", None)
+        line = getattr(token, "lineno", None)
+        name = getattr(origin, "name", None)
+        if not isinstance(line, int) or not isinstance(name, str):
+            return None
+        return (name, line)
 
     def stacktrace(self, frame: FrameType | None, max_frames: int, source: bool = False) -> str:
         """Application frames only, most recent call last, at most ``max_frames``.
@@ -147,6 +224,29 @@ class AppCode:
             return ""
         lines.reverse()
         return "Traceback (application frames, most recent call last):\n" + "\n".join(lines)
+
+
+def _module_file(name: str) -> str | None:
+    module = sys.modules.get(name)
+    return getattr(module, "__file__", None) if module is not None else None
+
+
+def _django_connect_code() -> CodeType | None:
+    """The code object of Django's ``BaseDatabaseWrapper.connect`` (under its ``async_unsafe``), or None."""
+    wrapper = getattr(sys.modules.get(_DJANGO_DB), "BaseDatabaseWrapper", None)
+    function = getattr(wrapper, "connect", None)
+    code = getattr(getattr(function, "__wrapped__", function), "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def _jinja_line(template: Any, filename: str, lineno: int) -> tuple[str, int] | None:
+    """(template path, template line) of a compiled Jinja2 template's frame at Python line ``lineno``."""
+    try:
+        line = template.get_corresponding_lineno(lineno)
+    except Exception:  # noqa: BLE001 - a foreign object under that name: no template line
+        return None
+    name = getattr(template, "filename", None) or filename
+    return (name, line) if isinstance(line, int) and isinstance(name, str) else None
 
 
 def _lazy_loader_code(module: Any) -> CodeType | None:

@@ -9,6 +9,8 @@ and forks the workers from it. The SDK already gives each forked child its own
   the child starts its metric storages afresh;
 - the system-metrics instrumentation samples the ``psutil.Process`` it made in
   the master, so every worker would report the master's CPU and memory;
+- a periodic reader's export lock, held by the master's export thread at the fork, would stay
+  held in the child (see ``_sdk_compat.reset_export_locks``);
 - the Prometheus pull exporter serves from the master, which never sees the
   workers' measurements, and the workers cannot share its port: refused at
   startup with one message saying what to do (see :func:`pull_refusal`).
@@ -23,7 +25,7 @@ from typing import Any
 
 from . import _forksafe
 from ._guard import guarded
-from ._sdk_compat import reset_metric_storages
+from ._sdk_compat import reset_export_locks, reset_metric_storages
 
 PULL_EXPORTER = "prometheus"
 _PREFORK_SERVERS = ("gunicorn",)
@@ -113,6 +115,7 @@ class ForkHooks:
             self.deriver.after_fork_in_child()
         if self.meter_provider is not None:
             reset_metric_storages(self.meter_provider)
+            reset_export_locks(self.meter_provider)
         _resample_own_process()
 
 

@@ -191,6 +191,17 @@ def reset_metric_storages(provider: Any) -> None:
     }
 
 
+def reset_export_locks(provider: Any) -> None:
+    """Fresh export locks for a forked child's periodic readers (``_metric_readers``,
+    ``PeriodicExportingMetricReader._export_lock``): the SDK restarts a reader's thread in the child
+    but keeps its lock, which the parent's thread holds while it exports; a fork at that moment
+    (a Celery prefork pool starting its children while the master exports) left the child's reader
+    waiting on it forever, and the child's metrics were never exported."""
+    for reader in getattr(provider, "_metric_readers", None) or ():
+        if hasattr(reader, "_export_lock"):
+            reader._export_lock = threading.Lock()  # noqa: SLF001
+
+
 # ---- the SDK's configuration -------------------------------------------------------------
 @contextmanager
 def replaced(module: Any, name: str, make: Any) -> Iterator[None]:

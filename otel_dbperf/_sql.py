@@ -21,6 +21,11 @@ does (``dialect`` is the span's ``db.system.name`` / ``db.system``):
   under ``QUOTED_IDENTIFIER OFF``). Oracle: ``q'[...]'`` quoting, ``"..."`` identifiers.
 - Anything else: the statement is read under every one of the rules above, and whatever
   any reading calls a literal (or a comment) is not shown.
+- Redis (and Valkey): a command and its arguments, one command per line (a pipeline). The
+  arguments are values (keys, members, scripts): only the command name stays (with its
+  subcommand for container commands: ``CLIENT SETNAME``, ``CONFIG GET``), each argument a
+  ``?``. Other key-value and document stores (memcached, mongodb, elasticsearch, ...): the
+  first word when it is a plain name, then one ``?`` for all the rest.
 
 Literals (strings, numbers, dollar quotes) become ``?``, comments are removed; keywords,
 identifiers, operators and bind parameters stay. Every pattern ends at its closing delimiter
@@ -53,6 +58,7 @@ _SUMMARY_MAX = 255
 _MAX_TABLES = 4
 
 POSTGRESQL, MYSQL, SQLITE, MSSQL, ORACLE, OTHER = "postgresql", "mysql", "sqlite", "mssql", "oracle", "other"
+REDIS, COMMANDS = "redis", "commands"  # not SQL: see _analyze_command
 _SYSTEMS = {
     "postgresql": POSTGRESQL,
     "postgres": POSTGRESQL,
@@ -67,6 +73,29 @@ _SYSTEMS = {
     "sqlserver": MSSQL,
     "oracle": ORACLE,
     "oracle.db": ORACLE,
+    "redis": REDIS,
+    "valkey": REDIS,
+    **{
+        name: COMMANDS
+        for name in (
+            "memcached",
+            "mongodb",
+            "elasticsearch",
+            "opensearch",
+            "cassandra",
+            "scylla",
+            "couchbase",
+            "couchdb",
+            "dynamodb",
+            "aws.dynamodb",
+            "azure.cosmosdb",
+            "cosmosdb",
+            "hbase",
+            "geode",
+            "neo4j",
+            "influxdb",
+        )
+    },  # fmt: skip
 }
 
 
@@ -450,6 +479,8 @@ def _identifier(token: str) -> str:
 
 
 def _analyze(statement: str, max_length: int, dialect: str) -> Analysis:
+    if dialect is REDIS or dialect is COMMANDS:
+        return _analyze_command(statement, max_length, dialect)
     deadline = time.perf_counter() + _MAX_SCAN_SECONDS
     try:
         return _analyze_text(statement, max_length, dialect, deadline)
@@ -457,6 +488,52 @@ def _analyze(statement: str, max_length: int, dialect: str) -> Analysis:
         return _summary_only(statement, dialect)
     except RecursionError:  # cannot happen (nothing recurses); fail closed all the same
         return _summary_only(statement, dialect)
+
+
+_COMMAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.|-]{0,63}\Z")
+_REDIS_CONTAINERS = frozenset(
+    {
+        "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DEBUG", "FUNCTION", "LATENCY", "MEMORY", "MODULE",
+        "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
+    }
+)  # fmt: skip
+_MAX_COMMANDS = 64  # commands of a pipeline shown; the rest is "…"
+
+
+def _analyze_command(statement: str, max_length: int, dialect: str) -> Analysis:
+    """A key-value or document store's command: the command name stays, its arguments (values) go.
+
+    Redis: one command per line (contrib's pipelines), ``GET ?``, ``CONFIG GET ?``, ``MGET ? ? ?``;
+    elsewhere the first word and one ``?`` for the rest. The fingerprint is of the sanitized text;
+    the operation is the first command (upper case), the summary the command names."""
+    out: list[str] = []
+    names: list[str] = []
+    lines = statement[:_MAX_SCAN].splitlines() if dialect is REDIS else [statement[:_MAX_SCAN]]
+    for line in lines[:_MAX_COMMANDS]:
+        words = line.split()
+        if not words:
+            continue
+        name = words[0] if _COMMAND_NAME.match(words[0]) else "?"
+        rest = words[1:]
+        if dialect is REDIS:
+            name = name.upper()
+            if name in _REDIS_CONTAINERS and rest and _COMMAND_NAME.match(rest[0]):
+                name = f"{name} {rest[0].upper()}"
+                rest = rest[1:]
+            out.append(" ".join([name, *("?" * len(rest))]) if rest else name)
+        else:
+            out.append(f"{name} ?" if rest else name)
+        if name != "?" and name not in names:
+            names.append(name)
+    if len(lines) > _MAX_COMMANDS:
+        out.append("\u2026")
+    sanitized = "\n".join(out)
+    if len(sanitized) > max_length:
+        sanitized = sanitized[: max_length - 1].rstrip() + "\u2026"
+    fingerprint = hashlib.blake2b(f"{dialect}\x00{sanitized}".encode("utf-8", "surrogatepass"), digest_size=8)
+    operation = names[0].upper() if names else ""
+    summary = " ".join(names[:_MAX_TABLES])[:_SUMMARY_MAX]
+    return Analysis(sanitized, fingerprint.hexdigest(), summary, operation, "")
 
 
 def _summary_only(statement: str, dialect: str) -> Analysis:

@@ -16,6 +16,16 @@ CPU_TIME_MS = "dbperf.cpu.time_ms"
 # Extension: a driver-level (DB-API) span that ran inside an ORM-level (SQLAlchemy) span for
 # the same query; request roll-ups and reports count the query once, through the ORM span.
 QUERY_NESTED = "dbperf.query.nested"
+# When a Django or Jinja2 template triggered the query, code.file.path / code.line.number name the
+# template and its line, and this is "file:line" of the first application Python frame (the view)
+CODE_PYTHON_LOCATION = "dbperf.code.python_location"
+# True on a statement of the framework's connection setup (Django's SELECT set_config(...), PRAGMA ...):
+# not one of the request's queries (not counted, no slow flag)
+QUERY_SETUP = "dbperf.query.setup"
+# True on a call to a key-value or document store (redis, memcached, mongodb, ...): not a SQL query
+QUERY_NOSQL = "dbperf.query.nosql"
+# True on a call with no application frame on the stack (a Celery worker's broker/result-backend traffic)
+QUERY_FRAMEWORK = "dbperf.query.framework"
 # True on a SELECT that exactly repeats (same statement, same parameters) an earlier one of its request
 QUERY_DUPLICATE = "dbperf.query.duplicate"
 
@@ -35,6 +45,20 @@ N_PLUS_ONE_SUGGESTION = "dbperf.n_plus_one.suggestion"
 # SELECTs of the request that exactly repeat an earlier one (cache candidates), and their DB time
 DB_DUPLICATE_COUNT = "dbperf.db.duplicate_count"
 DB_DUPLICATE_DURATION_MS = "dbperf.db.duplicate_duration_ms"
+# "file:line" of the view when the N+1's location is a template line
+N_PLUS_ONE_PYTHON_LOCATION = "dbperf.n_plus_one.python_location"
+# Calls to key-value and document stores (present when the request made any): totals, and per system
+# dbperf.nosql.<system>.call_count / dbperf.nosql.<system>.duration_ms; one command of one system
+# repeated at least DBPERF_N_PLUS_ONE_THRESHOLD times: the repeat verdict and how to batch it
+NOSQL_CALL_COUNT = "dbperf.nosql.call_count"
+NOSQL_DURATION_MS = "dbperf.nosql.duration_ms"
+NOSQL_SLOW_CALL_COUNT = "dbperf.nosql.slow_call_count"
+NOSQL_REPEAT_DETECTED = "dbperf.nosql.repeat.detected"
+NOSQL_REPEAT_SYSTEM = "dbperf.nosql.repeat.system"
+NOSQL_REPEAT_OPERATION = "dbperf.nosql.repeat.operation"
+NOSQL_REPEAT_COUNT = "dbperf.nosql.repeat.count"
+NOSQL_REPEAT_CODE_LOCATION = "dbperf.nosql.repeat.code_location"
+NOSQL_REPEAT_SUGGESTION = "dbperf.nosql.repeat.suggestion"
 MEMORY_RSS_BYTES = "dbperf.memory.rss_bytes"
 MEMORY_RSS_DELTA_BYTES = "dbperf.memory.rss_delta_bytes"
 

@@ -33,8 +33,9 @@ HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 
 QUERY_COUNT_BUCKETS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 
 DB_ATTRIBUTES = frozenset({"db.system.name", "db.operation.name", "db.collection.name", "error.type"})
-ROUTE_ATTRIBUTES = frozenset({"http.route"})
-N_PLUS_ONE_ATTRIBUTES = frozenset({"http.route", "db.collection.name"})
+#: a request's route, or a Celery task's name (a task's root span has no http.route)
+ROUTE_ATTRIBUTES = frozenset({"http.route", "celery.task_name"})
+N_PLUS_ONE_ATTRIBUTES = frozenset({"http.route", "celery.task_name", "db.collection.name"})
 HTTP_ATTRIBUTES = frozenset({"http.route", "http.request.method", "http.response.status_code", "error.type"})
 #: contrib's DB-API metric of rows per query, kept without the statement-derived db.operation.name
 RETURNED_ROWS = "db.client.response.returned_rows"

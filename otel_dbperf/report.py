@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from . import attributes as A
+from ._route import route_of
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
@@ -260,6 +261,8 @@ class Report:
         self.top = top
         self.fingerprints: dict[str, FingerprintStats] = {}
         self.n_plus_one: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (route, system, operation, location) -> one command of a key-value store repeated in a request
+        self.repeated_calls: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.slowest: list[tuple[float, int, dict[str, Any]]] = []
         self.requests = 0
         self.db_spans = 0
@@ -284,7 +287,9 @@ class Report:
             return
         a = span.attributes
         if A.QUERY_FINGERPRINT in a:
-            if not a.get(A.QUERY_NESTED):  # the same query as its ORM-level span
+            # nested: the same query as its ORM-level span; setup: the framework's connection setup;
+            # nosql: a call to a key-value or document store, reported with its request
+            if not (a.get(A.QUERY_NESTED) or a.get(A.QUERY_SETUP) or a.get(A.QUERY_NOSQL)):
                 self._add_query(span)
         elif A.DB_QUERY_COUNT in a or (span.kind == _SERVER and not span.parent_span_id):
             self._add_request(span)
@@ -322,7 +327,7 @@ class Report:
 
     def _add_request(self, span: Span) -> None:
         a = span.attributes
-        route = str(a.get("http.route") or span.name)
+        route = route_of(a) or str(span.name)
         self._route_of[span.trace_id] = route
         if len(self._route_of) > _MAX_TRACES:
             self._route_of.popitem(last=False)
@@ -370,6 +375,7 @@ class Report:
                     "route": route,
                     "fingerprint": key[1],
                     "code_location": key[2],
+                    "python_location": str(a.get(A.N_PLUS_ONE_PYTHON_LOCATION, "")),
                     "query_summary": a.get(A.N_PLUS_ONE_QUERY_SUMMARY, ""),
                     "relationship": str(a.get(A.N_PLUS_ONE_RELATIONSHIP, "")),
                     "suggestion": str(a.get(A.N_PLUS_ONE_SUGGESTION, "")),
@@ -385,6 +391,26 @@ class Report:
             repeat = int(a.get(A.N_PLUS_ONE_REPEAT_COUNT, 0))
             if repeat > finding["max_repeat_count"]:
                 finding["max_repeat_count"], finding["trace_id"] = repeat, span.trace_id
+        if a.get(A.NOSQL_REPEAT_DETECTED):
+            system, operation = str(a.get(A.NOSQL_REPEAT_SYSTEM, "")), str(a.get(A.NOSQL_REPEAT_OPERATION, ""))
+            location = str(a.get(A.NOSQL_REPEAT_CODE_LOCATION, ""))
+            call = self.repeated_calls.setdefault(
+                (route, system, operation, location),
+                {
+                    "route": route,
+                    "system": system,
+                    "operation": operation,
+                    "code_location": location,
+                    "suggestion": str(a.get(A.NOSQL_REPEAT_SUGGESTION, "")),
+                    "requests": 0,
+                    "max_repeat_count": 0,
+                    "trace_id": span.trace_id,
+                },
+            )
+            call["requests"] += 1
+            repeat = int(a.get(A.NOSQL_REPEAT_COUNT, 0))
+            if repeat > call["max_repeat_count"]:
+                call["max_repeat_count"], call["trace_id"] = repeat, span.trace_id
 
     def as_dict(self, stats: ReadStats, jaeger_url: str = "") -> dict[str, Any]:
         def link(trace_id: str) -> dict[str, str]:
@@ -419,6 +445,10 @@ class Report:
             "n_plus_one": [
                 {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
                 for f in sorted(self.n_plus_one.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
+            ],
+            "repeated_calls": [
+                {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
+                for f in sorted(self.repeated_calls.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
             ],
             "duplicates": [
                 {
@@ -487,8 +517,20 @@ def render_text(data: dict[str, Any]) -> str:
             f"  {f['route']}: {f['query_summary']} repeated up to {f['max_repeat_count']}x "
             f"in {f['requests']} request(s) at {f['code_location']}  ({link_text(f['example'])})"
         )
+        if f.get("python_location"):
+            lines.append(f"      rendered from {f['python_location']}")
         if f.get("suggestion"):
             lines.append(f"      lazy load of {f['relationship']}: load it with {f['suggestion']}")
+    lines.append("")
+    lines.append("Repeated key-value / document store calls (the same command N times in one request: batch it)")
+    if not data.get("repeated_calls"):
+        lines.append("  none found")
+    for c in data.get("repeated_calls", []):
+        lines.append(
+            f"  {c['route']}: {c['system']} {c['operation']} repeated up to {c['max_repeat_count']}x "
+            f"in {c['requests']} request(s) at {c['code_location'] or '?'}: use {c['suggestion']}"
+            f"  ({link_text(c['example'])})"
+        )
     lines.append("")
     lines.append("Exact duplicate queries (same statement and parameters again in one request: cache candidates)")
     if not data.get("duplicates"):

@@ -51,6 +51,25 @@ def pg_user() -> str:
     return os.environ.get("PGUSER", "postgres")
 
 
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_DB = 11  # the tests' own Redis database number (the server may be shared)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """A reachable Redis on 127.0.0.1:6379 (skips without it, fails under DBPERF_REQUIRE_SERVICES=1)."""
+    try:
+        import redis
+
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001
+        reason = f"Redis at {REDIS_HOST}:{REDIS_PORT} not reachable: {exc}"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    return REDIS_DB
+
+
 @pytest.fixture(scope="session")
 def pg_sync_url(pg_user: str) -> str:
     return f"postgresql+psycopg://{pg_user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
@@ -116,10 +135,16 @@ def base_env(receiver: Receiver, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def serve(kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: Path = BIN) -> Iterator[dict[str, Any]]:
-    """Run ``app`` under opentelemetry-instrument behind a real server (from ``bin_dir``); yield its base URL."""
+def serve(
+    kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: Path = BIN, cwd: Path = APPS
+) -> Iterator[dict[str, Any]]:
+    """Run ``app`` under opentelemetry-instrument behind a real server (from ``bin_dir``); yield its base URL.
+
+    ``kind`` "runserver": Django's development server, ``app`` the project's manage.py (in ``cwd``)."""
     port = free_port()
-    if kind == "gunicorn":
+    if kind == "runserver":
+        server = [str(bin_dir / "python"), app, "runserver", f"127.0.0.1:{port}", "--noreload", *extra_args]
+    elif kind == "gunicorn":
         server = [str(bin_dir / "gunicorn"), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", *extra_args, app]
     else:
         server = [
@@ -135,7 +160,7 @@ def serve(kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: P
         ]
     cmd = [str(bin_dir / "opentelemetry-instrument"), *server]
     log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     info: dict[str, Any] = {"url": base, "proc": proc, "log": log}
     try:

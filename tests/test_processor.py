@@ -199,7 +199,7 @@ def test_failing_enrichment_fails_loudly_under_pytest(traced: Traced, monkeypatc
     def boom(*_: Any) -> Any:
         raise RuntimeError("deliberate")
 
-    monkeypatch.setattr(traced.processor._app, "find", boom)
+    monkeypatch.setattr(traced.processor._app, "walk", boom)
     with pytest.raises(RuntimeError, match="deliberate"):
         queries.point_query(traced.engine, 1)
 
@@ -212,7 +212,7 @@ def test_failing_enrichment_never_reaches_the_app(
 
     _guard.RERAISE = False
     before = _guard.errors
-    monkeypatch.setattr(traced.processor._app, "find", boom)  # request-thread step
+    monkeypatch.setattr(traced.processor._app, "walk", boom)  # request-thread step
     monkeypatch.setattr(_record, "analyze", boom)  # export-thread step
     monkeypatch.setattr(_processor, "thread_time_ns", boom)  # on_start step
     traced.memory.clear()

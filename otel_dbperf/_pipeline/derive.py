@@ -24,8 +24,10 @@ from typing import Any, Protocol
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 
+from .. import _route
 from .. import metric_names as M
 from .._guard import internal_error
+from .._nosql import KIND_QUERY
 from .record import Query, Request, Rollup, Thresholds
 
 _log = logging.getLogger("otel_dbperf")
@@ -38,17 +40,18 @@ class Sink(Protocol):
     """What the derivation thread feeds (``after_fork_in_child()`` too, when a sink has one)."""
 
     def query(self, span: ReadableSpan, query: Query) -> None:
-        """A finished DB query (nested driver spans excluded); ``query.facts`` is its analysis."""
+        """A finished DB query (nested driver spans excluded); ``query.facts`` is its analysis.
+        Calls to key-value and document stores (``query.kind`` not KIND_QUERY) only reach the
+        sinks whose ``takes_calls`` is true (the metrics)."""
 
     def request(self, span: ReadableSpan, request: Request, rollup: Rollup, route: str) -> None:
         """A finished request root, with its roll-up and its route ("" when it has none)."""
 
 
 def route_of(span: ReadableSpan) -> str:
-    """What names a request in reports and metrics: ``http.route`` (web requests), else ""."""
-    attrs = span.attributes or {}
-    route = attrs.get("http.route")
-    return str(route) if route else ""
+    """What names a request in reports and metrics: ``http.route`` (web requests), a Celery
+    task's ``celery.task_name``, else ""."""
+    return _route.route_of(span.attributes or {})
 
 
 class SpanDeriver:
@@ -152,7 +155,10 @@ class SpanDeriver:
 
     def _query(self, span: Any, query: Query) -> None:
         query.analysis(self._thresholds.statement_max_length)
+        call = query.kind != KIND_QUERY  # a key-value store's call: for the sinks that take calls
         for sink in self._sinks:
+            if call and not getattr(sink, "takes_calls", False):
+                continue
             try:
                 sink.query(span, query)
             except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others

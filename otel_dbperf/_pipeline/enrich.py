@@ -19,6 +19,7 @@ from opentelemetry.trace import Status, StatusCode
 from .. import attributes as A
 from .._errors import scrub_error_text, scrub_traceback
 from .._guard import internal_error
+from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, nosql_rollup
 from .._sdk_compat import attr_dict, bounded, with_changes
 from .._sql import OPERATIONS, Analysis, analyze
 from .._suggest import relationship_fix
@@ -87,7 +88,7 @@ class EnrichingSpanExporter(SpanExporter):
         )
         name = self._statement_attributes(span, attrs, statement, analysis)
         start, end = span._start_time, span._end_time  # noqa: SLF001
-        if isinstance(start, int) and isinstance(end, int):
+        if isinstance(start, int) and isinstance(end, int) and statement is not None:  # a connection: no query
             attrs[A.QUERY_SLOW] = end - start >= self._thresholds.slow_ns
         return self._scrub(span, attrs, None, name)
 
@@ -143,17 +144,30 @@ class EnrichingSpanExporter(SpanExporter):
         thresholds = self._thresholds
         attrs = dict(attr_dict(span._attributes))  # noqa: SLF001
         request = query.request
-        if request is not None and not query.repeat and not query.nested:
+        kind = query.kind
+        if request is not None and not query.repeat and not query.nested and kind == KIND_QUERY:
             request.advance(thresholds.statement_max_length)  # this query's place among the request's
         analysis = query.analysis(thresholds.statement_max_length)
         name = self._statement_attributes(span, attrs, query.statement, analysis)
         slow = query.slow
-        attrs[A.QUERY_SLOW] = slow
+        if kind == KIND_SETUP:  # a connection span or setup statement: not a query, never slow
+            slow = False
+            if query.statement is not None:
+                attrs[A.QUERY_SETUP] = True
+        elif kind == KIND_NOSQL_FRAMEWORK:  # the framework's own call (a worker's blocking BRPOP): never slow
+            slow = False
+            attrs[A.QUERY_NOSQL] = attrs[A.QUERY_FRAMEWORK] = True
+        else:
+            attrs[A.QUERY_SLOW] = slow
+            if kind == KIND_NOSQL:
+                attrs[A.QUERY_NOSQL] = True
         if query.cpu_ns >= 0:
             attrs[A.CPU_TIME_MS] = query.cpu_ns / 1e6
         location = query.location
         if location is not None:
-            attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location
+            attrs[A.CODE_FILE_PATH], attrs[A.CODE_LINE_NUMBER], attrs[A.CODE_FUNCTION_NAME] = location[:3]
+            if len(location) > 3:
+                attrs[A.CODE_PYTHON_LOCATION] = location[3]
         if query.stack:
             attrs[A.CODE_STACKTRACE] = query.stack
         if query.nested:
@@ -195,6 +209,8 @@ class EnrichingSpanExporter(SpanExporter):
                 attrs[A.N_PLUS_ONE_QUERY_SUMMARY] = rollup.summary
             if rollup.location is not None:
                 attrs[A.N_PLUS_ONE_CODE_LOCATION] = f"{rollup.location[0]}:{rollup.location[1]}"
+                if len(rollup.location) > 3:
+                    attrs[A.N_PLUS_ONE_PYTHON_LOCATION] = rollup.location[3]
             if rollup.relationship is not None:
                 relationship, suggestion = relationship_fix(rollup.relationship)
                 if relationship:
@@ -206,6 +222,10 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
         if request.extras:
             attrs.update(request.extras)
+        if request.calls:
+            attrs.update(
+                nosql_rollup(request.calls, self._thresholds.n_plus_one, self._thresholds.statement_max_length)
+            )
         return self._scrub(span, attrs, list(request.events) if request.events else None)
 
     def _scrub(

@@ -17,6 +17,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span
 
 from .. import attributes as A
 from .. import metric_names as M
+from .._nosql import KIND_QUERY
+from .._route import route_labels
 from .._sdk_compat import records_instrument
 from .._sql import OPERATIONS
 from .record import Query, Request, Rollup
@@ -24,9 +26,14 @@ from .record import Query, Request, Rollup
 MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
 OTHER = "_OTHER"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_$]{0,62}){0,2}")
+_COMMAND = re.compile(r"[A-Z][A-Z0-9_.]{0,31}(?: [A-Z][A-Z0-9_]{0,31})?")  # a non-SQL command label
 
 
 class MetricsSink:
+    #: calls to key-value and document stores reach this sink too: their durations, under their own
+    #: db.system.name, in db.client.operation.duration (and nowhere else)
+    takes_calls = True
+
     def __init__(self, meter: Meter, meter_provider: Any, scope: str) -> None:
         self._provider = meter_provider
         self._scope = scope
@@ -77,9 +84,13 @@ class MetricsSink:
             table = table or analysis.table
         if not operation:
             operation = attrs.get("db.operation.name") or ""
+        sql = query.kind == KIND_QUERY
         if operation:
             # an operation keyword only: contrib's value is the statement's first piece, maybe a literal
-            labels["db.operation.name"] = operation.upper() if str(operation).lower() in OPERATIONS else OTHER
+            if sql:
+                labels["db.operation.name"] = operation.upper() if str(operation).lower() in OPERATIONS else OTHER
+            else:  # a command name (our analysis keeps only that): bounded by the store's command set
+                labels["db.operation.name"] = operation if _COMMAND.fullmatch(str(operation)) else OTHER
         if table:
             labels["db.collection.name"] = self.table(str(table))
         error = _error_type(span)
@@ -87,11 +98,11 @@ class MetricsSink:
             labels["error.type"] = error
         context = _context_of(span)
         self._db_duration.record(query.duration_ns / 1e9, labels, context=context)
-        if query.slow:
+        if sql and query.slow:
             self._slow.add(1, labels, context=context)
 
     def request(self, span: Any, request: Request, rollup: Rollup, route: str) -> None:
-        labels = {"http.route": route} if route else {}
+        _, labels = route_labels(span.attributes or {})  # http.route, or a Celery task's celery.task_name
         context = _context_of(span)
         self._request_db.record(rollup.db_ns / 1e9, labels, context=context)
         self._request_queries.record(rollup.count, labels, context=context)

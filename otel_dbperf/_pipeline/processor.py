@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
+from _thread import get_ident
 from itertools import islice
 from typing import Any
 
@@ -27,7 +28,8 @@ from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 from .. import _error_kind, _forksafe
 from .. import attributes as A
 from .._guard import internal_error
-from .._location import AppCode, lazy_loaded_relationship, location_of
+from .._location import SETUP, AppCode, lazy_loaded_relationship, location_of
+from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
 from .._resources import rss_bytes, thread_time_ns
 from .._sdk_compat import span_processors_of
 from ..settings import Settings
@@ -86,6 +88,8 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._per_query = settings.resource_samples == "query"  # and per DB span
         # span id -> the Query of an open client span, or the Request of a request's span
         self._open: dict[int, Any] = {}
+        # thread id -> ORM-level client spans open on it outside any request
+        self._loose_orm: dict[int, int] = {}
         # span id -> Query or Request (or [payload, consumers left]), for the exporters
         self._done: dict[int, Any] = {}
         self._consumers = 0
@@ -139,11 +143,15 @@ class DbPerfSpanProcessor(SpanProcessor):
                 orm = True
                 if request is not None:
                     request.open_orm += 1
-            query = _new(Query)  # inline new_query: no Python call on the hot path
+                else:  # outside any request: counted open on its thread, so its driver span is nested there
+                    loose = self._loose_orm
+                    thread = get_ident()
+                    loose[thread] = loose.get(thread, 0) + 1
+            query = _new(Query)  # new_query inlined: no Python call on the hot path
             query.request = request
             query.orm = orm
             query.params = query.plan = query.facts = None
-            query.repeat = 0
+            query.repeat = query.kind = 0  # kind: KIND_QUERY until its end says otherwise
             query.duplicate = False
             if self._per_query:
                 query.cpu_ns, query.rss_delta = thread_time_ns(), rss_bytes()
@@ -179,16 +187,20 @@ class DbPerfSpanProcessor(SpanProcessor):
             query.cpu_ns, query.rss_delta = -1, None
         request = query.request
         orm = query.orm
-        if orm and request is not None:
-            request.open_orm -= 1
+        if orm:
+            if request is not None:
+                request.open_orm -= 1
+            else:
+                _loose_ended(self._loose_orm)
         attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
         if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
             return  # an HTTP or other client span: not ours
         query.system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
         duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
         slow = query.slow = duration >= self._slow_ns
-        kind = _set_error_type(attrs) if span._status.status_code is _ERROR else None  # noqa: SLF001
+        error_kind = _set_error_type(attrs) if span._status.status_code is _ERROR else None  # noqa: SLF001
         statement = query.statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
+        kind = KIND_NOSQL if query.system in NOSQL_SYSTEMS else KIND_QUERY if statement is not None else KIND_SETUP
         query.location = None
         query.stack = ""
         query.relationship = None
@@ -203,25 +215,41 @@ class DbPerfSpanProcessor(SpanProcessor):
                 pass
             if frame is None or self._end_callers.get(id(frame.f_code)) is not frame.f_code:
                 frame = self._end_caller()
-            found, lazy = app.find(frame)
+            found, lazy, hint = app.walk(frame)
             if lazy is not None:
                 query.relationship = lazy_loaded_relationship(lazy)
+            if hint is SETUP:  # Django's connection setup issued it
+                kind = KIND_SETUP
+                hint = None
             if found is not None:
-                query.location = location_of(found)
+                query.location = location_of(found, hint)
                 if slow and duration >= self._stack_ns:
                     settings = self.settings
                     query.stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
-        nested = query.nested = request is not None and not orm and request.open_orm > 0
-        if kind is not None and not nested:
-            _error_kind.counted(kind, request)
-        if request is not None and statement is not None and not nested:
-            if len(request.records) < MAX_QUERIES_PER_REQUEST:
-                request.records.append(query)
-            else:
-                _count_overflow(request, query)
+            elif kind == KIND_NOSQL:
+                kind = KIND_NOSQL_FRAMEWORK  # no application frame: the framework's own traffic
+        query.kind = kind
+        if orm:
+            nested = False
+        elif request is not None:
+            nested = request.open_orm > 0
+        else:
+            nested = self._loose_orm.get(get_ident(), 0) > 0
+        query.nested = nested
+        if error_kind is not None and not nested:
+            _error_kind.counted(error_kind, request)
+        if kind == KIND_QUERY:
+            if request is not None and not nested:
+                if len(request.records) < MAX_QUERIES_PER_REQUEST:
+                    request.records.append(query)
+                else:
+                    _count_overflow(request, query)
+        elif kind == KIND_NOSQL and request is not None:
+            add_call(request, query)
         self._publish(span_id, query)
         submit = self._submit
-        if submit is not None and statement is not None and not nested:  # "connect" spans are no operation
+        # connection spans and setup statements are no operation of the application
+        if submit is not None and kind != KIND_SETUP and not nested:
             submit(span, query)
 
     def _end_caller(self) -> Any:
@@ -326,6 +354,16 @@ def _set_error_type(attrs: dict[str, Any]) -> str | None:
     if kind is not None:
         attrs[A.DB_ERROR_KIND] = kind
     return kind
+
+
+def _loose_ended(loose: dict[int, int]) -> None:
+    """An ORM-level client span outside any request ended on this thread."""
+    thread = get_ident()
+    left = loose.get(thread, 0) - 1
+    if left > 0:
+        loose[thread] = left
+    else:
+        loose.pop(thread, None)
 
 
 def _count_overflow(request: Request, query: Query) -> None:

@@ -78,7 +78,12 @@ class Query:
         "location",  # (file, line, function) of the application code that issued it, or None
         "stack",  # the application stack, for a query over the stack-trace threshold, else ""
         "relationship",  # the SQLAlchemy relationship it lazily loaded, or None
-        "nested",  # a driver span inside an ORM-level span of a request: not counted twice
+        "nested",  # a driver span inside an ORM-level span (of a request, or open on the thread): not counted twice
+        # KIND_QUERY a SQL query of the application; KIND_SETUP a connection span or a statement of the
+        # framework's connection setup (not a query: not counted, no slow flag); KIND_NOSQL a call to a
+        # key-value or document store (its own roll-up, see _nosql); KIND_NOSQL_FRAMEWORK one with no
+        # application frame on the stack (a worker's broker and result-backend traffic): not rolled up
+        "kind",
         # off the request thread
         "facts",  # its Analysis, once made (see analysis())
         "repeat",  # its rank among the request's queries of the same fingerprint (0: not counted)
@@ -94,10 +99,13 @@ class Query:
     slow: bool
     statement: Any
     system: Any
-    location: tuple[str, int, str] | None
+    # (file, line, function); for a query a template triggered, (template, template line, the
+    # view's function, "file:line" of the view)
+    location: tuple[Any, ...] | None
     stack: str
     relationship: Any
     nested: bool
+    kind: int
     facts: Analysis | None
     repeat: int
     duplicate: bool
@@ -123,6 +131,7 @@ def new_query(request: Request | None, orm: bool) -> Query:
     query.facts = None
     query.repeat = 0
     query.duplicate = False
+    query.kind = 0  # KIND_QUERY until its end says otherwise
     return query
 
 
@@ -134,7 +143,7 @@ class Request:
 
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss", "ended",
-        "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup",
+        "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup", "calls",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -158,6 +167,8 @@ class Request:
         #: events other hooks add to the request's root span (see :meth:`event`)
         self.events: list[Event] | None = None
         self._rollup: Rollup | None = None
+        #: the request's calls to key-value and document stores (see _nosql), None: none yet
+        self.calls: list[Query] | None = None
 
     # ---- request thread: figures of other concerns (pool waits, transactions) -------------
     def add(self, key: str, value: float) -> None:
@@ -262,7 +273,7 @@ class Rollup:
         self.fingerprint = worst_fp if self.detected else ""
         self.repeats = worst if self.detected else 0
         self.summary = ""
-        self.location: tuple[str, int, str] | None = None
+        self.location: tuple[Any, ...] | None = None
         self.relationship: Any = None
         if self.detected:
             first = None

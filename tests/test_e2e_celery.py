@@ -1,0 +1,223 @@
+"""Celery: a real worker (prefork and solo pools) under opentelemetry-instrument, a real Redis
+broker and result backend, real SQLite and PostgreSQL. A task is rolled up like a request, named by
+its task name; the worker's own broker and result-backend traffic is never counted in it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line
+from sqlalchemy import create_engine
+
+from otel_dbperf import attributes as A
+from otel_dbperf import metric_names as M
+from otel_dbperf.cli import EXIT_OK, main
+
+APP_FILE = str(APPS / "celery_tasks.py")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'celery.db'}"
+    else:
+        url = request.getfixturevalue("pg_sync_url")
+    from beyondsql_models import seed
+
+    engine = create_engine(url)
+    seed(engine)
+    engine.dispose()
+    return url
+
+
+@contextmanager
+def worker(env: dict[str, str], pool: str) -> Iterator[dict[str, Any]]:
+    cmd = [
+        str(BIN / "opentelemetry-instrument"),
+        str(BIN / "celery"),
+        "-A",
+        "celery_tasks",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        "1",
+        "-Q",
+        "beyondsql",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "warning",
+    ]
+    log = open(TESTS / f".celery-{os.getpid()}-{pool}.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info: dict[str, Any] = {"proc": proc, "log": log}
+    try:
+        yield info
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: the worker flushes its spans
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.seek(0)
+        info["output"] = log.read()
+        log.close()
+        os.unlink(log.name)
+
+
+def _client(redis_db: int) -> Any:
+    from celery import Celery
+
+    url = f"redis://127.0.0.1:6379/{redis_db}"
+    client = Celery("beyondsql_client", broker=url, backend=url)
+    client.conf.task_default_queue = "beyondsql"
+    return client
+
+
+def _purge(redis_db: int) -> None:
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    r.delete("beyondsql")  # tasks left over by an earlier, interrupted run
+
+
+def _statement(span: dict[str, Any]) -> str:
+    return str(span["attributes"].get("db.query.text") or span["attributes"].get("db.statement") or "")
+
+
+def _system(span: dict[str, Any]) -> str:
+    return str(span["attributes"].get("db.system.name") or span["attributes"].get("db.system") or "")
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_task_rollup_named_by_task_without_broker_traffic(
+    receiver: Any, db_url: str, redis_db: int, pool: str, tmp_path: Path
+) -> None:
+    _purge(redis_db)
+    env = base_env(receiver, APP_DB_URL=db_url, APP_REDIS_DB=str(redis_db), OTEL_METRICS_EXPORTER="otlp")
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
+    file = tmp_path / "spans.jsonl"  # for the report, beside the OTLP receiver
+    env.update(OTEL_TRACES_EXPORTER="otlp,otlp_json_file", DBPERF_FILE_PATH=str(file))
+    profiler = free_port()
+    if pool == "solo":  # the worker's own process serves the profiler
+        env["DBPERF_PROFILER_ADDR"] = f"127.0.0.1:{profiler}"
+    client = _client(redis_db)
+    with worker(env, pool) as w:
+        ran = client.send_task("beyondsql.writers_report").get(timeout=60)
+        hits = client.send_task("beyondsql.warm_cache", args=(7,)).get(timeout=60)
+        assert hits == 0
+
+        def tasks_done(spans: list[dict[str, Any]]) -> bool:
+            names = {s["attributes"].get("celery.task_name") for s in spans if s["kind"] == "CONSUMER"}
+            return {"beyondsql.writers_report", "beyondsql.warm_cache"} <= names
+
+        spans = receiver.wait_for(tasks_done, timeout=60)
+
+        def metrics_done(points: list[dict[str, Any]]) -> bool:
+            return any(
+                p["name"] == M.REQUEST_DB_QUERIES.name
+                and p["attributes"].get("celery.task_name") == "beyondsql.writers_report"
+                for p in points
+            )
+
+        try:
+            points = receiver.wait_for_metrics(metrics_done, timeout=60)
+        except AssertionError as exc:
+            w["log"].flush()
+            raise AssertionError(f"{exc}\nworker output:\n{Path(w['log'].name).read_text()}") from None
+        (task,) = [s for s in spans if s["attributes"].get("celery.task_name") == "beyondsql.writers_report"]
+
+        def result_stored(spans: list[dict[str, Any]]) -> bool:  # exported in a later batch than the task's
+            return any(s["trace_id"] == task["trace_id"] and "PUBLISH" in _statement(s) for s in spans)
+
+        spans = receiver.wait_for(result_stored)
+        history: list[dict[str, Any]] = []
+        if pool == "solo":
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the history gets the route when the task's span comes
+                status, body = get(f"http://127.0.0.1:{profiler}/profiler/slow-queries?threshold=0&limit=100")
+                assert status == 200, body
+                history = json.loads(body)["data"]["queries"]
+                if sum(q["route"] == "beyondsql.writers_report" for q in history) >= 11:
+                    break
+                time.sleep(0.2)
+    output = w["output"]
+    assert "internal error" not in output, output
+
+    (task,) = [s for s in spans if s["attributes"].get("celery.task_name") == "beyondsql.writers_report"]
+    a = task["attributes"]
+    # counts equal the SQL the task ran: no broker or result-backend command among them
+    assert ran["statements"] == 11 and ran["books"] == 20
+    assert a[A.DB_QUERY_COUNT] == ran["statements"], a
+    assert a[A.N_PLUS_ONE_DETECTED] is True
+    assert a[A.N_PLUS_ONE_REPEAT_COUNT] == 10
+    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_lazy')}"
+    assert A.NOSQL_CALL_COUNT not in a  # the worker's own Redis traffic is not the task's
+    in_task = [s for s in spans if s["trace_id"] == task["trace_id"] and _system(s) == "redis"]
+    assert in_task, "the result backend writes inside the task span"
+    for s in in_task:  # the result backend's SETEX + PUBLISH run inside the task's span
+        assert s["attributes"][A.QUERY_FRAMEWORK] is True and s["attributes"][A.QUERY_NOSQL] is True
+    broker = [s for s in spans if _system(s) == "redis" and s["trace_id"] != task["trace_id"]]
+    assert broker, "the worker's broker traffic is traced (and marked)"
+    loose = [s for s in broker if not s["parent_span_id"]]
+    assert loose and all(s["attributes"].get(A.QUERY_FRAMEWORK) is True for s in loose)
+    # a worker's blocking BRPOP lasts up to its timeout: framework calls are never flagged slow
+    framework = [s for s in spans if s["attributes"].get(A.QUERY_FRAMEWORK)]
+    assert not [s for s in framework if A.QUERY_SLOW in s["attributes"] or s["events"]]
+
+    # the task of the application's own Redis calls: its repeat, at its line
+    (warm,) = [s for s in spans if s["attributes"].get("celery.task_name") == "beyondsql.warm_cache"]
+    b = warm["attributes"]
+    assert b[A.DB_QUERY_COUNT] == 0
+    assert b[A.NOSQL_CALL_COUNT] == 7 and b["dbperf.nosql.redis.call_count"] == 7
+    assert b[A.NOSQL_REPEAT_DETECTED] is True and b[A.NOSQL_REPEAT_OPERATION] == "GET"
+    assert b[A.NOSQL_REPEAT_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_get')}"
+
+    # the profiler and the report name the task as the route; no broker command among the queries
+    if pool == "solo":
+        routes = [q["route"] for q in history]
+        assert routes.count("beyondsql.writers_report") == 11, history
+        assert not [q for q in history if "GET" in q["statement"] or "PUBLISH" in q["statement"]], history
+    out = io.StringIO()
+    assert main(["report", str(file), "--json"], out=out) == EXIT_OK
+    report = json.loads(out.getvalue())
+    (n1,) = report["n_plus_one"]
+    assert n1["route"] == "beyondsql.writers_report" and n1["max_repeat_count"] == 10
+    assert {r["route"] for r in report["routes"]} == {"beyondsql.writers_report", "beyondsql.warm_cache"}
+    assert sum(q["count"] for q in report["top_queries"]) == 11, report["top_queries"]
+    text = io.StringIO()
+    assert main(["report", str(file)], out=text) == EXIT_OK
+    assert "beyondsql.warm_cache: redis GET repeated up to 7x in 1 request(s) at " in text.getvalue()
+    assert ": use MGET" in text.getvalue()
+    (repeat,) = report["repeated_calls"]
+    assert (repeat["route"], repeat["system"], repeat["operation"], repeat["suggestion"]) == (
+        "beyondsql.warm_cache",
+        "redis",
+        "GET",
+        "MGET",
+    )
+
+    # metrics carry the task name
+    queries = [
+        p
+        for p in points
+        if p["name"] == M.REQUEST_DB_QUERIES.name
+        and p["attributes"].get("celery.task_name") == "beyondsql.writers_report"
+    ]
+    assert queries[-1]["sum"] == 11 and queries[-1]["count"] == 1
+    n1 = [p for p in points if p["name"] == M.DB_N_PLUS_ONE.name]
+    assert {p["attributes"].get("celery.task_name") for p in n1} == {"beyondsql.writers_report"}
