@@ -75,12 +75,13 @@ class Pipeline:
                     db.set_attribute("db.query.text", f"SELECT * FROM t WHERE id = {i} AND s = 'secret'")
 
     def locks(self) -> list[Any]:
-        """Every lock of otel-dbperf's reachable from here (read when used: the child's are new)."""
+        """Every lock of otel-dbperf's reachable from here (read when used: the child's are new), in the
+        order the code nests them (the derivation thread analyses a request under its own lock)."""
         return [
             _processor._SHARED_LOCK,
             _processor._OVERFLOW_LOCK,
-            _record.ANALYSIS_LOCK,
             self.deriver._lock,
+            _record.ANALYSIS_LOCK,
             self.history._lock,
             self.explainer._lock,
             self.explainer._limiter._lock,
@@ -149,13 +150,17 @@ def test_children_forked_while_every_lock_is_held_still_trace_and_exit(pipeline:
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        locks = pipeline.locks()
-        for lock in locks:
-            lock.acquire()
-        held.set()
-        release.wait()
-        for lock in reversed(locks):
-            lock.release()
+        taken = []
+        try:
+            for lock in pipeline.locks():
+                if not lock.acquire(timeout=30):  # never blocks for good: later tests need these locks
+                    return
+                taken.append(lock)
+            held.set()
+            release.wait()
+        finally:
+            for lock in reversed(taken):
+                lock.release()
 
     holding = threading.Thread(target=holder, daemon=True)
     holding.start()

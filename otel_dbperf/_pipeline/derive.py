@@ -5,7 +5,8 @@ The request thread only appends ``(span, Query or Request)`` to a bounded queue 
 metric collection (an observable callback), so an export or a scrape sees every span that
 ended before it. A drain takes the spans queued when it starts: a producer faster than
 the sinks never keeps it (nor a collection waiting on it) going. Past :data:`MAX_QUEUE`
-spans, new ones are dropped and counted (``dbperf.metrics.dropped``).
+spans, new ones are dropped and counted (``dbperf.metrics.dropped``). Lock order: a drain holds
+the deriver's lock while a request is analysed under ``record.ANALYSIS_LOCK``, never the reverse.
 
 A sink (:class:`Sink`) gets each query with its analysis made, and each request with its
 :class:`~.record.Rollup` and route: the metrics (:mod:`.metrics_sink`), the slow-query log
