@@ -50,6 +50,8 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
+from ._nosql import NOSQL_SYSTEMS
+
 _MAX_SCAN = 16 * 1024  # characters of a statement that are looked at
 _MAX_SCAN_SECONDS = 0.1  # past this an analysis fails closed (summary only)
 _CACHE_MAX_LEN = 4096  # statements up to this are cached by value
@@ -75,27 +77,7 @@ _SYSTEMS = {
     "oracle.db": ORACLE,
     "redis": REDIS,
     "valkey": REDIS,
-    **{
-        name: COMMANDS
-        for name in (
-            "memcached",
-            "mongodb",
-            "elasticsearch",
-            "opensearch",
-            "cassandra",
-            "scylla",
-            "couchbase",
-            "couchdb",
-            "dynamodb",
-            "aws.dynamodb",
-            "azure.cosmosdb",
-            "cosmosdb",
-            "hbase",
-            "geode",
-            "neo4j",
-            "influxdb",
-        )
-    },  # fmt: skip
+    **{name: COMMANDS for name in NOSQL_SYSTEMS if name not in ("redis", "valkey")},  # the other stores
 }
 
 

@@ -203,3 +203,17 @@ def server_output(info: dict[str, Any]) -> str:
 def spans_named(spans: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
     rx = re.compile(pattern)
     return [s for s in spans if rx.search(s["name"])]
+
+
+def seeded_db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_name: str, seed: Any) -> str:
+    """For a fixture parametrized ``sqlite``/``postgresql``: the database URL, seeded by ``seed(engine)``."""
+    from sqlalchemy import create_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / sqlite_name}"
+    else:
+        url = request.getfixturevalue("pg_sync_url")
+    engine = create_engine(url)
+    seed(engine)
+    engine.dispose()
+    return str(url)

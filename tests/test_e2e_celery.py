@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line
-from sqlalchemy import create_engine
+from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line, seeded_db_url
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
@@ -28,16 +27,9 @@ APP_FILE = str(APPS / "celery_tasks.py")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'celery.db'}"
-    else:
-        url = request.getfixturevalue("pg_sync_url")
     from beyondsql_models import seed
 
-    engine = create_engine(url)
-    seed(engine)
-    engine.dispose()
-    return url
+    return seeded_db_url(request, tmp_path, "celery.db", seed)
 
 
 @contextmanager

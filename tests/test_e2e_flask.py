@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, base_env, get, marker_line, serve, server_output
+from conftest import APPS, base_env, get, marker_line, seeded_db_url, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
@@ -31,16 +31,9 @@ def _statement(span: dict[str, Any]) -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-    else:
-        url = request.getfixturevalue("pg_sync_url")
     from models import seed
 
-    engine = create_engine(url)
-    seed(engine)
-    engine.dispose()
-    return url
+    return seeded_db_url(request, tmp_path, "app.db", seed)
 
 
 def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, base_env, get, marker_line, serve, server_output
-from sqlalchemy import create_engine
+from conftest import APPS, base_env, get, marker_line, seeded_db_url, serve, server_output
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
@@ -27,16 +26,9 @@ def template_line(path: Path, name: str) -> int:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'kv.db'}"
-    else:
-        url = request.getfixturevalue("pg_sync_url")
     from beyondsql_models import seed
 
-    engine = create_engine(url)
-    seed(engine)
-    engine.dispose()
-    return url
+    return seeded_db_url(request, tmp_path, "kv.db", seed)
 
 
 def _system(span: dict[str, Any]) -> str:
