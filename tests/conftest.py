@@ -180,17 +180,7 @@ def serve(
             time.sleep(0.1)
         yield info
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.seek(0)
-        info["output"] = log.read()
-        log.close()
-        os.unlink(log.name)
+        stop_group(proc, log, info, 15)
 
 
 def server_output(info: dict[str, Any]) -> str:
@@ -217,3 +207,19 @@ def seeded_db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_name: s
     seed(engine)
     engine.dispose()
     return str(url)
+
+
+def stop_group(proc: subprocess.Popen[Any], log: Any, info: dict[str, Any], timeout: float) -> None:
+    """End a server started in its own process group (SIGTERM, then SIGKILL after ``timeout`` s);
+    its output (a temporary file) goes to ``info["output"]``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log.seek(0)
+    info["output"] = log.read()
+    log.close()
+    os.unlink(log.name)

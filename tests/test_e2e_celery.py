@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line, seeded_db_url
+from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line, seeded_db_url, stop_group
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
@@ -58,17 +57,7 @@ def worker(env: dict[str, str], pool: str) -> Iterator[dict[str, Any]]:
     try:
         yield info
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: the worker flushes its spans
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.seek(0)
-        info["output"] = log.read()
-        log.close()
-        os.unlink(log.name)
+        stop_group(proc, log, info, 30)  # SIGTERM is a warm shutdown: the worker flushes its spans
 
 
 def _client(redis_db: int) -> Any:

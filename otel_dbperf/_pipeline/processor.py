@@ -297,9 +297,8 @@ class DbPerfSpanProcessor(SpanProcessor):
             return slot[0]
 
 
-def open_query(span: Any) -> Query | None:
-    """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
-    the parameters' digest, the EXPLAIN plan), or None."""
+def _open_entry(span: Any) -> Any:
+    """What a processor of ``span``'s provider keeps for it while it is open (Query, Request), or None."""
     context = getattr(span, "_context", None)
     if context is None:
         return None
@@ -307,9 +306,16 @@ def open_query(span: Any) -> Query | None:
     for processor in span_processors_of(span):
         if processor.__class__ is DbPerfSpanProcessor:
             entry = processor._open.get(span_id)  # noqa: SLF001
-            if entry is not None and entry.__class__ is Query:
-                return entry  # type: ignore[no-any-return]
+            if entry is not None:
+                return entry
     return None
+
+
+def open_query(span: Any) -> Query | None:
+    """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
+    the parameters' digest, the EXPLAIN plan), or None."""
+    entry = _open_entry(span)
+    return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
 
 
 def current_request() -> Request | None:
@@ -319,18 +325,9 @@ def current_request() -> Request | None:
     transaction events): they add their per-request figures with :meth:`Request.add`.
     """
     try:
-        span = get_current_span()
-        context = getattr(span, "_context", None)
-        if context is None:
-            return None
-        span_id = context[1]
-        for processor in span_processors_of(span):
-            if processor.__class__ is DbPerfSpanProcessor:
-                entry = processor._open.get(span_id)  # noqa: SLF001
-                if entry is not None:
-                    request = entry if entry.__class__ is Request else entry.request
-                    if request is not None:
-                        return request  # type: ignore[no-any-return]
+        entry = _open_entry(get_current_span())
+        if entry is not None:
+            return entry if entry.__class__ is Request else entry.request  # type: ignore[no-any-return]
     except Exception as exc:  # noqa: BLE001
         internal_error("current_request", exc)
     return None
