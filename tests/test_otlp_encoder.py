@@ -441,10 +441,16 @@ def run_script(receiver: Receiver, tmp_path: Path, **extra: str) -> tuple[str, l
 
 
 def comparable(spans: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """What two runs of the same script share: no ids, no times, no CPU or memory figures."""
-    varying = {A.CPU_TIME_MS, "dbperf.memory.rss_bytes", "dbperf.memory.rss_delta_bytes", "dbperf.db.duration_ms"}
+    """What two runs of the same script share: no ids, no times (every ``*_ms`` figure: durations, pool
+    waits, transaction lengths), no CPU or memory figures."""
+    varying = {"dbperf.memory.rss_bytes", "dbperf.memory.rss_delta_bytes"}
     return sorted(
-        (s["name"], s["kind"], s["scope"], sorted((k, repr(v)) for k, v in s["attributes"].items() if k not in varying))
+        (
+            s["name"],
+            s["kind"],
+            s["scope"],
+            sorted((k, repr(v)) for k, v in s["attributes"].items() if k not in varying and not k.endswith("_ms")),
+        )
         for s in spans
     )
 
