@@ -223,3 +223,14 @@ def stop_group(proc: subprocess.Popen[Any], log: Any, info: dict[str, Any], time
     info["output"] = log.read()
     log.close()
     os.unlink(log.name)
+
+
+def data_points(data: Any, name: str) -> list[Any]:
+    """The data points of metric ``name`` in an in-memory reader's collection (None: none)."""
+    found: list[Any] = []
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    found.extend(metric.data.data_points)
+    return found

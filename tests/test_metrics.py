@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from app_code import queries
+from conftest import data_points
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -40,14 +41,7 @@ class Metered(Traced):
         """
         if fresh or self.data is None:
             self.data = self.reader.get_metrics_data()
-        data = self.data
-        found = []
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
+        return data_points(self.data, name)
 
 
 @pytest.fixture

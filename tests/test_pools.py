@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from conftest import data_points
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -57,14 +58,7 @@ class Setup:
         return {s.name: s for s in self.memory.get_finished_spans() if s.kind is SpanKind.SERVER}
 
     def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        found = []
-        for rm in data.resource_metrics if data else ():
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
+        return data_points(self.reader.get_metrics_data(), name)
 
 
 @pytest.fixture
