@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -118,6 +119,13 @@ def get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def get_json(url: str, token: str | None = None) -> Any:
+    """The JSON body of a GET (with a bearer token if given); raises on an HTTP error."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 def base_env(receiver: Receiver, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import base_env, free_port, get, marker_line, serve, server_output
+from conftest import base_env, free_port, get, get_json, marker_line, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
@@ -61,14 +61,6 @@ def test_slow_query_log_records_carry_the_trace_and_are_rate_limited(receiver: A
     assert len(app_records) == 5 and {r["trace_id"] for r in app_records} <= server_traces
 
 
-def _json(url: str, token: str | None = None) -> Any:
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Path) -> None:
     port = free_port()
     env = base_env(receiver, APP_DB_URL=_seeded(tmp_path), DBPERF_PROFILER_ADDR=f"127.0.0.1:{port}")
@@ -78,20 +70,20 @@ def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Pa
             assert get(srv["url"] + path)[0] == 200
         spans = receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" for x in s) >= 5)
         deadline = time.monotonic() + 10  # the history is fed every 0.5 s by the derivation thread
-        while (stats := _json(f"{api}/stats")["data"])["total_queries"] < 12 and time.monotonic() < deadline:
+        while (stats := get_json(f"{api}/stats")["data"])["total_queries"] < 12 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert stats["total_queries"] == 9 + 1 + 1 + 1, stats  # /authors is 1 + 8 (N+1)
         assert stats["slow_queries"] == 2
-        slow = _json(f"{api}/slow-queries?threshold=0.2&limit=5")["data"]
+        slow = get_json(f"{api}/slow-queries?threshold=0.2&limit=5")["data"]
         assert len(slow["queries"]) == 2
-        entry = _json(f"{api}/query-details/{slow['queries'][0]['id']}")["data"]
+        entry = get_json(f"{api}/query-details/{slow['queries'][0]['id']}")["data"]
         assert entry["code_location"].endswith(f"flask_app.py:{marker_line('flask_app.py', 'slow')}")
         assert entry["statement"] == entry["query"] == "SELECT dbperf_sleep(?)"
         assert entry["route"] == "/slow"  # from the request's root span
         assert entry["stack_trace"] == stack_lines(entry["stacktrace"]) and "parameters" not in entry
         assert entry["trace_id"] in {s["trace_id"] for s in spans}
-        assert _json(f"{api}/health")["status"] == "healthy"
-        report = _json(f"{api}/report?last_n_queries=100")["data"]
+        assert get_json(f"{api}/health")["status"] == "healthy"
+        report = get_json(f"{api}/report?last_n_queries=100")["data"]
         assert report["total_queries"] == 12
         assert "dbperf_books" in stats["queries_by_table"]
 

@@ -7,10 +7,11 @@ wait. A pool timeout, a statement timeout and a transaction that stays open are 
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conftest import base_env, get, serve, server_output
+from conftest import base_env, free_port, get, get_json, serve, server_output
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
@@ -40,6 +41,7 @@ def test_pool_waits_timeouts_and_transactions_under_server_threads(receiver: Any
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_METRIC_EXPORT_INTERVAL="50",
         DBPERF_LONG_TRANSACTION_MS="200",
+        DBPERF_PROFILER_ADDR=f"127.0.0.1:{(port := free_port())}",
     )
     # uvicorn runs the WSGI app on a pool of 10 threads, in one process. Under gunicorn (-w 1, gthread)
     # with this 50 ms export interval, the worker exported no metrics at all in 3 of 9 runs (only the
@@ -76,6 +78,10 @@ def test_pool_waits_timeouts_and_transactions_under_server_threads(receiver: Any
             ) from None
         spans = receiver.wait_for(lambda s: sum(x["name"] == "GET /hold" for x in s) == HOLDS)
         spans = receiver.wait_for(lambda s: any(x["name"] == "GET /exhaust" for x in s))
+        deadline = time.monotonic() + 10  # the profiler's history is fed by the derivation thread
+        while len(routes := get_json(f"http://127.0.0.1:{port}/profiler/stats")["data"]["requests_by_route"]) < 5:
+            assert time.monotonic() < deadline, routes
+            time.sleep(0.1)
         output = server_output(srv)
 
     # the pool metrics: pending requests seen, one wait-time point per checkout
@@ -116,6 +122,15 @@ def test_pool_waits_timeouts_and_transactions_under_server_threads(receiver: Any
     assert max(waited) >= 150
     slow = [e for r in holds for e in r["events"] if e["name"] == A.EVENT_POOL_WAIT]
     assert slow and all(e["attributes"][POOL] == "main" and e["attributes"][A.POOL_SIZE] == 2 for e in slow)
+
+    # the profiler shows the same waits and timeouts per route
+    hold_waits = [r["attributes"][A.DB_POOL_WAIT_MS] for r in holds]
+    row = routes["/hold"]
+    assert (row["requests"], row["db_queries"], row["pool_timeouts"]) == (HOLDS, HOLDS, 0), row
+    assert abs(row["pool_wait_ms"] - sum(hold_waits)) < 0.01 and row["max_pool_wait_ms"] == round(max(hold_waits), 3)
+    assert row["pool_waited_requests"] == HOLDS  # every one asked the pool for a connection
+    assert routes["/exhaust"]["pool_timeouts"] == 1 and routes["/exhaust"]["requests"] == 1
+    assert sorted(routes) == ["/exhaust", "/hold", "/idle_tx", "/ping", "/statement_timeout"]  # /ping: serve's probe
 
     # the pool timeout: classified on the connect span, counted on the request and in the metrics
     (exhaust,) = [s for s in spans if s["name"] == "GET /exhaust"]

@@ -7,11 +7,10 @@ from __future__ import annotations
 import io
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import base_env, free_port, get, serve, server_output
+from conftest import base_env, free_port, get, get_json, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
@@ -19,11 +18,6 @@ from otel_dbperf.cli import main
 
 APP = "suggest_app:app"
 NUMBER = 5_180_273_349 + 1
-
-
-def _json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def test_lazy_load_n_plus_one_names_its_fix_and_duplicates_are_counted(receiver: Any, tmp_path: Path) -> None:
@@ -53,10 +47,10 @@ def test_lazy_load_n_plus_one_names_its_fix_and_duplicates_are_counted(receiver:
         logs = receiver.wait_for_logs(lambda r: sum(x.get(A.N_PLUS_ONE_SUGGESTION) is not None
                                                     for x in (y["attributes"] for y in r)) >= 2)  # fmt: skip
         deadline = time.monotonic() + 10  # the history is fed every 0.5 s
-        while (stats := _json(f"{api}/stats")["data"])["total_queries"] < 24 and time.monotonic() < deadline:
+        while (stats := get_json(f"{api}/stats")["data"])["total_queries"] < 24 and time.monotonic() < deadline:
             time.sleep(0.1)
-        kept = _json(f"{api}/report?last_n_queries=100&top=100")["data"]["top_slow_queries"]
-        details = [json.dumps(_json(f"{api}/query-details/{q['id']}")) for q in kept]
+        kept = get_json(f"{api}/report?last_n_queries=100&top=100")["data"]["top_slow_queries"]
+        details = [json.dumps(get_json(f"{api}/query-details/{q['id']}")) for q in kept]
         output = server_output(srv)
     assert "internal error" not in output, output
 

@@ -133,6 +133,29 @@ def test_disabled_history_drops_and_reset_keeps_ids_increasing() -> None:
     assert history.get(1) is None
 
 
+def test_requests_by_route_sum_waits_keep_the_longest_and_are_capped(serve: Callable[..., ProfilerServer]) -> None:
+    history = QueryHistory(max_history=5)
+    history.add_request("/hold", 1, 0.1, 120.5, 0)
+    history.add_request("/hold", 1, 0.1, 0.0, 0)
+    history.add_request("/hold", 2, 0.3, 30.25, 1)
+    for i in range(MAX_KEYS + 5):
+        history.add_request(f"/r{i}", 0, 0.0, 1.0, 0)
+    history.add_request("", 0, 0.0, 0.0, 0)  # no route: counted under _none (or _other once full)
+    status, _, body = call(serve(history), "/profiler/stats")
+    routes = body["data"]["requests_by_route"]
+    assert status == 200 and len(routes) == MAX_KEYS + 1
+    assert routes["/hold"] == {
+        "requests": 3, "db_queries": 4, "db_duration_s": 0.5, "pool_wait_ms": 150.75, "max_pool_wait_ms": 120.5,
+        "pool_waited_requests": 2, "pool_timeouts": 1,
+    }  # fmt: skip
+    assert routes[OTHER]["requests"] == 7 and routes[OTHER]["pool_wait_ms"] == 6.0  # 6 routes past the cap, and ""
+    history.enabled = False
+    history.add_request("/hold", 1, 0.1, 5.0, 0)
+    assert history.totals()["requests_by_route"]["/hold"]["requests"] == 3  # disabled: not counted
+    history.reset()
+    assert history.totals()["requests_by_route"] == {}
+
+
 def test_add_never_raises_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_guard, "RERAISE", False)
     errors = _guard.errors

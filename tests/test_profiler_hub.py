@@ -25,6 +25,7 @@ def _hand_over(directory: Path, pid: int, n: int) -> None:
     for i in range(n):
         history.add(0.5 if i == 0 else 0.001, f"SELECT {i}", table="t", operation="SELECT", slow=i == 0,
                     timestamp=1000.0 + i)  # fmt: skip
+    history.add_request("/books", n, 0.5, 10.0 * pid, 1)
     rows = [dict(asdict(e), pid=pid) for e in history.entries()]
     totals = dict(history.totals(), pid=pid, memory_rss_bytes=1, cpu_time_s=0.0)
     (directory / f"{pid}.final.json").write_text(json.dumps({"totals": totals, "entries": rows}))
@@ -37,6 +38,9 @@ def test_exited_workers_are_folded_in_and_bounded(tmp_path: Path) -> None:
     t = merged.totals()
     assert t["total_queries"] == 24 and t["slow_queries"] == 3 and t["max_duration_s"] == 0.5
     assert t["queries_by_table"] == {"t": 24}
+    assert t["requests_by_route"] == {"/books": {"requests": 3, "db_queries": 24, "db_duration_s": 1.5,
+                                                 "pool_wait_ms": 3060.0, "max_pool_wait_ms": 1030.0,
+                                                 "pool_waited_requests": 3, "pool_timeouts": 3}}  # fmt: skip
     assert t["workers"] == {"live": 0, "pids": [], "unresponsive": 0, "exited": 3, "killed": 0, "lost_entries": 0}
     assert t["kept"] == 10  # the exited workers' entries: at most max_history in all
     assert list(tmp_path.iterdir()) == []  # the files are consumed
@@ -55,8 +59,10 @@ def test_a_killed_worker_keeps_its_last_seen_totals(tmp_path: Path) -> None:
         sock.bind(str(tmp_path / f"{pid}.sock"))
     merged._seen[pid] = {"total_queries": 7, "slow_queries": 1, "total_duration_s": 0.7, "max_duration_s": 0.3,
                          "queries_by_table": {"t": 7}, "queries_by_operation": {}, "kept": 7, "dropped": 0,
-                         "evicted": 0}  # fmt: skip
+                         "evicted": 0, "requests_by_route": {"/a": {"requests": 2, "pool_timeouts": 1}}}  # fmt: skip
+    merged.local.add_request("/a", 1, 0.1, 4.0, 0)
     t = merged.totals()
+    assert t["requests_by_route"]["/a"]["requests"] == 3 and t["requests_by_route"]["/a"]["pool_timeouts"] == 1
     assert t["total_queries"] == 7 and t["workers"]["killed"] == 1 and t["workers"]["lost_entries"] == 7
     assert not (tmp_path / f"{pid}.sock").exists()
     assert merged.totals()["workers"]["killed"] == 1  # counted once
@@ -71,6 +77,8 @@ def test_a_worker_answers_and_hands_over_at_exit(tmp_path: Path) -> None:
     merged.master_pid = -1  # the test process plays the worker; its entries must come over the socket
     t = merged.totals()
     assert t["workers"]["pids"] == [os.getpid()] and t["total_queries"] == 1 and endpoint.served == 1
+    history.add_request("/w", 1, 0.2, 7.0, 0)
+    assert merged.totals()["requests_by_route"]["/w"]["pool_wait_ms"] == 7.0  # asked over the socket
     [entry] = merged.entries()
     assert entry.id == (1 << H.PID_BITS) | os.getpid() and merged.get(entry.id) == entry
     merged.enabled = False

@@ -150,6 +150,8 @@ def test_recycled_workers_hand_their_queries_over(pg_app_env: Callable[..., dict
         assert stats["workers"]["killed"] == 0
         # every query is counted: the recycled workers handed theirs over at exit
         assert stats["total_queries"] == sent, stats
+        assert stats["requests_by_route"]["/n/<int:k>"]["requests"] == 120  # the routes are handed over too
+        assert stats["requests_by_route"]["/n/<int:k>"]["db_queries"] == sent
         assert _ok(f"{api}/report?last_n_queries=1000")["data"]["total_queries"] == min(1000, stats["history"]["kept"])
         output = server_output(srv)
     assert "Traceback" not in output, output

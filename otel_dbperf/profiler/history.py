@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -143,6 +144,34 @@ def _after_fork() -> None:
 _forksafe.register(_after_fork)
 
 
+#: a route's request figures in the totals: those summed, and the one kept as a maximum
+ROUTE_SUMS = ("requests", "db_queries", "db_duration_s", "pool_wait_ms", "pool_waited_requests", "pool_timeouts")
+ROUTE_MAXES = ("max_pool_wait_ms",)
+
+
+def add_route(routes: dict[str, dict[str, float]], route: str, figures: Mapping[str, float]) -> None:
+    """Add one request's (or a whole route row's) figures to ``routes`` under ``route``: at most
+    :data:`MAX_KEYS` routes, the rest fold into :data:`OTHER`."""
+    key = route or NONE
+    row = routes.get(key)
+    if row is None:
+        if len(routes) >= MAX_KEYS:
+            key = OTHER
+            row = routes.get(key)
+        if row is None:
+            row = routes[key] = dict.fromkeys(ROUTE_SUMS + ROUTE_MAXES, 0)
+    for name in ROUTE_SUMS:
+        row[name] += figures.get(name, 0)
+    for name in ROUTE_MAXES:
+        value = figures.get(name, 0)
+        if value > row[name]:
+            row[name] = value
+
+
+def copy_routes(routes: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    return {route: dict(row) for route, row in routes.items()}
+
+
 def _bump(counts: dict[str, int], key: str) -> None:
     key = key or NONE
     if key in counts or len(counts) < MAX_KEYS:
@@ -180,6 +209,7 @@ class QueryHistory:
         self.max_duration_s = 0.0
         self.by_table: dict[str, int] = {}
         self.by_operation: dict[str, int] = {}
+        self.by_route: dict[str, dict[str, float]] = {}  # see add_request
         self.dropped = 0  # offered while disabled
         self.evicted = 0  # pushed out of the window by newer entries
 
@@ -265,6 +295,28 @@ class QueryHistory:
             internal_error("profiler.add", exc)
             return 0
 
+    def add_request(
+        self, route: str, db_queries: int, db_duration_s: float, pool_wait_ms: float, pool_timeouts: int
+    ) -> None:
+        """Count one finished request (web request, task, profile session) under its route: its
+        queries and DB time, how long it waited for pooled connections and its pool timeouts."""
+        try:
+            if not self.enabled:
+                return  # its queries were counted as dropped
+            figures = {
+                "requests": 1,
+                "db_queries": int(db_queries),
+                "db_duration_s": float(db_duration_s),
+                "pool_wait_ms": float(pool_wait_ms),
+                "pool_waited_requests": int(pool_wait_ms > 0),
+                "pool_timeouts": int(pool_timeouts),
+                "max_pool_wait_ms": float(pool_wait_ms),
+            }
+            with self._lock:
+                add_route(self.by_route, route, figures)
+        except Exception as exc:  # noqa: BLE001 - never into the exporter thread
+            internal_error("profiler.add_request", exc)
+
     def entries(self, last_n: int | None = None) -> list[QueryEntry]:
         """A snapshot of the kept entries, oldest first (the last ``last_n`` if given)."""
         with self._lock:
@@ -298,6 +350,7 @@ class QueryHistory:
                 "max_duration_s": self.max_duration_s,
                 "queries_by_table": dict(self.by_table),
                 "queries_by_operation": dict(self.by_operation),
+                "requests_by_route": copy_routes(self.by_route),
                 "kept": len(self._entries),
                 "max_history": self.max_history,
                 "dropped": self.dropped,

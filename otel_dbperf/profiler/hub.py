@@ -38,7 +38,7 @@ from typing import Any
 from .. import _forksafe
 from .._guard import internal_error
 from .._resources import rss_bytes
-from .history import MAX_KEYS, OTHER, QueryEntry, QueryHistory, slowest_first
+from .history import MAX_KEYS, OTHER, QueryEntry, QueryHistory, add_route, copy_routes, slowest_first
 
 #: The master's directory and pid, for its workers (set in the master's environment, inherited
 #: by forked and spawned workers alike). Internal: not a setting.
@@ -268,6 +268,15 @@ def _add_counts(into: dict[str, int], counts: Mapping[str, int]) -> None:
         into[key] = into.get(key, 0) + int(value)
 
 
+def _add_routes(into: dict[str, dict[str, float]], routes: Mapping[str, Mapping[str, float]]) -> None:
+    for route, row in routes.items():
+        add_route(into, route, row)
+
+
+#: the totals' keys that hold counts by name (merged name by name, not summed)
+_BY_KEY = ("_by_table", "_by_operation", "_by_route")
+
+
 class MergedHistory:
     """The master's view: its own history, every live worker's, and what exited workers handed over.
 
@@ -292,7 +301,7 @@ class MergedHistory:
         self._retired.clear()
         self._retired_totals: dict[str, Any] = {
             "total_queries": 0, "slow_queries": 0, "total_duration_s": 0.0, "max_duration_s": 0.0,
-            "queries_by_table": {}, "queries_by_operation": {}, "dropped": 0, "evicted": 0,
+            "queries_by_table": {}, "queries_by_operation": {}, "requests_by_route": {}, "dropped": 0, "evicted": 0,
         }  # fmt: skip
         self.exited = 0  # workers whose hand-over was folded in
         self.killed = 0  # workers gone without one: their totals as last seen are kept
@@ -317,6 +326,7 @@ class MergedHistory:
         r["max_duration_s"] = max(r["max_duration_s"], float(totals.get("max_duration_s", 0.0)))
         _add_counts(r["queries_by_table"], totals.get("queries_by_table", {}))
         _add_counts(r["queries_by_operation"], totals.get("queries_by_operation", {}))
+        _add_routes(r["requests_by_route"], totals.get("requests_by_route", {}))
 
     def _workers(self) -> list[tuple[int, str]]:
         """The live workers' (pid, socket path), after folding in what exited ones left."""
@@ -379,10 +389,11 @@ class MergedHistory:
             local = _totals_with_process(self.local)
             everyone = [local] + [t for _, t in answers]
             merged: dict[str, Any] = {
-                key: value for key, value in self._retired_totals.items() if not key.startswith("queries_by")
+                key: value for key, value in self._retired_totals.items() if not key.endswith(_BY_KEY)
             }
             merged["queries_by_table"] = dict(self._retired_totals["queries_by_table"])
             merged["queries_by_operation"] = dict(self._retired_totals["queries_by_operation"])
+            merged["requests_by_route"] = copy_routes(self._retired_totals["requests_by_route"])
             merged["kept"] = len(self._retired)
             merged["memory_rss_bytes"] = 0
             merged["cpu_time_s"] = 0.0
@@ -394,6 +405,7 @@ class MergedHistory:
                 merged["max_duration_s"] = max(merged["max_duration_s"], float(t["max_duration_s"]))
                 _add_counts(merged["queries_by_table"], t["queries_by_table"])
                 _add_counts(merged["queries_by_operation"], t["queries_by_operation"])
+                _add_routes(merged["requests_by_route"], t.get("requests_by_route", {}))
             merged["enabled"] = self.local.enabled
             merged["max_history"] = self.max_history
             merged["workers"] = {

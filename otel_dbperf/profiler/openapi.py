@@ -123,6 +123,21 @@ def _schemas() -> dict[str, Any]:
             "enabled": _BOOL,
             "queries_by_table": _COUNTS,
             "queries_by_operation": _COUNTS,
+            "requests_by_route": {
+                "type": "object",
+                "description": "finished requests by route (at most 100 routes, the rest under _other)",
+                "additionalProperties": _object(
+                    {
+                        "requests": _INT,
+                        "db_queries": _INT,
+                        "db_duration_s": _NUM,
+                        "pool_wait_ms": {**_NUM, "description": "summed wait for a pooled connection"},
+                        "max_pool_wait_ms": {**_NUM, "description": "the longest wait of one request"},
+                        "pool_waited_requests": {**_INT, "description": "requests that waited at all"},
+                        "pool_timeouts": {**_INT, "description": "checkouts that timed out"},
+                    }
+                ),
+            },
             "history": _object({"kept": _INT, "max_history": _INT, "dropped": _INT, "evicted": _INT}),
             "process": _object({"memory_rss_bytes": _INT, "memory_usage_mb": _NUM, "cpu_time_s": _NUM}),
             "workers": _object(

@@ -124,6 +124,22 @@ def _aggregate(entries: list[QueryEntry]) -> dict[str, Any]:
     return data
 
 
+def _routes(routes: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each route's request figures as the API gives them (durations rounded to the microsecond)."""
+    return {
+        route: {
+            "requests": int(row["requests"]),
+            "db_queries": int(row["db_queries"]),
+            "db_duration_s": round(row["db_duration_s"], 6),
+            "pool_wait_ms": round(row["pool_wait_ms"], 3),
+            "max_pool_wait_ms": round(row["max_pool_wait_ms"], 3),
+            "pool_waited_requests": int(row["pool_waited_requests"]),
+            "pool_timeouts": int(row["pool_timeouts"]),
+        }
+        for route, row in routes.items()
+    }
+
+
 def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 3) if whole else 0.0
 
@@ -198,6 +214,7 @@ class _API:
             "total_duration_s": t["total_duration_s"],
             "queries_by_table": t["queries_by_table"],
             "queries_by_operation": t["queries_by_operation"],
+            "requests_by_route": _routes(t["requests_by_route"]),
             "history": {
                 "kept": t["kept"],
                 "max_history": t["max_history"],

@@ -81,3 +81,11 @@ class HistorySink:
 
     def request(self, span: Any, request: Request, rollup: Rollup, route: str) -> None:
         self._pending.done(request, route)
+        extras = request.extras or {}
+        self.history.add_request(
+            route or str(getattr(span, "name", "") or ""),
+            rollup.count,
+            rollup.db_ns / 1e9,
+            float(extras.get(A.DB_POOL_WAIT_MS, 0.0)),
+            int(extras.get(A.DB_POOL_TIMEOUTS, 0)),
+        )
