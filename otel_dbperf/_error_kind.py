@@ -3,8 +3,9 @@
 :func:`classify` reads the *structure* of the exception, never its text: the SQLSTATE a
 PostgreSQL driver attaches (psycopg ``sqlstate``, psycopg2 ``pgcode``, asyncpg ``sqlstate``),
 the server error number of a MySQL/MariaDB driver (``errno``, or ``args[0]`` for PyMySQL and
-mysqlclient), and SQLAlchemy's pool ``TimeoutError``. It follows SQLAlchemy's wrapping
-(``.orig``) and the exception chain (``__cause__``) a few steps.
+mysqlclient; never its SQLSTATE, whose codes mean other things than PostgreSQL's), and
+SQLAlchemy's pool ``TimeoutError``. It follows SQLAlchemy's wrapping (``.orig``) and the exception
+chain (``__cause__``) a few steps.
 
 The kinds are the values of ``dbperf.db.error.kind`` (design.md section 4):
 
@@ -59,14 +60,16 @@ def _own_kind(exc: BaseException) -> str | None:
     module = cls.__module__ or ""
     if cls.__name__ == "TimeoutError" and module == "sqlalchemy.exc":
         return POOL_TIMEOUT
-    for name in ("sqlstate", "pgcode"):
-        code = getattr(exc, name, None)
-        if isinstance(code, str):
-            kind = SQLSTATES.get(code)
-            if kind is not None:
-                return kind
     if not module.startswith(_ARGS_ERRNO_MODULES):
+        for name in ("sqlstate", "pgcode"):
+            code = getattr(exc, name, None)
+            if isinstance(code, str):
+                kind = SQLSTATES.get(code)
+                if kind is not None:
+                    return kind
         return None
+    # A MySQL driver: the server's error number decides. Its SQLSTATE (PyMySQL sets ``sqlstate``)
+    # is not PostgreSQL's: a MySQL deadlock (1213) is SQLSTATE 40001, PostgreSQL's serialization failure.
     number = getattr(exc, "errno", None)
     if not isinstance(number, int):
         args = exc.args

@@ -52,6 +52,25 @@ def pg_user() -> str:
     return os.environ.get("PGUSER", "postgres")
 
 
+MARIA_URL = "mysql+pymysql://root:@127.0.0.1:3306/test"
+
+
+def maria_connect(autocommit: bool = False) -> Any:
+    """A PyMySQL connection to MariaDB on 127.0.0.1:3306, database ``test`` (skips without it,
+    fails under DBPERF_REQUIRE_SERVICES=1)."""
+    import pymysql
+
+    try:
+        return pymysql.connect(
+            host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=autocommit
+        )
+    except Exception as exc:  # noqa: BLE001
+        reason = f"MariaDB at 127.0.0.1:3306/test not reachable: {exc}"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB = 11  # the tests' own Redis database number (the server may be shared)
 

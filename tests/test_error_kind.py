@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import REQUIRE_SERVICES
+from conftest import maria_connect
 from sqlalchemy import create_engine, exc, text
 
 from otel_dbperf._error_kind import classify
@@ -162,20 +162,8 @@ def test_pool_timeout_of_a_real_queue_pool(pg_sync_url: str) -> None:
         engine.dispose()
 
 
-def _maria() -> Any:
-    import pymysql
-
-    try:
-        return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test")
-    except Exception as err:  # noqa: BLE001
-        reason = f"MariaDB at 127.0.0.1:3306/test not reachable: {err}"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-
-
 def test_mariadb_lock_wait_timeout_and_statement_timeout() -> None:
-    holder, waiter = _maria(), _maria()
+    holder, waiter = maria_connect(), maria_connect()
     try:
         with holder.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -200,3 +188,63 @@ def test_mariadb_lock_wait_timeout_and_statement_timeout() -> None:
         with holder.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
         holder.close()
+
+
+def test_mariadb_deadlock() -> None:
+    import pymysql
+
+    setup = maria_connect(autocommit=True)
+    with setup.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        cur.execute(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, n INT) ENGINE=InnoDB")
+        cur.execute(f"INSERT INTO {TABLE} VALUES (1, 0), (2, 0)")
+    errors: list[BaseException] = []
+    both_locked = threading.Barrier(2, timeout=10)
+
+    def transaction(first: int, second: int) -> None:
+        conn = maria_connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 20")
+                cur.execute(f"UPDATE {TABLE} SET n = n + 1 WHERE id = %s", (first,))
+                both_locked.wait()
+                cur.execute(f"UPDATE {TABLE} SET n = n + 1 WHERE id = %s", (second,))
+            conn.commit()
+        except pymysql.err.MySQLError as err:
+            errors.append(err)
+            conn.rollback()
+        finally:
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=transaction, args=ab) for ab in ((1, 2), (2, 1))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(errors) == 1, errors  # InnoDB rolls one of the two back
+        assert errors[0].args[0] == 1213
+        assert classify(errors[0]) == "deadlock"
+    finally:
+        with setup.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        setup.close()
+
+
+def test_mysql_max_execution_time_as_pymysql_raises_it() -> None:
+    """MySQL's 3024 (``max_execution_time``): no MySQL server here (MariaDB says 1969 instead), so
+    the error packet MySQL sends is parsed by PyMySQL's own reader, the exception the app would get."""
+    import struct
+
+    import pymysql
+
+    packet = b"\xff" + struct.pack("<H", 3024) + b"#HY000" + b"Query execution was interrupted, maximum statement"
+    err = _raised(lambda: pymysql.err.raise_mysql_exception(packet))
+    assert isinstance(err, pymysql.err.OperationalError) and err.args[0] == 3024
+    assert classify(err) == "statement_timeout"
+    wrapped = _raised(lambda: _reraise_as_sqlalchemy(err))
+    assert isinstance(wrapped, exc.OperationalError) and classify(wrapped) == "statement_timeout"
+
+
+def _reraise_as_sqlalchemy(err: BaseException) -> None:
+    raise exc.OperationalError("SELECT ?", {}, err) from err

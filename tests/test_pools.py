@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from conftest import data_points
+from conftest import MARIA_URL, data_points, maria_connect
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -193,6 +194,67 @@ def test_a_statement_timeout_is_on_the_span_the_request_and_the_counter(setup: S
     assert query.attributes is not None and query.attributes[A.DB_ERROR_KIND] == "statement_timeout"
     errors = {p.attributes[A.DB_ERROR_KIND]: p.value for p in setup.points(M.DB_ERRORS.name) if p.value}
     assert errors == {"statement_timeout": 1}
+
+
+def test_a_mariadb_deadlock_and_lock_wait_through_sqlalchemy(setup: Setup) -> None:
+    """Two requests that lock two rows in opposite orders: InnoDB rolls one back (1213, whose
+    SQLSTATE 40001 is no serialization failure here); then a lock wait that times out (1205)."""
+    table = f"dbperf_pools_dl_{os.getpid()}"
+    admin = maria_connect(autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, n INT) ENGINE=InnoDB")
+        cur.execute(f"INSERT INTO {table} VALUES (1, 0), (2, 0)")
+    engine = sqlalchemy.create_engine(MARIA_URL, pool_size=2, max_overflow=0)
+    both_locked = threading.Barrier(2, timeout=10)
+    failed: list[str] = []
+
+    def transaction(first: int, second: int) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"UPDATE {table} SET n = n + 1 WHERE id = :id"), {"id": first})
+                both_locked.wait()
+                conn.execute(text(f"UPDATE {table} SET n = n + 1 WHERE id = :id"), {"id": second})
+        except exc.OperationalError as err:
+            failed.append(f"{first}: {err.orig.args[0]}")
+
+    def lock_wait() -> None:
+        with engine.connect() as holder, engine.connect() as waiter:
+            holder.execute(text(f"SELECT n FROM {table} WHERE id = 1 FOR UPDATE"))
+            waiter.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+            with pytest.raises(exc.OperationalError):
+                waiter.execute(text(f"UPDATE {table} SET n = 0 WHERE id = 1"))
+            waiter.rollback()
+            holder.rollback()
+
+    try:
+        threads = [
+            threading.Thread(target=_request, args=(setup, f"GET /transfer/{ab[0]}", lambda ab=ab: transaction(*ab)))
+            for ab in ((1, 2), (2, 1))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        _request(setup, "GET /lock", lock_wait)
+    finally:
+        engine.dispose()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        admin.close()
+    assert len(failed) == 1 and failed[0].endswith(": 1213"), failed
+    victim = setup.roots()[f"GET /transfer/{failed[0][0]}"]
+    assert victim.attributes is not None and victim.attributes[A.DB_DEADLOCKS] == 1
+    kinds = sorted(
+        str(s.attributes[A.DB_ERROR_KIND])
+        for s in setup.memory.get_finished_spans()
+        if s.attributes and A.DB_ERROR_KIND in s.attributes
+    )
+    assert kinds == ["deadlock", "lock_timeout"]
+    lock = setup.roots()["GET /lock"]
+    assert lock.attributes is not None and lock.attributes[A.DB_LOCK_TIMEOUTS] == 1
+    errors = {p.attributes[A.DB_ERROR_KIND]: p.value for p in setup.points(M.DB_ERRORS.name) if p.value}
+    assert errors == {"deadlock": 1, "lock_timeout": 1}
 
 
 def test_transactions_per_request_and_idle_in_transaction(setup: Setup, pg_sync_url: str) -> None:
