@@ -405,8 +405,8 @@ def _instructions_child(variant: str, n: int, gc_off: bool, port: int, samples: 
     )
     chosen = variants[name]
     chosen.run(300)  # warm-up, flushed on another thread
+    gc.collect()  # in the run without queries too: its ~20M instructions are no query's
     if n:
-        gc.collect()
         if gc_off:
             gc.disable()
         chosen.run(n)

@@ -140,7 +140,7 @@ class AppCode:
         """:meth:`find`, and a hint: None; :data:`SETUP` when Django's connection setup issued the
         statement; or ``(template path, template line)`` when a Django or Jinja2 template triggered it
         (then the application frame returned is the first Python one above the template)."""
-        cached = self._cache.get
+        cache = self._cache
         glet = None
         lazy = None
         hint: Any = None
@@ -149,34 +149,39 @@ class AppCode:
                 frame, glet = _parent_greenlet_frame(glet)
                 if frame is None:
                     return None, lazy, hint
+            # the hot loop: most frames are a library's, known by their file (a dict subscript costs
+            # less than a call of dict.get; a miss, once per file, raises)
+            try:
+                verdict = cache[frame.f_code.co_filename]
+            except KeyError:
+                verdict = self._verdict(frame.f_code.co_filename)
+            if verdict is False:
+                frame = frame.f_back
+                continue
+            if verdict is True:
+                return frame, lazy, hint
             code = frame.f_code
-            verdict = cached(code.co_filename)
-            if verdict is not False:
-                if verdict is None:
-                    verdict = self._verdict(code.co_filename)
-                if verdict is True:
-                    return frame, lazy, hint
-                if verdict == _LAZY_FILE:
-                    if lazy is None:
-                        if self._lazy_code is None:
-                            self._lazy_code = _lazy_loader_code(sys.modules.get(_STRATEGIES))
-                        if code is self._lazy_code:
-                            lazy = frame
-                elif verdict == _DJANGO_TEMPLATE_FILE:
+            if verdict == _LAZY_FILE:
+                if lazy is None:
+                    if self._lazy_code is None:
+                        self._lazy_code = _lazy_loader_code(sys.modules.get(_STRATEGIES))
+                    if code is self._lazy_code:
+                        lazy = frame
+            elif verdict == _DJANGO_TEMPLATE_FILE:
+                if hint is None:
+                    hint = self._django_template(frame)
+            elif verdict == _DJANGO_DB_FILE:
+                if self._connect_code is None:
+                    self._connect_code = _django_connect_code()
+                if code is self._connect_code:
+                    hint = SETUP
+            elif verdict in (_TEMPLATE_APP, _TEMPLATE_LIB):
+                template = frame.f_globals.get("__jinja_template__")
+                if template is not None:
                     if hint is None:
-                        hint = self._django_template(frame)
-                elif verdict == _DJANGO_DB_FILE:
-                    if self._connect_code is None:
-                        self._connect_code = _django_connect_code()
-                    if code is self._connect_code:
-                        hint = SETUP
-                elif verdict in (_TEMPLATE_APP, _TEMPLATE_LIB):
-                    template = frame.f_globals.get("__jinja_template__")
-                    if template is not None:
-                        if hint is None:
-                            hint = _jinja_line(template, code.co_filename, frame.f_lineno)
-                    elif verdict == _TEMPLATE_APP:
-                        return frame, lazy, hint
+                        hint = _jinja_line(template, code.co_filename, frame.f_lineno)
+                elif verdict == _TEMPLATE_APP:
+                    return frame, lazy, hint
             frame = frame.f_back
         return None, lazy, hint
 
