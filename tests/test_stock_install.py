@@ -6,6 +6,10 @@ instrumentation). The venv is cached under ``.cache/stock-venvs/`` (git-ignored)
 ``pyproject.toml``, the extra, the app's dependencies and the Python version, so it is
 built once; when otel-dbperf's own files change, the package alone is uninstalled and
 ``pip install "<repo>[EXTRA]"`` resolves again (every dependency already satisfied).
+
+The Django test runs the e2e tests' project (``tests/apps/djsite``: it does not import the test
+suite) on SQLite, once plainly and once under ``opentelemetry-instrument``: the app's console
+output must not change.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +28,15 @@ from typing import Any
 
 import pytest
 from conftest import base_env, get, marker_line, serve
+from test_e2e_django import (
+    DJANGO_TEMPLATE,
+    JINJA_TEMPLATE,
+    SITE,
+    _statement,
+    point_query,
+    seed_site,
+    template_n_plus_one,
+)
 
 from otel_dbperf import attributes as A
 
@@ -30,6 +45,7 @@ CACHE = REPO / ".cache" / "stock-venvs"
 
 FLASK_DEPS = ("Flask-SQLAlchemy", "gunicorn", "psycopg[binary]")
 FASTAPI_DEPS = ("fastapi", "uvicorn", "sqlalchemy", "psycopg[binary]")
+DJANGO_DEPS = ("django", "gunicorn", "jinja2")  # tests/apps/djsite on SQLite (its settings name a Jinja2 backend)
 
 
 def _source_hash() -> str:
@@ -90,6 +106,11 @@ def fastapi_venv() -> Path:
     return stock_venv("fastapi", FASTAPI_DEPS)
 
 
+@pytest.fixture(scope="module")
+def django_venv() -> Path:
+    return stock_venv("django", DJANGO_DEPS)
+
+
 @pytest.fixture
 def items_table(pg_dsn: str) -> Iterator[None]:
     import psycopg
@@ -101,15 +122,49 @@ def items_table(pg_dsn: str) -> Iterator[None]:
     yield
 
 
-def _stock_env(receiver: Any, pg_sync_url: str) -> dict[str, str]:
-    env = base_env(receiver, APP_DB_URL=pg_sync_url, DBPERF_EXPLAIN="true")
+def _venv_env(receiver: Any, **extra: str) -> dict[str, str]:
+    """``base_env`` without PYTHONPATH: the stock venv's Python sees only what is installed in it."""
+    env = base_env(receiver, **extra)
     env.pop("PYTHONPATH", None)
     return env
 
 
-def _imports(venv: Path, module: str) -> bool:
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True, timeout=60)
+def _stock_env(receiver: Any, pg_sync_url: str) -> dict[str, str]:
+    return _venv_env(receiver, APP_DB_URL=pg_sync_url, DBPERF_EXPLAIN="true")
+
+
+def _runs(venv: Path, code: str) -> bool:
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, timeout=60)
     return proc.returncode == 0
+
+
+def _imports(venv: Path, module: str) -> bool:
+    return _runs(venv, f"import {module}")
+
+
+def console_lines(output: str) -> list[str]:
+    """A console output's lines, sorted (processes interleave theirs), with numbers and addresses
+    masked: times, pids and ports differ from run to run, and so does the UTC offset of gunicorn's
+    master under contrib's Django instrumentation, which loads the settings (Django then sets TZ
+    from TIME_ZONE) in the master, where without it only the workers load them."""
+    return sorted(re.sub(r"0x[0-9a-f]+|[+-]?\d+", "#", line).rstrip() for line in output.splitlines())
+
+
+def assert_console_unchanged(plain: str, instrumented: str) -> None:
+    """No internal error, and the app prints under opentelemetry-instrument with otel-dbperf what it
+    prints when run plainly (``plain``), line for line."""
+    assert "internal error" not in instrumented and "Traceback" not in instrumented, instrumented
+    assert console_lines(instrumented) == console_lines(plain), f"without:\n{plain}\nwith:\n{instrumented}"
+
+
+def stop_main(info: dict[str, Any]) -> None:
+    """SIGTERM to the main process alone (as ``kill PID`` and systemd's KillMode=mixed do), which stops
+    its workers, for a console output that does not depend on timing. A worker process signalled by
+    the harness's SIGTERM to the whole group as well as by its parent may die by the second signal,
+    and that is logged (gunicorn: "Worker (pid:N) was sent SIGTERM!"), more or less often with or
+    without instrumentation."""
+    info["proc"].send_signal(signal.SIGTERM)
+    info["proc"].wait(timeout=30)
 
 
 def _assert_explained_slow_span(receiver: Any, app_file: str, output: str) -> None:
@@ -173,8 +228,7 @@ def test_stock_missing_exporter_package_is_left_out_not_fatal(flask_venv: Path, 
         "with engine.connect() as conn:\n"
         "    print(conn.execute(sqlalchemy.text('SELECT 42')).scalar())\n"
     )
-    env = base_env(receiver, OTEL_METRICS_EXPORTER="prometheus,otlp")
-    env.pop("PYTHONPATH", None)
+    env = _venv_env(receiver, OTEL_METRICS_EXPORTER="prometheus,otlp")
     bin_dir = flask_venv / "bin"
     proc = subprocess.run(
         [str(bin_dir / "opentelemetry-instrument"), str(bin_dir / "python"), str(app)],
@@ -191,3 +245,36 @@ def test_stock_missing_exporter_package_is_left_out_not_fatal(flask_venv: Path, 
     assert "Failed to auto initialize" not in proc.stderr
     spans = receiver.wait_for(lambda s: any(x["scope"] == "opentelemetry.instrumentation.sqlalchemy" for x in s))
     assert any(A.QUERY_FINGERPRINT in s["attributes"] for s in spans)  # traced and enriched
+
+
+def test_stock_django_gunicorn_orm_queries_rolled_up_output_unchanged(
+    django_venv: Path, receiver: Any, tmp_path: Path
+) -> None:
+    """``[django]`` alone, SQLite, gunicorn -w 2: the ORM's queries are traced (the extra brings the
+    driver instrumentations of Django's SQLite and PostgreSQL backends: without them a request with
+    an N+1 reported 0 queries), enriched and rolled up, with the template N+1 location."""
+    assert not _imports(django_venv, "greenlet") and not _imports(django_venv, "sqlalchemy")
+    # installed without their drivers (which they import): opentelemetry-instrument passes them over, silently
+    drivers = ("opentelemetry-instrumentation-psycopg", "opentelemetry-instrumentation-psycopg2")
+    assert _runs(django_venv, f"from importlib.metadata import version\nfor d in {drivers!r}: version(d)")
+    assert not _imports(django_venv, "psycopg") and not _imports(django_venv, "psycopg2")
+    url = f"sqlite:///{tmp_path / 'django.sqlite3'}"
+    seed_site(url, django_venv / "bin" / "python")
+    env = _venv_env(receiver, APP_DB_URL=url, DJANGO_SETTINGS_MODULE="djsite.settings")
+    outputs, responses, bin_dir, app = {}, {}, django_venv / "bin", "djsite.wsgi:application"
+    for instrument in (False, True):
+        with serve("gunicorn", app, env, "-w", "2", bin_dir=bin_dir, cwd=SITE, instrument=instrument) as srv:
+            responses[instrument] = [get(srv["url"] + p) for p in ("/questions", "/questions-jinja", "/question/3")]
+            if instrument:
+                spans = receiver.wait_for(lambda s: len([x for x in s if x["kind"] == "SERVER"]) >= 4)  # /ping + 3
+            stop_main(srv)
+        outputs[instrument] = srv["output"]
+    assert responses[True] == responses[False] and {status for status, _ in responses[True]} == {200}, responses
+    assert_console_unchanged(outputs[False], outputs[True])
+
+    template_n_plus_one(spans, "questions", DJANGO_TEMPLATE, "question.choice_set.all", "render")
+    template_n_plus_one(spans, "questions-jinja", JINJA_TEMPLATE, "choice_set.all()", "render_jinja")
+    point = point_query(spans)
+    assert point["scope"] == "opentelemetry.instrumentation.sqlite3", point
+    queries = [s for s in spans if _statement(s)]  # the counts are checked above
+    assert all(A.QUERY_FINGERPRINT in s["attributes"] for s in queries), queries
