@@ -72,7 +72,7 @@ def maria_connect(autocommit: bool = False) -> Any:
 
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_DB = 11  # the tests' own Redis database number (the server may be shared)
+REDIS_DB = 11  # the tests' own Redis database number (the server may be shared); 12: test_stock_install's
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ instrumentation). The venv is cached under ``.cache/stock-venvs/`` (git-ignored)
 built once; when otel-dbperf's own files change, the package alone is uninstalled and
 ``pip install "<repo>[EXTRA]"`` resolves again (every dependency already satisfied).
 
-The Django test runs the e2e tests' project (``tests/apps/djsite``: it does not import the test
-suite) on SQLite, once plainly and once under ``opentelemetry-instrument``: the app's console
-output must not change.
+The Django and Celery tests run the apps of the e2e tests (``tests/apps/djsite``,
+``tests/apps/celery_tasks.py``: neither imports the test suite) on SQLite, once plainly and once
+under ``opentelemetry-instrument``: the app's console output must not change.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from conftest import base_env, get, marker_line, serve
+from test_e2e_celery import APP_FILE, _client, _purge, worker
 from test_e2e_django import (
     DJANGO_TEMPLATE,
     JINJA_TEMPLATE,
@@ -46,6 +47,7 @@ CACHE = REPO / ".cache" / "stock-venvs"
 FLASK_DEPS = ("Flask-SQLAlchemy", "gunicorn", "psycopg[binary]")
 FASTAPI_DEPS = ("fastapi", "uvicorn", "sqlalchemy", "psycopg[binary]")
 DJANGO_DEPS = ("django", "gunicorn", "jinja2")  # tests/apps/djsite on SQLite (its settings name a Jinja2 backend)
+CELERY_DEPS = ("celery[redis]", "sqlalchemy")  # tests/apps/celery_tasks.py: Redis broker, SQLAlchemy on SQLite
 
 
 def _source_hash() -> str:
@@ -111,6 +113,11 @@ def django_venv() -> Path:
     return stock_venv("django", DJANGO_DEPS)
 
 
+@pytest.fixture(scope="module")
+def celery_venv() -> Path:
+    return stock_venv("celery", CELERY_DEPS)
+
+
 @pytest.fixture
 def items_table(pg_dsn: str) -> Iterator[None]:
     import psycopg
@@ -161,8 +168,9 @@ def stop_main(info: dict[str, Any]) -> None:
     """SIGTERM to the main process alone (as ``kill PID`` and systemd's KillMode=mixed do), which stops
     its workers, for a console output that does not depend on timing. A worker process signalled by
     the harness's SIGTERM to the whole group as well as by its parent may die by the second signal,
-    and that is logged (gunicorn: "Worker (pid:N) was sent SIGTERM!"), more or less often with or
-    without instrumentation."""
+    and that is logged (gunicorn: "Worker (pid:N) was sent SIGTERM!"; Celery: "Process
+    'ForkPoolWorker-1' ... exited with 'signal 15 (SIGTERM)'"), more or less often with or without
+    instrumentation."""
     info["proc"].send_signal(signal.SIGTERM)
     info["proc"].wait(timeout=30)
 
@@ -278,3 +286,40 @@ def test_stock_django_gunicorn_orm_queries_rolled_up_output_unchanged(
     assert point["scope"] == "opentelemetry.instrumentation.sqlite3", point
     queries = [s for s in spans if _statement(s)]  # the counts are checked above
     assert all(A.QUERY_FINGERPRINT in s["attributes"] for s in queries), queries
+
+
+def test_stock_celery_prefork_task_rolled_up_output_unchanged(
+    celery_venv: Path, receiver: Any, redis_db: int, tmp_path: Path
+) -> None:
+    """``[celery]`` alone (not ``[redis]``: that extra traces the app's own Redis calls, and a broker
+    is not the app's), Redis broker and result backend, SQLAlchemy on SQLite, the default prefork
+    pool: the task's root span carries the roll-up and its name."""
+    from beyondsql_models import seed
+    from sqlalchemy import create_engine
+
+    assert not _imports(celery_venv, "greenlet") and not _imports(celery_venv, "opentelemetry.instrumentation.redis")
+    engine = create_engine(url := f"sqlite:///{tmp_path / 'celery.db'}")
+    seed(engine)
+    engine.dispose()
+    db = redis_db + 1  # not the database of test_e2e_celery's workers: neither takes the other's tasks
+    env = _venv_env(receiver, APP_DB_URL=url, APP_REDIS_DB=str(db))
+    outputs = {}
+    for instrument in (False, True):
+        _purge(db)
+        with worker(env, "prefork", celery_venv / "bin", instrument) as w:
+            assert _client(db).send_task("beyondsql.writers_report").get(timeout=60) == {"books": 20, "statements": 11}
+            if instrument:
+                spans = receiver.wait_for(lambda s: any(x["kind"] == "CONSUMER" for x in s), timeout=60)
+            stop_main(w)
+        outputs[instrument] = w["output"]
+    assert_console_unchanged(outputs[False], outputs[True])
+
+    (task,) = [s for s in spans if s["kind"] == "CONSUMER"]
+    a = task["attributes"]
+    assert a["celery.task_name"] == "beyondsql.writers_report", a
+    assert a[A.DB_QUERY_COUNT] == 11 and a[A.N_PLUS_ONE_DETECTED] is True, a
+    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_lazy')}"
+    queries = [s for s in spans if s["trace_id"] == task["trace_id"] and _statement(s)]
+    assert len(queries) == 11, queries
+    for s in queries:
+        assert A.QUERY_FINGERPRINT in s["attributes"] and s["attributes"][A.CODE_FILE_PATH] == APP_FILE, s
