@@ -72,7 +72,7 @@ def maria_connect(autocommit: bool = False) -> Any:
 
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_DB = 11  # the tests' own Redis database number (the server may be shared)
+REDIS_DB = 11  # the tests' own Redis database number (the server may be shared); 12: test_stock_install's
 
 
 @pytest.fixture(scope="session")
@@ -163,9 +163,16 @@ def base_env(receiver: Receiver, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def serve(
-    kind: str, app: str, env: dict[str, str], *extra_args: str, bin_dir: Path = BIN, cwd: Path = APPS
+    kind: str,
+    app: str,
+    env: dict[str, str],
+    *extra_args: str,
+    bin_dir: Path = BIN,
+    cwd: Path = APPS,
+    instrument: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Run ``app`` under opentelemetry-instrument behind a real server (from ``bin_dir``); yield its base URL.
+    """Run ``app`` under opentelemetry-instrument (or without it: ``instrument=False``) behind a real
+    server (from ``bin_dir``); yield its base URL.
 
     ``kind`` "runserver": Django's development server, ``app`` the project's manage.py (in ``cwd``)."""
     port = free_port()
@@ -185,7 +192,7 @@ def serve(
             "warning",
             *extra_args,
         ]
-    cmd = [str(bin_dir / "opentelemetry-instrument"), *server]
+    cmd = [str(bin_dir / "opentelemetry-instrument"), *server] if instrument else server
     log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

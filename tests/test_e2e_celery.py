@@ -32,10 +32,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @contextmanager
-def worker(env: dict[str, str], pool: str) -> Iterator[dict[str, Any]]:
+def worker(env: dict[str, str], pool: str, bin_dir: Path = BIN, instrument: bool = True) -> Iterator[dict[str, Any]]:
+    """A Celery worker of ``celery_tasks`` (from ``bin_dir``) under opentelemetry-instrument (or
+    without it: ``instrument=False``); SIGTERM at the end, its output then in ``info["output"]``."""
     cmd = [
-        str(BIN / "opentelemetry-instrument"),
-        str(BIN / "celery"),
+        *([str(bin_dir / "opentelemetry-instrument")] if instrument else []),
+        str(bin_dir / "celery"),
         "-A",
         "celery_tasks",
         "worker",

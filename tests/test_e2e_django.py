@@ -30,6 +30,12 @@ def line_with(path: Path, text: str) -> int:
     raise LookupError(text)
 
 
+def seed_site(url: str, python: Path = Path(sys.executable)) -> None:
+    """``manage.py seed`` of the project on ``url``, run by ``python``."""
+    env = {**os.environ, "APP_DB_URL": url, "DJANGO_SETTINGS_MODULE": "djsite.settings"}
+    subprocess.run([str(python), "manage.py", "seed"], cwd=SITE, env=env, check=True, timeout=60)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -37,8 +43,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     else:
         user = request.getfixturevalue("pg_user")
         url = f"postgresql://{user}@127.0.0.1:5432/test"
-    env = {**os.environ, "APP_DB_URL": url, "DJANGO_SETTINGS_MODULE": "djsite.settings"}
-    subprocess.run([sys.executable, "manage.py", "seed"], cwd=SITE, env=env, check=True, timeout=60)
+    seed_site(url)
     return url
 
 
@@ -52,6 +57,36 @@ def _root(spans: list[dict[str, Any]], route: str) -> dict[str, Any]:
         repr((s["name"], sorted(s["attributes"].items()))) for s in spans if s["kind"] == "SERVER"
     )
     return roots[0]
+
+
+def template_n_plus_one(spans: list[dict[str, Any]], route: str, template: Path, loop: str, render: str) -> Any:
+    """The root span of ``route``, checked: 1 + QUESTIONS queries, the N+1 at the template's line
+    with ``loop``, its Python location the view's line marked ``render``."""
+    root = _root(spans, route)
+    a = root["attributes"]
+    assert a[A.DB_QUERY_COUNT] == 1 + QUESTIONS, a
+    assert a[A.N_PLUS_ONE_DETECTED] is True
+    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{template}:{line_with(template, loop)}", a
+    assert a[A.N_PLUS_ONE_PYTHON_LOCATION] == f"{VIEWS}:{line_with(VIEWS, f'marker: {render}')}", a
+    return root
+
+
+def point_query(spans: list[dict[str, Any]]) -> Any:
+    """The one query of ``question/<int:question_id>`` (besides connection setup), checked: at the
+    view's own line, with no template."""
+    root = _root(spans, "question/<int:question_id>")
+    a = root["attributes"]
+    assert a[A.DB_QUERY_COUNT] == 1 and a[A.N_PLUS_ONE_DETECTED] is False
+    points = [s for s in spans if s["trace_id"] == root["trace_id"] and _statement(s)]
+    counted_points = [s for s in points if not s["attributes"].get(A.QUERY_SETUP)]
+    assert len(counted_points) == 1, [(_statement(s), s["attributes"]) for s in points]
+    point = counted_points[0]
+    assert (point["attributes"][A.CODE_FILE_PATH], point["attributes"][A.CODE_LINE_NUMBER]) == (
+        str(VIEWS),
+        line_with(VIEWS, "marker: point"),
+    )
+    assert A.CODE_PYTHON_LOCATION not in point["attributes"]
+    return point
 
 
 @pytest.mark.parametrize("server", ["runserver", "gunicorn"])
@@ -70,16 +105,11 @@ def test_django_template_n_plus_one_and_connection_setup(receiver: Any, db_url: 
     assert "internal error" not in output, output
 
     # the Django template: one query for the questions, one per question's choice_set
-    root = _root(spans, "questions")
+    root = template_n_plus_one(spans, "questions", DJANGO_TEMPLATE, "question.choice_set.all", "render")
     a = root["attributes"]
-    where = f"{DJANGO_TEMPLATE}:{line_with(DJANGO_TEMPLATE, 'question.choice_set.all')}"
-    view = f"{VIEWS}:{line_with(VIEWS, 'marker: render')}"
-    assert a[A.DB_QUERY_COUNT] == 1 + QUESTIONS, a
-    assert a[A.N_PLUS_ONE_DETECTED] is True
+    where, view = a[A.N_PLUS_ONE_CODE_LOCATION], a[A.N_PLUS_ONE_PYTHON_LOCATION]
     assert a[A.N_PLUS_ONE_REPEAT_COUNT] == QUESTIONS
     assert a[A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT beyondsql_dj_choice"
-    assert a[A.N_PLUS_ONE_CODE_LOCATION] == where
-    assert a[A.N_PLUS_ONE_PYTHON_LOCATION] == view
     trace = [s for s in spans if s["trace_id"] == root["trace_id"]]
     lazy = [s for s in trace if "beyondsql_dj_choice" in _statement(s)]
     assert len(lazy) == QUESTIONS
@@ -106,22 +136,7 @@ def test_django_template_n_plus_one_and_connection_setup(receiver: Any, db_url: 
     assert counted == len(statements), [_statement(s) for s in statements]
 
     # the Jinja2 backend: the template line too
-    root = _root(spans, "questions-jinja")
-    a = root["attributes"]
-    assert a[A.DB_QUERY_COUNT] == 1 + QUESTIONS, a
-    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{JINJA_TEMPLATE}:{line_with(JINJA_TEMPLATE, 'choice_set.all()')}"
-    assert a[A.N_PLUS_ONE_PYTHON_LOCATION] == f"{VIEWS}:{line_with(VIEWS, 'marker: render_jinja')}"
+    template_n_plus_one(spans, "questions-jinja", JINJA_TEMPLATE, "choice_set.all()", "render_jinja")
 
     # a plain view: the view's own line, no template
-    root = _root(spans, "question/<int:question_id>")
-    a = root["attributes"]
-    assert a[A.DB_QUERY_COUNT] == 1 and a[A.N_PLUS_ONE_DETECTED] is False
-    points = [s for s in spans if s["trace_id"] == root["trace_id"] and _statement(s)]
-    counted_points = [s for s in points if not s["attributes"].get(A.QUERY_SETUP)]
-    assert len(counted_points) == 1, [(_statement(s), s["attributes"]) for s in points]
-    point = counted_points[0]
-    assert (point["attributes"][A.CODE_FILE_PATH], point["attributes"][A.CODE_LINE_NUMBER]) == (
-        str(VIEWS),
-        line_with(VIEWS, "marker: point"),
-    )
-    assert A.CODE_PYTHON_LOCATION not in point["attributes"]
+    point_query(spans)

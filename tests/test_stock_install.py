@@ -6,6 +6,10 @@ instrumentation). The venv is cached under ``.cache/stock-venvs/`` (git-ignored)
 ``pyproject.toml``, the extra, the app's dependencies and the Python version, so it is
 built once; when otel-dbperf's own files change, the package alone is uninstalled and
 ``pip install "<repo>[EXTRA]"`` resolves again (every dependency already satisfied).
+
+The Django and Celery tests run the apps of the e2e tests (``tests/apps/djsite``,
+``tests/apps/celery_tasks.py``: neither imports the test suite) on SQLite, once plainly and once
+under ``opentelemetry-instrument``: the app's console output must not change.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +28,16 @@ from typing import Any
 
 import pytest
 from conftest import base_env, get, marker_line, serve
+from test_e2e_celery import APP_FILE, _client, _purge, worker
+from test_e2e_django import (
+    DJANGO_TEMPLATE,
+    JINJA_TEMPLATE,
+    SITE,
+    _statement,
+    point_query,
+    seed_site,
+    template_n_plus_one,
+)
 
 from otel_dbperf import attributes as A
 
@@ -30,6 +46,8 @@ CACHE = REPO / ".cache" / "stock-venvs"
 
 FLASK_DEPS = ("Flask-SQLAlchemy", "gunicorn", "psycopg[binary]")
 FASTAPI_DEPS = ("fastapi", "uvicorn", "sqlalchemy", "psycopg[binary]")
+DJANGO_DEPS = ("django", "gunicorn", "jinja2")  # tests/apps/djsite on SQLite (its settings name a Jinja2 backend)
+CELERY_DEPS = ("celery[redis]", "sqlalchemy")  # tests/apps/celery_tasks.py: Redis broker, SQLAlchemy on SQLite
 
 
 def _source_hash() -> str:
@@ -41,16 +59,18 @@ def _source_hash() -> str:
 
 
 def _pip(venv: Path, *args: str) -> None:
+    """``pip *args`` on ``venv``'s Python, run by this interpreter's pip: the venvs are made without
+    pip of their own (its ensurepip took 5-8 s of each build)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     proc = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "-q", *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
     if proc.returncode != 0:
-        pytest.fail(f"pip install {' '.join(args)} failed in {venv}:\n{proc.stdout}\n{proc.stderr}")
+        pytest.fail(f"pip {' '.join(args)} failed in {venv}:\n{proc.stdout}\n{proc.stderr}")
 
 
 def stock_venv(extra: str, deps: tuple[str, ...]) -> Path:
@@ -67,18 +87,13 @@ def stock_venv(extra: str, deps: tuple[str, ...]) -> Path:
             for old in CACHE.glob(f"{extra}-*"):
                 if old.is_dir():
                     shutil.rmtree(old)  # an older pyproject's venv
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-            _pip(venv, requirement, *deps)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+            _pip(venv, "install", requirement, *deps)
             built.write_text(requirement + "\n" + "\n".join(deps) + "\n")
             installed.write_text(_source_hash())
         elif not installed.exists() or installed.read_text() != _source_hash():
-            subprocess.run(
-                [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-q", "-y", "otel-dbperf"],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-            _pip(venv, requirement, *deps)
+            _pip(venv, "uninstall", "-y", "otel-dbperf")
+            _pip(venv, "install", requirement, *deps)
             installed.write_text(_source_hash())
     return venv
 
@@ -93,6 +108,16 @@ def fastapi_venv() -> Path:
     return stock_venv("fastapi", FASTAPI_DEPS)
 
 
+@pytest.fixture(scope="module")
+def django_venv() -> Path:
+    return stock_venv("django", DJANGO_DEPS)
+
+
+@pytest.fixture(scope="module")
+def celery_venv() -> Path:
+    return stock_venv("celery", CELERY_DEPS)
+
+
 @pytest.fixture
 def items_table(pg_dsn: str) -> Iterator[None]:
     import psycopg
@@ -104,15 +129,50 @@ def items_table(pg_dsn: str) -> Iterator[None]:
     yield
 
 
-def _stock_env(receiver: Any, pg_sync_url: str) -> dict[str, str]:
-    env = base_env(receiver, APP_DB_URL=pg_sync_url, DBPERF_EXPLAIN="true")
+def _venv_env(receiver: Any, **extra: str) -> dict[str, str]:
+    """``base_env`` without PYTHONPATH: the stock venv's Python sees only what is installed in it."""
+    env = base_env(receiver, **extra)
     env.pop("PYTHONPATH", None)
     return env
 
 
-def _imports(venv: Path, module: str) -> bool:
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True, timeout=60)
+def _stock_env(receiver: Any, pg_sync_url: str) -> dict[str, str]:
+    return _venv_env(receiver, APP_DB_URL=pg_sync_url, DBPERF_EXPLAIN="true")
+
+
+def _runs(venv: Path, code: str) -> bool:
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, timeout=60)
     return proc.returncode == 0
+
+
+def _imports(venv: Path, module: str) -> bool:
+    return _runs(venv, f"import {module}")
+
+
+def console_lines(output: str) -> list[str]:
+    """A console output's lines, sorted (processes interleave theirs), with numbers and addresses
+    masked: times, pids and ports differ from run to run, and so does the UTC offset of gunicorn's
+    master under contrib's Django instrumentation, which loads the settings (Django then sets TZ
+    from TIME_ZONE) in the master, where without it only the workers load them."""
+    return sorted(re.sub(r"0x[0-9a-f]+|[+-]?\d+", "#", line).rstrip() for line in output.splitlines())
+
+
+def assert_console_unchanged(plain: str, instrumented: str) -> None:
+    """No internal error, and the app prints under opentelemetry-instrument with otel-dbperf what it
+    prints when run plainly (``plain``), line for line."""
+    assert "internal error" not in instrumented and "Traceback" not in instrumented, instrumented
+    assert console_lines(instrumented) == console_lines(plain), f"without:\n{plain}\nwith:\n{instrumented}"
+
+
+def stop_main(info: dict[str, Any]) -> None:
+    """SIGTERM to the main process alone (as ``kill PID`` and systemd's KillMode=mixed do), which stops
+    its workers, for a console output that does not depend on timing. A worker process signalled by
+    the harness's SIGTERM to the whole group as well as by its parent may die by the second signal,
+    and that is logged (gunicorn: "Worker (pid:N) was sent SIGTERM!"; Celery: "Process
+    'ForkPoolWorker-1' ... exited with 'signal 15 (SIGTERM)'"), more or less often with or without
+    instrumentation."""
+    info["proc"].send_signal(signal.SIGTERM)
+    info["proc"].wait(timeout=30)
 
 
 def _assert_explained_slow_span(receiver: Any, app_file: str, output: str) -> None:
@@ -176,8 +236,7 @@ def test_stock_missing_exporter_package_is_left_out_not_fatal(flask_venv: Path, 
         "with engine.connect() as conn:\n"
         "    print(conn.execute(sqlalchemy.text('SELECT 42')).scalar())\n"
     )
-    env = base_env(receiver, OTEL_METRICS_EXPORTER="prometheus,otlp")
-    env.pop("PYTHONPATH", None)
+    env = _venv_env(receiver, OTEL_METRICS_EXPORTER="prometheus,otlp")
     bin_dir = flask_venv / "bin"
     proc = subprocess.run(
         [str(bin_dir / "opentelemetry-instrument"), str(bin_dir / "python"), str(app)],
@@ -194,3 +253,73 @@ def test_stock_missing_exporter_package_is_left_out_not_fatal(flask_venv: Path, 
     assert "Failed to auto initialize" not in proc.stderr
     spans = receiver.wait_for(lambda s: any(x["scope"] == "opentelemetry.instrumentation.sqlalchemy" for x in s))
     assert any(A.QUERY_FINGERPRINT in s["attributes"] for s in spans)  # traced and enriched
+
+
+def test_stock_django_gunicorn_orm_queries_rolled_up_output_unchanged(
+    django_venv: Path, receiver: Any, tmp_path: Path
+) -> None:
+    """``[django]`` alone, SQLite, gunicorn -w 2: the ORM's queries are traced (the extra brings the
+    driver instrumentations of Django's SQLite and PostgreSQL backends: without them a request with
+    an N+1 reported 0 queries), enriched and rolled up, with the template N+1 location."""
+    assert not _imports(django_venv, "greenlet") and not _imports(django_venv, "sqlalchemy")
+    # installed without their drivers (which they import): opentelemetry-instrument passes them over, silently
+    drivers = ("opentelemetry-instrumentation-psycopg", "opentelemetry-instrumentation-psycopg2")
+    assert _runs(django_venv, f"from importlib.metadata import version\nfor d in {drivers!r}: version(d)")
+    assert not _imports(django_venv, "psycopg") and not _imports(django_venv, "psycopg2")
+    url = f"sqlite:///{tmp_path / 'django.sqlite3'}"
+    seed_site(url, django_venv / "bin" / "python")
+    env = _venv_env(receiver, APP_DB_URL=url, DJANGO_SETTINGS_MODULE="djsite.settings")
+    outputs, responses, bin_dir, app = {}, {}, django_venv / "bin", "djsite.wsgi:application"
+    for instrument in (False, True):
+        with serve("gunicorn", app, env, "-w", "2", bin_dir=bin_dir, cwd=SITE, instrument=instrument) as srv:
+            responses[instrument] = [get(srv["url"] + p) for p in ("/questions", "/questions-jinja", "/question/3")]
+            if instrument:
+                spans = receiver.wait_for(lambda s: len([x for x in s if x["kind"] == "SERVER"]) >= 4)  # /ping + 3
+            stop_main(srv)
+        outputs[instrument] = srv["output"]
+    assert responses[True] == responses[False] and {status for status, _ in responses[True]} == {200}, responses
+    assert_console_unchanged(outputs[False], outputs[True])
+
+    template_n_plus_one(spans, "questions", DJANGO_TEMPLATE, "question.choice_set.all", "render")
+    template_n_plus_one(spans, "questions-jinja", JINJA_TEMPLATE, "choice_set.all()", "render_jinja")
+    point = point_query(spans)
+    assert point["scope"] == "opentelemetry.instrumentation.sqlite3", point
+    queries = [s for s in spans if _statement(s)]  # the counts are checked above
+    assert all(A.QUERY_FINGERPRINT in s["attributes"] for s in queries), queries
+
+
+def test_stock_celery_prefork_task_rolled_up_output_unchanged(
+    celery_venv: Path, receiver: Any, redis_db: int, tmp_path: Path
+) -> None:
+    """``[celery]`` alone (not ``[redis]``: that extra traces the app's own Redis calls, and a broker
+    is not the app's), Redis broker and result backend, SQLAlchemy on SQLite, the default prefork
+    pool: the task's root span carries the roll-up and its name."""
+    from beyondsql_models import seed
+    from sqlalchemy import create_engine
+
+    assert not _imports(celery_venv, "greenlet") and not _imports(celery_venv, "opentelemetry.instrumentation.redis")
+    engine = create_engine(url := f"sqlite:///{tmp_path / 'celery.db'}")
+    seed(engine)
+    engine.dispose()
+    db = redis_db + 1  # not the database of test_e2e_celery's workers: neither takes the other's tasks
+    env = _venv_env(receiver, APP_DB_URL=url, APP_REDIS_DB=str(db))
+    outputs = {}
+    for instrument in (False, True):
+        _purge(db)
+        with worker(env, "prefork", celery_venv / "bin", instrument) as w:
+            assert _client(db).send_task("beyondsql.writers_report").get(timeout=60) == {"books": 20, "statements": 11}
+            if instrument:
+                spans = receiver.wait_for(lambda s: any(x["kind"] == "CONSUMER" for x in s), timeout=60)
+            stop_main(w)
+        outputs[instrument] = w["output"]
+    assert_console_unchanged(outputs[False], outputs[True])
+
+    (task,) = [s for s in spans if s["kind"] == "CONSUMER"]
+    a = task["attributes"]
+    assert a["celery.task_name"] == "beyondsql.writers_report", a
+    assert a[A.DB_QUERY_COUNT] == 11 and a[A.N_PLUS_ONE_DETECTED] is True, a
+    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_lazy')}"
+    queries = [s for s in spans if s["trace_id"] == task["trace_id"] and _statement(s)]
+    assert len(queries) == 11, queries
+    for s in queries:
+        assert A.QUERY_FINGERPRINT in s["attributes"] and s["attributes"][A.CODE_FILE_PATH] == APP_FILE, s
