@@ -453,19 +453,29 @@ LIMITS = {  # section 6: (scenario, figure index) -> limit on (otel-dbperf added
 }
 
 
+SCENARIOS = ("requests", "no request", "metrics")
+
+
 def instructions(
-    n: int, samples: str, exporter: str, cpu_rounds: int, stock_in: tuple[str, ...] = ("requests",)
+    n: int,
+    samples: str,
+    exporter: str,
+    cpu_rounds: int,
+    stock_in: tuple[str, ...] = ("requests",),
+    scenarios: tuple[str, ...] = SCENARIOS,
 ) -> int:
     """Each section 6 limit with its instruction figure, the CPU-time figure beside it.
 
-    ``stock_in``: the scenarios where otel-dbperf with the SDK's encoder is measured too."""
+    ``stock_in``: the scenarios where otel-dbperf with the SDK's encoder is measured too;
+    ``scenarios``: those measured (the moonshot needs requests and metrics)."""
+    stock_in = tuple(x for x in stock_in if x in scenarios)
     if not shutil.which("valgrind"):
         print("valgrind not found (apt-get install valgrind)")
         return 1
     receiver = Receiver()
     counts: dict[str, tuple[float, float]] = {}
     try:
-        for scenario in ("requests", "no request", "metrics"):
+        for scenario in scenarios:
             for name in ("bare", "vanilla", "otel-dbperf", STOCK):
                 if name == STOCK and scenario not in stock_in:
                     continue
@@ -483,7 +493,7 @@ def instructions(
         f"{DEPTH} frames deep, exporter {exporter}, batches of {BATCH}, DBPERF_RESOURCE_SAMPLES={samples})"
     )
     ok = True
-    rows = [(scenario, "otel-dbperf") for scenario in ("requests", "no request", "metrics")]
+    rows = [(scenario, "otel-dbperf") for scenario in scenarios]
     rows += [(scenario, STOCK) for scenario in stock_in]
     for scenario, variant in rows:
         bare, vanilla, ours = (counts[f"{scenario}:{x}"] for x in ("bare", "vanilla", variant))
@@ -496,7 +506,7 @@ def instructions(
             limit = LIMITS.get((scenario, i)) if variant == "otel-dbperf" else None
             if variant == STOCK:
                 verdict = ""
-            elif scenario == "metrics" and i == 0:
+            elif scenario == "metrics" and i == 0 and "requests" in scenarios:
                 plain = counts["requests:otel-dbperf"][0] - counts["requests:vanilla"][0]
                 extra = ours_added - plain  # what metrics add on the request thread beyond tracing
                 verdict = f"metrics add {extra:+,.0f}: " + ("OK" if extra <= 0.01 * added else "OVER")
@@ -512,6 +522,8 @@ def instructions(
                 f"({ratio:+.1%})  {verdict:<28}{cpu_figure}"
             )
     # the moonshot (issue 16): all of otel-dbperf against vanilla tracing alone
+    if "requests" not in scenarios or "metrics" not in scenarios:
+        return 0 if ok else 3
     vanilla_alone = counts["requests:vanilla"]
     print("\nmoonshot: otel-dbperf's whole pipeline against vanilla tracing alone (instructions per query)")
     whole = (("requests:otel-dbperf", "otel-dbperf (tracing)"), ("metrics:otel-dbperf", "otel-dbperf + metrics"))
@@ -795,6 +807,11 @@ def main() -> int:
     parser.add_argument("--cpu-rounds", type=int, default=60, help="with --instructions: CPU-time rounds beside")
     parser.add_argument("--queries", type=int, default=1000, help="with --instructions: queries per run")
     parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="with --instructions: the scenarios measured (comma-separated: requests, no request, metrics)",
+    )
+    parser.add_argument(
         "--stock-in",
         default="requests",
         help="with --instructions: scenarios (comma-separated: requests, no request, metrics; empty: none) "
@@ -833,7 +850,8 @@ def main() -> int:
         return encoding(20)
     if args.instructions:
         stock_in = tuple(x for x in args.stock_in.split(",") if x)
-        return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds, stock_in)
+        scenarios = tuple(x for x in args.scenarios.split(",") if x in SCENARIOS) or SCENARIOS
+        return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds, stock_in, scenarios)
     if args.latency:
         return latency(args.rounds, 50)
     if args.probe:
