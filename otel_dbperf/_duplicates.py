@@ -1,16 +1,17 @@
 """Exact duplicate queries: the same SELECT with the same parameters, again in one request.
 
 One class-level SQLAlchemy ``after_cursor_execute`` listener (it runs before contrib's
-instance-level one, which ends the query's span: see ``_explain.install``) keeps the query's
-parameters in that span's ``Query`` (``_pipeline``, :func:`~._pipeline.params.kept`: no more
-work on the request thread); its request's analysis, off that thread, replaces them by their
-keyed digest and compares (statement, digest) pairs within the request.
+instance-level one, which ends the query's span: see ``_explain.install``) takes a keyed
+digest of the query's parameters (:func:`~._pipeline.params.digest`) and leaves it in that
+span's ``Query`` (``_pipeline``); its request's analysis compares (statement, digest) pairs
+within the request.
 
 Parameters (and anything derived from them) never leave the process: the digest is keyed
-with a random key made in this process, never exported and never logged. They are kept only
-for a query of the ORM-level span inside a request (the only place duplicates are counted),
-not for ``executemany`` nor for SQLAlchemy's INSERT/UPDATE/DELETE, and not for more than
-:data:`~._pipeline.params.MAX_PARAMETERS` parameters; the analysis then judges SELECTs only.
+with a random key made in this process, never exported and never logged, and the values are
+not kept. It is taken only for a query of the ORM-level span inside a request (the only place
+duplicates are counted), not for ``executemany`` nor for SQLAlchemy's INSERT/UPDATE/DELETE, and
+not for more than :data:`~._pipeline.params.MAX_PARAMETERS` parameters; the export thread then
+counts SELECTs only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 from typing import Any
 
 from ._guard import internal_error
-from ._pipeline.params import kept
+from ._pipeline.params import digest
 from ._pipeline.processor import open_query
 from ._sdk_compat import CONTRIB_QUERY_SPAN
 
@@ -35,7 +36,7 @@ def _after_cursor_execute(
             return
         query = open_query(getattr(context, CONTRIB_QUERY_SPAN, None))  # its span is still open
         if query is not None and query.orm and query.request is not None:  # only judged within a request
-            query.params = kept(parameters)
+            query.params = digest(parameters)
     except Exception as exc:  # noqa: BLE001 - never into the application
         internal_error("duplicates.after_cursor_execute", exc)
 

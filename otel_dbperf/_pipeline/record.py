@@ -22,7 +22,6 @@ from opentelemetry.sdk.trace import Event
 from .. import _forksafe
 from .._sql import Analysis, analyze
 from ..settings import Settings
-from .params import digest
 
 #: requests are analysed under this lock; never taken on a request thread
 ANALYSIS_LOCK = threading.Lock()
@@ -67,7 +66,7 @@ class Query:
         # set when the span starts
         "request",  # the Request it belongs to, or None (a script, a job, startup)
         "orm",  # an ORM-level span (SQLAlchemy's): driver spans inside it are nested
-        "params",  # its parameters until the analysis (see params.kept), b"" for none, None: not taken
+        "params",  # keyed digest of the parameters (see params.digest), b"" for none, None: not taken
         "plan",  # (attributes, time) of its EXPLAIN plan (see _explain), or None
         "cpu_ns",  # thread CPU ns (at the start, then the span's), -1: not sampled (DBPERF_RESOURCE_SAMPLES)
         "rss_delta",  # RSS bytes (at the start, then the change), None: not sampled
@@ -92,7 +91,7 @@ class Query:
     )
     request: Request | None
     orm: bool
-    params: Any
+    params: bytes | None
     plan: tuple[dict[str, Any], int] | None
     cpu_ns: int
     rss_delta: int | None
@@ -210,14 +209,11 @@ class Request:
             query = records[i]
             analysis = query.analysis(max_length)
             fingerprint = ""
-            params = query.params
-            if params is not None:
-                query.params = None  # the values go: only their digest is compared
             if analysis is not None:
                 fingerprint = analysis.fingerprint
-                hashed = digest(params) if params is not None and analysis.operation == "SELECT" else None
-                if hashed is not None:
-                    key = (query.statement, hashed)
+                params = query.params
+                if params is not None and analysis.operation == "SELECT":
+                    key = (query.statement, params)
                     if key in self.dup_keys:
                         query.duplicate = True
                         self.dup_count += 1
