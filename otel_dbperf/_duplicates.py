@@ -22,7 +22,7 @@ from typing import Any
 from ._guard import internal_error
 from ._pipeline.params import digest
 from ._pipeline.processor import open_query
-from ._sdk_compat import CONTRIB_QUERY_SPAN
+from ._sdk_compat import contrib_query_span
 
 _installed: Any = None
 _lock = threading.Lock()
@@ -34,7 +34,7 @@ def _after_cursor_execute(
     try:
         if executemany or context.isinsert or context.isupdate or context.isdelete:
             return
-        query = open_query(getattr(context, CONTRIB_QUERY_SPAN, None))  # its span is still open
+        query = open_query(contrib_query_span(context))  # its span is still open
         if query is not None and query.orm and query.request is not None:  # only judged within a request
             query.params = digest(parameters)
     except Exception as exc:  # noqa: BLE001 - never into the application

@@ -146,14 +146,10 @@ def span_processors_of(span: Any) -> Sequence[Any]:
     return getattr(getattr(span, "_span_processor", None), "_span_processors", ())  # type: ignore[no-any-return]
 
 
-#: the attribute of SQLAlchemy's execution context that holds the span contrib's instrumentation
-#: opened for the query (set in its ``before_cursor_execute``, ended in ``after_cursor_execute``)
-CONTRIB_QUERY_SPAN = "_otel_span"
-
-
 def contrib_query_span(execution_context: Any) -> Any:
-    """The span contrib's SQLAlchemy instrumentation opened for a query, or None."""
-    return getattr(execution_context, CONTRIB_QUERY_SPAN, None)
+    """The span contrib's SQLAlchemy instrumentation opened for a query (``context._otel_span``,
+    set in its ``before_cursor_execute`` and ended in ``after_cursor_execute``), or None."""
+    return getattr(execution_context, "_otel_span", None)
 
 
 # ---- metrics -----------------------------------------------------------------------------

@@ -313,18 +313,9 @@ def _open_entry(span: Any) -> Any:
 
 def open_query(span: Any) -> Query | None:
     """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
-    the parameters kept for the duplicate judgement, the EXPLAIN plan), or None. Once per query
-    on the request thread: :func:`_open_entry` inlined."""
-    context = getattr(span, "_context", None)
-    if context is None:
-        return None
-    span_id = context[1]
-    for processor in getattr(getattr(span, "_span_processor", None), "_span_processors", ()):
-        if processor.__class__ is DbPerfSpanProcessor:
-            entry = processor._open.get(span_id)  # noqa: SLF001
-            if entry is not None:
-                return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
-    return None
+    the parameters' digest, the EXPLAIN plan), or None."""
+    entry = _open_entry(span)
+    return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
 
 
 def current_request() -> Request | None:
