@@ -76,6 +76,9 @@ def _purge(redis_db: int) -> None:
 
     r = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
     r.delete("beyondsql")  # tasks left over by an earlier, interrupted run
+    # as a fresh Redis: Celery's first EVALSHA gets NOSCRIPT (redis-py loads the script and retries),
+    # so the verdicts cannot depend on what this server has seen before
+    r.script_flush()
 
 
 def _statement(span: dict[str, Any]) -> str:
@@ -158,9 +161,13 @@ def test_task_rollup_named_by_task_without_broker_traffic(
     assert broker, "the worker's broker traffic is traced (and marked)"
     loose = [s for s in broker if not s["parent_span_id"]]
     assert loose and all(s["attributes"].get(A.QUERY_FRAMEWORK) is True for s in loose)
-    # a worker's blocking BRPOP lasts up to its timeout: framework calls are never flagged slow
+    # a worker's blocking BRPOP lasts up to its timeout: framework calls are never flagged slow, never
+    # carry our events and are never rolled up (redis-py's own `exception` event is allowed: a Redis
+    # that has not seen Celery's scripts answers the first EVALSHA with NOSCRIPT, and redis-py retries)
     framework = [s for s in spans if s["attributes"].get(A.QUERY_FRAMEWORK)]
-    assert not [s for s in framework if A.QUERY_SLOW in s["attributes"] or s["events"]]
+    ours = {A.EVENT_SLOW_QUERY, A.EVENT_EXPLAIN, A.EVENT_POOL_WAIT, A.EVENT_LONG_TRANSACTION}
+    assert not [s for s in framework if A.QUERY_SLOW in s["attributes"]]
+    assert not [s for s in framework if {e["name"] for e in s["events"]} & ours]
 
     # the task of the application's own Redis calls: its repeat, at its line
     (warm,) = [s for s in spans if s["attributes"].get("celery.task_name") == "beyondsql.warm_cache"]

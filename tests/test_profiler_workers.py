@@ -70,21 +70,25 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
         base = srv["url"]
         # warm-up: every worker connects (the dialect's first-connect queries), then reset
         _spread(base, ["/slow"] * 12, 12)
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] == 12)
-        assert stats["workers"]["live"] == 3 and stats["slow_queries"] == 12, stats
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 12)
+        assert stats["workers"]["live"] == 3 and stats["slow_queries"] >= 12, stats  # + first-connect ones, if slow
         _ok(f"{api}/reset", "POST")
         assert _ok(f"{api}/stats")["data"]["total_queries"] == 0
 
         _spread(base, ["/n/3"] * 20 + ["/slow"] * 6, 8)
         sent = 20 * 3 + 6
         stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
-        assert stats["total_queries"] == sent and stats["slow_queries"] == 6, stats
+        assert stats["total_queries"] == sent, stats
         assert stats["avg_duration"] > 0 and stats["memory_usage_mb"] > 0
         report = _ok(f"{api}/report?last_n_queries=1000&top=100")["data"]
         assert report["total_queries"] == sent
-        slow = _ok(f"{api}/slow-queries?threshold=0.2&limit=100")["data"]
-        assert slow["total_slow_queries"] == 6 and len(slow["queries"]) == 6
-        by_pid = {q["pid"]: q for q in slow["queries"]}
+        # the six 0.3 s sleeps are slow whatever the load; a trivial SELECT may pass 100 ms on a loaded
+        # machine too, so the slow count is checked against the entries' own flags, not a constant
+        entries = _ok(f"{api}/slow-queries?threshold=0&limit=1000")["data"]["queries"]
+        assert len(entries) == sent and stats["slow_queries"] == sum(q["slow"] for q in entries), stats
+        sleeps = [q for q in entries if q["query"] == "SELECT pg_sleep(?)"]
+        assert len(sleeps) == 6 and all(q["slow"] and q["duration_s"] >= 0.3 for q in sleeps), sleeps
+        by_pid = {q["pid"]: q for q in sleeps}
         assert len(by_pid) >= 2, slow  # six 0.3 s requests at once on sync workers: several workers
         assert set(by_pid) <= set(stats["workers"]["pids"])
         for pid, summary in by_pid.items():
@@ -173,9 +177,10 @@ def test_asgi_workers_share_one_profiler(receiver: Any, pg_async_url: str, pg_sy
         _spread(base, ["/n/3"] * 30 + ["/slow"] * 4, 8)
         sent = 30 * 3 + 4
         stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
-        assert stats["total_queries"] == sent and stats["slow_queries"] == 4, stats
+        assert stats["total_queries"] == sent, stats
         entries = _ok(f"{api}/slow-queries?threshold=0&limit=1000")["data"]["queries"]
-        assert len(entries) == sent
+        assert len(entries) == sent and stats["slow_queries"] == sum(q["slow"] for q in entries), stats
+        assert sum(q["slow"] for q in entries if "pg_sleep" in q["query"]) == 4  # slow whatever the load
         first_of = {q["pid"]: q["id"] for q in entries}
         assert set(first_of) <= set(stats["workers"]["pids"])
         for pid, entry_id in first_of.items():
@@ -221,8 +226,8 @@ def test_mounted_on_the_apps_port_under_gunicorn(pg_app_env: Callable[..., dict[
     with serve("gunicorn", "flask_app:app", env, "-w", "3") as srv:
         api = srv["url"] + "/profiler"
         _spread(srv["url"], ["/slow"] * 9, 9)
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] == 9)
-        assert stats["slow_queries"] == 9 and stats["workers"]["live"] == 3, stats  # whichever worker answers
+        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 9)
+        assert stats["slow_queries"] >= 9 and stats["workers"]["live"] == 3, stats  # whichever worker answers
         _ok(f"{api}/reset", "POST")
         _spread(srv["url"], ["/n/2"] * 10, 5)
         stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 20)
