@@ -224,6 +224,16 @@ def server_output(info: dict[str, Any]) -> str:
         return f.read()
 
 
+def statement(span: dict[str, Any]) -> str:
+    """A received span's statement (the current or the older attribute name), or ""."""
+    return str(span["attributes"].get("db.query.text") or span["attributes"].get("db.statement") or "")
+
+
+def system(span: dict[str, Any]) -> str:
+    """A received span's database system (the current or the older attribute name), or ""."""
+    return str(span["attributes"].get("db.system.name") or span["attributes"].get("db.system") or "")
+
+
 def spans_named(spans: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
     rx = re.compile(pattern)
     return [s for s in spans if rx.search(s["name"])]

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line, seeded_db_url, stop_group
+from conftest import base_env, free_port, get, marker_line, seeded_db_url, statement, system
+from support.celery_worker import APP_FILE, purge, worker
+from support.celery_worker import client as celery_client
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
 from otel_dbperf.cli import EXIT_OK, main
-
-APP_FILE = str(APPS / "celery_tasks.py")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -31,69 +27,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return seeded_db_url(request, tmp_path, "celery.db", seed)
 
 
-@contextmanager
-def worker(env: dict[str, str], pool: str, bin_dir: Path = BIN, instrument: bool = True) -> Iterator[dict[str, Any]]:
-    """A Celery worker of ``celery_tasks`` (from ``bin_dir``) under opentelemetry-instrument (or
-    without it: ``instrument=False``); SIGTERM at the end, its output then in ``info["output"]``."""
-    cmd = [
-        *([str(bin_dir / "opentelemetry-instrument")] if instrument else []),
-        str(bin_dir / "celery"),
-        "-A",
-        "celery_tasks",
-        "worker",
-        "-P",
-        pool,
-        "-c",
-        "1",
-        "-Q",
-        "beyondsql",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-l",
-        "warning",
-    ]
-    log = open(TESTS / f".celery-{os.getpid()}-{pool}.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    info: dict[str, Any] = {"proc": proc, "log": log}
-    try:
-        yield info
-    finally:
-        stop_group(proc, log, info, 30)  # SIGTERM is a warm shutdown: the worker flushes its spans
-
-
-def _client(redis_db: int) -> Any:
-    from celery import Celery
-
-    url = f"redis://127.0.0.1:6379/{redis_db}"
-    client = Celery("beyondsql_client", broker=url, backend=url)
-    client.conf.task_default_queue = "beyondsql"
-    return client
-
-
-def _purge(redis_db: int) -> None:
-    import redis
-
-    r = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
-    r.delete("beyondsql")  # tasks left over by an earlier, interrupted run
-    # as a fresh Redis: Celery's first EVALSHA gets NOSCRIPT (redis-py loads the script and retries),
-    # so the verdicts cannot depend on what this server has seen before
-    r.script_flush()
-
-
-def _statement(span: dict[str, Any]) -> str:
-    return str(span["attributes"].get("db.query.text") or span["attributes"].get("db.statement") or "")
-
-
-def _system(span: dict[str, Any]) -> str:
-    return str(span["attributes"].get("db.system.name") or span["attributes"].get("db.system") or "")
-
-
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
 def test_task_rollup_named_by_task_without_broker_traffic(
     receiver: Any, db_url: str, redis_db: int, pool: str, tmp_path: Path
 ) -> None:
-    _purge(redis_db)
+    purge(redis_db)
     env = base_env(receiver, APP_DB_URL=db_url, APP_REDIS_DB=str(redis_db), OTEL_METRICS_EXPORTER="otlp")
     env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
     file = tmp_path / "spans.jsonl"  # for the report, beside the OTLP receiver
@@ -101,7 +39,7 @@ def test_task_rollup_named_by_task_without_broker_traffic(
     profiler = free_port()
     if pool == "solo":  # the worker's own process serves the profiler
         env["DBPERF_PROFILER_ADDR"] = f"127.0.0.1:{profiler}"
-    client = _client(redis_db)
+    client = celery_client(redis_db)
     with worker(env, pool) as w:
         ran = client.send_task("beyondsql.writers_report").get(timeout=60)
         hits = client.send_task("beyondsql.warm_cache", args=(7,)).get(timeout=60)
@@ -128,7 +66,7 @@ def test_task_rollup_named_by_task_without_broker_traffic(
         (task,) = [s for s in spans if s["attributes"].get("celery.task_name") == "beyondsql.writers_report"]
 
         def result_stored(spans: list[dict[str, Any]]) -> bool:  # exported in a later batch than the task's
-            return any(s["trace_id"] == task["trace_id"] and "PUBLISH" in _statement(s) for s in spans)
+            return any(s["trace_id"] == task["trace_id"] and "PUBLISH" in statement(s) for s in spans)
 
         spans = receiver.wait_for(result_stored)
         history: list[dict[str, Any]] = []
@@ -153,11 +91,11 @@ def test_task_rollup_named_by_task_without_broker_traffic(
     assert a[A.N_PLUS_ONE_REPEAT_COUNT] == 10
     assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_lazy')}"
     assert A.NOSQL_CALL_COUNT not in a  # the worker's own Redis traffic is not the task's
-    in_task = [s for s in spans if s["trace_id"] == task["trace_id"] and _system(s) == "redis"]
+    in_task = [s for s in spans if s["trace_id"] == task["trace_id"] and system(s) == "redis"]
     assert in_task, "the result backend writes inside the task span"
     for s in in_task:  # the result backend's SETEX + PUBLISH run inside the task's span
         assert s["attributes"][A.QUERY_FRAMEWORK] is True and s["attributes"][A.QUERY_NOSQL] is True
-    broker = [s for s in spans if _system(s) == "redis" and s["trace_id"] != task["trace_id"]]
+    broker = [s for s in spans if system(s) == "redis" and s["trace_id"] != task["trace_id"]]
     assert broker, "the worker's broker traffic is traced (and marked)"
     loose = [s for s in broker if not s["parent_span_id"]]
     assert loose and all(s["attributes"].get(A.QUERY_FRAMEWORK) is True for s in loose)

@@ -5,35 +5,22 @@ is not counted as the view's queries."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, base_env, get, serve, server_output
+from conftest import BIN, base_env, get, serve, server_output, statement
+from support.django_site import (
+    DJANGO_TEMPLATE,
+    JINJA_TEMPLATE,
+    QUESTIONS,
+    SITE,
+    point_query,
+    seed_site,
+    template_n_plus_one,
+)
 
 from otel_dbperf import attributes as A
-
-SITE = APPS / "djsite"
-VIEWS = SITE / "polls" / "views.py"
-DJANGO_TEMPLATE = SITE / "polls" / "templates" / "polls" / "choices.html"
-JINJA_TEMPLATE = SITE / "polls" / "jinja2" / "polls" / "choices.jinja"
-QUESTIONS = 8
-
-
-def line_with(path: Path, text: str) -> int:
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if text in line:
-            return i
-    raise LookupError(text)
-
-
-def seed_site(url: str, python: Path = Path(sys.executable)) -> None:
-    """``manage.py seed`` of the project on ``url``, run by ``python``."""
-    env = {**os.environ, "APP_DB_URL": url, "DJANGO_SETTINGS_MODULE": "djsite.settings"}
-    subprocess.run([str(python), "manage.py", "seed"], cwd=SITE, env=env, check=True, timeout=60)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,48 +32,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"postgresql://{user}@127.0.0.1:5432/test"
     seed_site(url)
     return url
-
-
-def _statement(span: dict[str, Any]) -> str:
-    return str(span["attributes"].get("db.query.text") or span["attributes"].get("db.statement") or "")
-
-
-def _root(spans: list[dict[str, Any]], route: str) -> dict[str, Any]:
-    roots = [s for s in spans if s["kind"] == "SERVER" and s["attributes"].get("http.route") == route]
-    assert len(roots) == 1, "\n".join(
-        repr((s["name"], sorted(s["attributes"].items()))) for s in spans if s["kind"] == "SERVER"
-    )
-    return roots[0]
-
-
-def template_n_plus_one(spans: list[dict[str, Any]], route: str, template: Path, loop: str, render: str) -> Any:
-    """The root span of ``route``, checked: 1 + QUESTIONS queries, the N+1 at the template's line
-    with ``loop``, its Python location the view's line marked ``render``."""
-    root = _root(spans, route)
-    a = root["attributes"]
-    assert a[A.DB_QUERY_COUNT] == 1 + QUESTIONS, a
-    assert a[A.N_PLUS_ONE_DETECTED] is True
-    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{template}:{line_with(template, loop)}", a
-    assert a[A.N_PLUS_ONE_PYTHON_LOCATION] == f"{VIEWS}:{line_with(VIEWS, f'marker: {render}')}", a
-    return root
-
-
-def point_query(spans: list[dict[str, Any]]) -> Any:
-    """The one query of ``question/<int:question_id>`` (besides connection setup), checked: at the
-    view's own line, with no template."""
-    root = _root(spans, "question/<int:question_id>")
-    a = root["attributes"]
-    assert a[A.DB_QUERY_COUNT] == 1 and a[A.N_PLUS_ONE_DETECTED] is False
-    points = [s for s in spans if s["trace_id"] == root["trace_id"] and _statement(s)]
-    counted_points = [s for s in points if not s["attributes"].get(A.QUERY_SETUP)]
-    assert len(counted_points) == 1, [(_statement(s), s["attributes"]) for s in points]
-    point = counted_points[0]
-    assert (point["attributes"][A.CODE_FILE_PATH], point["attributes"][A.CODE_LINE_NUMBER]) == (
-        str(VIEWS),
-        line_with(VIEWS, "marker: point"),
-    )
-    assert A.CODE_PYTHON_LOCATION not in point["attributes"]
-    return point
 
 
 @pytest.mark.parametrize("server", ["runserver", "gunicorn"])
@@ -111,7 +56,7 @@ def test_django_template_n_plus_one_and_connection_setup(receiver: Any, db_url: 
     assert a[A.N_PLUS_ONE_REPEAT_COUNT] == QUESTIONS
     assert a[A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT beyondsql_dj_choice"
     trace = [s for s in spans if s["trace_id"] == root["trace_id"]]
-    lazy = [s for s in trace if "beyondsql_dj_choice" in _statement(s)]
+    lazy = [s for s in trace if "beyondsql_dj_choice" in statement(s)]
     assert len(lazy) == QUESTIONS
     for s in lazy:
         sa = s["attributes"]
@@ -123,7 +68,7 @@ def test_django_template_n_plus_one_and_connection_setup(receiver: Any, db_url: 
     db = [s for s in spans if "db.system" in s["attributes"] or "db.system.name" in s["attributes"]]
     setup = [s for s in db if s["attributes"].get(A.QUERY_SETUP)]
     if "postgresql" in db_url:
-        assert any("set_config" in _statement(s) for s in setup), [_statement(s) for s in db]
+        assert any("set_config" in statement(s) for s in setup), [statement(s) for s in db]
     for s in setup:
         assert A.QUERY_SLOW not in s["attributes"] and not s["events"]
         assert A.N_PLUS_ONE not in s["attributes"]
@@ -131,9 +76,9 @@ def test_django_template_n_plus_one_and_connection_setup(receiver: Any, db_url: 
     counted = sum(s["attributes"][A.DB_QUERY_COUNT] for s in servers)
     requests = {s["trace_id"] for s in servers}  # (runserver checks migrations at startup, outside any request)
     statements = [
-        s for s in db if s["trace_id"] in requests and _statement(s) and not s["attributes"].get(A.QUERY_SETUP)
+        s for s in db if s["trace_id"] in requests and statement(s) and not s["attributes"].get(A.QUERY_SETUP)
     ]
-    assert counted == len(statements), [_statement(s) for s in statements]
+    assert counted == len(statements), [statement(s) for s in statements]
 
     # the Jinja2 backend: the template line too
     template_n_plus_one(spans, "questions-jinja", JINJA_TEMPLATE, "choice_set.all()", "render_jinja")

@@ -7,8 +7,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from test_report_compare import DAY, T0, request, two_windows, write
-from test_report_html import CHROMIUM_FLAGS, _chromium, _pixels
+from support.chromium import FLAGS as CHROMIUM_FLAGS
+from support.chromium import chromium as _chromium
+from support.chromium import pixels as _pixels
+from support.otlp_lines import DAY, T0, request, two_windows, write
 
 from otel_dbperf.cli import main
 from otel_dbperf.report_compare import EXIT_REGRESSION

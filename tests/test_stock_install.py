@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, base_env, get, marker_line, serve
-from test_e2e_celery import APP_FILE, _client, _purge, worker
-from test_e2e_django import (
+from conftest import APPS, base_env, get, marker_line, serve, statement
+from support.celery_worker import APP_FILE, purge, worker
+from support.celery_worker import client as celery_client
+from support.django_site import (
     DJANGO_TEMPLATE,
     JINJA_TEMPLATE,
     SITE,
-    _statement,
     point_query,
     seed_site,
     template_n_plus_one,
@@ -301,7 +301,7 @@ def test_stock_django_gunicorn_orm_queries_rolled_up_output_unchanged(
     template_n_plus_one(spans, "questions-jinja", JINJA_TEMPLATE, "choice_set.all()", "render_jinja")
     point = point_query(spans)
     assert point["scope"] == "opentelemetry.instrumentation.sqlite3", point
-    queries = [s for s in spans if _statement(s)]  # the counts are checked above
+    queries = [s for s in spans if statement(s)]  # the counts are checked above
     assert all(A.QUERY_FINGERPRINT in s["attributes"] for s in queries), queries
 
 
@@ -322,9 +322,12 @@ def test_stock_celery_prefork_task_rolled_up_output_unchanged(
     env = _venv_env(receiver, APP_DB_URL=url, APP_REDIS_DB=str(db))
     outputs = {}
     for instrument in (False, True):
-        _purge(db)
+        purge(db)
         with worker(env, "prefork", celery_venv / "bin", instrument) as w:
-            assert _client(db).send_task("beyondsql.writers_report").get(timeout=60) == {"books": 20, "statements": 11}
+            assert celery_client(db).send_task("beyondsql.writers_report").get(timeout=60) == {
+                "books": 20,
+                "statements": 11,
+            }
             if instrument:
                 spans = receiver.wait_for(lambda s: any(x["kind"] == "CONSUMER" for x in s), timeout=60)
             stop_main(w)
@@ -336,7 +339,7 @@ def test_stock_celery_prefork_task_rolled_up_output_unchanged(
     assert a["celery.task_name"] == "beyondsql.writers_report", a
     assert a[A.DB_QUERY_COUNT] == 11 and a[A.N_PLUS_ONE_DETECTED] is True, a
     assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line('celery_tasks.py', 'task_lazy')}"
-    queries = [s for s in spans if s["trace_id"] == task["trace_id"] and _statement(s)]
+    queries = [s for s in spans if s["trace_id"] == task["trace_id"] and statement(s)]
     assert len(queries) == 11, queries
     for s in queries:
         assert A.QUERY_FINGERPRINT in s["attributes"] and s["attributes"][A.CODE_FILE_PATH] == APP_FILE, s

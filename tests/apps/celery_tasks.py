@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session
 
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('APP_REDIS_DB', '11')}"
-QUEUE = "beyondsql"
+QUEUE = os.environ.get("APP_CELERY_QUEUE", "beyondsql")  # the test session's own
 
 app = Celery("beyondsql_tasks", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.task_default_queue = QUEUE
