@@ -26,8 +26,29 @@ from otlp_receiver import Receiver  # noqa: E402
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
 BIN = Path(sys.executable).parent
-PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
+PG_HOST, PG_PORT = "127.0.0.1", 5432
 REQUIRE_SERVICES = os.environ.get("DBPERF_REQUIRE_SERVICES") == "1"
+SERVER_DB = "test"  # the database scripts/test sets the servers up with: a session's own is made from it
+# Each test session works in a database of its own on PostgreSQL and on MariaDB (``dbperf_<pid>``),
+# made when first needed and dropped at the end; one left by a killed session is dropped at the next
+# start. A second suite running beside this one on the same servers never touches its tables.
+PG_DB = MARIA_DB = f"dbperf_{os.getpid()}"
+_OWN_DB = re.compile(r"dbperf_([0-9]+)")
+_made: set[str] = set()  # "postgresql", "mariadb": the session's databases made so far
+
+
+def _stale(name: str) -> bool:
+    """A session database whose process is gone."""
+    match = _OWN_DB.fullmatch(name)
+    if not match or name == PG_DB:
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _pg_reachable() -> str | None:
@@ -35,11 +56,23 @@ def _pg_reachable() -> str | None:
         import psycopg
 
         with psycopg.connect(
-            host=PG_HOST, port=PG_PORT, dbname=PG_DB, user=os.environ.get("PGUSER", "postgres"), connect_timeout=3
-        ):
+            host=PG_HOST,
+            port=PG_PORT,
+            dbname=SERVER_DB,
+            user=os.environ.get("PGUSER", "postgres"),
+            connect_timeout=3,
+            autocommit=True,
+        ) as conn:
+            if "postgresql" not in _made:
+                names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbperf%'")]
+                for name in filter(_stale, names):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                if PG_DB not in names:
+                    conn.execute(f'CREATE DATABASE "{PG_DB}"')
+                _made.add("postgresql")
             return None
     except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL at {PG_HOST}:{PG_PORT}/{PG_DB} not reachable: {exc}"
+        return f"PostgreSQL at {PG_HOST}:{PG_PORT}/{SERVER_DB} not reachable: {exc}"
 
 
 @pytest.fixture(scope="session")
@@ -52,23 +85,50 @@ def pg_user() -> str:
     return os.environ.get("PGUSER", "postgres")
 
 
-MARIA_URL = "mysql+pymysql://root:@127.0.0.1:3306/test"
+MARIA_URL = f"mysql+pymysql://root:@127.0.0.1:3306/{MARIA_DB}"
 
 
-def maria_connect(autocommit: bool = False) -> Any:
-    """A PyMySQL connection to MariaDB on 127.0.0.1:3306, database ``test`` (skips without it,
+def maria_connect(autocommit: bool = False, **options: Any) -> Any:
+    """A PyMySQL connection to MariaDB on 127.0.0.1:3306, the session's database (skips without it,
     fails under DBPERF_REQUIRE_SERVICES=1)."""
     import pymysql
 
     try:
+        if "mariadb" not in _made:
+            admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=SERVER_DB)
+            with admin, admin.cursor() as cur:
+                cur.execute("SHOW DATABASES LIKE 'dbperf%'")
+                for name in [r[0] for r in cur.fetchall() if _stale(r[0])]:
+                    cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{MARIA_DB}`")
+            _made.add("mariadb")
         return pymysql.connect(
-            host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=autocommit
+            host="127.0.0.1", port=3306, user="root", password="", database=MARIA_DB, autocommit=autocommit, **options
         )
     except Exception as exc:  # noqa: BLE001
-        reason = f"MariaDB at 127.0.0.1:3306/test not reachable: {exc}"
+        reason = f"MariaDB at 127.0.0.1:3306/{SERVER_DB} not reachable: {exc}"
         if REQUIRE_SERVICES:
             pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
         pytest.skip(reason)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the session's own databases (connections the tests left open are ended)."""
+    try:
+        if "postgresql" in _made:
+            import psycopg
+
+            user = os.environ.get("PGUSER", "postgres")
+            with psycopg.connect(host=PG_HOST, port=PG_PORT, dbname=SERVER_DB, user=user, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        if "mariadb" in _made:
+            import pymysql
+
+            admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=SERVER_DB)
+            with admin, admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{MARIA_DB}`")
+    except Exception as exc:  # noqa: BLE001 - left for the next session's start to drop
+        print(f"conftest: could not drop the session's databases: {exc}", file=sys.stderr)
 
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379

@@ -37,7 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, PG_DB, PG_HOST, PG_PORT, REQUIRE_SERVICES, free_port, marker_line
+from conftest import (
+    APPS,
+    BIN,
+    MARIA_URL,
+    PG_DB,
+    PG_HOST,
+    PG_PORT,
+    free_port,
+    maria_connect,
+    marker_line,
+)
 from otlp_receiver import Receiver
 
 PREFIX, SUFFIX = "CANARY", "YRANAC"
@@ -425,19 +435,11 @@ class Run:
 
 
 def _maria_connect() -> Any:
-    import pymysql
-
-    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=True)
+    return maria_connect(autocommit=True)
 
 
 def _services() -> None:
-    try:
-        _maria_connect().close()
-    except Exception as exc:  # noqa: BLE001
-        reason = f"MariaDB at 127.0.0.1:3306/test not reachable: {exc}"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+    _maria_connect().close()  # skips without MariaDB (fails under DBPERF_REQUIRE_SERVICES=1)
 
 
 def _create_tables(spec: Spec, pg_dsn: str) -> None:
@@ -726,7 +728,7 @@ def runs(spec: Spec, pg_dsn: str, pg_user: str, tmp_path_factory: pytest.TempPat
         "psycopg": pg_dsn,
         "psycopg2": pg_dsn,
         "asyncpg": f"postgresql://{pg}",
-        "sa_pymysql": "mysql+pymysql://root@127.0.0.1:3306/test",
+        "sa_pymysql": MARIA_URL,
     }
     _create_tables(spec, pg_dsn)
     try:

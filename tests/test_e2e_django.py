@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, base_env, get, serve, server_output, statement
+from conftest import BIN, PG_DB, base_env, get, serve, server_output, statement
 from support.django_site import (
     DJANGO_TEMPLATE,
     JINJA_TEMPLATE,
@@ -29,7 +29,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite:///{tmp_path / 'django.sqlite3'}"
     else:
         user = request.getfixturevalue("pg_user")
-        url = f"postgresql://{user}@127.0.0.1:5432/test"
+        url = f"postgresql://{user}@127.0.0.1:5432/{PG_DB}"
     seed_site(url)
     return url
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import PG_DB, PG_HOST, PG_PORT, REQUIRE_SERVICES
+from conftest import MARIA_URL, PG_DB, PG_HOST, PG_PORT, REQUIRE_SERVICES, maria_connect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -126,12 +126,7 @@ def pg_errt(pg_dsn: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def my_errt() -> Iterator[None]:
-    try:
-        import pymysql
-
-        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=True)
-    except Exception as exc:  # noqa: BLE001
-        _unreachable(f"MariaDB at 127.0.0.1:3306/test not reachable: {exc}")
+    conn = maria_connect(autocommit=True)
     with conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {MY_TABLE}")
         cur.execute(f"CREATE TABLE {MY_TABLE} (id int PRIMARY KEY, email varchar(80) UNIQUE, n int, d date)")
@@ -154,7 +149,7 @@ class Target:
             self.table = PG_TABLE
         elif self.driver == "pymysql":
             request.getfixturevalue("my_errt")
-            self.url = "mysql+pymysql://root@127.0.0.1:3306/test"
+            self.url = MARIA_URL
             self.table = MY_TABLE
         else:
             self.path = str(tmp_path / "errt.db")
@@ -179,12 +174,7 @@ class Target:
 
     @staticmethod
     def _pymysql(sql: str, params: tuple[str, ...] = ()) -> None:
-        import pymysql
-
-        conn = pymysql.connect(
-            host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=True,
-            init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES'",
-        )  # fmt: skip
+        conn = maria_connect(autocommit=True, init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params or None)

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 import psycopg2
 import pytest
+from conftest import MARIA_URL
+from conftest import maria_connect as _maria_connect
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -56,14 +58,6 @@ def _unreachable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _maria_connect(autocommit: bool = False) -> Any:
-    import pymysql
-
-    return pymysql.connect(
-        host="127.0.0.1", port=3306, user="root", password="", database="test", autocommit=autocommit
-    )
-
-
 @pytest.fixture(scope="session")
 def pg_tables(pg_dsn: str) -> Iterator[str]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -79,10 +73,7 @@ def pg_tables(pg_dsn: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def maria_tables() -> Iterator[None]:
-    try:
-        conn = _maria_connect(autocommit=True)
-    except Exception as exc:  # noqa: BLE001
-        _unreachable(f"MariaDB at 127.0.0.1:3306/test not reachable: {exc}")
+    conn = _maria_connect(autocommit=True)
     with conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {BIG}, {SCRATCH}")
         cur.execute(f"CREATE TABLE {BIG} (id int AUTO_INCREMENT PRIMARY KEY, name varchar(40), qty int) ENGINE=InnoDB")
@@ -1205,7 +1196,7 @@ def test_sqlalchemy_psycopg2(pg_tables: str, pg_sync_url: str) -> None:
 
 
 def test_sqlalchemy_pymysql(maria_tables: None) -> None:
-    t = Traced(create_engine("mysql+pymysql://root:@127.0.0.1:3306/test"))
+    t = Traced(create_engine(MARIA_URL))
     try:
         _sqlalchemy_round_trip(t)
         assert t.explain_events()[0].attributes["dbperf.explain.database"] == "mysql"

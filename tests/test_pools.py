@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from conftest import MARIA_URL, data_points, maria_connect
+from conftest import MARIA_URL, PG_DB, data_points, maria_connect
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -79,7 +79,7 @@ def _request(setup: Setup, name: str, fn: Any) -> None:
 
 def test_a_request_that_waits_for_the_pool_carries_its_wait(setup: Setup, pg_sync_url: str) -> None:
     engine = sqlalchemy.create_engine(pg_sync_url, pool_size=1, max_overflow=0, pool_timeout=10)
-    name = "postgresql+psycopg://127.0.0.1:5432/test"  # the URL without its user
+    name = f"postgresql+psycopg://127.0.0.1:5432/{PG_DB}"  # the URL without its user
     holding = threading.Event()
     seen: dict[str, Any] = {}
 
@@ -346,4 +346,4 @@ def test_async_engine_waits_are_measured(setup: Setup, pg_async_url: str) -> Non
     second = roots["GET /second"].attributes
     assert second is not None and 100 <= second[A.DB_POOL_WAIT_MS] < 5000
     (waits,) = setup.points(M.DB_CLIENT_CONNECTION_WAIT_TIME.name)
-    assert waits.count == 2 and waits.attributes == {POOL_NAME: "postgresql+asyncpg://127.0.0.1:5432/test"}
+    assert waits.count == 2 and waits.attributes == {POOL_NAME: f"postgresql+asyncpg://127.0.0.1:5432/{PG_DB}"}
