@@ -14,7 +14,7 @@ import pytest
 from conftest import APPS, BIN, marker_line
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.trace import SpanKind
-from test_processor import make
+from support.pipeline import make
 
 from otel_dbperf import _nosql
 from otel_dbperf import attributes as A

@@ -22,12 +22,12 @@ from conftest import MARIA_URL, PG_DB, PG_HOST, PG_PORT, REQUIRE_SERVICES, maria
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import Settings
 from otel_dbperf._errors import scrub_error_text, scrub_traceback
 
 PG_TABLE = "dbperf_errt"
@@ -293,13 +293,9 @@ def test_real_driver_errors_lose_their_canary(case: Case, request: pytest.Fixtur
     canary = _canary()
     target.prepare(canary)
     sql, params = _fill(case.sql, canary, target.table), tuple(_fill(p, canary, target.table) for p in case.params)
-    memory, unscrubbed = InMemorySpanExporter(), _TextExporter()
-    provider = TracerProvider()
-    processor = DbPerfSpanProcessor(Settings())
-    provider.add_span_processor(processor)
-    provider.add_span_processor(SimpleSpanProcessor(unscrubbed))  # what the processor is up against
-    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
-    tracer = provider.get_tracer("test")
+    unscrubbed = _TextExporter()  # what the processor is up against
+    pipeline = Pipeline(Settings(), raw_exporters=[unscrubbed])
+    provider, tracer, memory = pipeline.provider, pipeline.tracer, pipeline.memory
 
     def traced() -> None:
         with tracer.start_as_current_span("GET /signup"):

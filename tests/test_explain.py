@@ -29,6 +29,7 @@ from sqlalchemy import Engine, create_engine, text
 # Imported before any instrumentation: contrib's wrapped create_engine would otherwise be bound
 # into sqlalchemy.ext.asyncio for good, and instrument every later async engine twice.
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.pipeline import instrument_sqlalchemy, uninstrument_sqlalchemy
 
 from otel_dbperf import _explain
 from otel_dbperf._explain import ExplainConfig, Explainer, Plan, refusal
@@ -1048,10 +1049,7 @@ class Traced:
         self.provider = TracerProvider()
         self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
         self.engine = engine
-        instrumentor = SQLAlchemyInstrumentor()
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
-        instrumentor.instrument(engine=engine, tracer_provider=self.provider, skip_dep_check=True)
+        instrument_sqlalchemy(self.provider, engine)
         self.explainer = Explainer(config)
         self.seen: list[tuple[Any, Plan, bool]] = []  # (span, plan, span still open)
         _explain.install(self.explainer, int(threshold_ms * 1_000_000), on_plan=self.on_plan)
@@ -1067,7 +1065,7 @@ class Traced:
 
     def close(self) -> None:
         _explain.uninstall()
-        SQLAlchemyInstrumentor().uninstrument()
+        uninstrument_sqlalchemy()
         self.engine.dispose()
 
 

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import text
-from test_processor import APP_CODE, Traced
+from support.pipeline import APP_CODE, Pipeline, Traced
 
 from otel_dbperf import DbPerfSpanProcessor, EnrichingSpanExporter, Settings, _guard
 from otel_dbperf import attributes as A
@@ -61,12 +61,8 @@ def _exporter_of(t: Traced) -> EnrichingSpanExporter:
 
 
 def _provider(settings: Settings = SETTINGS) -> tuple[TracerProvider, DbPerfSpanProcessor, InMemorySpanExporter]:
-    processor = DbPerfSpanProcessor(settings)
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
-    return provider, processor, memory
+    p = Pipeline(settings)
+    return p.provider, p.processor, p.memory
 
 
 def _db_span(tracer: Any, i: int, **extra: Any) -> Any:

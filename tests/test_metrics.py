@@ -10,46 +10,29 @@ from typing import Any
 
 import pytest
 from app_code import queries
-from conftest import data_points
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import text
-from test_processor import APP_CODE, Traced
+from support.pipeline import APP_CODE, Traced
 
 from otel_dbperf import Settings, _prefork
 from otel_dbperf import metric_names as M
 from otel_dbperf._pipeline import derive, metrics_sink
-from otel_dbperf._pipeline.derive import build_deriver
 from otel_dbperf.metrics import DB_DURATION_BUCKETS, DEFAULT_VIEWS, default_views
 
 
 class Metered(Traced):
+    """Traced with metrics: the deriver feeding a MeterProvider with otel-dbperf's views (or ``views``)."""
+
     def __init__(self, settings: Settings, views: Any = DEFAULT_VIEWS) -> None:
-        super().__init__(settings)
-        self.reader = InMemoryMetricReader()
-        self.meters = MeterProvider(metric_readers=[self.reader], views=views)
-        self.deriver = build_deriver(self.processor.thresholds, self.meters)
-        self.processor.attach_deriver(self.deriver.submit)
-        self.data: Any = None
-
-    def points(self, name: str, fresh: bool = True) -> list[Any]:
-        """The data points of metric ``name``.
-
-        ``fresh``: collect now (which drains the derivation queue first); else reuse the last
-        collection (exemplars are those sampled since the previous collection).
-        """
-        if fresh or self.data is None:
-            self.data = self.reader.get_metrics_data()
-        return data_points(self.data, name)
+        super().__init__(settings, metrics=views)
 
 
 @pytest.fixture
 def metered() -> Iterator[Metered]:
     m = Metered(Settings(app_paths=(str(APP_CODE.parent),), slow_query_threshold_ms=50))
     yield m
-    m.provider.shutdown()
-    m.meters.shutdown()
+    m.close()
 
 
 def by_labels(points: list[Any]) -> dict[frozenset[tuple[str, Any]], Any]:

@@ -22,8 +22,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -41,8 +41,9 @@ from otlp_receiver import Receiver
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _guard, _otlp, _runtime
+from otel_dbperf import Settings, _guard, _otlp, _runtime
 from otel_dbperf import attributes as A
 from otel_dbperf._backend import WatchedSpanExporter
 from otel_dbperf._otlp import FastOTLPSpanExporter, SpanEncoder, fast_exporter
@@ -273,10 +274,9 @@ def real_spans() -> list[ReadableSpan]:
     """Request and DB spans from the SDK, enriched by otel-dbperf: slow events, N+1, code location, an
     error status, a remote parent, links."""
     capture = Capture()
-    provider = TracerProvider(resource=Resource.create({"service.name": "encoder-test"}))
-    processor = DbPerfSpanProcessor(Settings(slow_query_threshold_ms=0, app_paths=(__file__.rsplit("/", 1)[0],)))
-    provider.add_span_processor(processor)
-    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(capture)))
+    settings = Settings(slow_query_threshold_ms=0, app_paths=(__file__.rsplit("/", 1)[0],))
+    resource = Resource.create({"service.name": "encoder-test"})
+    provider = Pipeline(settings, exporters=[capture], provider_options={"resource": resource}).provider
     engine = create_engine("sqlite://", poolclass=StaticPool)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE enc_authors (id INTEGER PRIMARY KEY, name TEXT)"))

@@ -11,18 +11,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from conftest import MARIA_URL, PG_DB, data_points, maria_connect
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from conftest import MARIA_URL, PG_DB, maria_connect
 from opentelemetry.trace import SpanKind
 from sqlalchemy import exc, text
 from sqlalchemy.pool import NullPool, StaticPool
+from support.pipeline import Pipeline, instrument_sqlalchemy, uninstrument_sqlalchemy
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _pools, _transactions
+from otel_dbperf import Settings, _pools, _transactions
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
 from otel_dbperf.metrics import default_views
@@ -30,36 +25,21 @@ from otel_dbperf.metrics import default_views
 POOL_NAME = "db.client.connection.pool.name"
 
 
-class Setup:
+class Setup(Pipeline):
+    """The pipeline with metrics, contrib's SQLAlchemy instrumentation on every engine made from now on,
+    and the pool and transaction hooks."""
+
     def __init__(self, **settings: Any) -> None:
-        self.settings = Settings(**settings)
-        self.memory = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.processor = DbPerfSpanProcessor(self.settings)
-        self.provider.add_span_processor(self.processor)
-        self.provider.add_span_processor(SimpleSpanProcessor(self.processor.wrap_exporter(self.memory)))
-        self.tracer = self.provider.get_tracer("test")
-        self.reader = InMemoryMetricReader()
-        self.meters = MeterProvider(metric_readers=[self.reader], views=default_views())
-        instrumentor = SQLAlchemyInstrumentor()
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
-        instrumentor.instrument(tracer_provider=self.provider, meter_provider=self.meters, skip_dep_check=True)
+        super().__init__(Settings(**settings), metrics=default_views())
+        instrument_sqlalchemy(self.provider, meter_provider=self.meters)
         _pools.install(self.settings.slow_query_threshold_ms, self.meters)
         _transactions.install(self.settings.long_transaction_ms)
 
     def close(self) -> None:
         _pools.uninstall()
         _transactions.uninstall()
-        SQLAlchemyInstrumentor().uninstrument()
-        self.provider.shutdown()
-        self.meters.shutdown()
-
-    def roots(self) -> dict[str, ReadableSpan]:
-        return {s.name: s for s in self.memory.get_finished_spans() if s.kind is SpanKind.SERVER}
-
-    def points(self, name: str) -> list[Any]:
-        return data_points(self.reader.get_metrics_data(), name)
+        uninstrument_sqlalchemy()
+        super().close()
 
 
 @pytest.fixture

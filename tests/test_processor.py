@@ -5,71 +5,22 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from app_code import queries
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import text
+from support.pipeline import APP_CODE, Pipeline, Traced, line_of, make
 
 import otel_dbperf
-from otel_dbperf import DbPerfSpanProcessor, Settings, _guard
+from otel_dbperf import _guard
 from otel_dbperf import attributes as A
 from otel_dbperf._pipeline import processor as _processor
 from otel_dbperf._pipeline import record as _record
-
-APP_CODE = Path(queries.__file__)
-
-
-def line_of(name: str) -> int:
-    for i, line in enumerate(APP_CODE.read_text().splitlines(), start=1):
-        if line.rstrip().endswith(f"# line: {name}"):
-            return i
-    raise LookupError(name)
-
-
-class Traced:
-    def __init__(self, settings: Settings, batch: bool = False, url: str | None = None) -> None:
-        self.memory = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.processor = DbPerfSpanProcessor(settings)
-        self.provider.add_span_processor(self.processor)
-        exporter = self.processor.wrap_exporter(self.memory)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("test")
-        self.engine = create_engine(url) if url else create_engine("sqlite://", poolclass=StaticPool)
-
-        @event.listens_for(self.engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.create_function("dbperf_sleep", 1, lambda s: time.sleep(s) or 0)
-
-        with self.engine.begin() as conn:
-            conn.execute(text("CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT)"))
-            conn.execute(text("INSERT INTO authors VALUES (1, 'ann'), (2, 'bob')"))
-        instrumentor = SQLAlchemyInstrumentor()
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
-        instrumentor.instrument(engine=self.engine, tracer_provider=self.provider, skip_dep_check=True)
-
-    def spans(self) -> list[ReadableSpan]:
-        self.provider.force_flush()
-        return list(self.memory.get_finished_spans())
-
-    def db_spans(self) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.attributes and A.QUERY_FINGERPRINT in s.attributes]
-
-
-def make(tmp_path: Path, **kw: Any) -> Traced:
-    kw.setdefault("app_paths", (str(APP_CODE.parent),))
-    return Traced(Settings(**kw))
 
 
 @pytest.fixture
@@ -147,7 +98,7 @@ def test_below_threshold_is_no_n_plus_one(traced: Traced) -> None:
 
 
 def test_eight_threads_keep_their_own_rollups(tmp_path: Path) -> None:
-    t = Traced(Settings(app_paths=(str(APP_CODE.parent),)), batch=True, url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    t = Traced(batch=True, url=f"sqlite:///{tmp_path / 'db.sqlite'}")
     errors: list[BaseException] = []
 
     def worker(k: int) -> None:
@@ -237,10 +188,8 @@ def test_request_state_is_bounded(traced: Traced, monkeypatch: pytest.MonkeyPatc
 
 
 def test_two_exporters_both_get_enriched_spans(tmp_path: Path) -> None:
-    settings = Settings(app_paths=(str(APP_CODE.parent),))
-    t = Traced(settings)
     second = InMemorySpanExporter()
-    t.provider.add_span_processor(SimpleSpanProcessor(t.processor.wrap_exporter(second)))
+    t = Traced(exporters=[second])
     with t.tracer.start_as_current_span("GET /two", kind=SpanKind.SERVER):
         queries.n_plus_one(t.engine, 5)
     for exporter in (t.memory, second):
@@ -287,13 +236,8 @@ def test_application_code(app_paths: tuple[str, ...], filename: str, expected: b
 def test_span_attribute_limits_and_dropped_counts_are_kept(tmp_path: Path) -> None:
     from opentelemetry.sdk.trace import SpanLimits
 
-    settings = Settings(app_paths=(str(APP_CODE.parent),))
-    processor = DbPerfSpanProcessor(settings)
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=6))
-    provider.add_span_processor(processor)
-    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
-    tracer = provider.get_tracer("test")
+    p = Pipeline(provider_options={"span_limits": SpanLimits(max_span_attributes=6)})
+    tracer, memory = p.tracer, p.memory
     with (
         tracer.start_as_current_span("GET /", kind=SpanKind.SERVER),
         tracer.start_as_current_span("q", kind=SpanKind.CLIENT) as db,

@@ -9,10 +9,10 @@ from typing import Any
 from urllib.request import Request, urlopen
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import Settings
 from otel_dbperf._pending import PendingByRequest
 from otel_dbperf._pipeline.derive import SpanDeriver
 from otel_dbperf.profiler import HistorySink, ProfilerServer, QueryHistory, start
@@ -161,12 +161,9 @@ def test_query_type_and_stack_lines() -> None:
 
 def _pipeline(history: QueryHistory, resource_samples: str = "request") -> tuple[Any, SpanDeriver]:
     settings = Settings.from_env({"DBPERF_SLOW_QUERY_THRESHOLD_MS": "0", "DBPERF_RESOURCE_SAMPLES": resource_samples})
-    processor = DbPerfSpanProcessor(settings)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    deriver = SpanDeriver(processor.thresholds, [HistorySink(history)])
-    processor.attach_deriver(deriver.submit)
-    return provider.get_tracer("seed-test"), deriver
+    p = Pipeline(settings, sinks=[HistorySink(history)])
+    assert p.deriver is not None
+    return p.tracer, p.deriver
 
 
 def _query(tracer: Any, statement: str) -> None:

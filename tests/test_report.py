@@ -14,8 +14,9 @@ from conftest import BIN
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import Settings
 from otel_dbperf.cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, main
 from otel_dbperf.exporters.otlp_json_file import OTLPJsonFileSpanExporter
 from otel_dbperf.report import ReadStats, read_spans
@@ -164,11 +165,8 @@ def test_the_command_is_installed() -> None:
 def test_exporter_writes_what_the_reader_reads(tmp_path: Path) -> None:
     path = tmp_path / "spans.jsonl"
     settings = Settings(app_paths=(str(Path(__file__).parent),))
-    processor = DbPerfSpanProcessor(settings)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(OTLPJsonFileSpanExporter(str(path)))))
-    tracer = provider.get_tracer("test")
+    p = Pipeline(settings, exporters=[OTLPJsonFileSpanExporter(str(path))])
+    provider, tracer = p.provider, p.tracer
     with (
         tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER) as root,
         tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as db,

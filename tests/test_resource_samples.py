@@ -11,7 +11,7 @@ import pytest
 from app_code import queries
 from conftest import APPS, BIN, base_env
 from opentelemetry.trace import SpanKind
-from test_processor import APP_CODE, Traced
+from support.pipeline import APP_CODE, Traced
 
 from otel_dbperf import Settings
 from otel_dbperf import attributes as A

@@ -10,12 +10,10 @@ from typing import Any
 
 import pytest
 from conftest import APPS, BIN, base_env
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import Settings
 from otel_dbperf import attributes as A
 from otel_dbperf._explain import ExplainConfig, Explainer
 from otel_dbperf.metrics import default_views
@@ -33,12 +31,8 @@ def test_every_number_is_numeric_with_bounds() -> None:
 
 def _enriched_span(settings: Settings) -> dict[str, Any]:
     """Build the processor as the configurator does, export one DB span inside a request."""
-    processor = DbPerfSpanProcessor(settings)
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
-    tracer = provider.get_tracer("test")
+    p = Pipeline(settings)
+    provider, tracer, memory = p.provider, p.tracer, p.memory
     with (
         tracer.start_as_current_span("GET /", kind=SpanKind.SERVER),
         tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as db,

@@ -451,23 +451,14 @@ os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "database"
 from opentelemetry import metrics
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine, text
 from otel_dbperf import Settings
-from otel_dbperf import DbPerfSpanProcessor
 from otel_dbperf.metrics import default_views
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/apps"]  # tests/: the harness
+from support.pipeline import Pipeline
 
-memory = InMemorySpanExporter()
-provider = TracerProvider()
-processor = DbPerfSpanProcessor(Settings())
-provider.add_span_processor(processor)
-provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(memory)))
-reader = InMemoryMetricReader()
-meters = MeterProvider(metric_readers=[reader], views=default_views() if sys.argv[1] == "views" else ())
+p = Pipeline(Settings(), metrics=default_views() if sys.argv[1] == "views" else ())
+memory, provider, reader, meters = p.memory, p.provider, p.reader, p.meters
 metrics.set_meter_provider(meters)  # contrib's sqlite3 instrumentation takes the global one
 SQLite3Instrumentor().instrument(tracer_provider=provider)
 conn = sqlite3.connect(":memory:")
@@ -494,7 +485,11 @@ print(json.dumps({"spans": spans, "points": points}))
 
 def _names_run(views: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", _NAMES_SCRIPT, views], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", _NAMES_SCRIPT, views, os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 

@@ -13,12 +13,12 @@ import pytest
 from app_code import shortcuts
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
+from support.pipeline import Pipeline
+from support.pipeline import line_of as marked_line
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _guard, _sqlite3
+from otel_dbperf import Settings, _guard, _sqlite3
 from otel_dbperf import attributes as A
 from otel_dbperf.distro import install_sqlite3_shortcuts
 
@@ -28,27 +28,18 @@ PER_CALL = {A.CODE_LINE_NUMBER, A.CODE_FUNCTION_NAME, A.CPU_TIME_MS}
 
 
 def line_of(name: str) -> int:
-    for i, line in enumerate(APP_CODE.read_text().splitlines(), start=1):
-        if line.rstrip().endswith(f"# line: {name}"):
-            return i
-    raise LookupError(name)
+    return marked_line(name, APP_CODE)
 
 
-class Traced:
+class Traced(Pipeline):
+    """The pipeline with contrib's sqlite3 instrumentation."""
+
     def __init__(self) -> None:
-        self.memory = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        processor = DbPerfSpanProcessor(Settings(app_paths=(str(APP_CODE.parent),)))
-        self.provider.add_span_processor(processor)
-        self.provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(self.memory)))
-        self.tracer = self.provider.get_tracer("test")
+        super().__init__(Settings(app_paths=(str(APP_CODE.parent),)))
         self.instrumentor = SQLite3Instrumentor()
         if self.instrumentor.is_instrumented_by_opentelemetry:
             self.instrumentor.uninstrument()
         self.instrumentor.instrument(tracer_provider=self.provider)
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.memory.get_finished_spans())
 
     def at(self, name: str) -> list[ReadableSpan]:
         return [s for s in self.spans() if s.attributes and s.attributes.get(A.CODE_LINE_NUMBER) == line_of(name)]
@@ -61,7 +52,7 @@ def traced() -> Iterator[Traced]:
     yield t
     t.instrumentor.uninstrument()
     _sqlite3.uninstall()
-    t.provider.shutdown()
+    t.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogExporter, SimpleLogRecordP
 from opentelemetry.trace import SpanKind
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, selectinload
-from test_processor import Traced
+from support.pipeline import Traced
 
 from otel_dbperf import Settings, _duplicates
 from otel_dbperf import attributes as A
