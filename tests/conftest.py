@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -179,8 +180,31 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that is free now, for a server a test starts later. Taken below the kernel's
+    ephemeral range: a port the kernel handed out (bind to 0) may meanwhile become the source port
+    of any outgoing connection on a busy machine ("Address already in use" when the server starts)."""
+    low, high = (10000, _EPHEMERAL[0] - 1) if _EPHEMERAL[0] > 11000 else (_EPHEMERAL[1] + 1, 65535)
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything tried was taken: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -258,13 +282,13 @@ def serve(
     base = f"http://127.0.0.1:{port}"
     info: dict[str, Any] = {"url": base, "proc": proc, "log": log}
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a hang guard: a loaded 2-core machine starts servers slowly
         while True:
             if proc.poll() is not None:
                 log.seek(0)
                 raise AssertionError(f"server exited: {log.read()}")
-            try:
-                if get(base + "/ping", timeout=2)[0] == 200:
+            try:  # refused until the server listens; once it does, the one probe waits to be served
+                if get(base + "/ping", timeout=60)[0] == 200:  # (a probe given up on is served later, twice)
                     break
             except OSError:
                 pass
