@@ -8,15 +8,15 @@ be read from the input (with a baseline: or no DB spans in one side's window); 4
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import datetime
 from typing import TextIO
 
 from . import report_compare
+from ._markup import printable
 from ._progress import progress
-from .report import Filters, ReadStats, Report, read_spans, render_text
+from .report import Filters, ReadStats, Report, json_text, read_spans, render_text
 from .settings import Settings
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_DATA = 0, 2, 3
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return EXIT_USAGE
     if not args.json:
         data = {k: v for k, v in data.items() if k != "routes"}
-    out.write((json.dumps(data, indent=2) if args.json else render_text(data)) + "\n")
+    out.write((json_text(data) if args.json else render_text(data)) + "\n")
     return EXIT_OK
 
 
@@ -131,7 +131,7 @@ def _say_rejected(stats: ReadStats) -> None:
         file=sys.stderr,
     )
     for reason in stats.reasons:
-        print(f"  {reason}", file=sys.stderr)
+        print(f"  {printable(reason)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Reads our ``otlp_json_file`` output and the Collector's file exporter format
 alike, streaming line by line in bounded memory: per-fingerprint statistics keep
 a fixed-size sample for percentiles, and the maps that attribute queries to
 routes are bounded LRUs. Corrupt or truncated lines are counted, never fatal;
-a span that cannot be read is counted apart and costs no other span of its line.
+a span that cannot be read is counted apart and costs no other span of its line: a field or attribute
+that is not valid OTLP JSON, or an attribute the report reads with the wrong type (``ATTRIBUTE_TYPES``).
 Enum fields are read as protobuf's JSON mapping allows: by name
 (``"SPAN_KIND_SERVER"``, as protobuf JSON printers write them) or by number.
 """
@@ -13,21 +14,29 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from . import attributes as A
-from ._route import route_of
+from ._markup import printable_data
+from ._route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
 _MAX_TRACES = 200_000  # traces remembered to attribute queries to their request's route
 _SERVER = 2  # SpanKind SERVER in OTLP
 _MAX_REASONS = 5  # rejected lines and spans whose reason is kept
+_MAX_REASON_CHARS = 300
+_INT64 = (-(2**63), 2**63 - 1)  # AnyValue.int_value
+_MAX_NS = 2**64 - 1  # the timestamps are fixed64 nanoseconds
+_MAX_ARRAY_DEPTH = 8  # arrays in arrays in attribute values (OpenTelemetry's SDKs write none)
+# What reading a line or a span may raise: counted and skipped, never fatal
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
 # The OTLP enums the reader uses, by protobuf name (opentelemetry/proto/trace/v1/trace.proto)
 SPAN_KINDS = {
     "SPAN_KIND_UNSPECIFIED": 0,
@@ -60,22 +69,129 @@ def _enum(value: Any, names: dict[str, int], field_name: str) -> int:
     raise ValueError(f"{field_name} {value!r} is not one of {', '.join(names)} or a number")
 
 
-def _value(v: dict[str, Any]) -> Any:
+def _show(value: Any) -> str:
+    """A value in a reason: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    """An integer field as protobuf's JSON mapping writes it: a number or a decimal string."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        number = int(value)  # its ValueError says why
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():  # NaN and infinities are not
+        number = int(value)
+    else:
+        raise ValueError(f"{what} {_show(value)} is not an integer")
+    if not low <= number <= high:
+        raise ValueError(f"{what} {_show(value)} is out of range")
+    return number
+
+
+def _double(value: Any) -> float:
+    """A double as protobuf's JSON mapping writes it: a number, or a string ("NaN", "Infinity", "1.5")."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (ValueError, OverflowError):
+            pass
+    raise ValueError(f"doubleValue {_show(value)} is not a number")
+
+
+def _value(v: Any, depth: int = 0) -> Any:
+    """An AnyValue: a malformed one makes its span unreadable."""
+    if not isinstance(v, dict):
+        raise ValueError(f"value {_show(v)} is not an AnyValue object")
     if "stringValue" in v:
-        return v["stringValue"]
+        text = v["stringValue"]
+        if not isinstance(text, str):
+            raise ValueError(f"stringValue {_show(text)} is not a string")
+        return text
     if "intValue" in v:
-        return int(v["intValue"])
+        return _int(v["intValue"], "intValue", *_INT64)
     if "doubleValue" in v:
-        return float(v["doubleValue"])
+        return _double(v["doubleValue"])
     if "boolValue" in v:
-        return bool(v["boolValue"])
+        flag = v["boolValue"]
+        if not isinstance(flag, bool):
+            raise ValueError(f"boolValue {_show(flag)} is not true or false")
+        return flag
     if "arrayValue" in v:
-        return [_value(x) for x in v["arrayValue"].get("values", [])]
+        if depth >= _MAX_ARRAY_DEPTH:
+            raise ValueError(f"arrayValue nested more than {_MAX_ARRAY_DEPTH} deep")
+        array = v["arrayValue"]
+        if not isinstance(array, dict):
+            raise ValueError(f"arrayValue {_show(array)} is not an object")
+        return [_value(x, depth + 1) for x in _list(array.get("values"), "arrayValue.values")]
     return None
 
 
-def _attrs(items: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
-    return {kv["key"]: _value(kv.get("value", {})) for kv in items or () if "key" in kv}
+def _attrs(items: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in _list(items, "attributes"):
+        if not isinstance(kv, dict):
+            raise ValueError(f"attribute {_show(kv)} is not an object")
+        if "key" not in kv:
+            continue
+        key = kv["key"]
+        if not isinstance(key, str):
+            raise ValueError(f"attribute key {_show(key)} is not a string")
+        try:
+            out[key] = _value(kv.get("value", {}))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return out
+
+
+_STRING, _FLAG, _COUNT = "a string", "true or false", "a whole number, 0 or more"
+_MS = "milliseconds: a finite number, 0 to 2^64 ns"
+# Every attribute the report reads, and its type: a span where one has another is rejected
+ATTRIBUTE_TYPES = {
+    **dict.fromkeys(
+        (A.QUERY_FINGERPRINT, A.DB_QUERY_SUMMARY, A.DB_QUERY_TEXT, A.DB_STATEMENT, A.CODE_FILE_PATH,
+         HTTP_ROUTE, CELERY_TASK_NAME, A.N_PLUS_ONE_FINGERPRINT, A.N_PLUS_ONE_QUERY_SUMMARY,
+         A.N_PLUS_ONE_CODE_LOCATION, A.N_PLUS_ONE_PYTHON_LOCATION, A.N_PLUS_ONE_RELATIONSHIP,
+         A.N_PLUS_ONE_SUGGESTION, A.NOSQL_REPEAT_SYSTEM, A.NOSQL_REPEAT_OPERATION, A.NOSQL_REPEAT_CODE_LOCATION,
+         A.NOSQL_REPEAT_SUGGESTION),
+        _STRING,
+    ),
+    **dict.fromkeys(
+        (A.QUERY_SLOW, A.QUERY_DUPLICATE, A.QUERY_NESTED, A.QUERY_SETUP, A.QUERY_NOSQL, A.N_PLUS_ONE_DETECTED,
+         A.NOSQL_REPEAT_DETECTED),
+        _FLAG,
+    ),
+    **dict.fromkeys(
+        (A.CODE_LINE_NUMBER, A.DB_QUERY_COUNT, A.DB_SLOW_QUERY_COUNT, A.DB_DUPLICATE_COUNT, A.DB_POOL_TIMEOUTS,
+         A.N_PLUS_ONE_REPEAT_COUNT, A.NOSQL_REPEAT_COUNT),
+        _COUNT,
+    ),
+    # no longer than a span can last
+    **dict.fromkeys((A.DB_DURATION_MS, A.DB_POOL_WAIT_MS), _MS),
+}  # fmt: skip
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == _STRING:
+        return isinstance(value, str)
+    if kind == _FLAG:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == _COUNT:
+        return isinstance(value, int) and value >= 0
+    return isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= _MAX_NS / 1e6
+
+
+def _typed(attributes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in attributes.items():
+        kind = ATTRIBUTE_TYPES.get(key)
+        if kind is not None and not _fits(value, kind):
+            raise ValueError(f"{key} {_show(value)} is not {kind}")
+    return attributes
 
 
 @dataclass
@@ -107,7 +223,9 @@ class ReadStats:
 
     def reject(self, where: str, why: str) -> None:
         if len(self.reasons) < _MAX_REASONS:
-            self.reasons.append(f"{where}: {why}")
+            reason = f"{where}: {why}"
+            cut = reason if len(reason) <= _MAX_REASON_CHARS else reason[: _MAX_REASON_CHARS - 3] + "..."
+            self.reasons.append(cut)
 
     def as_dict(self) -> dict[str, Any]:
         """The ``input`` object of the JSON reports."""
@@ -121,19 +239,46 @@ class ReadStats:
         }
 
 
+def _text(s: dict[str, Any], name: str) -> str:
+    value = s.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} {_show(value)} is not a string")
+    return value
+
+
 def _span(s: Any, service: str) -> Span:
+    if not isinstance(s, dict):
+        raise ValueError(f"span {_show(s)} is not an object")
     return Span(
-        trace_id=str(s.get("traceId", "")),
-        span_id=str(s.get("spanId", "")),
-        parent_span_id=str(s.get("parentSpanId", "")),
-        name=str(s.get("name", "")),
+        trace_id=_text(s, "traceId"),
+        span_id=_text(s, "spanId"),
+        parent_span_id=_text(s, "parentSpanId"),
+        name=_text(s, "name"),
         kind=_enum(s.get("kind"), SPAN_KINDS, "kind"),
-        start_ns=int(s.get("startTimeUnixNano", 0)),
-        end_ns=int(s.get("endTimeUnixNano", 0)),
-        attributes=_attrs(s.get("attributes")),
+        start_ns=_int(s.get("startTimeUnixNano"), "startTimeUnixNano", 0, _MAX_NS),
+        end_ns=_int(s.get("endTimeUnixNano"), "endTimeUnixNano", 0, _MAX_NS),
+        attributes=_typed(_attrs(s.get("attributes"))),
         service=service,
         status_code=_enum((s.get("status") or {}).get("code"), STATUS_CODES, "status.code"),
     )
+
+
+def _service(resource: Any) -> str:
+    """The ``service.name`` of a resource ("" without one)."""
+    if not isinstance(resource, dict):
+        raise ValueError(f"resource {_show(resource)} is not an object")
+    service = _attrs(resource.get("attributes")).get("service.name", "")
+    if not isinstance(service, str):
+        raise ValueError(f"service.name {_show(service)} is not a string")
+    return service
+
+
+def _span_name(s: Any) -> str:
+    """How a rejected span is named in its reason: its id."""
+    span_id = s.get("spanId", "?") if isinstance(s, dict) else "?"
+    return span_id if isinstance(span_id, str) and len(span_id) <= 64 else _show(span_id)
 
 
 def _list(value: Any, what: str) -> list[Any]:
@@ -158,6 +303,10 @@ def read_spans(
         where = f"{name} line {number}"
         try:
             message = json.loads(raw)
+        except RecursionError:
+            stats.corrupt += 1
+            stats.reject(where, "not JSON (nested too deeply)")
+            continue
         except ValueError as exc:
             stats.corrupt += 1
             stats.reject(where, f"not JSON ({exc})")
@@ -172,19 +321,24 @@ def read_spans(
             continue
         try:
             for rs in resource_spans:
-                service = str(_attrs((rs.get("resource") or {}).get("attributes")).get("service.name", ""))
+                resource = rs.get("resource") or {}
+                try:
+                    service, bad_resource = _service(resource), ""
+                except _UNREADABLE as exc:  # its spans cannot be attributed: each is rejected
+                    service, bad_resource = "", f"resource: {exc}"
                 for ss in _list(rs.get("scopeSpans"), "scopeSpans"):
                     for s in _list(ss.get("spans"), "spans"):
                         try:
+                            if bad_resource:
+                                raise ValueError(bad_resource)
                             span = _span(s, service)
-                        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                        except _UNREADABLE as exc:
                             stats.bad_spans += 1
-                            stats.reject(f"{where}, span {str(s.get('spanId', '?')) if isinstance(s, dict) else '?'}",
-                                         str(exc))  # fmt: skip
+                            stats.reject(f"{where}, span {_span_name(s)}", str(exc))
                             continue
                         stats.spans += 1
                         yield span
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _UNREADABLE as exc:
             stats.corrupt += 1
             stats.reject(where, f"not OTLP JSON ({type(exc).__name__}: {exc})")
 
@@ -482,7 +636,24 @@ class Report:
         }
 
 
+def json_text(data: dict[str, Any]) -> str:
+    """``--json``: JSON, which has no NaN or Infinity (a non-finite number, should one arise, is null)."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def render_text(data: dict[str, Any]) -> str:
+    """The terminal report; the characters of the spans a terminal would act on are shown escaped."""
+    data = printable_data(data)
     lines = []
     i = data["input"]
     lines.append(

@@ -26,13 +26,13 @@ than ``min_count`` spans on a side are counted as not judged.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from .report import Filters, FingerprintStats, ReadStats, Report, link_text, read_spans, trace_link
+from ._markup import printable_data
+from .report import Filters, FingerprintStats, ReadStats, Report, json_text, link_text, read_spans, trace_link
 
 EXIT_REGRESSION = 4
 SCHEMA = "otel-dbperf.report.compare/1"
@@ -253,6 +253,8 @@ def _n1_text(f: dict[str, Any]) -> str:
 
 
 def render_text(data: dict[str, Any], top: int = 10) -> str:
+    """The terminal comparison; the characters of the spans a terminal would act on are shown escaped."""
+    data = printable_data(data)
     fps, routes = data["fingerprints"], data["routes"]
     lines = []
     for label, key in (("baseline", "baseline"), ("now     ", "current")):
@@ -431,7 +433,7 @@ def _read(names: list[str], reports: list[Report], stats: ReadStats) -> str | No
             return f"cannot read {name}: {exc.strerror}"
         bar = _Progress(name, size, sys.stderr)
         with stream:
-            for span in read_spans(stream, stats, on_line=bar.advance):
+            for span in read_spans(stream, stats, on_line=bar.advance, name=name):
                 for report in reports:
                     report.add(span)
         bar.done()
@@ -484,5 +486,5 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                 page.write(render_html(data))
         except OSError as exc:
             return fail(f"cannot write {args.html}: {exc.strerror}")
-    out.write((json.dumps(data, indent=2) if args.json else render_text(data, args.top)) + "\n")
+    out.write((json_text(data) if args.json else render_text(data, args.top)) + "\n")
     return EXIT_REGRESSION if args.fail_on_regression and data["regressed"] else EXIT_OK

@@ -1,33 +1,34 @@
 """``otel-dbperf report --baseline ... --html``: the comparison as one self-contained page.
 
-Inline CSS and SVG like the plain report: no scripts, nothing fetched.
+Inline CSS and SVG like the plain report: no scripts, nothing fetched; built the same way (every
+value escaped by :func:`~otel_dbperf._markup.html`, the same Content-Security-Policy).
 """
 
 from __future__ import annotations
 
 import math
-from html import escape
 from typing import Any
 
+from ._markup import Markup, html, join
 from .report_compare import rules_text
-from .report_html import _CSS, _link
+from .report_html import _CSS, _link, head
 
 _WORSE, _BETTER, _BEFORE, _NOW = "#b42318", "#067647", "#98a2b3", "#3d6fe0"
-_EXTRA_CSS = """
+_EXTRA_CSS = Markup("""
 .verdict{font-size:18px;font-weight:700;padding:8px 14px;border-radius:6px;display:inline-block;margin:4px 0 12px}
 .bad{background:#fee4e2;color:#b42318}.good{background:#dcfae6;color:#067647}.tag{font-size:11px;font-weight:700;
 padding:1px 6px;border-radius:4px;white-space:nowrap}.legend span{margin-right:18px}
-"""
+""")
 
 
 def _label(e: dict[str, Any]) -> str:
-    return f"{e['summary'] or '(no summary)'} {e['fingerprint'][:8]}"
+    return str(e["summary"] or "(no summary)") + " " + str(e["fingerprint"][:8])
 
 
-def _dumbbell_svg(rows: list[tuple[str, str, dict[str, Any]]], width: int = 1000) -> str:
+def _dumbbell_svg(rows: list[tuple[str, str, dict[str, Any]]], width: int = 1000) -> Markup:
     """p95 before (grey dot) and now (coloured dot) per fingerprint, on a log scale."""
     if not rows:
-        return '<p class="muted">nothing changed beyond the thresholds</p>'
+        return html('<p class="muted">nothing changed beyond the thresholds</p>')
     values = [
         side["p95_ms"] for _, _, e in rows for side in (e["baseline"], e["current"]) if side and side["p95_ms"] > 0
     ]
@@ -45,46 +46,78 @@ def _dumbbell_svg(rows: list[tuple[str, str, dict[str, Any]]], width: int = 1000
     parts = []
     for p in range(lo, hi + 1):
         ms = 10**p
-        text = f"{ms:g} ms" if ms < 1000 else f"{ms / 1000:g} s"
         parts.append(
-            f'<line x1="{x(ms):.1f}" x2="{x(ms):.1f}" y1="{top - 4}" y2="{height}" stroke="#eef0f4"/>'
-            f'<text x="{x(ms):.1f}" y="12" font-size="10" fill="#6b7385" text-anchor="middle">{text}</text>'
+            html(
+                '<line x1="{x:.1f}" x2="{x:.1f}" y1="{y1}" y2="{y2}" stroke="#eef0f4"/>'
+                '<text x="{x:.1f}" y="12" font-size="10" fill="#6b7385" text-anchor="middle">{ms:g} {unit}</text>',
+                x=x(ms),
+                y1=top - 4,
+                y2=height,
+                ms=ms if ms < 1000 else ms / 1000,
+                unit="ms" if ms < 1000 else "s",
+            )
         )
     for i, (kind, colour, e) in enumerate(rows):
         y = top + i * row_h + row_h / 2
         b, c = e["baseline"], e["current"]
-        parts.append(f'<text x="0" y="{y + 4:.1f}" font-size="12">{escape(_label(e)[:46])}</text>')
+        parts.append(html('<text x="0" y="{y:.1f}" font-size="12">{}</text>', _label(e)[:46], y=y + 4))
         if b and c:
             parts.append(
-                f'<line x1="{x(b["p95_ms"]):.1f}" x2="{x(c["p95_ms"]):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
-                f'stroke="{colour}" stroke-width="3" stroke-opacity="0.45"/>'
+                html(
+                    '<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                    'stroke="{colour}" stroke-width="3" stroke-opacity="0.45"/>',
+                    x1=x(b["p95_ms"]),
+                    x2=x(c["p95_ms"]),
+                    y=y,
+                    colour=colour,
+                )
             )
         if b:
             parts.append(
-                f'<circle cx="{x(b["p95_ms"]):.1f}" cy="{y:.1f}" r="6" fill="{_BEFORE}">'
-                f"<title>baseline p95 {b['p95_ms']:.1f} ms ({b['count']} queries)</title></circle>"
+                html(
+                    '<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}">'
+                    "<title>baseline p95 {s[p95_ms]:.1f} ms ({s[count]} queries)</title></circle>",
+                    x=x(b["p95_ms"]),
+                    y=y,
+                    colour=_BEFORE,
+                    s=b,
+                )
             )
         if c:
             parts.append(
-                f'<circle cx="{x(c["p95_ms"]):.1f}" cy="{y:.1f}" r="6" fill="{colour}">'
-                f"<title>now p95 {c['p95_ms']:.1f} ms ({c['count']} queries)</title></circle>"
+                html(
+                    '<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}">'
+                    "<title>now p95 {s[p95_ms]:.1f} ms ({s[count]} queries)</title></circle>",
+                    x=x(c["p95_ms"]),
+                    y=y,
+                    colour=colour,
+                    s=c,
+                )
             )
         last = max(x(side["p95_ms"]) for side in (b, c) if side)
         parts.append(
-            f'<text x="{last + 10:.1f}" y="{y + 4:.1f}" font-size="11" fill="{colour}" font-weight="600">'
-            f"{escape(kind)}</text>"
+            html(
+                '<text x="{x:.1f}" y="{y:.1f}" font-size="11" fill="{colour}" font-weight="600">{kind}</text>',
+                x=last + 10,
+                y=y + 4,
+                colour=colour,
+                kind=kind,
+            )
         )
-    return (
-        f'<svg class="chart compare" role="img" aria-label="p95 before and now" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
+    return html(
+        '<svg class="chart compare" role="img" aria-label="p95 before and now" width="{w}" height="{h}" '
+        'viewBox="0 0 {w} {h}">{parts}</svg>',
+        w=width,
+        h=height,
+        parts=join(parts),
     )
 
 
-def _routes_svg(routes: list[dict[str, Any]], width: int = 1000) -> str:
+def _routes_svg(routes: list[dict[str, Any]], width: int = 1000) -> Markup:
     """DB time per request by route: the baseline's bar above today's."""
     rows = [r for r in routes if r["baseline"] or r["current"]][:15]
     if not rows:
-        return '<p class="muted">no requests</p>'
+        return html('<p class="muted">no requests</p>')
     most = max(side["db_ms_per_request"] for r in rows for side in (r["baseline"], r["current"]) if side) or 1.0
     label_w, bar_h, row_h = 300, 9, 28
     plot = width - label_w - 130
@@ -92,84 +125,127 @@ def _routes_svg(routes: list[dict[str, Any]], width: int = 1000) -> str:
     parts = []
     for i, r in enumerate(rows):
         y = i * row_h + 4
-        parts.append(f'<text x="0" y="{y + 14}" font-size="12">{escape(r["route"][:44])}</text>')
+        parts.append(html('<text x="0" y="{y}" font-size="12">{}</text>', r["route"][:44], y=y + 14))
         for j, (key, colour, name) in enumerate((("baseline", _BEFORE, "baseline"), ("current", _NOW, "now"))):
             side = r[key]
             by = y + j * (bar_h + 1)
             if side is None:
                 parts.append(
-                    f'<text x="{label_w}" y="{by + 8}" font-size="9" fill="#6b7385">not requested ({name})</text>'
+                    html(
+                        '<text x="{x}" y="{y}" font-size="9" fill="#6b7385">not requested ({name})</text>',
+                        x=label_w,
+                        y=by + 8,
+                        name=name,
+                    )
                 )
                 continue
-            w = plot * side["db_ms_per_request"] / most
+            w = max(plot * side["db_ms_per_request"] / most, 1)
             parts.append(
-                f'<rect x="{label_w}" y="{by}" width="{max(w, 1):.1f}" height="{bar_h}" fill="{colour}">'
-                f"<title>{name}: {side['db_ms_per_request']:.2f} ms DB per request, {side['requests']} requests"
-                f"</title></rect>"
-                f'<text x="{label_w + max(w, 1) + 5:.1f}" y="{by + 8}" font-size="10" fill="#6b7385">'
-                f"{side['db_ms_per_request']:.1f} ms</text>"
+                html(
+                    '<rect x="{x}" y="{y}" width="{w:.1f}" height="{h}" fill="{colour}">'
+                    "<title>{name}: {s[db_ms_per_request]:.2f} ms DB per request, {s[requests]} requests"
+                    "</title></rect>"
+                    '<text x="{tx:.1f}" y="{ty}" font-size="10" fill="#6b7385">{s[db_ms_per_request]:.1f} ms</text>',
+                    x=label_w,
+                    y=by,
+                    w=w,
+                    h=bar_h,
+                    colour=colour,
+                    name=name,
+                    s=side,
+                    tx=label_w + w + 5,
+                    ty=by + 8,
+                )
             )
-    return (
-        f'<svg class="chart routes-compare" role="img" aria-label="DB time per request by route, baseline and now" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
+    return html(
+        '<svg class="chart routes-compare" role="img" aria-label="DB time per request by route, baseline and now" '
+        'width="{w}" height="{h}" viewBox="0 0 {w} {h}">{parts}</svg>',
+        w=width,
+        h=height,
+        parts=join(parts),
     )
 
 
-def _side_cells(side: dict[str, Any] | None) -> str:
+def _side_cells(side: dict[str, Any] | None) -> Markup:
     if side is None:
-        return "<td class=n>-</td><td class=n>-</td><td class=n>-</td>"
-    return (
-        f"<td class=n>{side['count']}</td><td class=n>{side['p95_ms']:.1f} ms</td>"
-        f"<td class=n>{side['db_ms_per_request']:.2f} ms</td>"
+        return html("<td class=n>-</td><td class=n>-</td><td class=n>-</td>")
+    return html(
+        "<td class=n>{s[count]}</td><td class=n>{s[p95_ms]:.1f} ms</td><td class=n>{s[db_ms_per_request]:.2f} ms</td>",
+        s=side,
     )
 
 
-def _table(title: str, kind: str, colour: str, entries: list[dict[str, Any]], limit: int = 30) -> str:
+def _tag(kind: str, colour: str) -> Markup:
+    return html('<span class="tag" style="color:{c};border:1px solid {c}">{kind}</span>', c=colour, kind=kind)
+
+
+def _table(title: str, kind: str, colour: str, entries: list[dict[str, Any]], limit: int = 30) -> Markup:
     if not entries:
-        return ""
-    head = (
-        f"<h3>{escape(title)} ({len(entries)})</h3><table><tr><th></th><th>query</th>"
+        return Markup()
+    head_row = html(
+        "<h3>{title} ({n})</h3><table><tr><th></th><th>query</th>"
         "<th>count before</th><th>p95 before</th><th>DB/request before</th>"
-        "<th>count now</th><th>p95 now</th><th>DB/request now</th><th>issued at</th></tr>"
+        "<th>count now</th><th>p95 now</th><th>DB/request now</th><th>issued at</th></tr>",
+        title=title,
+        n=len(entries),
     )
     rows = []
     for e in entries[:limit]:
-        loc = "<br>".join(f"<code>{escape(x)}</code>" for x in e["code_locations"][:3])
-        routes = f"<br><span class=muted>from {escape(', '.join(e['routes'][:5]))}</span>" if e["routes"] else ""
+        routes = html("<br><span class=muted>from {}</span>", ", ".join(e["routes"][:5])) if e["routes"] else Markup()
         rows.append(
-            f'<tr><td><span class="tag" style="color:{colour};border:1px solid {colour}">{escape(kind)}</span></td>'
-            f"<td>{escape(e['summary'] or '(no summary)')} <code class=muted>{escape(e['fingerprint'])}</code>"
-            f"<br><code>{escape(e['statement'][:300])}</code></td>"
-            f"{_side_cells(e['baseline'])}{_side_cells(e['current'])}<td>{loc}{routes}</td></tr>"
+            html(
+                "<tr><td>{tag}</td><td>{summary} <code class=muted>{e[fingerprint]}</code>"
+                "<br><code>{statement}</code></td>{before}{now}<td>{locations}{routes}</td></tr>",
+                tag=_tag(kind, colour),
+                summary=e["summary"] or "(no summary)",
+                e=e,
+                statement=e["statement"][:300],
+                before=_side_cells(e["baseline"]),
+                now=_side_cells(e["current"]),
+                locations=join((html("<code>{}</code>", loc) for loc in e["code_locations"][:3]), "<br>"),
+                routes=routes,
+            )
         )
-    more = f'<p class="muted">and {len(entries) - limit} more (--json lists all)</p>' if len(entries) > limit else ""
-    return head + "".join(rows) + "</table>" + more
+    more = (
+        html('<p class="muted">and {} more (--json lists all)</p>', len(entries) - limit)
+        if len(entries) > limit
+        else Markup()
+    )
+    return join([head_row, *rows, html("</table>"), more])
 
 
-def _n1_table(title: str, kind: str, colour: str, entries: list[dict[str, Any]]) -> str:
+def _n1_table(title: str, kind: str, colour: str, entries: list[dict[str, Any]]) -> Markup:
     if not entries:
-        return ""
+        return Markup()
     out = [
-        f"<h3>{escape(title)} ({len(entries)})</h3><table><tr><th></th><th>route</th><th>query</th>"
-        "<th>repeats</th><th>requests</th><th>issued at</th><th>example</th></tr>"
+        html(
+            "<h3>{title} ({n})</h3><table><tr><th></th><th>route</th><th>query</th>"
+            "<th>repeats</th><th>requests</th><th>issued at</th><th>example</th></tr>",
+            title=title,
+            n=len(entries),
+        )
     ]
     for f in entries:
         out.append(
-            f'<tr><td><span class="tag" style="color:{colour};border:1px solid {colour}">{escape(kind)}</span></td>'
-            f"<td>{escape(f['route'])}</td><td>{escape(str(f['query_summary']))}</td>"
-            f"<td class=n>{f['max_repeat_count']}</td><td class=n>{f['requests']}</td>"
-            f"<td><code>{escape(f['code_location'])}</code></td><td>{_link(f['example'])}</td></tr>"
+            html(
+                "<tr><td>{tag}</td><td>{f[route]}</td><td>{f[query_summary]}</td>"
+                "<td class=n>{f[max_repeat_count]}</td><td class=n>{f[requests]}</td>"
+                "<td><code>{f[code_location]}</code></td><td>{example}</td></tr>",
+                tag=_tag(kind, colour),
+                f=f,
+                example=_link(f["example"]),
+            )
         )
-    out.append("</table>")
-    return "".join(out)
+    out.append(html("</table>"))
+    return join(out)
 
 
 def render_html(data: dict[str, Any]) -> str:
     fps, routes, b, c = data["fingerprints"], data["routes"], data["baseline"], data["current"]
     verdict = (
-        f'<div class="verdict bad">Regressed: {data["regression_count"]} regression(s)</div>'
+        html('<div class="verdict bad">Regressed: {} regression(s)</div>', data["regression_count"])
         if data["regressed"]
-        else '<div class="verdict good">No regressions</div>'
+        else html('<div class="verdict good">No regressions</div>')
     )
     dumbbell = (
         [("new slow", _WORSE, e) for e in fps["new_slow"]]
@@ -180,42 +256,73 @@ def render_html(data: dict[str, Any]) -> str:
         + [("new", _NOW, e) for e in fps["new"] if e["current"]["count"] >= data["thresholds"]["min_count"]]
     )[:25]
     better = len(routes["fixed_n_plus_one"]) + len(fps["faster"]) + len(fps["vanished"])
+    regressions = join(
+        [
+            _table("New slow queries", "new slow", _WORSE, fps["new_slow"]),
+            _table("Slower queries", "slower", _WORSE, fps["regressed"]),
+            _n1_table("New N+1", "new N+1", _WORSE, routes["new_n_plus_one"]),
+        ]
+    )
+    improvements = join(
+        [
+            _n1_table("Fixed N+1", "fixed N+1", _BETTER, routes["fixed_n_plus_one"]),
+            _table("Faster queries", "faster", _BETTER, fps["faster"]),
+            _table("Gone", "gone", _BEFORE, fps["vanished"]),
+        ]
+    )
     out = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>otel-dbperf comparison</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>",
-        "<h1>otel-dbperf report: now against the baseline</h1>",
+        head("otel-dbperf comparison", join([_CSS, _EXTRA_CSS])),
+        html("<h1>otel-dbperf report: now against the baseline</h1>"),
         verdict,
-        f'<div><span class="card"><b>{len(fps["new_slow"])}</b>new slow queries</span>'
-        f'<span class="card"><b>{len(fps["regressed"])}</b>slower queries</span>'
-        f'<span class="card"><b>{len(routes["new_n_plus_one"])}</b>new N+1</span>'
-        f'<span class="card"><b>{better}</b>better</span>'
-        f'<span class="card"><b>{len(fps["new"])}</b>other new queries</span></div>',
-        f'<p class="muted">baseline: {b["requests"]} requests, {b["db_spans"]} DB spans; now: {c["requests"]} '
-        f"requests, {c['db_spans']} DB spans. Rules: {escape(rules_text(data['thresholds']))}.</p>",
-        "<h2>p95 per query: baseline and now</h2>",
-        f'<p class="legend"><span style="color:{_BEFORE}">&#9679; baseline</span>'
-        f'<span style="color:{_WORSE}">&#9679; now, worse</span><span style="color:{_BETTER}">&#9679; now, better'
-        f'</span><span style="color:{_NOW}">&#9679; now, within the thresholds</span></p>',
+        html(
+            '<div><span class="card"><b>{new_slow}</b>new slow queries</span>'
+            '<span class="card"><b>{slower}</b>slower queries</span>'
+            '<span class="card"><b>{new_n1}</b>new N+1</span>'
+            '<span class="card"><b>{better}</b>better</span>'
+            '<span class="card"><b>{new}</b>other new queries</span></div>',
+            new_slow=len(fps["new_slow"]),
+            slower=len(fps["regressed"]),
+            new_n1=len(routes["new_n_plus_one"]),
+            better=better,
+            new=len(fps["new"]),
+        ),
+        html(
+            '<p class="muted">baseline: {b[requests]} requests, {b[db_spans]} DB spans; now: {c[requests]} '
+            "requests, {c[db_spans]} DB spans. Rules: {rules}.</p>",
+            b=b,
+            c=c,
+            rules=rules_text(data["thresholds"]),
+        ),
+        html("<h2>p95 per query: baseline and now</h2>"),
+        html(
+            '<p class="legend"><span style="color:{before}">&#9679; baseline</span>'
+            '<span style="color:{worse}">&#9679; now, worse</span><span style="color:{better}">&#9679; now, better'
+            '</span><span style="color:{now}">&#9679; now, within the thresholds</span></p>',
+            before=_BEFORE,
+            worse=_WORSE,
+            better=_BETTER,
+            now=_NOW,
+        ),
         _dumbbell_svg(dumbbell),
-        "<h2>Regressions</h2>",
-        _table("New slow queries", "new slow", _WORSE, fps["new_slow"])
-        + _table("Slower queries", "slower", _WORSE, fps["regressed"])
-        + _n1_table("New N+1", "new N+1", _WORSE, routes["new_n_plus_one"])
-        or '<p class="muted">none</p>',
-        "<h2>Better</h2>",
-        _n1_table("Fixed N+1", "fixed N+1", _BETTER, routes["fixed_n_plus_one"])
-        + _table("Faster queries", "faster", _BETTER, fps["faster"])
-        + _table("Gone", "gone", _BEFORE, fps["vanished"])
-        or '<p class="muted">nothing</p>',
-        "<h2>Other new queries</h2>",
-        _table("Not slow, or too few to judge", "new", _NOW, fps["new"]) or '<p class="muted">none</p>',
-        f'<p class="muted">{len(fps["unchanged"])} unchanged; {len(fps["not_judged"])} with too few spans on a side '
-        "to judge.</p>",
-        "<h2>DB time per request, by route</h2>",
-        f'<p class="legend"><span style="color:{_BEFORE}">&#9632; baseline</span>'
-        f'<span style="color:{_NOW}">&#9632; now</span></p>',
+        html("<h2>Regressions</h2>"),
+        regressions or html('<p class="muted">none</p>'),
+        html("<h2>Better</h2>"),
+        improvements or html('<p class="muted">nothing</p>'),
+        html("<h2>Other new queries</h2>"),
+        _table("Not slow, or too few to judge", "new", _NOW, fps["new"]) or html('<p class="muted">none</p>'),
+        html(
+            '<p class="muted">{unchanged} unchanged; {not_judged} with too few spans on a side to judge.</p>',
+            unchanged=len(fps["unchanged"]),
+            not_judged=len(fps["not_judged"]),
+        ),
+        html("<h2>DB time per request, by route</h2>"),
+        html(
+            '<p class="legend"><span style="color:{before}">&#9632; baseline</span>'
+            '<span style="color:{now}">&#9632; now</span></p>',
+            before=_BEFORE,
+            now=_NOW,
+        ),
         _routes_svg(routes["db_time"]),
-        "</body></html>",
+        html("</body></html>"),
     ]
-    return "\n".join(out)
+    return str(join(out, "\n"))

@@ -1,12 +1,18 @@
-"""``otel-dbperf report --html``: one self-contained page (inline CSS and SVG, no scripts, no fetches)."""
+"""``otel-dbperf report --html``: one self-contained page (inline CSS and SVG, no scripts, no fetches).
+
+Every value comes from the spans: the page is built with :func:`~otel_dbperf._markup.html` from
+constant templates, so each one is escaped; its Content-Security-Policy forbids scripts besides.
+"""
 
 from __future__ import annotations
 
 import math
-from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
-_CSS = """
+from ._markup import Markup, html, join
+
+_CSS = Markup("""
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330;
 background:#fff}
 h1{font-size:22px}h2{font-size:17px;margin-top:32px;border-bottom:1px solid #dde1e8;padding-bottom:4px}
@@ -15,19 +21,35 @@ text-align:left;vertical-align:top}th{background:#f5f7fa;font-weight:600}td.n{te
 code{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.muted{color:#6b7385}
 .chart{margin:6px 0 14px}.slow{color:#b42318;font-weight:600}.card{display:inline-block;margin:0 24px 8px 0}
 .card b{display:block;font-size:20px}
-"""
+""")
 
 
-def _link(link: dict[str, str]) -> str:
-    trace = escape(link.get("trace_id", ""))
-    url = link.get("jaeger_url")
-    return f'<a href="{escape(url)}"><code>{trace}</code></a>' if url else f"<code>{trace}</code>"
+def head(title: str, css: Markup) -> Markup:
+    """The page's head, its Content-Security-Policy first, before anything from the spans: nothing runs
+    and nothing is fetched. No script-src: default-src 'none' forbids scripts (inline ones and javascript:
+    URLs too); the inline style only; no <base>, no form posts."""
+    return html(
+        '<!doctype html><html lang=en><head><meta charset=utf-8>\n<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+        'form-action \'none\'">\n<meta name="viewport" content="width=device-width,initial-scale=1">\n'
+        "<title>{title}</title><style>{css}</style></head><body>",
+        title=title,
+        css=css,
+    )
 
 
-def _histogram_svg(samples: list[float], width: int = 360, height: int = 90) -> str:
+def _link(link: dict[str, str]) -> Markup:
+    """A trace id, linked to its Jaeger page when there is one (an http(s) URL: no other scheme)."""
+    trace, url = link.get("trace_id", ""), link.get("jaeger_url", "")
+    if url and urlsplit(url).scheme.lower() in ("http", "https"):
+        return html('<a href="{}"><code>{}</code></a>', url, trace)
+    return html("<code>{}</code>", trace)
+
+
+def _histogram_svg(samples: list[float], width: int = 360, height: int = 90) -> Markup:
     """Latency distribution: counts per log-scale bucket, from 0.1 ms to the slowest sample."""
     if not samples:
-        return '<p class="muted">no samples</p>'
+        return html('<p class="muted">no samples</p>')
     lo, hi = math.log10(0.1), math.log10(max(max(samples), 0.2))
     buckets = 24
     counts = [0] * buckets
@@ -36,28 +58,41 @@ def _histogram_svg(samples: list[float], width: int = 360, height: int = 90) -> 
         counts[min(max(i, 0), buckets - 1)] += 1
     top = max(counts)
     bar = width / buckets
-    rects = "".join(
-        f'<rect x="{i * bar + 1:.1f}" y="{height - 16 - c / top * (height - 24):.1f}" width="{bar - 2:.1f}" '
-        f'height="{c / top * (height - 24):.1f}" fill="#3d6fe0"><title>{c} queries</title></rect>'
+    rects = join(
+        html(
+            '<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="#3d6fe0"><title>{c} queries'
+            "</title></rect>",
+            x=i * bar + 1,
+            y=height - 16 - c / top * (height - 24),
+            w=bar - 2,
+            h=c / top * (height - 24),
+            c=c,
+        )
         for i, c in enumerate(counts)
         if c
     )
-    axis = (
-        f'<text x="0" y="{height - 2}" font-size="10" fill="#6b7385">0.1 ms</text>'
-        f'<text x="{width}" y="{height - 2}" font-size="10" fill="#6b7385" text-anchor="end">'
-        f"{10**hi:.1f} ms</text>"
+    axis = html(
+        '<text x="0" y="{y}" font-size="10" fill="#6b7385">0.1 ms</text>'
+        '<text x="{w}" y="{y}" font-size="10" fill="#6b7385" text-anchor="end">{top:.1f} ms</text>',
+        y=height - 2,
+        w=width,
+        top=10**hi,
     )
-    return (
-        f'<svg class="chart latency" role="img" aria-label="latency distribution" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}">{rects}<line x1="0" x2="{width}" y1="{height - 15}" y2="{height - 15}" '
-        f'stroke="#c5cad6"/>{axis}</svg>'
+    return html(
+        '<svg class="chart latency" role="img" aria-label="latency distribution" width="{w}" height="{h}" '
+        'viewBox="0 0 {w} {h}">{rects}<line x1="0" x2="{w}" y1="{y}" y2="{y}" stroke="#c5cad6"/>{axis}</svg>',
+        w=width,
+        h=height,
+        rects=rects,
+        y=height - 15,
+        axis=axis,
     )
 
 
-def _routes_svg(routes: list[dict[str, Any]], width: int = 900) -> str:
+def _routes_svg(routes: list[dict[str, Any]], width: int = 900) -> Markup:
     """DB time per route (bars), with the rest of the request time beside it."""
     if not routes:
-        return '<p class="muted">no requests</p>'
+        return html('<p class="muted">no requests</p>')
     rows = routes[:15]
     most = max(r["total_ms"] for r in rows) or 1.0
     label, row_h = 260, 22
@@ -69,96 +104,142 @@ def _routes_svg(routes: list[dict[str, Any]], width: int = 900) -> str:
         other_w = (width - label - 120) * max(r["total_ms"] - r["db_ms"], 0.0) / most
         share = 100 * r["db_ms"] / r["total_ms"] if r["total_ms"] else 0.0
         parts.append(
-            f'<text x="0" y="{y + 14}" font-size="12">{escape(r["route"][:40])}</text>'
-            f'<rect x="{label}" y="{y}" width="{db_w:.1f}" height="16" fill="#d9480f">'
-            f"<title>DB {r['db_ms']:.1f} ms</title></rect>"
-            f'<rect x="{label + db_w:.1f}" y="{y}" width="{other_w:.1f}" height="16" fill="#c5cad6">'
-            f"<title>other {r['total_ms'] - r['db_ms']:.1f} ms</title></rect>"
-            f'<text x="{label + db_w + other_w + 6:.1f}" y="{y + 13}" font-size="11" fill="#6b7385">'
-            f"{share:.0f}% DB</text>"
+            html(
+                '<text x="0" y="{ty}" font-size="12">{route}</text>'
+                '<rect x="{label}" y="{y}" width="{db_w:.1f}" height="16" fill="#d9480f">'
+                "<title>DB {db_ms:.1f} ms</title></rect>"
+                '<rect x="{ox:.1f}" y="{y}" width="{other_w:.1f}" height="16" fill="#c5cad6">'
+                "<title>other {other_ms:.1f} ms</title></rect>"
+                '<text x="{sx:.1f}" y="{sy}" font-size="11" fill="#6b7385">{share:.0f}% DB</text>',
+                ty=y + 14,
+                route=r["route"][:40],
+                label=label,
+                y=y,
+                db_w=db_w,
+                db_ms=r["db_ms"],
+                ox=label + db_w,
+                other_w=other_w,
+                other_ms=r["total_ms"] - r["db_ms"],
+                sx=label + db_w + other_w + 6,
+                sy=y + 13,
+                share=share,
+            )
         )
-    return (
-        f'<svg class="chart routes" role="img" aria-label="DB time per route" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
+    return html(
+        '<svg class="chart routes" role="img" aria-label="DB time per route" width="{w}" height="{h}" '
+        'viewBox="0 0 {w} {h}">{parts}</svg>',
+        w=width,
+        h=height,
+        parts=join(parts),
     )
 
 
 def render_html(data: dict[str, Any]) -> str:
     i = data["input"]
     out = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>otel-dbperf report</title><style>{_CSS}</style></head><body>",
-        "<h1>otel-dbperf report</h1>",
-        f'<div><span class="card"><b>{data["requests"]}</b>requests</span>'
-        f'<span class="card"><b>{data["db_spans"]}</b>DB spans</span>'
-        f'<span class="card"><b>{len(data["n_plus_one"])}</b>N+1 findings</span>'
-        f'<span class="card"><b>{i["corrupt_lines"]}</b>corrupt lines of {i["lines"]}</span></div>',
-        "<h2>DB time per route</h2>",
+        head("otel-dbperf report", _CSS),
+        html("<h1>otel-dbperf report</h1>"),
+        html(
+            '<div><span class="card"><b>{requests}</b>requests</span>'
+            '<span class="card"><b>{db_spans}</b>DB spans</span>'
+            '<span class="card"><b>{n1}</b>N+1 findings</span>'
+            '<span class="card"><b>{corrupt}</b>corrupt lines of {lines}</span></div>',
+            requests=data["requests"],
+            db_spans=data["db_spans"],
+            n1=len(data["n_plus_one"]),
+            corrupt=i["corrupt_lines"],
+            lines=i["lines"],
+        ),
+        html("<h2>DB time per route</h2>"),
         _routes_svg(data.get("routes", [])),
-        "<h2>Top queries by total DB time</h2>",
+        html("<h2>Top queries by total DB time</h2>"),
     ]
     for n, q in enumerate(data["top_queries"], start=1):
-        slow = f' <span class="slow">{q["slow"]} slow</span>' if q["slow"] else ""
         out.append(
-            f"<h3>{n}. {escape(q['summary'] or '(no summary)')} "
-            f"<code class=muted>{escape(q['fingerprint'])}</code></h3>"
-            f"<p>{q['count']} queries, total {q['total_ms']:.1f} ms, p50 {q['p50_ms']:.1f} ms, "
-            f"p95 {q['p95_ms']:.1f} ms, max {q['max_ms']:.1f} ms{slow}</p>"
-            f"<p><code>{escape(q['statement'])}</code></p>"
-            + _histogram_svg(q.get("latency_sample_ms", []))
-            + "<p>"
-            + "<br>".join(f"at <code>{escape(loc)}</code>" for loc in q["code_locations"][:5])
-            + "</p>"
-            + (f"<p>from {escape(', '.join(q['routes'][:8]))}</p>" if q["routes"] else "")
-            + f"<p class=muted>slowest: {_link(q['slowest'])}</p>"
+            html(
+                "<h3>{n}. {summary} <code class=muted>{q[fingerprint]}</code></h3>"
+                "<p>{q[count]} queries, total {q[total_ms]:.1f} ms, p50 {q[p50_ms]:.1f} ms, "
+                "p95 {q[p95_ms]:.1f} ms, max {q[max_ms]:.1f} ms{slow}</p>"
+                "<p><code>{q[statement]}</code></p>{histogram}<p>{locations}</p>{routes}"
+                "<p class=muted>slowest: {slowest}</p>",
+                n=n,
+                q=q,
+                summary=q["summary"] or "(no summary)",
+                slow=html(' <span class="slow">{} slow</span>', q["slow"]) if q["slow"] else Markup(),
+                histogram=_histogram_svg(q.get("latency_sample_ms", [])),
+                locations=join((html("at <code>{}</code>", loc) for loc in q["code_locations"][:5]), "<br>"),
+                routes=html("<p>from {}</p>", ", ".join(q["routes"][:8])) if q["routes"] else Markup(),
+                slowest=_link(q["slowest"]),
+            )
         )
-    out.append("<h2>N+1 queries</h2>")
+    out.append(html("<h2>N+1 queries</h2>"))
     if data["n_plus_one"]:
         out.append(
-            "<table><tr><th>route</th><th>query</th><th>repeats</th><th>requests</th><th>issued at</th>"
-            "<th>fix</th><th>example</th></tr>"
+            html(
+                "<table><tr><th>route</th><th>query</th><th>repeats</th><th>requests</th><th>issued at</th>"
+                "<th>fix</th><th>example</th></tr>"
+            )
         )
         for f in data["n_plus_one"]:
             fix = (
-                f"lazy load of <code>{escape(f['relationship'])}</code>: <code>{escape(f['suggestion'])}</code>"
+                html("lazy load of <code>{f[relationship]}</code>: <code>{f[suggestion]}</code>", f=f)
                 if f.get("suggestion")
-                else ""
+                else Markup()
             )
             out.append(
-                f"<tr><td>{escape(f['route'])}</td><td>{escape(str(f['query_summary']))}</td>"
-                f"<td class=n>{f['max_repeat_count']}</td><td class=n>{f['requests']}</td>"
-                f"<td><code>{escape(f['code_location'])}</code></td><td>{fix}</td><td>{_link(f['example'])}</td></tr>"
+                html(
+                    "<tr><td>{f[route]}</td><td>{f[query_summary]}</td>"
+                    "<td class=n>{f[max_repeat_count]}</td><td class=n>{f[requests]}</td>"
+                    "<td><code>{f[code_location]}</code></td><td>{fix}</td><td>{example}</td></tr>",
+                    f=f,
+                    fix=fix,
+                    example=_link(f["example"]),
+                )
             )
-        out.append("</table>")
+        out.append(html("</table>"))
     else:
-        out.append('<p class="muted">none found</p>')
-    out.append("<h2>Exact duplicate queries (cache candidates)</h2>")
+        out.append(html('<p class="muted">none found</p>'))
+    out.append(html("<h2>Exact duplicate queries (cache candidates)</h2>"))
     if data.get("duplicates"):
         out.append(
-            "<table><tr><th>query</th><th>repeated</th><th>of</th><th>DB time to save</th><th>issued at</th>"
-            "<th>routes</th><th>example</th></tr>"
+            html(
+                "<table><tr><th>query</th><th>repeated</th><th>of</th><th>DB time to save</th><th>issued at</th>"
+                "<th>routes</th><th>example</th></tr>"
+            )
         )
         for d in data["duplicates"]:
             out.append(
-                f"<tr><td>{escape(d['summary'] or '(no summary)')}<br><code>{escape(d['statement'][:300])}</code></td>"
-                f"<td class=n>{d['duplicates']}</td><td class=n>{d['count']}</td>"
-                f"<td class=n>{d['saved_ms']:.1f} ms</td>"
-                f"<td>{'<br>'.join(f'<code>{escape(loc)}</code>' for loc in d['code_locations'][:3])}</td>"
-                f"<td>{escape(', '.join(d['routes'][:5]))}</td><td>{_link(d['example'])}</td></tr>"
+                html(
+                    "<tr><td>{summary}<br><code>{statement}</code></td>"
+                    "<td class=n>{d[duplicates]}</td><td class=n>{d[count]}</td>"
+                    "<td class=n>{d[saved_ms]:.1f} ms</td><td>{locations}</td><td>{routes}</td><td>{example}</td></tr>",
+                    d=d,
+                    summary=d["summary"] or "(no summary)",
+                    statement=d["statement"][:300],
+                    locations=join((html("<code>{}</code>", loc) for loc in d["code_locations"][:3]), "<br>"),
+                    routes=", ".join(d["routes"][:5]),
+                    example=_link(d["example"]),
+                )
             )
-        out.append("</table>")
+        out.append(html("</table>"))
     else:
-        out.append('<p class="muted">none found</p>')
+        out.append(html('<p class="muted">none found</p>'))
     out.append(
-        "<h2>Slowest requests</h2><table><tr><th>duration</th><th>request</th><th>DB queries</th>"
-        "<th>DB time</th><th>slow</th><th>N+1</th><th>trace</th></tr>"
+        html(
+            "<h2>Slowest requests</h2><table><tr><th>duration</th><th>request</th><th>DB queries</th>"
+            "<th>DB time</th><th>slow</th><th>N+1</th><th>trace</th></tr>"
+        )
     )
     for r in data["slowest_requests"]:
         out.append(
-            f"<tr><td class=n>{r['duration_ms']:.1f} ms</td><td>{escape(r['name'])}</td>"
-            f"<td class=n>{r['db_queries']}</td><td class=n>{r['db_duration_ms']:.1f} ms</td>"
-            f"<td class=n>{r['slow_queries']}</td><td>{'yes' if r['n_plus_one'] else ''}</td><td>{_link(r)}</td></tr>"
+            html(
+                "<tr><td class=n>{r[duration_ms]:.1f} ms</td><td>{r[name]}</td>"
+                "<td class=n>{r[db_queries]}</td><td class=n>{r[db_duration_ms]:.1f} ms</td>"
+                "<td class=n>{r[slow_queries]}</td><td>{n1}</td><td>{trace}</td></tr>",
+                r=r,
+                n1="yes" if r["n_plus_one"] else "",
+                trace=_link(r),
+            )
         )
-    out.append("</table></body></html>")
-    return "\n".join(out)
+    out.append(html("</table></body></html>"))
+    return str(join(out, "\n"))
