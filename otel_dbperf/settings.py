@@ -162,6 +162,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_CODE_LOCATION", "code_location", _parse_bool, True, "true"),
     _Var("DBPERF_APP_PATHS", "app_paths", _parse_paths, None, "(current directory)", check=_missing_paths),
     _Var("DBPERF_SANITIZE_STATEMENTS", "sanitize_statements", _parse_bool, True, "true"),
+    _Var("DBPERF_APP_ERROR_TEXT", "app_error_text", _parse_bool, False, "false"),
     _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_between(64, 65_536), 4096, "4096", True),
     _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
     _Var("DBPERF_LONG_TRANSACTION_MS", "long_transaction_ms", _ms_between(0, _DAY_MS), 1000.0, "1000", True),
@@ -196,6 +197,7 @@ class Settings:
     code_location: bool = True
     app_paths: tuple[str, ...] = ()
     sanitize_statements: bool = True
+    app_error_text: bool = False
     statement_max_length: int = 4096
     n_plus_one_threshold: int = 5
     long_transaction_ms: float = 1000.0
