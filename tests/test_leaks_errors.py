@@ -1,5 +1,5 @@
-"""Nothing leaks, round two: error texts the app's own SQL or scripts write, and source lines in
-exception tracebacks.
+"""Nothing leaks, round two: error texts the app's own SQL or scripts write, source lines in
+exception tracebacks, and secrets in URL query strings.
 
 1. A PL/pgSQL ``RAISE``/``ASSERT`` (any SQLSTATE, even ``23505``), a MariaDB ``SIGNAL`` (from a
    procedure, a trigger, or with ``MYSQL_ERRNO`` set), a Redis script's ``error_reply``/``error()``
@@ -8,6 +8,8 @@ exception tracebacks.
    span, an app span and the request span that see it propagate, and the app's log records. The
    value must be nowhere; the code and the class stay.
 2. ``exception.stacktrace`` (span events and log records) keeps frames, not source lines.
+3. ``url.query``, ``http.target``, ``http.url``, ``url.full`` and span names: values of
+   secret-looking parameters are ``REDACTED``, on a real server span too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import PG_DB, PG_HOST, PG_PORT, maria_connect
+from conftest import PG_DB, PG_HOST, PG_PORT, base_env, get, maria_connect, serve
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -30,6 +32,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_dbperf import DbPerfSpanProcessor, Settings, _logs
+from otel_dbperf._urls import UrlRedactor
 
 PID = os.getpid()
 PG_SCHEMA = f"leakerr_{PID}"
@@ -590,3 +593,81 @@ def test_stacktrace_source_opt_in_keeps_source_lines(pg_sync_url: str) -> None:
         assert any(SOURCE_CANARY in str(e.attributes) for s in spans for e in s.events if e.name == "exception")
     finally:
         t.close()
+
+
+# --- 9. URL query strings ------------------------------------------------------------------
+
+SECRET_QUERY = {  # parameter -> redacted by default
+    "token": True, "access_token": True, "api_key": True, "apikey": True, "apiKey": True, "password": True,
+    "client_secret": True, "AWSAccessKeyId": True, "Signature": True, "sig": True, "X-Goog-Signature": True,
+    "X-Amz-Credential": True, "X-Amz-Security-Token": True, "sessionid": True, "session_id": True,
+    "auth": True, "key": True, "jwt": True, "refreshToken": True, "passwd": True,
+    "q": False, "page": False, "keyword": False, "signup": False, "author": False, "monkey": False,
+    "sort": False, "passenger": False,
+}  # fmt: skip
+
+
+def test_secret_looking_query_parameters_are_redacted() -> None:
+    redactor = UrlRedactor(Settings().redact_url_params)
+    for name, secret in SECRET_QUERY.items():
+        got = redactor.query(f"{name}=Cnry1&x=1")
+        assert got == (f"{name}=REDACTED&x=1" if secret else f"{name}=Cnry1&x=1"), name
+    assert redactor.query("a=1&token=&b=2") == "a=1&token=&b=2"  # nothing to hide
+    assert redactor.query("api%5Fkey=Cnry1;x=1") == "api%5Fkey=REDACTED;x=1"
+    assert redactor.query("flag&token") == "flag&token"
+    extended = UrlRedactor(Settings.from_env({"DBPERF_REDACT_URL_PARAMS": "default, orderRef"}).redact_url_params)
+    assert extended.query("orderref=1&token=2&q=3") == "orderref=REDACTED&token=REDACTED&q=3"
+    only = UrlRedactor(Settings.from_env({"DBPERF_REDACT_URL_PARAMS": "q"}).redact_url_params)
+    assert only.query("q=1&token=2") == "q=REDACTED&token=2"
+    assert Settings.from_env({"DBPERF_REDACT_URL_PARAMS": "none"}).redact_url_params == ()
+    assert UrlRedactor(()).query("token=2") == "token=2"
+
+
+def test_a_malformed_redaction_list_warns_and_keeps_the_default(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_dbperf"):
+        s = Settings.from_env({"DBPERF_REDACT_URL_PARAMS": "token,a=b"})
+    assert s.redact_url_params == Settings().redact_url_params
+    assert "DBPERF_REDACT_URL_PARAMS" in caplog.text and "a=b" in caplog.text
+
+
+def test_url_attributes_and_span_names_are_redacted_in_process() -> None:
+    t = Traced(Settings())
+    try:
+        with t.tracer.start_as_current_span("GET /search?token=Cnry1&q=shoes", kind=SpanKind.SERVER) as root:
+            root.set_attributes({
+                "url.query": "token=Cnry2&q=shoes&api_key=Cnry3",
+                "http.target": "/search?token=Cnry4&q=shoes#access_token=Cnry5",
+                "url.path": "/search",
+            })  # fmt: skip
+            with t.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT) as client:
+                client.set_attributes({
+                    "url.full": "https://u:Cnry6@api.example/v1?sig=Cnry7&page=2",
+                    "http.url": "https://api.example/v1?X-Amz-Signature=Cnry8",
+                })  # fmt: skip
+        spans = {s.kind: s for s in t.spans()}
+        assert "Cnry" not in t.exported()
+        a = spans[SpanKind.SERVER].attributes or {}
+        assert spans[SpanKind.SERVER].name == "GET /search?token=REDACTED&q=shoes"
+        assert a["url.query"] == "token=REDACTED&q=shoes&api_key=REDACTED"
+        assert a["http.target"] == "/search?token=REDACTED&q=shoes#access_token=REDACTED"
+        c = spans[SpanKind.CLIENT].attributes or {}
+        assert c["url.full"] == "https://REDACTED:REDACTED@api.example/v1?sig=REDACTED&page=2"
+        assert c["http.url"] == "https://api.example/v1?X-Amz-Signature=REDACTED"
+    finally:
+        t.close()
+
+
+def test_a_real_server_span_has_its_secret_parameters_redacted(receiver: Any) -> None:
+    """Flask under gunicorn and opentelemetry-instrument, old and new HTTP attributes (``http/dup``)."""
+    env = base_env(receiver, APP_DB_URL="sqlite://", OTEL_SEMCONV_STABILITY_OPT_IN="http/dup",
+                   DBPERF_REDACT_URL_PARAMS="default,orderRef")  # fmt: skip
+    query = "token=Cnry1&q=shoes&api_key=Cnry2&orderRef=Cnry3&X-Goog-Signature=Cnry4&page=2"
+    with serve("gunicorn", "flask_app:app", env, "-w", "1") as srv:
+        assert get(f"{srv['url']}/ping?{query}")[0] == 200
+        spans = receiver.wait_for(lambda s: any("Cnry" in str(x) or "REDACTED" in str(x) for x in s))
+    (span,) = [s for s in spans if s["kind"] == "SERVER" and "shoes" in str(s["attributes"])]
+    a = span["attributes"]
+    expected = "token=REDACTED&q=shoes&api_key=REDACTED&orderRef=REDACTED&X-Goog-Signature=REDACTED&page=2"
+    assert a["url.query"] == expected
+    assert a["http.target"] == f"/ping?{expected}"
+    assert "Cnry" not in str(spans)

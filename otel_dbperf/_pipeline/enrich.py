@@ -5,8 +5,9 @@ and its verdicts within the request (N+1 repeat, exact duplicate); a request's r
 gets the request's :class:`~.record.Rollup`. A DB span without its record (evicted, ended
 after a fork, begun before otel-dbperf) is sanitized on the spot; one that cannot be made
 safe is dropped, never exported raw. Every span's error texts are scrubbed (only the code
-and class of one the application wrote, see :func:`.._error_kind.app_error`), and its
-tracebacks lose their source lines.
+and class of one the application wrote, see :func:`.._error_kind.app_error`), its
+tracebacks lose their source lines, and its URLs the values of secret-looking query
+parameters (:mod:`.._urls`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, n
 from .._sdk_compat import attr_dict, bounded, with_changes
 from .._sql import OPERATIONS, Analysis, analyze
 from .._suggest import relationship_fix
+from .._urls import UrlRedactor
 from .record import Query, Request
 
 _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
@@ -42,6 +44,8 @@ class EnrichingSpanExporter(SpanExporter):
         self._settings = processor.settings
         self._thresholds = processor.thresholds
         self._source = self._settings.stacktrace_source  # tracebacks keep their source lines
+        params = self._settings.redact_url_params
+        self._urls = UrlRedactor(params) if params else None
         #: DB spans exported without their record (evicted, ended after a fork, begun before
         #: otel-dbperf): statement sanitized on the spot
         self.unmeasured = 0
@@ -73,9 +77,12 @@ class EnrichingSpanExporter(SpanExporter):
             attrs = attr_dict(span._attributes)  # noqa: SLF001
             if _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs:
                 return self._enrich_unmeasured(span, attrs)
-            if span._status.status_code is StatusCode.ERROR or span._events:  # noqa: SLF001
+            urls = self._urls
+            changed, name = urls.span(attrs, span._name) if urls is not None else (None, None)  # noqa: SLF001
+            failed = span._status.status_code is StatusCode.ERROR  # noqa: SLF001
+            if failed or span._events or changed is not None or name is not None:  # noqa: SLF001
                 app = payload if payload.__class__ is AppError else None
-                return self._scrub(span, None, None, None, app)
+                return self._scrub(span, changed, None, name, app)
         except Exception as exc:  # noqa: BLE001
             internal_error("export", exc)
             return self._fail_closed(span)
@@ -231,7 +238,13 @@ class EnrichingSpanExporter(SpanExporter):
             attrs.update(
                 nosql_rollup(request.calls, self._thresholds.n_plus_one, self._thresholds.statement_max_length)
             )
-        return self._scrub(span, attrs, list(request.events) if request.events else None, None, request.app_error)
+        name = None
+        urls = self._urls
+        if urls is not None:
+            changed, name = urls.span(attrs, span._name)  # noqa: SLF001
+            if changed is not None:
+                attrs = changed
+        return self._scrub(span, attrs, list(request.events) if request.events else None, name, request.app_error)
 
     def _scrub(
         self,
@@ -259,7 +272,7 @@ class EnrichingSpanExporter(SpanExporter):
         if extra_events:
             events = [*events, *extra_events]
         if attrs is None:
-            if status is span._status and events is original:  # noqa: SLF001
+            if status is span._status and events is original and name is None:  # noqa: SLF001
                 return span
             attrs = dict(attr_dict(span._attributes))  # noqa: SLF001
         in_place = self._processor._consumers == 1  # noqa: SLF001
