@@ -38,19 +38,27 @@ does not know messages, it knows their *structure*:
   argument $N: ...`` (its value is an unquoted, truncated ``repr``) and
   SQLAlchemy's ``[parameters: ...]`` are dropped; ``[SQL: ...]`` is sanitized.
 
-Not covered, by design: free text that is not quoted and not an excerpt, such as the
-message a PL/pgSQL function writes with ``RAISE`` (its author chose it).
+* **Client annotations**: redis-py's ``Command # N (CMD args...) of pipeline caused error:``
+  keeps the command's name only (its arguments are keys and values).
+
+Free text that is not quoted and not an excerpt is kept. A text the application wrote itself
+(PL/pgSQL's ``RAISE``, MariaDB's ``SIGNAL``, a Redis script's error, a relayed remote error: see
+:func:`otel_dbperf._error_kind.app_error`) is all values as far as anyone can tell: it is
+replaced by :func:`opaque_error_text`, which keeps the code, the class names and SQLAlchemy's
+sanitized ``[SQL: ...]`` block only.
 
 Python tracebacks (``exception.stacktrace``) are scrubbed by
-:func:`scrub_traceback`: frame lines stay, the exception messages between them
-go through :func:`scrub_error_text`. Everything is linear in the text, bounded
-to ``_MAX_TEXT`` characters, and never raises: an internal error gives a fixed
-text (fail closed).
+:func:`scrub_traceback`: frame lines stay, their source lines go (a literal written in the code
+would go with them; ``DBPERF_STACKTRACE_SOURCE=true`` keeps them, as for ``code.stacktrace``),
+and the exception messages between them go through :func:`scrub_error_text` (or
+:func:`opaque_error_text`). Everything is linear in the text, bounded to ``_MAX_TEXT``
+characters, and never raises: an internal error gives a fixed text (fail closed).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ._guard import internal_error
 from ._sql import analyze
@@ -59,6 +67,7 @@ _MAX_TEXT = 64 * 1024  # characters of an error text that are kept and looked at
 _MAX_BLOCKS = 16  # SQLAlchemy writes one [SQL: ...] and one [parameters: ...] block per message
 _MAX_NAMES = 1024  # identifiers remembered from the statements of one error text
 REMOVED = "[error text removed by otel-dbperf]"
+APP_REMOVED = "[application-raised error text removed by otel-dbperf]"
 _EXCERPT_REMOVED = "(excerpt removed: it may begin inside a literal)"
 
 _BACKGROUND = "\n(Background on this error"
@@ -79,6 +88,9 @@ _CATALOG_NOUN = re.compile(r"(?:\bconstraint|\bindex|\b(?:in|for) column|\b(?:of
 _ARGUMENT = re.compile(r"query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: ")
 _DATA_LINE = re.compile(r"\bline \d+: ")
 _ROW_VALUES = re.compile(r"\)[ \t]?=[ \t]?\(|\bcontains \(")
+# redis-py: "Command # 2 (HSET key field value) of pipeline caused error: ...": the command's name stays
+_PIPELINE_COMMAND = re.compile(r"\bCommand # \d+ \([^\s)]*")
+_PIPELINE_CLOSE = ") of pipeline caused error: "
 # Quoted statement excerpts: the text before the opening quote, and the closing (the last one of the block).
 _EXCERPTS = (
     ('at or near "', re.compile(r'"')),  # PostgreSQL: the offending token
@@ -103,12 +115,34 @@ def scrub_error_text(text: str, statement: str | None = None) -> str:
         return REMOVED
 
 
-def scrub_traceback(text: str, statement: str | None = None) -> str:
-    """A formatted Python traceback with its exception messages scrubbed; frame lines kept."""
+def scrub_traceback(text: str, statement: str | None = None, source: bool = False, app: Any = None) -> str:
+    """A formatted Python traceback with its exception messages scrubbed; frame lines kept, their
+    source lines only with ``source``. ``app`` (an :class:`~otel_dbperf._error_kind.AppError`):
+    the messages are the application's own text, replaced by :func:`opaque_error_text`."""
     try:
-        return _scrub_traceback(text, statement)
+        return _scrub_traceback(text, statement, source, app, True)
     except Exception as exc:  # noqa: BLE001 - fail closed
         internal_error("scrub_traceback", exc)
+        return REMOVED
+
+
+def without_source_lines(text: str) -> str:
+    """A formatted Python traceback (or a text holding one) without its frames' source lines; its
+    messages as they are (an exception that is no database error keeps its text)."""
+    try:
+        return _scrub_traceback(text, None, False, None, False)
+    except Exception as exc:  # noqa: BLE001 - fail closed
+        internal_error("without_source_lines", exc)
+        return REMOVED
+
+
+def opaque_error_text(text: str, app: Any, statement: str | None = None) -> str:
+    """An error text the application wrote: only ``app.code``, the class names ``app.classes`` that
+    lead it (``Name: ``, ``(module.Name) ``) and SQLAlchemy's sanitized ``[SQL: ...]`` stay."""
+    try:
+        return _opaque(text, app)
+    except Exception as exc:  # noqa: BLE001 - fail closed
+        internal_error("opaque_error_text", exc)
         return REMOVED
 
 
@@ -124,6 +158,36 @@ def _scrub(text: str, statement: str | None) -> str:
     segments = _sqlalchemy_segments(text, names, strict=_DQ_STRING_DRIVERS.search(text, 0, 200) is not None)
     out = [seg if is_sql else _scrub_message(seg, names) for is_sql, seg in segments]
     return "".join(out) + suffix
+
+
+_CLASS_PREFIX = re.compile(r"([^\W\d][\w.]*): |\(([^\W\d][\w.]*)\) ")
+_KEPT_TAIL = re.compile(r"\s*(?:\(Background on this error at: https://sqlalche\.me/e/[\w./-]+\)\s*)?")
+
+
+def _opaque(text: str, app: Any) -> str:
+    if not isinstance(text, str):
+        text = str(text)
+    text = text[:_MAX_TEXT]
+    marker = f"{app.code} {APP_REMOVED}"
+    out: list[str] = []
+    first = True
+    for done, seg in _sqlalchemy_segments(text, set(), strict=_DQ_STRING_DRIVERS.search(text, 0, 200) is not None):
+        if done:
+            out.append(seg)
+        elif first:
+            first = False
+            pos = 0
+            for _ in range(_MAX_BLOCKS):
+                m = _CLASS_PREFIX.match(seg, pos)
+                if m is None or (m.group(1) or m.group(2)) not in app.classes:
+                    break
+                pos = m.end()
+            out.append(seg[:pos] + marker + seg[len(seg.rstrip()) :])
+        elif _KEPT_TAIL.fullmatch(seg):
+            out.append(seg)  # whitespace between blocks, SQLAlchemy's "(Background on this error at: ...)"
+        else:
+            out.append(seg[len(seg.rstrip()) :])
+    return "".join(out)
 
 
 def _remember(names: set[str], sanitized: str) -> None:
@@ -316,7 +380,13 @@ def _proven(text: str, at: int, quoted: str, names: set[str]) -> bool:
 
 
 def _mask_unquoted(block: str) -> str:
-    """Values a driver writes without quotes: argument reprs, JSON excerpts, row values."""
+    """Values a driver writes without quotes: argument reprs, JSON excerpts, row values, a
+    redis-py pipeline's failed command."""
+    m = _PIPELINE_COMMAND.search(block)
+    if m is not None:
+        close = block.rfind(_PIPELINE_CLOSE, m.end())
+        rest = block[close:] if close >= 0 else _PIPELINE_CLOSE + "?" + _ending(block)
+        block = block[: m.end()] + (" ?" if close != m.end() else "") + rest
     for rx in (_ARGUMENT, _DATA_LINE):
         m = rx.search(block)
         if m is not None:
@@ -344,7 +414,10 @@ _CHAIN = (
 )
 
 
-def _scrub_traceback(text: str, statement: str | None) -> str:
+_CLASS_LINE = re.compile(r"[^\W\d][\w.]*(?=: |:?$)")
+
+
+def _scrub_traceback(text: str, statement: str | None, source: bool, app: Any, messages: bool) -> str:
     if not isinstance(text, str):
         text = str(text)
     if len(text) > _MAX_TEXT:
@@ -352,11 +425,26 @@ def _scrub_traceback(text: str, statement: str | None) -> str:
     out: list[str] = []
     message: list[str] = []
     in_frames = False
+    after_frames = False  # the message being read follows a traceback's frames: its first word is a class
 
     def flush() -> None:
-        if message:
-            out.append(scrub_error_text("".join(message), statement))
-            message.clear()
+        if not message:
+            return
+        body = "".join(message)
+        message.clear()
+        if not messages:
+            out.append(body)
+        elif app is None:
+            out.append(scrub_error_text(body, statement))
+        else:
+            name = _CLASS_LINE.match(body) if after_frames else None
+            if name is not None:
+                rest = body[name.end() :]
+                out.append(
+                    name.group() + (": " + opaque_error_text(rest[2:], app, statement) if rest[:2] == ": " else rest)
+                )
+            else:
+                out.append(opaque_error_text(body, app, statement))
 
     for line in text.splitlines(keepends=True):
         stripped = line.rstrip("\r\n")
@@ -364,11 +452,16 @@ def _scrub_traceback(text: str, statement: str | None) -> str:
             flush()
             in_frames = stripped == _CHAIN[0]
             out.append(line)
-        elif in_frames and (_FRAME.match(stripped) or stripped.startswith("    ")):
-            out.append(line)  # a frame, its source line and its caret markers
+        elif in_frames and _FRAME.match(stripped):
+            out.append(line)
+        elif in_frames and stripped.startswith("    "):
+            if source:
+                out.append(line)  # a frame's source line and its caret markers
         elif not stripped and not message:
             out.append(line)
         else:
+            if not message:
+                after_frames = in_frames
             in_frames = False
             message.append(line)
     flush()

@@ -19,7 +19,13 @@ DB exception texts are scrubbed before they leave (:mod:`._errors`): when the
 record's exception, or an exception among its arguments, is a database error (or
 caused by one), ``exception.message``, ``exception.stacktrace`` and the body are
 scrubbed; a body carrying SQLAlchemy's ``[SQL: ...]``/``[parameters: ...]``
-blocks is scrubbed whatever its arguments were.
+blocks is scrubbed whatever its arguments were. When one of those exceptions
+carries a text the application wrote (:func:`._error_kind.app_error`: a PL/pgSQL
+``RAISE``, a ``SIGNAL``, a Redis script's error), the texts keep only its code and
+class (``DBPERF_APP_ERROR_TEXT=true``: scrubbed by structure instead), and the body
+has that exception's text replaced (all of it, when a piece of the app's text
+still shows). Every record's tracebacks lose their source lines unless
+``DBPERF_STACKTRACE_SOURCE=true``.
 
 ``DBPERF_APP_LOGS=false`` turns the hook off. An explicit
 ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED`` is the user's choice: ``true``
@@ -42,7 +48,8 @@ from typing import Any
 from opentelemetry._logs import SeverityNumber, get_logger_provider
 from opentelemetry.context import get_current
 
-from ._errors import REMOVED, scrub_error_text, scrub_traceback
+from ._error_kind import AppError, app_error
+from ._errors import REMOVED, opaque_error_text, scrub_error_text, scrub_traceback, without_source_lines
 from ._guard import internal_error
 from .settings import Settings
 
@@ -55,7 +62,7 @@ _DB_PACKAGES = tuple(
     for p in (
         "sqlalchemy", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "pymysql", "MySQLdb", "mysql", "aiomysql",
         "asyncmy", "sqlite3", "_sqlite3", "aiosqlite", "oracledb", "cx_Oracle", "pyodbc", "pymssql", "django.db",
-        "peewee", "tortoise", "databases",
+        "peewee", "tortoise", "databases", "redis", "valkey",
     )
 )  # fmt: skip
 _MAX_CHAIN = 8  # exceptions looked at along __cause__ / __context__
@@ -88,11 +95,11 @@ def _start(settings: Settings) -> None:
         return  # not the SDK's provider: nobody asked for logs
     explicit = os.environ.get(AUTO_INSTRUMENTATION, "").strip().lower()
     if explicit == "true":
-        _scrub_sdk_handlers()
+        _scrub_sdk_handlers(settings)
         return
     if explicit == "false" or not settings.app_logs or not _logs_exported():
         return
-    install(OtlpLogHandler(provider))
+    install(OtlpLogHandler(provider, settings=settings))
 
 
 def _logs_exported() -> bool:
@@ -175,15 +182,22 @@ def is_db_error(exc: BaseException | None) -> bool:
     return False
 
 
-def _involves_db_error(record: logging.LogRecord) -> bool:
+def _exceptions(record: logging.LogRecord) -> list[BaseException]:
+    """The record's exception, and the exceptions it logs as its message or among its arguments."""
+    found: list[BaseException] = []
     exc = record.exc_info[1] if record.exc_info else None
-    if is_db_error(exc):
-        return True
-    if isinstance(record.msg, BaseException) and is_db_error(record.msg):
-        return True
+    if isinstance(exc, BaseException):
+        found.append(exc)
+    if isinstance(record.msg, BaseException):
+        found.append(record.msg)
     args = record.args
     values = args.values() if isinstance(args, dict) else args if isinstance(args, tuple) else ()
-    return any(isinstance(a, BaseException) and is_db_error(a) for a in values)
+    found += [a for a in values if isinstance(a, BaseException)]
+    return found
+
+
+def _involves_db_error(record: logging.LogRecord) -> bool:
+    return any(is_db_error(e) for e in _exceptions(record))
 
 
 def _severity(levelno: int) -> tuple[SeverityNumber, str]:
@@ -193,26 +207,75 @@ def _severity(levelno: int) -> tuple[SeverityNumber, str]:
     return SeverityNumber.TRACE, "TRACE"
 
 
-def scrub_record(record: logging.LogRecord, body: Any, attributes: dict[str, Any]) -> Any:
-    """Scrub DB error texts out of ``attributes`` (in place); the body to emit."""
-    db = _involves_db_error(record)
+def scrub_record(
+    record: logging.LogRecord, body: Any, attributes: dict[str, Any], settings: Settings | None = None
+) -> Any:
+    """Scrub DB error texts (and tracebacks' source lines) out of ``attributes`` (in place); the body to emit."""
+    source = settings.stacktrace_source if settings is not None else False
+    excs = _exceptions(record)
+    db = any(is_db_error(e) for e in excs)
+    app = None
+    if db and not (settings is not None and settings.app_error_text):
+        for e in excs:
+            app = app_error(e)
+            if app is not None:
+                break
+    message, stack = attributes.get("exception.message"), attributes.get("exception.stacktrace")
+    if app is not None:
+        if isinstance(message, str):
+            attributes["exception.message"] = opaque_error_text(message, app)
+        if isinstance(stack, str):
+            attributes["exception.stacktrace"] = scrub_traceback(stack, None, source, app)
+        return _opaque_body(body, excs, app, source) if isinstance(body, str) else body
     if db:
-        message, stack = attributes.get("exception.message"), attributes.get("exception.stacktrace")
         if isinstance(message, str):
             attributes["exception.message"] = scrub_error_text(message)
         if isinstance(stack, str):
-            attributes["exception.stacktrace"] = scrub_traceback(stack)
-    if isinstance(body, str) and (db or "[SQL: " in body or "[parameters: " in body):
-        return scrub_traceback(body) if "Traceback (most recent call last):" in body else scrub_error_text(body)
+            attributes["exception.stacktrace"] = scrub_traceback(stack, None, source)
+    elif isinstance(stack, str) and not source:
+        attributes["exception.stacktrace"] = without_source_lines(stack)
+    if isinstance(body, str):
+        traceback_in_body = "Traceback (most recent call last):" in body
+        if db or "[SQL: " in body or "[parameters: " in body:
+            return scrub_traceback(body, None, source) if traceback_in_body else scrub_error_text(body)
+        if traceback_in_body and not source:
+            return without_source_lines(body)
+    return body
+
+
+def _opaque_body(body: str, excs: list[BaseException], app: AppError, source: bool) -> str:
+    """The body with the texts of the app-raised exceptions (and of their chains) replaced, the rest
+    scrubbed as any DB error text; all of it replaced when a piece of the application's text still shows."""
+    seen: set[int] = set()
+    todo: list[Any] = list(excs)
+    while todo and len(seen) < 16:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        try:
+            text = str(e)
+        except Exception:  # noqa: BLE001 - an exception whose str() fails says nothing here
+            text = ""
+        if text and text in body:
+            body = body.replace(text, opaque_error_text(text, app))
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    if "Traceback (most recent call last):" in body:
+        body = scrub_traceback(body, None, source, app)
+    else:
+        body = scrub_error_text(body)
+    if any(piece in body for piece in app.texts):
+        return opaque_error_text(body, app)
     return body
 
 
 class OtlpLogHandler(logging.Handler):
     """A ``logging`` record as an OTLP log record (trace context, code location, scrubbed exception)."""
 
-    def __init__(self, logger_provider: Any, level: int = logging.NOTSET) -> None:
+    def __init__(self, logger_provider: Any, level: int = logging.NOTSET, settings: Settings | None = None) -> None:
         super().__init__(level)
         self._provider = logger_provider
+        self._settings = settings
         self._loggers: dict[str, Any] = {}
 
     def _logger(self, name: str) -> Any:
@@ -235,7 +298,7 @@ class OtlpLogHandler(logging.Handler):
             context=get_current(),
             severity_number=number,
             severity_text=text,
-            body=scrub_record(record, body, attributes),
+            body=scrub_record(record, body, attributes, self._settings),
             attributes=attributes,
         )
 
@@ -258,11 +321,11 @@ def _attributes(record: logging.LogRecord) -> dict[str, Any]:
     return attributes
 
 
-def _scrub_translated(record: logging.LogRecord, translated: Any) -> Any:
+def _scrub_translated(record: logging.LogRecord, translated: Any, settings: Settings | None = None) -> Any:
     """The SDK handler's translation of ``record``, scrubbed (its texts removed if scrubbing fails)."""
     try:
         attributes = dict(translated.attributes or {})
-        translated.body = scrub_record(record, translated.body, attributes)
+        translated.body = scrub_record(record, translated.body, attributes, settings)
         translated.attributes = attributes
     except Exception as exc:  # noqa: BLE001 - fail closed
         internal_error("log record scrub", exc)
@@ -275,7 +338,7 @@ def _scrub_translated(record: logging.LogRecord, translated: Any) -> Any:
     return translated
 
 
-def _scrub_sdk_handlers() -> None:
+def _scrub_sdk_handlers(settings: Settings | None = None) -> None:
     """The SDK's own root handler (the user turned it on): scrub what it exports."""
     from opentelemetry.sdk._logs import LoggingHandler
 
@@ -284,6 +347,6 @@ def _scrub_sdk_handlers() -> None:
             original = handler._translate  # noqa: SLF001
 
             def translate(record: logging.LogRecord, _original: Any = original) -> Any:
-                return _scrub_translated(record, _original(record))
+                return _scrub_translated(record, _original(record), settings)
 
             handler._translate = translate  # type: ignore[method-assign]  # noqa: SLF001

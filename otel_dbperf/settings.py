@@ -124,6 +124,36 @@ def _parse_mount(raw: str) -> str:
     return value
 
 
+#: DBPERF_REDACT_URL_PARAMS's built-in list (the word ``default`` in the variable): query parameters
+#: whose values are replaced by ``REDACTED`` (matching rules in ``_urls.py``); the semantic
+#: conventions name AWSAccessKeyId, Signature, sig and X-Goog-Signature
+DEFAULT_REDACTED_PARAMS = (
+    "token", "key", "apikey", "secret", "password", "passwd", "pwd", "pass", "passphrase", "auth",
+    "authorization", "signature", "sig", "credential", "credentials", "session", "sessionid", "sid",
+    "jwt", "bearer", "otp", "awsaccesskeyid", "x-goog-signature",
+)  # fmt: skip
+_PARAM_WORD = re.compile(r"[A-Za-z0-9_.~\[\]-]+")
+
+
+def _parse_params(raw: str) -> tuple[str, ...]:
+    """Comma-separated parameter names or words; ``default``: the built-in list; ``none``: nothing."""
+    words: list[str] = []
+    for item in raw.split(","):
+        word = item.strip()
+        if not word:
+            continue
+        if not _PARAM_WORD.fullmatch(word):
+            raise ValueError("expected a comma-separated list of parameter names, default or none")
+        lower = word.lower()
+        if lower == "default":
+            words += DEFAULT_REDACTED_PARAMS
+        elif lower != "none":
+            words.append(lower)
+    if not words and "none" not in raw.lower():
+        raise ValueError("expected a comma-separated list of parameter names, default or none")
+    return tuple(dict.fromkeys(words))
+
+
 def _missing_paths(paths: tuple[str, ...]) -> str | None:
     missing = [p for p in paths if not os.path.isdir(p)]
     if not missing:
@@ -162,6 +192,8 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_CODE_LOCATION", "code_location", _parse_bool, True, "true"),
     _Var("DBPERF_APP_PATHS", "app_paths", _parse_paths, None, "(current directory)", check=_missing_paths),
     _Var("DBPERF_SANITIZE_STATEMENTS", "sanitize_statements", _parse_bool, True, "true"),
+    _Var("DBPERF_APP_ERROR_TEXT", "app_error_text", _parse_bool, False, "false"),
+    _Var("DBPERF_REDACT_URL_PARAMS", "redact_url_params", _parse_params, DEFAULT_REDACTED_PARAMS, "default"),
     _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_between(64, 65_536), 4096, "4096", True),
     _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
     _Var("DBPERF_LONG_TRANSACTION_MS", "long_transaction_ms", _ms_between(0, _DAY_MS), 1000.0, "1000", True),
@@ -196,6 +228,8 @@ class Settings:
     code_location: bool = True
     app_paths: tuple[str, ...] = ()
     sanitize_statements: bool = True
+    app_error_text: bool = False
+    redact_url_params: tuple[str, ...] = DEFAULT_REDACTED_PARAMS
     statement_max_length: int = 4096
     n_plus_one_threshold: int = 5
     long_transaction_ms: float = 1000.0

@@ -53,6 +53,8 @@ from otlp_receiver import Receiver
 PREFIX, SUFFIX = "CANARY", "YRANAC"
 APP_FILE = APPS / "canary_app.py"
 SOURCE_CANARY = re.search(r'"(CANARY_\w+_source_line_\w+)"', APP_FILE.read_text())[1]  # type: ignore[index]
+# a literal on the source line of a call that raises (exception.stacktrace of the app's log record)
+RAISE_CANARY = re.search(r'"(CANARY_\w+_source_line_raise_\w+)"', APP_FILE.read_text())[1]  # type: ignore[index]
 PG_VIAS = ("sa_psycopg", "sa_psycopg2", "sa_asyncpg", "psycopg", "psycopg2", "asyncpg")
 DRIVER = {  # the DB-API driver under each way of running a statement
     "sa_psycopg": "psycopg",
@@ -109,6 +111,11 @@ PG_ERRORS: list[Case] = [
     ("unique_bound", "error", "INSERT INTO <T> (id, name, email) VALUES (<ID>, 'dup', <P0>)", ["<C0>"], "error"),
     ("unique_literal", "error", "INSERT INTO <T> (id, name, email) VALUES (<ID>, 'dup', '<C0>')", [], "error"),
     ("not_null_bound", "error", "INSERT INTO <T> (id, name, email) VALUES (<ID>, <P0>, NULL)", ["<C0>"], "error"),
+    # text the app's own PL/pgSQL writes: no quotes around the values, any SQLSTATE
+    ("raise_message", "error", "DO $$ BEGIN RAISE EXCEPTION USING MESSAGE = 'order <C0> rejected', "
+     "DETAIL = 'customer <C1>', HINT = 'ask <C2>'; END $$", [], "error"),
+    ("raise_errcode_23505", "error",
+     "DO $$ BEGIN RAISE EXCEPTION USING MESSAGE = 'taken <C0>', ERRCODE = '23505'; END $$", [], "error"),
 ]  # fmt: skip
 MARIA_LITERALS: list[Case] = [
     ("standard", "literal", "SELECT id, '<C0>' AS v FROM <T> WHERE id = 1", [], "value"),
@@ -138,6 +145,14 @@ MARIA_ERRORS: list[Case] = [
     ("int_bound", "error", "INSERT INTO <T> (id, name, email, n) VALUES (<ID>, 'x', 'x<ID>', <P0>)", ["<C0>"], "error"),
     ("duplicate_bound", "error", "INSERT INTO <T> (id, name, email) VALUES (<ID>, 'dup', <P0>)", ["<C0>"], "error"),
     ("syntax_near_literal", "error", "SELECT id FROM <T> WHERE email '<C0>'", [], "error"),
+    # text the app's own SIGNAL writes (error 1644; or any number MYSQL_ERRNO gives it)
+    ("signal", "error", "BEGIN NOT ATOMIC SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'order <C0> rejected'; END",
+     [], "error"),
+    ("signal_bound", "error",
+     "BEGIN NOT ATOMIC DECLARE m VARCHAR(255) DEFAULT <P0>; SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = m; END",
+     ["order <C0> rejected"], "error"),
+    ("signal_errno_1062", "error",
+     "BEGIN NOT ATOMIC SIGNAL SQLSTATE '23000' SET MYSQL_ERRNO = 1062, MESSAGE_TEXT = 'taken <C0>'; END", [], "error"),
 ]  # fmt: skip
 SQLITE_LITERALS: list[Case] = [
     ("standard", "literal", "SELECT id, '<C0>' AS v FROM <T> WHERE id = 1", [], "value"),
@@ -177,8 +192,8 @@ EXPLAIN_MARIA: list[Case] = [
 ]  # fmt: skip
 # the app's logger.exception(...) inside an except, and a Flask view failing (both: family "log")
 LOGGED = {
-    "sa_psycopg": ["unique_bound", "int_literal"],
-    "sa_pymysql": ["duplicate_bound"],
+    "sa_psycopg": ["unique_bound", "int_literal", "raise_message"],
+    "sa_pymysql": ["duplicate_bound", "signal_bound"],
     "sa_sqlite": ["unrecognized_token"],
 }
 # requests to the profiler API carrying a canary, and the status each gets (wrong_token: with a token set)
@@ -305,6 +320,8 @@ def build_spec(tables: dict[str, str]) -> Spec:
     for via, name in FLASK_FAILURES.items():
         spec.boom.append(_add(spec, f"boom.{via}", dialect_of[via], via, by_name[(dialect_of[via], name)], "raise"))
     spec.canaries[SOURCE_CANARY] = Canary(SOURCE_CANARY, "stack", "postgresql", "sa_psycopg", "source_line", "src")
+    spec.canaries[RAISE_CANARY] = Canary(RAISE_CANARY, "stack", "postgresql", "sa_psycopg", "source_line_raise",
+                                         "src_raise")  # fmt: skip
     secret = {v: spec.new("debug", "", "config", v) for v in ("jaeger_password", "slash_password", "api_key",
                                                                "otlp_header", "profiler_token")}  # fmt: skip
     probe = {v: spec.new("profiler", "", "api", v) for v in PROBES}

@@ -4,7 +4,10 @@ A DB span gets its sanitized statement, fingerprint, summary, slow flag, code lo
 and its verdicts within the request (N+1 repeat, exact duplicate); a request's root span
 gets the request's :class:`~.record.Rollup`. A DB span without its record (evicted, ended
 after a fork, begun before otel-dbperf) is sanitized on the spot; one that cannot be made
-safe is dropped, never exported raw.
+safe is dropped, never exported raw. Every span's error texts are scrubbed (only the code
+and class of one the application wrote, see :func:`.._error_kind.app_error`), its
+tracebacks lose their source lines, and its URLs the values of secret-looking query
+parameters (:mod:`.._urls`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
 from .. import attributes as A
-from .._errors import scrub_error_text, scrub_traceback
+from .._error_kind import AppError
+from .._errors import opaque_error_text, scrub_error_text, scrub_traceback
 from .._guard import internal_error
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, nosql_rollup
 from .._sdk_compat import attr_dict, bounded, with_changes
 from .._sql import OPERATIONS, Analysis, analyze
 from .._suggest import relationship_fix
+from .._urls import UrlRedactor
 from .record import Query, Request
 
 _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
@@ -38,6 +43,9 @@ class EnrichingSpanExporter(SpanExporter):
         self._processor = processor
         self._settings = processor.settings
         self._thresholds = processor.thresholds
+        self._source = self._settings.stacktrace_source  # tracebacks keep their source lines
+        params = self._settings.redact_url_params
+        self._urls = UrlRedactor(params) if params else None
         #: DB spans exported without their record (evicted, ended after a fork, begun before
         #: otel-dbperf): statement sanitized on the spot
         self.unmeasured = 0
@@ -69,8 +77,12 @@ class EnrichingSpanExporter(SpanExporter):
             attrs = attr_dict(span._attributes)  # noqa: SLF001
             if _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs:
                 return self._enrich_unmeasured(span, attrs)
-            if span._status.status_code is StatusCode.ERROR or span._events:  # noqa: SLF001
-                return self._scrub(span, None, None)
+            urls = self._urls
+            changed, name = urls.span(attrs, span._name) if urls is not None else (None, None)  # noqa: SLF001
+            failed = span._status.status_code is StatusCode.ERROR  # noqa: SLF001
+            if failed or span._events or changed is not None or name is not None:  # noqa: SLF001
+                app = payload if payload.__class__ is AppError else None
+                return self._scrub(span, changed, None, name, app)
         except Exception as exc:  # noqa: BLE001
             internal_error("export", exc)
             return self._fail_closed(span)
@@ -191,7 +203,7 @@ class EnrichingSpanExporter(SpanExporter):
             if location is not None:
                 event_attrs[A.CODE_FILE_PATH], event_attrs[A.CODE_LINE_NUMBER] = location[0], location[1]
             extra_events.append(Event(A.EVENT_SLOW_QUERY, event_attrs, timestamp=end_time))
-        return self._scrub(span, attrs, extra_events, name)
+        return self._scrub(span, attrs, extra_events, name, getattr(query, "app_error", None))
 
     def _enrich_root(self, span: ReadableSpan, request: Request) -> ReadableSpan:
         rollup = request.rollup(self._thresholds)
@@ -226,7 +238,13 @@ class EnrichingSpanExporter(SpanExporter):
             attrs.update(
                 nosql_rollup(request.calls, self._thresholds.n_plus_one, self._thresholds.statement_max_length)
             )
-        return self._scrub(span, attrs, list(request.events) if request.events else None)
+        name = None
+        urls = self._urls
+        if urls is not None:
+            changed, name = urls.span(attrs, span._name)  # noqa: SLF001
+            if changed is not None:
+                attrs = changed
+        return self._scrub(span, attrs, list(request.events) if request.events else None, name, request.app_error)
 
     def _scrub(
         self,
@@ -234,22 +252,27 @@ class EnrichingSpanExporter(SpanExporter):
         attrs: dict[str, Any] | None,
         extra_events: list[Event] | None,
         name: str | None = None,
+        app: AppError | None = None,
     ) -> ReadableSpan:
-        """``span`` with ``attrs``, ``extra_events``, and error texts cleaned of parameter values."""
+        """``span`` with ``attrs``, ``extra_events``, and error texts cleaned of parameter values
+        (``app``: the error text is the application's, only its code and class stay)."""
         status = span._status  # noqa: SLF001
         statement = _statement(attrs if attrs is not None else span._attributes)  # noqa: SLF001
         if status.status_code is StatusCode.ERROR and status.description:
-            clean = scrub_error_text(status.description, statement)
+            if app is not None:
+                clean = opaque_error_text(status.description, app, statement)
+            else:
+                clean = scrub_error_text(status.description, statement)
             if clean != status.description:
                 status = Status(StatusCode.ERROR, clean)
         original: Sequence[Event] = span._events  # noqa: SLF001
         events = original
         if events and any(e.name == "exception" for e in events):
-            events = [_scrub_event(e, statement) if e.name == "exception" else e for e in events]
+            events = [_scrub_event(e, statement, self._source, app) if e.name == "exception" else e for e in events]
         if extra_events:
             events = [*events, *extra_events]
         if attrs is None:
-            if status is span._status and events is original:  # noqa: SLF001
+            if status is span._status and events is original and name is None:  # noqa: SLF001
                 return span
             attrs = dict(attr_dict(span._attributes))  # noqa: SLF001
         in_place = self._processor._consumers == 1  # noqa: SLF001
@@ -302,13 +325,18 @@ def _statement(attrs: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _scrub_event(event: Event, statement: str | None) -> Event:
+def _scrub_event(event: Event, statement: str | None, source: bool, app: AppError | None) -> Event:
     attrs = dict(event.attributes or {})
     changed = False
-    for key, scrub in (("exception.message", scrub_error_text), ("exception.stacktrace", scrub_traceback)):
+    for key in ("exception.message", "exception.stacktrace"):
         value = attrs.get(key)
         if isinstance(value, str):
-            clean = scrub(value, statement)
+            if key == "exception.stacktrace":
+                clean = scrub_traceback(value, statement, source, app)
+            elif app is not None:
+                clean = opaque_error_text(value, app, statement)
+            else:
+                clean = scrub_error_text(value, statement)
             if clean != value:
                 attrs[key] = clean
                 changed = True

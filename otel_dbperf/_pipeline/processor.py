@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 
 from .. import _error_kind, _forksafe
 from .. import attributes as A
+from .._error_kind import app_error
 from .._guard import internal_error
 from .._location import SETUP, AppCode, lazy_loaded_relationship, location_of
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
@@ -99,6 +100,8 @@ class DbPerfSpanProcessor(SpanProcessor):
         # there (id -> code: identity, not hashing, which walks a code object's constants)
         self._end_depth = 4
         self._end_callers: dict[int, Any] = {}
+        # error texts the application wrote are told apart at a failed span's end (DBPERF_APP_ERROR_TEXT=false)
+        self._app_errors = not settings.app_error_text
         _processors.add(self)
 
     def attach_deriver(self, submit: Any) -> None:
@@ -164,6 +167,8 @@ class DbPerfSpanProcessor(SpanProcessor):
             span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
             entry = self._open.pop(span_id, None)
             if entry is None:
+                if span._status.status_code is _ERROR and self._app_errors:  # noqa: SLF001
+                    self._failed_span(span_id, None)
                 return
             if entry.__class__ is Request:
                 if entry.root_id == span_id:
@@ -171,14 +176,32 @@ class DbPerfSpanProcessor(SpanProcessor):
                         entry.cpu_ns = thread_time_ns() - entry.cpu0
                         entry.rss = rss_bytes()
                     entry.ended = True
+                    if span._status.status_code is _ERROR and self._app_errors:  # noqa: SLF001
+                        # its own exception's verdict names its classes; else the request's stands
+                        entry.app_error = app_error(sys.exc_info()[1]) or entry.app_error
                     self._publish(span_id, entry)
                     submit = self._submit
                     if submit is not None:
                         submit(span, entry)
+                elif span._status.status_code is _ERROR and self._app_errors:  # noqa: SLF001
+                    self._failed_span(span_id, entry)
                 return
             self._end_query(span, span_id, entry)
         except Exception as exc:  # noqa: BLE001
             internal_error("_on_ending", exc)
+
+    def _failed_span(self, span_id: int, request: Request | None) -> None:
+        """A failed span that is neither a DB span nor a request's root (an app's own span): when its
+        exception (or one it was raised from) carries an app-written text, or its request saw one,
+        its exporters get that AppError and keep only the code."""
+        found = app_error(sys.exc_info()[1])
+        if request is not None:
+            if found is None:
+                found = request.app_error
+            elif request.app_error is None:
+                request.app_error = found
+        if found is not None:
+            self._publish(span_id, found)
 
     def _end_query(self, span: Span, span_id: int, query: Query) -> None:
         if self._per_query:
@@ -198,8 +221,12 @@ class DbPerfSpanProcessor(SpanProcessor):
         query.system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
         duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
         slow = query.slow = duration >= self._slow_ns
-        error_kind = _set_error_type(attrs) if span._status.status_code is _ERROR else None  # noqa: SLF001
+        error_kind = None
         statement = query.statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
+        if span._status.status_code is _ERROR:  # noqa: SLF001
+            error_kind = _set_error_type(attrs)
+            if self._app_errors:
+                self._app_error(query, statement)
         kind = KIND_NOSQL if query.system in NOSQL_SYSTEMS else KIND_QUERY if statement is not None else KIND_SETUP
         query.location = None
         query.stack = ""
@@ -251,6 +278,17 @@ class DbPerfSpanProcessor(SpanProcessor):
         # connection spans and setup statements are no operation of the application
         if submit is not None and kind != KIND_SETUP and not nested:
             submit(span, query)
+
+    def _app_error(self, query: Query, statement: Any) -> None:
+        """A failed DB span: whether its error text is the application's (from the exception being
+        handled, which the SQLAlchemy and DB-API instrumentations end their spans in)."""
+        found = app_error(sys.exc_info()[1], statement, query.system)
+        if found is None:
+            return
+        query.app_error = found
+        request = query.request
+        if request is not None and request.app_error is None:
+            request.app_error = found
 
     def _end_caller(self) -> Any:
         """The frame that called the SDK's ``Span.end`` (found by its code object, so a change in the

@@ -20,6 +20,7 @@ from typing import Any
 from opentelemetry.sdk.trace import Event
 
 from .. import _forksafe
+from .._error_kind import AppError
 from .._sql import Analysis, analyze
 from ..settings import Settings
 
@@ -79,6 +80,9 @@ class Query:
         "stack",  # the application stack, for a query over the stack-trace threshold, else ""
         "relationship",  # the SQLAlchemy relationship it lazily loaded, or None
         "nested",  # a driver span inside an ORM-level span (of a request, or open on the thread): not counted twice
+        # the AppError of a failed span whose error text the application wrote (see _error_kind.app_error);
+        # set only then (read with getattr(query, "app_error", None))
+        "app_error",
         # KIND_QUERY a SQL query of the application; KIND_SETUP a connection span or a statement of the
         # framework's connection setup (not a query: not counted, no slow flag); KIND_NOSQL a call to a
         # key-value or document store (its own roll-up, see _nosql); KIND_NOSQL_FRAMEWORK one with no
@@ -105,6 +109,7 @@ class Query:
     stack: str
     relationship: Any
     nested: bool
+    app_error: AppError | None
     kind: int
     facts: Analysis | None
     repeat: int
@@ -144,6 +149,7 @@ class Request:
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss", "ended",
         "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup", "calls",
+        "app_error",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -169,6 +175,9 @@ class Request:
         self._rollup: Rollup | None = None
         #: the request's calls to key-value and document stores (see _nosql), None: none yet
         self.calls: list[Query] | None = None
+        #: set (request thread) when a span of the request failed with an error text the application
+        #: wrote: the error texts of the request's later failed spans and of its root keep only its code
+        self.app_error: AppError | None = None
 
     # ---- request thread: figures of other concerns (pool waits, transactions) -------------
     def add(self, key: str, value: float) -> None:

@@ -8,7 +8,8 @@ the test can check that every canary reached the database. Nothing here ever pri
 - ``GET /run/<group>``: every case of one group (one driver), errors caught; a case whose
   ``mode`` is ``log`` is followed by ``logger.exception(...)`` in the ``except``.
 - ``GET /boom/<case>``: the case's error propagates: Flask logs "Exception on /boom/..." and answers 500.
-- ``GET /stack``: a slow query issued from a source line that carries a literal canary.
+- ``GET /stack``: a slow query issued from a source line that carries a literal canary, and a
+  failing one (logged with ``logger.exception``) from another such line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SPEC: dict[str, Any] = json.loads(open(os.environ["CANARY_SPEC"]).read())  # noq
 CASES: dict[str, dict[str, Any]] = {c["id"]: c for cases in SPEC["groups"].values() for c in cases}
 ENGINES: dict[str, Engine] = {}
 SLEEP = "SELECT pg_sleep(0.55)"  # above the default stack-trace threshold (500 ms)
+FAIL = "SELECT 1 / 0 WHERE :v <> ''"
 
 app = Flask(__name__)
 log = logging.getLogger("shop.orders")
@@ -187,4 +189,9 @@ def _all(result: Any, label: str) -> int:
 def stack():  # type: ignore[no-untyped-def]
     with _engine("sa_psycopg").connect() as conn:
         n = _all(conn.execute(text(SLEEP)), "CANARY_5e1f0c7a_source_line_9b2d4e86_YRANAC")  # marker: stack
+    try:
+        with _engine("sa_psycopg").connect() as conn:
+            conn.execute(text(FAIL), {"v": "CANARY_3c8a61f2_source_line_raise_7d04e9b5_YRANAC"})
+    except Exception:
+        log.exception("stack report failed")
     return jsonify(rows=n)
