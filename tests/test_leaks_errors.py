@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import PG_DB, PG_HOST, PG_PORT, base_env, get, maria_connect, serve
+from conftest import MARIA_URL, PG_DB, PG_HOST, PG_PORT, base_env, get, maria_connect, serve
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _logs
+from otel_dbperf import Settings, _logs
 from otel_dbperf._urls import UrlRedactor
 
 PID = os.getpid()
@@ -140,29 +140,18 @@ def _span_texts(spans: Sequence[ReadableSpan]) -> str:
     return "\n".join(parts)
 
 
-class Traced:
-    """A provider with otel-dbperf's processor (and a raw exporter beside it), and the log hook."""
+class Traced(Pipeline):
+    """The pipeline (with a raw exporter beside it: what the processor is up against), and the log hook."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.provider = TracerProvider()
-        self.processor = DbPerfSpanProcessor(settings)
         self.raw = _RawTexts()
-        self.memory = InMemorySpanExporter()
-        self.provider.add_span_processor(self.processor)
-        self.provider.add_span_processor(SimpleSpanProcessor(self.raw))
-        self.provider.add_span_processor(SimpleSpanProcessor(self.processor.wrap_exporter(self.memory)))
-        self.tracer = self.provider.get_tracer("shop")
+        super().__init__(settings, raw_exporters=[self.raw])
         self.log_memory = InMemoryLogRecordExporter()
         self.log_provider = LoggerProvider()
         self.log_provider.add_log_record_processor(SimpleLogRecordProcessor(self.log_memory))
         handler = _logs.OtlpLogHandler(self.log_provider, settings=settings)
         _logs.install(handler)
         self._undo: list[Callable[[], None]] = []
-
-    def spans(self) -> list[ReadableSpan]:
-        self.provider.force_flush()
-        return list(self.memory.get_finished_spans())
 
     def records(self) -> list[Any]:
         return [r.log_record for r in self.log_memory.get_finished_logs()]
@@ -285,9 +274,7 @@ def _run(case: AppCase, canary: str, request: pytest.FixtureRequest, provider: T
 
         asyncio.run(run())
     else:
-        import pymysql
-
-        conn3 = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test")
+        conn3 = maria_connect()
         try:
             conn3.cursor().execute(sql, (canary,))
         finally:
@@ -313,7 +300,7 @@ def _through_sqlalchemy(driver: str, sql: str, canary: str, provider: TracerProv
 
         asyncio.run(run())
         return
-    url = _pg_url(driver) if driver != "pymysql" else "mysql+pymysql://root@127.0.0.1:3306/test"
+    url = _pg_url(driver) if driver != "pymysql" else MARIA_URL
     engine = create_engine(url)
     if provider is not None:
         _engine_tracer(engine, provider)
