@@ -132,8 +132,10 @@ class _Skip(Exception):
 def refusal(statement: str, analyze_on: bool = False, dialect: str = "other") -> str | None:
     """Why ``statement`` must not be explained, or None for a single plain SELECT.
 
-    The statement is read by ``dialect``'s lexical rules (every dialect's when unknown, and
-    MySQL's with and without backslash escapes): every reading must find exactly one SELECT
+    The statement is read by ``dialect``'s lexical rules (every dialect's when unknown), under
+    each string rule a session may have chosen (PostgreSQL's ``standard_conforming_strings``
+    on and off, MySQL's with and without backslash escapes and ``ANSI_QUOTES``; see
+    :func:`~otel_dbperf._sql.code_tokens`): every reading must find exactly one SELECT
     (no ``;`` but a last one, no write, no ``INTO``, no locking clause), and, with ANALYZE, no
     call of a function outside :data:`SAFE_FUNCTIONS`.
     """
