@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
+from . import _forksafe
 from ._nosql import NOSQL_SYSTEMS
 
 _MAX_SCAN = 16 * 1024  # characters of a statement that are looked at
@@ -642,7 +642,7 @@ def _analyze_text(statement: str, max_length: int, dialect: str, deadline: float
 
 _cached = lru_cache(maxsize=2048)(_analyze)
 _big: OrderedDict[tuple[int, int, int, str], tuple[str, str, Analysis]] = OrderedDict()
-_big_lock = threading.Lock()
+_big_lock = _forksafe.lock("sql.big_statements")
 
 
 def analyze(statement: str, max_length: int = 4096, dialect: object = OTHER) -> Analysis:
