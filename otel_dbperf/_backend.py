@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from . import _forksafe
 from ._guard import internal_error
 from ._otlp import FastOTLPSpanExporter
 from .settings import Settings
@@ -91,7 +92,7 @@ class Watch:
         self.signal = signal
         self.exporter = exporter
         self.endpoint = describe_endpoint(exporter)
-        self.lock = threading.Lock()
+        self.lock = _forksafe.lock("backend.watch")
         self.reset()
         _watches.append(self)
 
@@ -346,8 +347,7 @@ def shutdown(
 
 
 def _after_fork_in_child() -> None:
-    for watch in _watches:  # each process says and counts its own
-        watch.lock = threading.Lock()
+    for watch in _watches:  # each process says and counts its own (the locks: renewed by _forksafe)
         watch.reset()
 
 

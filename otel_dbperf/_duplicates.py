@@ -16,16 +16,16 @@ counts SELECTs only.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from . import _forksafe
 from ._guard import internal_error
 from ._pipeline.params import digest
 from ._pipeline.processor import open_query
 from ._sdk_compat import contrib_query_span
 
 _installed: Any = None
-_lock = threading.Lock()
+_lock = _forksafe.lock("duplicates.install")
 
 
 def _after_cursor_execute(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -132,8 +131,10 @@ class _Skip(Exception):
 def refusal(statement: str, analyze_on: bool = False, dialect: str = "other") -> str | None:
     """Why ``statement`` must not be explained, or None for a single plain SELECT.
 
-    The statement is read by ``dialect``'s lexical rules (every dialect's when unknown, and
-    MySQL's with and without backslash escapes): every reading must find exactly one SELECT
+    The statement is read by ``dialect``'s lexical rules (every dialect's when unknown), under
+    each string rule a session may have chosen (PostgreSQL's ``standard_conforming_strings``
+    on and off, MySQL's with and without backslash escapes and ``ANSI_QUOTES``; see
+    :func:`~otel_dbperf._sql.code_tokens`): every reading must find exactly one SELECT
     (no ``;`` but a last one, no write, no ``INTO``, no locking clause), and, with ANALYZE, no
     call of a function outside :data:`SAFE_FUNCTIONS`.
     """
@@ -207,11 +208,7 @@ class _RateLimiter:
         self._clock = clock
         self._last: dict[str, float] = {}
         self._recent: deque[float] = deque()
-        self._lock = threading.Lock()
-        _forksafe.register(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._lock = _forksafe.lock("explain.rate_limit")
 
     def allow(self, fingerprint: str) -> bool:
         with self._lock:
@@ -896,11 +893,7 @@ class Explainer:
         self.config = config or ExplainConfig()
         self._limiter = _RateLimiter(self.config, clock)
         self._counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        _forksafe.register(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._lock = _forksafe.lock("explain.counts")
 
     def explain(
         self, dbapi_connection: Any, dialect_name: str, statement: str, parameters: Any, fingerprint: str
@@ -1001,15 +994,7 @@ def plan_attributes(plan: Plan) -> dict[str, Any]:
 
 OnPlan = Callable[[Any, Plan], None]
 _installed: Callable[..., None] | None = None
-_install_lock = threading.Lock()
-
-
-def _new_install_lock() -> None:
-    global _install_lock
-    _install_lock = threading.Lock()
-
-
-_forksafe.register(_new_install_lock)
+_install_lock = _forksafe.lock("explain.install")
 
 
 def install(explainer: Explainer, slow_threshold_ns: int, on_plan: OnPlan | None = None) -> None:

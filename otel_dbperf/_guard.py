@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import _forksafe
 from ._startup_log import startup_warning
 
 _log = logging.getLogger("otel_dbperf")
@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: None: re-raise when running under pytest. Tests may force True or False.
 RERAISE: bool | None = None
 
-_lock = threading.Lock()
+_lock = _forksafe.lock("guard")
 _seen: set[str] = set()
 errors = 0  # internal errors swallowed since start
 

@@ -19,9 +19,9 @@ exported and measured (metrics) like any call, but not rolled up into the reques
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from . import _forksafe
 from . import attributes as A
 
 #: db.system.name / db.system values read as key-value and document stores (the rest is SQL)
@@ -52,7 +52,7 @@ NOSQL_SYSTEMS = frozenset(
 KIND_QUERY, KIND_SETUP, KIND_NOSQL, KIND_NOSQL_FRAMEWORK = 0, 1, 2, 3
 
 MAX_CALLS = 10_000  # calls of one request kept for its roll-up; past it they are not counted
-_lock = threading.Lock()
+_lock = _forksafe.lock("nosql.calls")
 
 # Redis commands with a multi-key / multi-value form
 _REDIS_BATCH = {

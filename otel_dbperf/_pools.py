@@ -84,7 +84,7 @@ class _Hooks:
     connect_listener: Any = None
     pools: weakref.WeakSet[Any] = weakref.WeakSet()
     conns: dict[int, set[int]] = {}  # request root id -> ids of the connection records it checked out
-    lock = threading.Lock()  # install/uninstall and new pools only
+    lock = _forksafe.lock("pools.hooks")  # install/uninstall and new pools only
 
 
 def pool_name(pool: Any, engine: Any = None) -> str:
@@ -365,8 +365,8 @@ class PoolMetrics:
             description="Checkouts waiting for a connection.",
         )
         self.queue: deque[tuple[Any, ...]] = deque()
-        self._drain_lock = threading.Lock()
-        self._start_lock = threading.Lock()
+        self._drain_lock = _forksafe.lock("pools.drain")
+        self._start_lock = _forksafe.lock("pools.start")
         self.needs_thread = True
 
     def start(self) -> None:
@@ -376,9 +376,7 @@ class PoolMetrics:
                 self.needs_thread = False
 
     def after_fork_in_child(self) -> None:
-        self._drain_lock = threading.Lock()
-        self._start_lock = threading.Lock()
-        self.needs_thread = True
+        self.needs_thread = True  # the locks: renewed by _forksafe
         self.queue.clear()
         _Hooks.conns = {}
 

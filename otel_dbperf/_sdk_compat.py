@@ -25,7 +25,6 @@ Elsewhere: ``_prefork`` (``SystemMetricsInstrumentor._instance._proc``), ``_back
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +32,8 @@ from typing import Any
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Status
+
+from . import _forksafe
 
 #: the releases every access below (and those listed in docs/design.md "Private SDK access") was
 #: checked against, inclusive: the ends of ``scripts/test-matrix`` and the ranges of pyproject.toml
@@ -180,7 +181,7 @@ def reset_metric_storages(provider: Any) -> None:
     storages = getattr(consumer, "_reader_storages", None)
     if consumer is None or storages is None:
         return
-    consumer._lock = threading.Lock()  # noqa: SLF001
+    consumer._lock = _forksafe.lock("sdk.measurement_consumer")  # noqa: SLF001
     consumer._reader_storages = {  # noqa: SLF001
         reader: MetricReaderStorage(
             provider._sdk_config,  # noqa: SLF001
@@ -199,7 +200,7 @@ def reset_export_locks(provider: Any) -> None:
     waiting on it forever, and the child's metrics were never exported."""
     for reader in getattr(provider, "_metric_readers", None) or ():
         if hasattr(reader, "_export_lock"):
-            reader._export_lock = threading.Lock()  # noqa: SLF001
+            reader._export_lock = _forksafe.lock("sdk.reader_export")  # noqa: SLF001
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

@@ -6,12 +6,15 @@ does (``dialect`` is the span's ``db.system.name`` / ``db.system``):
 - PostgreSQL: ``'...'`` standard strings (a backslash is an ordinary character), ``E'...'``
   (backslash escapes), ``U&'...'``, ``B''``, ``X''``, ``N''``; dollar quotes ``$tag$...$tag$``
   with any tag (non-ASCII too) or none; nested ``/* /* */ */`` comments; ``--`` to the end of
-  the line (``\\n`` or ``\\r``); ``"..."`` identifiers; ``$1`` parameters.
+  the line (``\\n`` or ``\\r``); ``"..."`` identifiers; ``$1`` parameters. A statement with a
+  backslash in it is also read as under ``standard_conforming_strings = off`` (``'...'`` and
+  ``N'...'`` with backslash escapes), and whatever either reading calls a literal is replaced.
 - MySQL / MariaDB: ``'...'`` and ``"..."`` are both string literals (so a ``"..."`` is never
   shown, even under ``ANSI_QUOTES``), with backslash escapes; ``#`` and ``-- `` (dash dash
   space) comments; ``/* */`` not nested, ``/*! ... */`` and ``/*M! ... */`` whose text MySQL
   executes (their literals are literals); backtick identifiers. A statement with a backslash
-  in it is also read as under ``NO_BACKSLASH_ESCAPES``, and whatever either reading calls a
+  in it is also read as under ``NO_BACKSLASH_ESCAPES`` and, when it has a ``"``, as under
+  ``ANSI_QUOTES`` (``"..."`` a name, no backslash escapes in it); whatever any reading calls a
   literal is replaced.
 - SQLite: ``'...'`` (``''`` only), ``[...]`` and backtick identifiers. SQLite takes a ``"..."``
   as a string when no such column exists, so one is kept only where it can only be a name
@@ -44,12 +47,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
+from . import _forksafe
 from ._nosql import NOSQL_SYSTEMS
 
 _MAX_SCAN = 16 * 1024  # characters of a statement that are looked at
@@ -131,23 +134,32 @@ def _tail(word: str = _WORD) -> tuple[tuple[str, str], ...]:
     return (("N", _NUMBER), ("W", word), ("_", _SPACE), ("O", r"(?s:.)"))
 
 
-_PG = _lexer(
-    POSTGRESQL,
-    True,
-    "I",
-    False,
-    *_common(r"\n\r"),
-    ("dol", rf"\$(?:[{_ID_START}][A-Za-z0-9_\u0080-\U0010ffff]*)?\$"),
-    ("S", rf"[Ee]{_BS_STRING}|(?:[NnBbXx]|[Uu]&)?{_STD_STRING}"),
-    ("dq", rf"(?:[Uu]&)?{_DQ}"),
-    ("P", rf"\$\d+|\?|{_DRIVER_PARAMS}"),
-    *_tail(),
-)
+def _pg(name: str, strings: str) -> _Lexer:
+    return _lexer(
+        name,
+        True,
+        "I",
+        False,
+        *_common(r"\n\r"),
+        ("dol", rf"\$(?:[{_ID_START}][A-Za-z0-9_\u0080-\U0010ffff]*)?\$"),
+        ("S", strings),
+        ("dq", rf"(?:[Uu]&)?{_DQ}"),
+        ("P", rf"\$\d+|\?|{_DRIVER_PARAMS}"),
+        *_tail(),
+    )
 
 
-def _mysql(name: str, backslash: bool) -> _Lexer:
+_PG = _pg(POSTGRESQL, rf"[Ee]{_BS_STRING}|(?:[NnBbXx]|[Uu]&)?{_STD_STRING}")
+# standard_conforming_strings = off: '...' and N'...' take backslash escapes as E'...' does (U&'...'
+# is refused by the server there: read as the longer of the two); B'' and X'' hold digits only.
+_PG_NONSTANDARD = _pg("postgresql_nonstandard_strings", rf"(?:[EeNn]|[Uu]&)?{_BS_STRING}|[BbXx]{_STD_STRING}")
+
+
+def _mysql(name: str, backslash: bool, ansi_quotes: bool = False) -> _Lexer:
     string = _BS_STRING if backslash else _STD_STRING
-    dq = string.replace("'", '"')
+    # a "..." is a literal, read with the string's rules; under ANSI_QUOTES a name, where a
+    # backslash is an ordinary character (still shown as ? like every "...")
+    dq = (_STD_STRING if ansi_quotes else string).replace("'", '"')
     return _lexer(
         name,
         False,
@@ -164,6 +176,7 @@ def _mysql(name: str, backslash: bool) -> _Lexer:
 
 _MYSQL = _mysql(MYSQL, True)
 _MYSQL_NO_BACKSLASH = _mysql("mysql_no_backslash_escapes", False)
+_MYSQL_ANSI_QUOTES = _mysql("mysql_ansi_quotes", True, True)  # with NO_BACKSLASH_ESCAPES: read as the one above
 _SQLITE = _lexer(
     SQLITE,
     False,
@@ -321,9 +334,11 @@ _EXEC_OPENER = re.compile(r"/\*M?!\d*")
 def _readings(text: str, dialect: str) -> tuple[_Lexer, ...]:
     """The lexers ``text`` is read with: the first gives the tokens, all of them the literals."""
     if dialect == POSTGRESQL:
-        return (_PG,)
+        return (_PG, _PG_NONSTANDARD) if "\\" in text else (_PG,)
     if dialect == MYSQL:
-        return (_MYSQL, _MYSQL_NO_BACKSLASH) if "\\" in text else (_MYSQL,)
+        if "\\" not in text:
+            return (_MYSQL,)
+        return (_MYSQL, _MYSQL_NO_BACKSLASH, _MYSQL_ANSI_QUOTES) if '"' in text else (_MYSQL, _MYSQL_NO_BACKSLASH)
     if dialect == SQLITE:
         return (_SQLITE,)
     if dialect == MSSQL:
@@ -334,7 +349,9 @@ def _readings(text: str, dialect: str) -> tuple[_Lexer, ...]:
         return (_PG,)
     readings = [_PG, _MYSQL, _SQLITE, _MSSQL, _ORACLE]
     if "\\" in text:
-        readings.append(_MYSQL_NO_BACKSLASH)
+        readings += (_PG_NONSTANDARD, _MYSQL_NO_BACKSLASH)
+        if '"' in text:
+            readings.append(_MYSQL_ANSI_QUOTES)
     if "\r" in text:
         readings += (_MSSQL_CR, _ORACLE_CR)
     return tuple(readings)
@@ -625,7 +642,7 @@ def _analyze_text(statement: str, max_length: int, dialect: str, deadline: float
 
 _cached = lru_cache(maxsize=2048)(_analyze)
 _big: OrderedDict[tuple[int, int, int, str], tuple[str, str, Analysis]] = OrderedDict()
-_big_lock = threading.Lock()
+_big_lock = _forksafe.lock("sql.big_statements")
 
 
 def analyze(statement: str, max_length: int = 4096, dialect: object = OTHER) -> Analysis:

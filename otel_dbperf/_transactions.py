@@ -16,11 +16,11 @@ On the request's root span: ``dbperf.db.transaction_count``, ``dbperf.db.transac
 
 from __future__ import annotations
 
-import threading
 import time
 from itertools import islice
 from typing import Any
 
+from . import _forksafe
 from . import attributes as A
 from ._guard import internal_error
 from ._pipeline import current_request
@@ -34,7 +34,7 @@ class _State:
     long_ms = 1000.0
     open: dict[int, tuple[int, Any, int, int]] = {}  # id(Connection) -> (start, request, records, overflow_ns)
     installed: list[tuple[str, Any]] = []
-    lock = threading.Lock()
+    lock = _forksafe.lock("transactions")
 
 
 def _begin(conn: Any) -> None:

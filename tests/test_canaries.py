@@ -96,6 +96,12 @@ PG_LITERALS: list[Case] = [
     ("bound", "bound", "SELECT id, CAST(<P0> AS text) AS v FROM <T> WHERE id = 1", ["<C0>"], "value"),
     ("bound_after_backslash", "bound", "SELECT id FROM <T> WHERE name = <P0> AND email = <P1>", [BS, "<C0>"],
      "ran"),
+    # standard_conforming_strings off for the rest of the group on the bare drivers' one session (SQLAlchemy
+    # rolls it back with its transaction); then forms valid under both rules: <C0> a name with it on, in a
+    # string with it off
+    ("strings_off", "literal", "SELECT set_config('standard_conforming_strings', 'off', false) AS s", [], "ran"),
+    ("bs_either_rule", "literal", r"SELECT 'a\' AS <C0>, ' AS v -- '", [], "ran"),
+    ("bs_either_rule_n", "literal", r"SELECT N'a\' AS <C0>, ' AS v -- '", [], "ran"),
 ]  # fmt: skip
 PG_ERRORS: list[Case] = [
     ("int_literal", "error", "SELECT id FROM <T> WHERE id = '<C0>'", [], "error"),
@@ -139,6 +145,8 @@ MARIA_LITERALS: list[Case] = [
     ("bound", "bound", "SELECT id, CAST(<P0> AS CHAR) AS v FROM <T> WHERE id = 1", ["<C0>"], "value"),
     ("bound_after_backslash", "bound", "SELECT id FROM <T> WHERE name = <P0> AND email = <P1>", [BS, "<C0>"],
      "ran"),
+    # valid with and without NO_BACKSLASH_ESCAPES: a value here, a name under that mode
+    ("bs_either_mode", "literal", r"SELECT 'a\' AS <C0>, ' AS v -- '", [], "value"),
 ]  # fmt: skip
 MARIA_ERRORS: list[Case] = [
     ("int_literal", "error", "INSERT INTO <T> (id, name, email, n) VALUES (<ID>, 'x', 'x<ID>', '<C0>')", [], "error"),

@@ -259,11 +259,12 @@ def test_fuzz_string_literals_never_leak(prefix: str, secret: str, suffix: str) 
 # --- per-dialect lexical rules: every bypass found so far, then a differential property test ------
 
 BYPASSES = [
-    # PostgreSQL: a backslash ends nothing in a standard string
+    # PostgreSQL: a backslash ends nothing in a standard string, and escapes a quote under
+    # standard_conforming_strings = off (then "AND email = " is in the literal): both readings hide
     (
         "postgresql",
         r"SELECT id FROM users WHERE name = 'C:\tmp\' AND email = 'SECRET'",
-        "SELECT id FROM users WHERE name = ? AND email = ?",
+        "SELECT id FROM users WHERE name = ?",
     ),
     ("postgresql", "SELECT id FROM users /* a /* b */ SECRET */ WHERE id = 1", "SELECT id FROM users WHERE id = ?"),
     ("postgresql", "SELECT $é$SECRET$é$, id FROM users", "SELECT ?, id FROM users"),
@@ -430,9 +431,10 @@ def test_differential_no_literal_survives_and_the_structure_stays(case: tuple[st
     for canary in canaries:
         assert canary not in a.sanitized, (dialect, sql, a.sanitized)
     kept = _WORDS.findall(a.sanitized)
-    if dialect == "mysql" and "\\" in sql:
-        # also read without backslash escapes (NO_BACKSLASH_ESCAPES): what either reading calls a
-        # literal is hidden, so some code may go too, never a word that is not there
+    if dialect in ("mysql", "postgresql") and "\\" in sql:
+        # also read with the other backslash rule (NO_BACKSLASH_ESCAPES, standard_conforming_strings
+        # = off): what either reading calls a literal is hidden, so some code may go too, never a
+        # word that is not there
         it = iter(words)
         assert all(w in it for w in kept), (sql, a.sanitized)
     else:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 
-from .. import _route
+from .. import _forksafe, _route
 from .. import metric_names as M
 from .._guard import internal_error
 from .._nosql import KIND_QUERY
@@ -62,8 +62,8 @@ class SpanDeriver:
         self._sinks = tuple(sinks)
         self.queue: deque[tuple[Any, Any]] = deque()
         self.dropped = 0
-        self._lock = threading.Lock()  # one drainer at a time keeps per-request order simple
-        self._start_lock = threading.Lock()
+        self._lock = _forksafe.lock("derive.drain")  # one drainer at a time keeps per-request order simple
+        self._start_lock = _forksafe.lock("derive.start")
         self._needs_thread = True  # started by the first submit (again in a forked child)
         if meter is not None:
             meter.create_observable_counter(
@@ -92,12 +92,11 @@ class SpanDeriver:
                 self._needs_thread = False
 
     def after_fork_in_child(self) -> None:
-        """A forked child: fresh locks, the parent's queued spans forgotten (they are the
-        parent's), our thread started again on first use; the sinks forget the parent's too."""
+        """A forked child (its locks renewed by :mod:`.._forksafe`): the parent's queued spans
+        forgotten (they are the parent's), our thread started again on first use; the sinks forget
+        the parent's too."""
         self.queue.clear()
         self.dropped = 0
-        self._lock = threading.Lock()
-        self._start_lock = threading.Lock()
         self._needs_thread = True
         for sink in self._sinks:
             reset = getattr(sink, "after_fork_in_child", None)

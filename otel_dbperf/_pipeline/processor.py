@@ -14,7 +14,6 @@ The SDK span fields read here are listed, with the versions checked, in ``_sdk_c
 from __future__ import annotations
 
 import sys
-import threading
 import weakref
 from _thread import get_ident
 from itertools import islice
@@ -45,19 +44,16 @@ _ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 _SPAN_END = Span.end.__code__
 _new = object.__new__
 MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
-_SHARED_LOCK = threading.Lock()  # export threads only (several exporters share a payload)
-_OVERFLOW_LOCK = threading.Lock()  # a request past the cap of records
+_SHARED_LOCK = _forksafe.lock("processor.shared")  # export threads only (several exporters share a payload)
+_OVERFLOW_LOCK = _forksafe.lock("processor.overflow")  # a request past the cap of records
 
 _processors: weakref.WeakSet[DbPerfSpanProcessor] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child: fresh locks (the parent's export thread may have held them), and the
-    parent's open and finished spans forgotten (they are the parent's to export). A span the
-    child ends that it has no record of is exported with its statement sanitized on the spot."""
-    global _SHARED_LOCK, _OVERFLOW_LOCK
-    _SHARED_LOCK = threading.Lock()
-    _OVERFLOW_LOCK = threading.Lock()
+    """A forked child (its locks renewed by :mod:`._forksafe`): the parent's open and finished spans
+    forgotten (they are the parent's to export). A span the child ends that it has no record of is
+    exported with its statement sanitized on the spot."""
     for processor in list(_processors):
         processor._open = {}  # noqa: SLF001
         processor._done = {}  # noqa: SLF001

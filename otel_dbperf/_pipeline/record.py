@@ -12,7 +12,6 @@ consumer asks first and kept on the objects for the others.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any
@@ -25,15 +24,7 @@ from .._sql import Analysis, analyze
 from ..settings import Settings
 
 #: requests are analysed under this lock; never taken on a request thread
-ANALYSIS_LOCK = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global ANALYSIS_LOCK
-    ANALYSIS_LOCK = threading.Lock()  # the parent's export thread may have held it
-
-
-_forksafe.register(_after_fork_in_child)
+ANALYSIS_LOCK = _forksafe.lock("record.analysis")
 
 MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 analysis; beyond: totals
 MAX_REQUEST_EVENTS = 32  # events other hooks add to one request's root span

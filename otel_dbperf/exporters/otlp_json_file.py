@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +53,7 @@ def to_otlp_json(spans: Sequence[ReadableSpan]) -> str:
 class OTLPJsonFileSpanExporter(SpanExporter):
     def __init__(self, path: str | None = None) -> None:
         self.path = path or current_settings().file_path
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock("otlp_json_file")
         self._file: Any = None
         directory = os.path.dirname(os.path.abspath(self.path))
         self.disabled = not os.path.isdir(directory)
@@ -65,10 +64,6 @@ class OTLPJsonFileSpanExporter(SpanExporter):
                 self.path,
                 directory,
             )
-        _forksafe.register(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # the parent's export thread may have held it at the fork
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:

@@ -7,7 +7,6 @@ per-key counts are capped so that a stream of distinct table names cannot grow t
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -192,15 +191,11 @@ class QueryHistory:
         if max_history < 1:
             raise ValueError("max_history must be >= 1")
         self.max_history = max_history
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock("profiler.history")
         self._entries: deque[QueryEntry] = deque(maxlen=max_history)
         self._next_id = 1
         self.enabled = True
         self._clear()
-        _forksafe.register(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # a parent thread may have held it at the fork
 
     def _clear(self) -> None:
         self.total = 0

@@ -289,13 +289,12 @@ class MergedHistory:
         self.max_history = local.max_history
         self.master_pid = os.getpid()
         self.directory = directory or tempfile.mkdtemp(prefix="otel-dbperf-profiler-")  # mode 0700
-        self._lock = threading.Lock()  # one merge at a time: the retired state is shared
+        self._lock = _forksafe.lock("profiler.merge")  # one merge at a time: the retired state is shared
         self._seen: dict[int, dict[str, Any]] = {}  # pid -> its totals when last asked
         self._retired: deque[QueryEntry] = deque(maxlen=local.max_history)  # exited workers' entries
         self._clear_retired()
         self.unresponsive = 0  # in the last answer
         self.endpoint: WorkerEndpoint | None = None  # in a forked worker: its own
-        _forksafe.register(self._after_fork_in_child)
 
     def _clear_retired(self) -> None:
         self._retired.clear()
@@ -313,9 +312,6 @@ class MergedHistory:
     def remove_directory(self) -> None:
         if os.getpid() == self.master_pid:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
 
     # -- collecting ------------------------------------------------------------------------
     def _fold(self, totals: Mapping[str, Any]) -> None:

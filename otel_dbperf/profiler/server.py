@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from .. import _forksafe
 from .._guard import internal_error
 from .._resources import rss_bytes
 from .history import QueryEntry, slowest_first
@@ -184,7 +185,7 @@ class _API:
         self.slow_threshold_s = slow_threshold_s
         self.token_required = token_required  # the OpenAPI document declares the bearer scheme
         self._cpu_mark = (time.monotonic(), _cpu_time_s())  # cpu_usage_percent: since the last stats
-        self._cpu_lock = threading.Lock()
+        self._cpu_lock = _forksafe.lock("profiler.cpu")
         self.routes: dict[str, tuple[str, Callable[[dict[str, list[str]]], dict[str, Any]]]] = {
             "stats": ("GET", self.stats),
             "report": ("GET", self.report),
@@ -512,7 +513,7 @@ class _Server(ThreadingHTTPServer):
         self.errors = 0  # handler exceptions turned into 500s
         self.refused = 0  # connections answered 503 because MAX_CONNECTIONS were being served
         self.header_timeout = HEADER_TIMEOUT_S
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = _forksafe.bounded_semaphore("profiler.connections", MAX_CONNECTIONS)
         super().__init__((host, port), _Handler)
         self.loopback_hosts = frozenset(f"{name}:{self.server_port}" for name in _LOOPBACK_NAMES)
 
