@@ -50,7 +50,6 @@ objects of the chain (weakly), so a log record of the same exception finds it.
 from __future__ import annotations
 
 import re
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -176,15 +175,7 @@ _MAX_FRAMES = 64  # traceback entries looked at for redis-py's execute_command
 _MAX_PIECE = 4096  # characters of one app-written piece remembered
 
 _marks: weakref.WeakKeyDictionary[BaseException, AppError] = weakref.WeakKeyDictionary()
-_marks_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _marks_lock
-    _marks_lock = threading.Lock()  # another thread of the parent may have held it
-
-
-_forksafe.register(_after_fork_in_child)
+_marks_lock = _forksafe.lock("error_kind.marks")
 
 
 def app_error(exc: BaseException | None, statement: Any = None, system: Any = None) -> AppError | None:

@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import support.pipeline
 from conftest import APPS, BIN, base_env
 from fork_app import wait_all
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 import otel_dbperf
-from otel_dbperf import DbPerfSpanProcessor, Settings, _explain, _forksafe, _guard, _prefork
+from otel_dbperf import Settings, _explain, _forksafe, _guard, _prefork
 from otel_dbperf import attributes as A
-from otel_dbperf._pipeline.derive import build_deriver
 from otel_dbperf.exporters.otlp_json_file import OTLPJsonFileSpanExporter
 from otel_dbperf.profiler import HistorySink, QueryHistory
 
@@ -48,25 +46,23 @@ class SlowExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-class Pipeline:
+class Pipeline(support.pipeline.Pipeline):
     """What the configurator builds, with every lock-owning part of otel-dbperf in it."""
 
     def __init__(self, tmp_path: Path) -> None:
         # this file is the application: its Redis call is one of the request (the store classifier's lock)
         settings = Settings(app_paths=(str(Path(__file__).parent),), slow_query_threshold_ms=0, explain=True)
-        self.processor = DbPerfSpanProcessor(settings)
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(self.processor)
         self.slow = SlowExporter()
         self.file = OTLPJsonFileSpanExporter(str(tmp_path / "spans.jsonl"))
-        for exporter in (self.slow, self.file):  # two exporters: take() uses the export lock
-            wrapped = self.processor.wrap_exporter(exporter)
-            self.provider.add_span_processor(BatchSpanProcessor(wrapped, max_export_batch_size=16))
-        self.tracer = self.provider.get_tracer("fork-test")
-        self.meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
         self.history = QueryHistory(100)
-        self.deriver = build_deriver(self.processor.thresholds, self.meters, [HistorySink(self.history)])
-        self.processor.attach_deriver(self.deriver.submit)
+        super().__init__(
+            settings,
+            exporters=[self.slow, self.file],  # several exporters: take() uses the export lock
+            batch={"max_export_batch_size": 16},
+            metrics=(),
+            sinks=[HistorySink(self.history)],
+        )
+        assert self.deriver is not None
         self.hooks = _prefork.ForkHooks(self.meters, self.deriver)
         self.explainer = _explain.Explainer()
 
@@ -85,10 +81,6 @@ class Pipeline:
                 with self.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT) as kv:
                     kv.set_attribute("db.system.name", "redis")
                     kv.set_attribute("db.query.text", "GET secret")
-
-    def shutdown(self) -> None:
-        self.provider.shutdown()
-        self.meters.shutdown()
 
 
 # the registered names of the locks the pipeline above takes (the two taken at run time included:
@@ -126,7 +118,7 @@ def _take_all(locks: list[Any], deadline: float) -> list[Any]:
 def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     p = Pipeline(tmp_path)
     yield p
-    p.shutdown()
+    p.close()
 
 
 def _child(p: Pipeline, index: int, out: int) -> None:

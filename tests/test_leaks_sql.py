@@ -20,18 +20,17 @@ from typing import Any
 import psycopg
 import psycopg2
 import pytest
-from conftest import REQUIRE_SERVICES
+from conftest import MARIA_URL, maria_connect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from sqlalchemy import create_engine, event, text
+from support.pipeline import Pipeline
 
-from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf import Settings
 from otel_dbperf import attributes as A
 from otel_dbperf._explain import ExplainConfig, Explainer, refusal
 from otel_dbperf._sql import analyze
@@ -67,15 +66,11 @@ def _secret() -> str:
     return f"dbperf_secret_{secrets.token_hex(6)}"
 
 
-class Traced:
-    """Our processor and an in-memory exporter behind it: what a user's exporter would get."""
+class Traced(Pipeline):
+    """The pipeline: what a user's exporter would get."""
 
     def __init__(self) -> None:
-        self.memory = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        processor = DbPerfSpanProcessor(Settings())
-        self.provider.add_span_processor(processor)
-        self.provider.add_span_processor(SimpleSpanProcessor(processor.wrap_exporter(self.memory)))
+        super().__init__(Settings())
 
     def statements(self) -> list[str]:
         out = []
@@ -232,24 +227,9 @@ MARIA_SMUGGLED = {
 
 
 def _maria(mode: str, multi_statements: bool = False) -> Any:
-    import pymysql
     from pymysql.constants import CLIENT
 
-    try:
-        conn = pymysql.connect(
-            host="127.0.0.1",
-            port=3306,
-            user="root",
-            password="",
-            database="test",
-            autocommit=True,
-            client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
-        )
-    except Exception as exc:  # noqa: BLE001
-        reason = f"MariaDB at 127.0.0.1:3306/test not reachable: {exc}"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+    conn = maria_connect(autocommit=True, client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0)
     _run(conn, f"SET SESSION sql_mode = CONCAT(@@sql_mode, ',{MARIA_MODES[mode]}')")
     return conn
 
@@ -264,7 +244,7 @@ def test_mariadb_literals_hidden_under_every_sql_mode(mode: str) -> None:
     secret = _secret()
     sql = MARIA_FORMS[mode].format(s=secret)
     traced = Traced()
-    engine = create_engine("mysql+pymysql://root:@127.0.0.1:3306/test")
+    engine = create_engine(MARIA_URL)
 
     @event.listens_for(engine, "connect")
     def _mode(dbapi_conn: Any, record: Any) -> None:
