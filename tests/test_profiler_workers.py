@@ -89,7 +89,7 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
         sleeps = [q for q in entries if q["query"] == "SELECT pg_sleep(?)"]
         assert len(sleeps) == 6 and all(q["slow"] and q["duration_s"] >= 0.3 for q in sleeps), sleeps
         by_pid = {q["pid"]: q for q in sleeps}
-        assert len(by_pid) >= 2, slow  # six 0.3 s requests at once on sync workers: several workers
+        assert len(by_pid) >= 2, sleeps  # six 0.3 s requests at once on sync workers: several workers
         assert set(by_pid) <= set(stats["workers"]["pids"])
         for pid, summary in by_pid.items():
             details = _ok(f"{api}/query-details/{summary['id']}")["data"]
