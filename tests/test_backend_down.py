@@ -32,7 +32,9 @@ APP = "flask_app:app"
 BUDGET_S = Settings().shutdown_timeout_ms / 1000
 # gunicorn's master flushes after its workers have exited: two bounded flushes, plus gunicorn's own exit (~1 s idle)
 BOUND_S = 2 * (BUDGET_S + _backend.GRACE_S) + 1.0
-MARGIN_S = 6.5  # a loaded 2-core machine stretches gunicorn's own exit (measured up to 4 s with a live backend)
+# a loaded 2-core machine stretches gunicorn's own exit (measured up to 4 s with a live backend);
+# BOUND_S + MARGIN_S (15.5 s) stays below the 16-36 s exits without the bound (docs/configuration.md)
+MARGIN_S = 10.0
 LINE = re.compile(r"^otel-dbperf: exports of (traces|metrics|logs) to (\S+) fail.*\(process (\d+);", re.M)
 
 
@@ -131,7 +133,7 @@ def test_the_flush_at_exit_is_bounded(capsys: pytest.CaptureFixture[str]) -> Non
         start = time.monotonic()
         _backend.shutdown(0.3, handlers=[provider.shutdown], watches=[exporter.watch])
         took = time.monotonic() - start
-        assert took < 0.3 + _backend.GRACE_S + 2.0, took  # the bound, with a margin for a loaded machine
+        assert took < 0.3 + _backend.GRACE_S + 5.0, took  # the bound, with a margin for a loaded machine
         assert hanging.shut == 1  # shut down at the bound (ends OTLP retry waits), once
         err = capsys.readouterr().err
         assert "exports of traces to Hanging fail (still unanswered when the flush at exit ran out of time)" in err
@@ -299,9 +301,10 @@ def test_black_hole_exit_is_bounded(receiver, app_db: str) -> None:  # type: ign
 
 
 def test_live_backend_gets_the_flush_at_exit(receiver, app_db: str) -> None:  # type: ignore[no-untyped-def]
-    # nothing is exported before exit: everything the receiver gets comes from the flush at exit
+    # nothing is exported before exit (however long a loaded machine takes to start and serve): everything
+    # the receiver gets comes from the flush at exit
     env = _env(
-        receiver, app_db, receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="60000", OTEL_METRIC_EXPORT_INTERVAL="60000"
+        receiver, app_db, receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_METRIC_EXPORT_INTERVAL="600000"
     )
     with serve("gunicorn", APP, env, "-w", "2", "--graceful-timeout", "30") as srv:
         _traffic(srv["url"])

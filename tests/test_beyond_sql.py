@@ -119,7 +119,9 @@ def test_redis_calls_in_a_request_are_rolled_up_apart(redis_traced: Any) -> None
     assert len(gets) == 7 and all(s.attributes[A.QUERY_NOSQL] is True for s in gets)
     assert not any(A.N_PLUS_ONE in s.attributes for s in gets)
     assert a[A.NOSQL_REPEAT_DETECTED] is True and a[A.NOSQL_REPEAT_SUGGESTION] == "MGET"
-    assert a[A.NOSQL_DURATION_MS] > 0 and a[A.NOSQL_SLOW_CALL_COUNT] == 0
+    assert a[A.NOSQL_DURATION_MS] > 0
+    # the slow ones as their flags say (none but on a loaded machine; the framework's call is never slow)
+    assert a[A.NOSQL_SLOW_CALL_COUNT] == sum(bool(s.attributes.get(A.QUERY_SLOW)) for s in gets)
     if t.processor.settings.code_location:
         assert a[A.NOSQL_CALL_COUNT] == 6 and a["dbperf.nosql.redis.call_count"] == 6
         assert a[A.NOSQL_REPEAT_CODE_LOCATION] == f"{kv.__file__}:{line_in(kv.__file__, 'cache_get')}"

@@ -592,6 +592,7 @@ def _launch(
             DBPERF_SLOW_QUERY_THRESHOLD_MS="0",
             DBPERF_STACKTRACE_THRESHOLD_MS="0",
             DBPERF_EXPLAIN="true",
+            DBPERF_EXPLAIN_TIMEOUT_MS="5000",  # not the 200 ms default: a loaded server may take longer to plan
             DBPERF_SLOW_QUERY_LOGS_PER_MINUTE="1000",
             DBPERF_LOG_LEVEL="DEBUG",
             **spec.env,

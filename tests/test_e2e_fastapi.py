@@ -35,12 +35,19 @@ def _route_roots(spans: list[dict[str, Any]], route: str) -> list[dict[str, Any]
     return [s for s in spans if s["kind"] == "SERVER" and s["attributes"].get("http.route") == route]
 
 
+def _ns(span: dict[str, Any]) -> int:
+    return int(span["end"]) - int(span["start"])
+
+
 def test_async_location_n_plus_one_and_slow(receiver, seeded: str) -> None:  # type: ignore[no-untyped-def]
     env = base_env(receiver, APP_DB_URL=seeded, DBPERF_STACKTRACE_THRESHOLD_MS="200")
     with serve("uvicorn", APP, env) as srv:
         for path in ("/author/2", "/authors", "/slow"):
             assert get(srv["url"] + path)[0] == 200, path
-        spans = receiver.wait_for(lambda s: len([x for x in s if x["kind"] == "SERVER"]) >= 4)
+        routes = {"/author/{author_id}", "/authors", "/slow"}  # not a count: the readiness /ping may be several
+        spans = receiver.wait_for(
+            lambda s: routes <= {x["attributes"].get("http.route") for x in s if x["kind"] == "SERVER"}
+        )
         output = server_output(srv)
     assert "internal error" not in output, output
     orm = [s for s in spans if s["scope"] == ORM and _statement(s)]
@@ -70,8 +77,10 @@ def test_async_location_n_plus_one_and_slow(receiver, seeded: str) -> None:  # t
     assert any(e["name"] == A.EVENT_SLOW_QUERY for e in slow["events"])
     stack = slow["attributes"][A.CODE_STACKTRACE]
     assert f'"{APP_FILE}", line {marker_line("fastapi_app.py", "async_slow")}' in stack
-    assert slow_root["attributes"][A.DB_SLOW_QUERY_COUNT] == 1
-    assert all(s["attributes"][A.QUERY_SLOW] is False for s in orm if s is not slow)
+    # the others are fast, but a loaded machine may stretch one past the default 100 ms: each as its duration says
+    assert all(s["attributes"][A.QUERY_SLOW] is (_ns(s) >= 100_000_000) for s in orm)
+    flagged = [s for s in orm if s["trace_id"] == slow_root["trace_id"] and s["attributes"][A.QUERY_SLOW]]
+    assert slow_root["attributes"][A.DB_SLOW_QUERY_COUNT] == len(flagged) >= 1
 
 
 def test_hundred_concurrent_requests_never_mix(receiver, seeded: str) -> None:  # type: ignore[no-untyped-def]

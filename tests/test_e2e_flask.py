@@ -29,6 +29,10 @@ def _statement(span: dict[str, Any]) -> str:
     return str(a.get("db.query.text") or a.get("db.statement") or "")
 
 
+def _ns(span: dict[str, Any]) -> int:
+    return int(span["end"]) - int(span["start"])
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     from models import seed
@@ -47,7 +51,9 @@ def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:
         for path in ("/author/3", "/authors", "/search", "/slow", "/fingerprint"):
             status, body = get(srv["url"] + path)
             assert status == 200, (path, body)
-        spans = receiver.wait_for(lambda s: len(_roots(s)) >= 6)  # /ping + 5 routes
+        routes = {"/author/<int:author_id>", "/authors", "/search", "/slow", "/fingerprint"}
+        # by route, not a count of SERVER spans: serve()'s readiness probe may have made more than one /ping
+        spans = receiver.wait_for(lambda s: routes <= {r["attributes"].get("http.route") for r in _roots(s)})
         output = server_output(srv)
 
     assert "internal error" not in output, output
@@ -92,8 +98,9 @@ def test_location_n_plus_one_sanitizing_and_slow(receiver, db_url: str) -> None:
     assert f'"{APP_FILE}", line {marker_line("flask_app.py", "slow")}' in stack
     assert "site-packages" not in stack
     fast = [s for s in queries if s not in slow]
-    assert all(s["attributes"][A.QUERY_SLOW] is False for s in fast)
-    assert not any(A.CODE_STACKTRACE in s["attributes"] for s in fast)
+    for s in fast:  # not slow, no stack, but as its own duration says: a loaded machine may stretch one
+        assert s["attributes"][A.QUERY_SLOW] is (_ns(s) >= 100_000_000), (_statement(s), _ns(s))
+        assert (A.CODE_STACKTRACE in s["attributes"]) is (_ns(s) >= 200_000_000), (_statement(s), _ns(s))
     assert roots["/slow"]["attributes"][A.DB_SLOW_QUERY_COUNT] >= 1
 
     # 5. every DB span is enriched; request spans carry resource samples
@@ -109,7 +116,8 @@ def _fingerprint_in_new_process(receiver, db_url: str, workers: str) -> str:  # 
     receiver.clear()
     with serve("gunicorn", APP, base_env(receiver, APP_DB_URL=db_url), "-w", workers) as srv:
         assert get(srv["url"] + "/fingerprint")[0] == 200
-        spans = receiver.wait_for(lambda s: any("WHERE id = ?" in _statement(x) for x in s))
+        # both spans: the nested sqlite3 one ends first and may come in an earlier batch
+        spans = receiver.wait_for(lambda s: sum("WHERE id = ?" in _statement(x) for x in s) >= 2)
     found = [s for s in spans if "WHERE id = ?" in _statement(s)]
     # the SQLAlchemy span, and the sqlite3 DB-API span nested in it: both enriched alike
     assert sorted(s["scope"] for s in found) == [
@@ -192,7 +200,8 @@ def test_failed_queries_are_enriched_and_their_errors_scrubbed(receiver, db_url:
     assert len(failed) == 2, [s["status"] for s in _db_spans(spans)]
     for span in failed:  # enriched like any other DB span
         a = span["attributes"]
-        assert a[A.CODE_FILE_PATH] == APP_FILE and len(a[A.QUERY_FINGERPRINT]) == 16 and a[A.QUERY_SLOW] is False
+        assert a[A.CODE_FILE_PATH] == APP_FILE and len(a[A.QUERY_FINGERPRINT]) == 16
+        assert a[A.QUERY_SLOW] is (_ns(span) >= 100_000_000)  # the default 100 ms: as its own duration says
     if "postgresql" in db_url:  # PostgreSQL names the duplicate key's value: it is masked
         (dup,) = [s for s in failed if "dbperf_authors" in _statement(s)]
         assert "Key (id)=(?) already exists" in dup["status"]["message"]

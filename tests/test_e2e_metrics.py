@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,19 @@ JOB = "dbperf-test"
 # /fail one failing query (500), /ping no query.
 TRAFFIC = {"/authors": (24, 200), "/slow": (14, 200), "/fail": (5, 500), "/ping": (10, 200)}
 QUERIES = {"/authors": 9, "/slow": 1, "/fail": 1, "/ping": 0}
+
+
+def _listening(pid: int) -> set[int]:
+    """The TCP ports that process ``pid`` and its descendants listen on."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    return {
+        c.laddr.port
+        for p in (parent, *parent.children(recursive=True))
+        for c in p.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
 
 
 def _seeded(url: str) -> str:
@@ -61,9 +73,11 @@ def _pull_env(receiver: Any, tmp_path: Path, **extra: str) -> tuple[dict[str, st
 
 
 def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression(receiver: Any, tmp_path: Path) -> None:
+    # slow at 250 ms (a bucket boundary): the 0.3 s sleeps always, an ordinary query only on a very loaded machine
     env, metrics_port = _pull_env(
-        receiver, tmp_path, OTEL_SERVICE_NAME=JOB, OTEL_LOGS_EXPORTER="otlp", OTEL_BLRP_SCHEDULE_DELAY="100"
-    )
+        receiver, tmp_path, OTEL_SERVICE_NAME=JOB, OTEL_LOGS_EXPORTER="otlp", OTEL_BLRP_SCHEDULE_DELAY="100",
+        DBPERF_SLOW_QUERY_THRESHOLD_MS="250",
+    )  # fmt: skip
     # a real single-process server: Flask through uvicorn's WSGI interface; Prometheus evaluates
     # collector/'s recording and alert rules every second
     with (
@@ -75,7 +89,13 @@ def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression
         _drive(srv["url"], counts=dict.fromkeys(TRAFFIC, 1))
         prom.wait_until("count(http_server_request_duration_seconds_count)", len(TRAFFIC))
         _drive(srv["url"], counts={route: n - 1 for route, (n, _) in TRAFFIC.items()})
-        total_requests = sum(n for n, _ in TRAFFIC.values()) + 1  # + serve()'s readiness /ping
+        # + serve()'s readiness /ping: one, or more when a loaded machine made a probe time out and retry
+        ping = 'sum(http_server_request_duration_seconds_count{http_route="/ping"})'
+        prom.wait_until(f"{ping} >= bool {TRAFFIC['/ping'][0] + 1}", 1)
+        others = sum(n for route, (n, _) in TRAFFIC.items() if route != "/ping")
+        prom.wait_until('sum(http_server_request_duration_seconds_count{http_route!="/ping"})', others)
+        readiness = prom.value(ping) - TRAFFIC["/ping"][0]
+        total_requests = sum(n for n, _ in TRAFFIC.values()) + readiness
         prom.wait_until("sum(http_server_request_duration_seconds_count)", total_requests)
         total_queries = sum(TRAFFIC[r][0] * QUERIES[r] for r in TRAFFIC)
         prom.wait_until("sum(db_client_operation_duration_seconds_count)", total_queries)
@@ -86,7 +106,7 @@ def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression
         # request rate, error ratio and p99 by route
         counts = prom.by("sum by (http_route) (http_server_request_duration_seconds_count)", "http_route")
         expected = {route: float(n) for route, (n, _) in TRAFFIC.items()}
-        expected["/ping"] += 1
+        expected["/ping"] += readiness
         assert counts == expected, output
         rates = prom.by("sum by (http_route) (rate(http_server_request_duration_seconds_count[1m]))", "http_route")
         assert set(rates) == set(TRAFFIC) and all(r > 0 for r in rates.values())
@@ -99,10 +119,11 @@ def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression
             "histogram_quantile(0.99, sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket[1m])))",
             "http_route",
         )
-        assert 0.25 <= p99["/slow"] <= 0.5  # 0.3 s requests fall in the (0.25, 0.5] bucket
-        assert p99["/ping"] <= 0.1
+        # 0.3 s requests: in the (0.25, 0.5] bucket on a quiet machine; in seconds (not ms) on any
+        assert 0.25 <= p99["/slow"] < 5
+        assert p99["/ping"] < p99["/slow"]
 
-        # DB p99 by operation and table; the slow threshold (100 ms) is a bucket boundary
+        # DB p99 by operation and table; the slow threshold (250 ms) is a bucket boundary
         db_p99 = prom.query(
             "histogram_quantile(0.99, sum by (le, db_operation_name, db_collection_name) "
             "(rate(db_client_operation_duration_seconds_bucket[1m])))"
@@ -110,15 +131,16 @@ def test_prometheus_scrapes_red_metrics_and_every_dashboard_and_alert_expression
         by_table = {(s["metric"].get("db_operation_name"), s["metric"].get("db_collection_name")) for s in db_p99}
         assert {("SELECT", "dbperf_authors"), ("SELECT", "dbperf_books"), ("SELECT", "no_such_table")} <= by_table
         slow_p99 = [float(s["value"][1]) for s in db_p99 if "db_collection_name" not in s["metric"]]
-        assert slow_p99 and 0.1 <= slow_p99[0] <= 0.5
-        assert (
-            prom.value('sum(db_client_operation_duration_seconds_bucket{le="0.1"})')
-            == total_queries - TRAFFIC["/slow"][0]
-        )
+        assert slow_p99 and 0.25 <= slow_p99[0] < 5
+        # the slow ones are those above the threshold's bucket: the 14 sleeps (they read no table), and
+        # any other query a loaded machine made slow
+        slow_queries = prom.value("sum(dbperf_db_slow_queries_total)")
+        assert slow_queries == total_queries - prom.value('sum(db_client_operation_duration_seconds_bucket{le="0.25"})')
+        assert prom.value('sum(dbperf_db_slow_queries_total{db_collection_name=""})') == TRAFFIC["/slow"][0]
         # slow-query ratio
         assert prom.value(
             "sum(dbperf_db_slow_queries_total) / sum(db_client_operation_duration_seconds_count)"
-        ) == pytest.approx(TRAFFIC["/slow"][0] / total_queries)
+        ) == pytest.approx(slow_queries / total_queries)
         # N+1 by route: every /authors request loads 8 authors' books one query each
         assert prom.by("sum by (http_route) (dbperf_db_n_plus_one_total)", "http_route") == {"/authors": 24.0}
         failed = prom.by("sum by (error_type) (db_client_operation_duration_seconds_count)", "error_type")
@@ -165,7 +187,7 @@ ALERTS_UNDER_THIS_TRAFFIC = {"SlowQueryRateWarning", "NPlusOneSpike", "ErrorRate
 
 
 def _alerts_under_this_traffic(prom: Any) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a hang guard: rules are evaluated every second
     while True:
         active = {s["metric"]["alertname"] for s in prom.query("ALERTS")}
         if active >= ALERTS_UNDER_THIS_TRAFFIC or time.monotonic() > deadline:
@@ -201,8 +223,10 @@ def _slow_query_records_have_the_loki_labels_the_dashboard_uses(logs: list[dict[
         labels["service_name"] = record["resource"]["service.name"]
         assert used <= set(labels), used - set(labels)
         assert labels["service_name"] == JOB  # what the job variable selects
-        assert labels["db_query_text"] == "SELECT dbperf_sleep(?)" and labels["code_line_number"] > 0
+        assert labels["db_query_text"] and labels["code_line_number"] > 0
         assert isinstance(labels["dbperf_slow_query_suppressed"], int)  # unwrap needs a number
+    # the sleeps, sanitized (another query's only if a loaded machine made it slow)
+    assert "SELECT dbperf_sleep(?)" in {r["attributes"]["db.query.text"] for r in records}
 
 
 def _latest(points: list[dict[str, Any]], name: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -279,8 +303,9 @@ def test_prometheus_pull_is_refused_under_gunicorn(receiver: Any, tmp_path: Path
     with serve("gunicorn", APP, env, "-w", "2") as srv:
         assert get(srv["url"] + "/authors")[0] == 200  # the app is unaffected
         receiver.wait_for(lambda s: any(x["kind"] == "SERVER" for x in s))  # and traces still flow
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", metrics_port)) != 0, "nothing serves wrong numbers"
+        # nothing serves wrong numbers: no process of this server listens on the port (another
+        # process of the machine may have taken that free port since)
+        assert metrics_port not in _listening(srv["proc"].pid), "nothing serves wrong numbers"
         output = server_output(srv)
     refusals = [line for line in output.splitlines() if "OTEL_METRICS_EXPORTER=prometheus is refused" in line]
     assert len(refusals) == 1, output

@@ -417,14 +417,14 @@ def test_a_quoted_value_never_survives(prefix: str, suffix: str, quote: str) -> 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(max_size=300), st.lists(_pieces, max_size=300).map("".join)))
 def test_never_raises_and_is_bounded(text: str) -> None:
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: the work is ours, not the machine's load
     scrub_error_text(text * 50)
     scrub_traceback(text * 50)
-    assert time.perf_counter() - start < 2.0
+    assert time.thread_time() - start < 2.0
 
 
 def test_huge_texts_are_bounded() -> None:
     for text in ("'users' " * 100_000, '"' * 1_000_000, "(1, 'a')=(" * 100_000, "LINE 1: x\n" * 100_000):
-        start = time.perf_counter()
+        start = time.thread_time()
         clean = scrub_error_text(text)
-        assert time.perf_counter() - start < 2.0 and len(clean) <= 70_000
+        assert time.thread_time() - start < 2.0 and len(clean) <= 70_000

@@ -494,7 +494,7 @@ def test_pg_analyze_in_a_transaction_cannot_write(pg_tables: str) -> None:
         # a view hides the call from the statement: only the read-only transaction stops it
         setup.execute("CREATE OR REPLACE VIEW dbperf_explain_write_view AS SELECT dbperf_explain_write() AS x")
     conn = psycopg.connect(pg_tables)
-    explainer = Explainer(ExplainConfig(analyze=True))
+    explainer = Explainer(ExplainConfig(analyze=True, timeout_ms=5000))  # a loaded server's 50k-row scan
     try:
         conn.execute(f"INSERT INTO {SCRATCH} (v) VALUES ('mine')")
         assert explainer.explain(conn, "postgresql", "SELECT dbperf_explain_write()", None, "f") is None
@@ -522,7 +522,7 @@ def test_mariadb_analyze_is_read_only_outside_and_plain_explain_inside_a_transac
         )
         # a view hides the call from the statement: only the read-only transaction stops it
         cur.execute("CREATE OR REPLACE VIEW dbperf_explain_write_view AS SELECT dbperf_explain_write() AS x")
-    explainer = Explainer(ExplainConfig(analyze=True, per_fingerprint_interval_s=0))
+    explainer = Explainer(ExplainConfig(analyze=True, per_fingerprint_interval_s=0, timeout_ms=5000))
     idle, busy = _maria_connect(True), _maria_connect(False)
     try:
         assert explainer.explain(idle, "mysql", "SELECT dbperf_explain_write()", None, "e") is None
@@ -701,7 +701,8 @@ def test_index_hints_name_only_names_of_the_statement() -> None:
     assert plan.index_hint == "users(name)" and "dbperf_secret_col" not in plan.verdict
 
 
-_ADVISORY = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+# the advisory locks of one session: other sessions of the server (another suite's) may hold theirs
+_ADVISORY = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
 
 
 @pytest.mark.parametrize("db", ["psycopg2", "psycopg"], indirect=True)
@@ -709,6 +710,7 @@ def test_multi_statement_strings_never_run_a_second_statement(db: Db) -> None:
     """psycopg2 binds on the client and sends one string: EXPLAIN must not carry a second statement."""
     explainer = Explainer(ExplainConfig(per_fingerprint_interval_s=0, max_per_minute=10_000, analyze=False))
     conn, watcher = db.connect(True), db.other()
+    (pid,) = db.query(conn, "SELECT pg_backend_pid()")[0]
     smuggled = [
         ("SELECT $$x$$, 1; SELECT pg_advisory_lock(4201)", None),
         ("SELECT $$x$$; SELECT pg_advisory_lock(4202)", ()),
@@ -721,10 +723,10 @@ def test_multi_statement_strings_never_run_a_second_statement(db: Db) -> None:
     for sql, params in smuggled:
         assert explainer.explain(conn, "postgresql", sql, params, "f") is None, sql
     assert explainer.stats()["skipped"] == {"not_select": len(smuggled)}
-    assert db.query(watcher, _ADVISORY) == [(0,)]
+    assert db.query(watcher, _ADVISORY, (pid,)) == [(0,)]
     # the control: the driver really would run the second statement
     db.query(conn, "SELECT 1; SELECT pg_advisory_lock(4200)")
-    assert db.query(watcher, _ADVISORY) == [(1,)]
+    assert db.query(watcher, _ADVISORY, (pid,)) == [(1,)]
     db.query(conn, "SELECT pg_advisory_unlock_all()")
 
 
@@ -733,8 +735,12 @@ def test_analyze_never_reruns_calls_that_are_not_known_to_be_safe(db: Db) -> Non
     setup = db.other()
     db.query(setup, "CREATE OR REPLACE FUNCTION dbperf_lock(k int) RETURNS int LANGUAGE sql AS "
                     "$$ SELECT pg_advisory_lock(k)::text::int + 1 $$")  # fmt: skip
-    explainer = Explainer(ExplainConfig(per_fingerprint_interval_s=0, max_per_minute=10_000, analyze=True))
+    explainer = Explainer(
+        ExplainConfig(per_fingerprint_interval_s=0, max_per_minute=10_000, analyze=True, timeout_ms=5000)
+    )
     conn = db.connect(False)
+    (pid,) = db.query(conn, "SELECT pg_backend_pid()")[0]
+    conn.rollback()  # idle again, as the test has it
     try:
         calls = [
             "SELECT pg_advisory_lock(4301)",
@@ -746,7 +752,7 @@ def test_analyze_never_reruns_calls_that_are_not_known_to_be_safe(db: Db) -> Non
         for sql in calls:
             assert explainer.explain(conn, "postgresql", sql, None, "f") is None, sql
         assert explainer.stats()["skipped"] == {"side_effects": len(calls)}
-        assert db.query(setup, _ADVISORY) == [(0,)]
+        assert db.query(setup, _ADVISORY, (pid,)) == [(0,)]
         plan = explainer.explain(conn, "postgresql", f"SELECT lower(name), count(*) FROM {BIG} GROUP BY 1", None, "g")
         assert plan is not None and '"Actual Rows"' in plan.text  # safe built-ins: still ANALYZEd
     finally:

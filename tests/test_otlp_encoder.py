@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, base_env, free_port
+from conftest import APPS, BIN, base_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.attributes import BoundedAttributes
@@ -416,8 +417,11 @@ def test_size_limit_and_shutdown_as_the_sdk_exporter(receiver: Receiver, caplog:
 
 def test_a_backend_that_is_down_is_a_failed_export() -> None:
     """Connection refused: the SDK client's failure comes back as the export's result."""
-    fast = FastOTLPSpanExporter(OTLPSpanExporter(endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", timeout=0.5))
-    assert fast.export(real_spans()) is SpanExportResult.FAILURE
+    with socket.socket() as held:  # bound, never listening: refused, and no other process can take the port
+        held.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{held.getsockname()[1]}/v1/traces"
+        fast = FastOTLPSpanExporter(OTLPSpanExporter(endpoint=endpoint, timeout=0.5))
+        assert fast.export(real_spans()) is SpanExportResult.FAILURE
     assert fast.batches == 1 and fast.fallbacks == 0
 
 
@@ -458,9 +462,12 @@ def comparable(spans: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 def test_opentelemetry_instrument_uses_our_encoder_by_default(receiver: Receiver, tmp_path: Path) -> None:
     """Under ``opentelemetry-instrument`` (OTLP/HTTP protobuf, otel-dbperf's default protocol) the SDK's
     exporter sends our bytes; with ``DBPERF_OTLP_ENCODER=stock`` its own; the receiver gets the same spans."""
-    fast_err, fast_spans = run_script(receiver, tmp_path)
+    slow = "60000"  # no query is slow in either run, however loaded the machine: the slow flags compare too
+    fast_err, fast_spans = run_script(receiver, tmp_path, DBPERF_SLOW_QUERY_THRESHOLD_MS=slow)
     assert "spans are encoded by otel-dbperf's OTLP encoder" in fast_err
-    stock_err, stock_spans = run_script(receiver, tmp_path, DBPERF_OTLP_ENCODER="stock")
+    stock_err, stock_spans = run_script(
+        receiver, tmp_path, DBPERF_OTLP_ENCODER="stock", DBPERF_SLOW_QUERY_THRESHOLD_MS=slow
+    )
     assert "spans are encoded by otel-dbperf's OTLP encoder" not in stock_err
     assert len(fast_spans) >= 7 and comparable(fast_spans) == comparable(stock_spans)
 

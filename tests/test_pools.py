@@ -44,7 +44,7 @@ class Setup(Pipeline):
 
 @pytest.fixture
 def setup() -> Iterator[Setup]:
-    s = Setup(slow_query_threshold_ms=100, long_transaction_ms=200)
+    s = Setup(slow_query_threshold_ms=100, long_transaction_ms=300)
     yield s
     s.close()
 
@@ -89,6 +89,10 @@ def test_a_request_that_waits_for_the_pool_carries_its_wait(setup: Setup, pg_syn
         threading.Thread(target=_request, args=(setup, "GET /waiter", waiter)),
     ]
     try:
+        # the connection opened outside any request: on a loaded machine opening it (and the dialect's
+        # first-connect queries) may pass the 100 ms at which a wait is an event; /holder only checks it out
+        with engine.connect():
+            pass
         for t in threads:
             t.start()
         for t in threads:
@@ -113,10 +117,10 @@ def test_a_request_that_waits_for_the_pool_carries_its_wait(setup: Setup, pg_syn
     states = {p.attributes["db.client.connection.state"]: p.value for p in seen["count"]}
     assert states == {"used": 1, "idle": 0}
     waits = setup.points(M.DB_CLIENT_CONNECTION_WAIT_TIME.name)
-    assert [(p.attributes, p.count) for p in waits] == [({POOL_NAME: name}, 2)]  # one per checkout
+    assert [(p.attributes, p.count) for p in waits] == [({POOL_NAME: name}, 3)]  # warm-up, holder, waiter
     assert waits[0].max >= 0.25
     (use,) = setup.points(M.DB_CLIENT_CONNECTION_USE_TIME.name)
-    assert use.count == 2 and use.max >= 0.3
+    assert use.count == 3 and use.max >= 0.3
     (create,) = setup.points(M.DB_CLIENT_CONNECTION_CREATE_TIME.name)
     assert create.count == 1  # one connection, reused
     assert [p.value for p in seen["max"]] == [1]  # pool_size + max_overflow
@@ -260,11 +264,11 @@ def test_transactions_per_request_and_idle_in_transaction(setup: Setup, pg_sync_
     assert 350 <= attrs[A.DB_TRANSACTION_MAX_MS] < 5000
     # the sleep is idle time, the pg_sleep is not
     assert 300 <= attrs[A.DB_IDLE_IN_TRANSACTION_MS] <= attrs[A.DB_TRANSACTION_MAX_MS] - 50
-    assert attrs[A.DB_LONG_TRANSACTION_COUNT] == 1  # DBPERF_LONG_TRANSACTION_MS=200
+    assert attrs[A.DB_LONG_TRANSACTION_COUNT] == 1  # 300 ms: the long one is >= 350 ms, the short one far below
     (event,) = [e for e in setup.roots()["GET /tx"].events if e.name == A.EVENT_LONG_TRANSACTION]
     assert event.attributes is not None
     assert event.attributes[A.EVENT_DURATION_MS] == attrs[A.DB_TRANSACTION_MAX_MS]
-    assert event.attributes[A.EVENT_THRESHOLD_MS] == 200
+    assert event.attributes[A.EVENT_THRESHOLD_MS] == 300
 
 
 def test_null_and_static_pools_are_reported_as_what_they_are(setup: Setup, tmp_path: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from app_code import queries
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from sqlalchemy import text
@@ -21,6 +22,11 @@ from otel_dbperf import _guard
 from otel_dbperf import attributes as A
 from otel_dbperf._pipeline import processor as _processor
 from otel_dbperf._pipeline import record as _record
+
+
+def _ns(span: ReadableSpan) -> int:
+    """A span's duration, as the slow flag measures it."""
+    return (span.end_time or 0) - (span.start_time or 0)
 
 
 @pytest.fixture
@@ -38,7 +44,7 @@ def test_code_location_is_the_application_line(traced: Traced) -> None:
     assert a[A.CODE_FILE_PATH] == str(APP_CODE)
     assert a[A.CODE_LINE_NUMBER] == line_of("point")
     assert a[A.CODE_FUNCTION_NAME] == "point_query"
-    assert a[A.QUERY_SLOW] is False
+    assert a[A.QUERY_SLOW] is (_ns(span) >= 100_000_000)  # 100 ms: a loaded machine may stretch even this one
     assert a[A.DB_QUERY_SUMMARY] == "SELECT authors"
     assert re.fullmatch(r"[0-9a-f]{16}", a[A.QUERY_FINGERPRINT])
     assert A.CPU_TIME_MS not in a  # per query only under DBPERF_RESOURCE_SAMPLES=query
@@ -49,12 +55,14 @@ def test_slow_query_event_and_bounded_app_only_stacktrace(tmp_path: Path) -> Non
     queries.slow_query(t.engine, 0.01)
     queries.slow_query(t.engine, 0.06)
     queries.slow_query(t.engine, 0.12)
-    fast, slow_no_stack, slow = sorted(
-        (s for s in t.db_spans() if "dbperf_sleep" in str(s.attributes.get("db.statement"))),
-        key=lambda s: (s.end_time or 0) - (s.start_time or 0),
-    )
-    assert fast.attributes[A.QUERY_SLOW] is False and not fast.events
-    assert slow_no_stack.attributes[A.QUERY_SLOW] is True and A.CODE_STACKTRACE not in slow_no_stack.attributes
+    spans = sorted((s for s in t.db_spans() if "dbperf_sleep" in str(s.attributes.get("db.statement"))), key=_ns)
+    assert len(spans) == 3
+    # each span as its own duration says (a loaded machine may stretch the 0.01 s one past 50 ms)
+    for span in spans:
+        assert span.attributes[A.QUERY_SLOW] is (_ns(span) >= 50_000_000), _ns(span)
+        assert bool(span.events) is (_ns(span) >= 50_000_000)
+        assert (A.CODE_STACKTRACE in span.attributes) is (_ns(span) >= 100_000_000), _ns(span)
+    slow = spans[-1]  # the 0.12 s one: slow, with its stack, whatever the machine
     assert slow.attributes[A.QUERY_SLOW] is True
     (event_,) = [e for e in slow.events if e.name == A.EVENT_SLOW_QUERY]
     assert event_.attributes[A.EVENT_DURATION_MS] >= 120
@@ -80,7 +88,8 @@ def test_n_plus_one_on_the_request_span(traced: Traced) -> None:
     assert a[A.N_PLUS_ONE_REPEAT_COUNT] == 7  # literals differ, the fingerprint does not
     assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_CODE}:{line_of('loop')}"
     assert a[A.N_PLUS_ONE_QUERY_SUMMARY] == "SELECT authors"
-    assert a[A.DB_SLOW_QUERY_COUNT] == 0 and a[A.DB_DURATION_MS] > 0
+    db = [s for s in spans if A.QUERY_FINGERPRINT in (s.attributes or {})]
+    assert a[A.DB_SLOW_QUERY_COUNT] == sum(s.attributes[A.QUERY_SLOW] for s in db) and a[A.DB_DURATION_MS] > 0
     assert a[A.MEMORY_RSS_BYTES] > 0 and A.MEMORY_RSS_DELTA_BYTES in a and a[A.CPU_TIME_MS] > 0
     loop = [s for s in spans if s.attributes.get(A.CODE_LINE_NUMBER) == line_of("loop")]
     assert [bool(s.attributes.get(A.N_PLUS_ONE)) for s in loop] == [False] * 4 + [True] * 3

@@ -114,9 +114,9 @@ def test_huge_statements_are_bounded() -> None:
     huge_in = "SELECT * FROM t WHERE id IN (" + ", ".join(str(i) for i in range(200_000)) + ")"
     one_mb = "SELECT '" + "x" * 1_000_000 + "' FROM t"
     for sql in (huge_in, one_mb, "(" * 1_000_000, "'" * 1_000_000, "/*" * 500_000, "$a$" * 300_000):
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time: the work is ours, not the machine's load
         a = analyze(sql, 4096)
-        assert time.perf_counter() - start < 2.0
+        assert time.thread_time() - start < 2.0
         assert len(a.sanitized) <= 4096
         assert len(a.fingerprint) == 16
 
@@ -136,9 +136,9 @@ def test_error_text_scrubbing() -> None:
 
 def test_many_sqlalchemy_blocks_never_leak() -> None:
     text = "[SQL: SELECT 'a@b.c']\n[parameters: ('x@y.z',)]\n" * 3000
-    start = time.perf_counter()
+    start = time.thread_time()
     clean = scrub_error_text(text)
-    assert time.perf_counter() - start < 2.0
+    assert time.thread_time() - start < 2.0
     assert "a@b.c" not in clean and "x@y.z" not in clean
 
 
@@ -228,9 +228,9 @@ hostile = st.one_of(
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile)
 def test_fuzz_never_raises_bounded_time_and_output(sql: str) -> None:
-    start = time.perf_counter()
+    start = time.thread_time()
     a = analyze(sql, 512)
-    assert time.perf_counter() - start < 2.0
+    assert time.thread_time() - start < 2.0
     assert len(a.sanitized) <= 512
     assert len(a.fingerprint) == 16 and int(a.fingerprint, 16) >= 0
     assert len(a.summary) <= 255
@@ -238,9 +238,9 @@ def test_fuzz_never_raises_bounded_time_and_output(sql: str) -> None:
     for dialect in DIALECTS:
         d = analyze(sql, 512, dialect)
         assert len(d.sanitized) <= 512 and len(d.fingerprint) == 16
-    start = time.perf_counter()
+    start = time.thread_time()
     scrub_error_text(sql)
-    assert time.perf_counter() - start < 2.0
+    assert time.thread_time() - start < 2.0
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,7 +10,8 @@ from models import Author, Book
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-engine = create_async_engine(os.environ["APP_DB_URL"], pool_size=20, max_overflow=20)
+# at most 20 connections: the PostgreSQL server may be shared (its max_connections is 100 by default)
+engine = create_async_engine(os.environ["APP_DB_URL"], pool_size=10, max_overflow=10)
 app = FastAPI()
 
 

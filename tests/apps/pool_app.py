@@ -1,9 +1,10 @@
 """A Flask app with a small SQLAlchemy pool, served by threads (uvicorn's WSGI) under opentelemetry-instrument.
 
-``main`` (pool_size=2, max_overflow=0): /hold keeps a connection ~100 ms, so 8 concurrent
-requests queue for it; /idle_tx sleeps inside a transaction; /statement_timeout is canceled
-by PostgreSQL. ``tiny`` (pool_size=1, max_overflow=0, pool_timeout=0.1): /exhaust holds its only
-connection and asks for another, which times out.
+``main`` (pool_size=2, max_overflow=0): /hold keeps a connection ~300 ms, so 8 concurrent
+requests queue for it for over a second (long enough for a loaded machine's metric samples);
+/idle_tx sleeps inside a transaction; /statement_timeout is canceled by PostgreSQL. ``tiny``
+(pool_size=1, max_overflow=0, pool_timeout=0.1): /exhaust holds its only connection and asks
+for another, which times out.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def ping():  # type: ignore[no-untyped-def]
 @app.get("/hold")
 def hold():  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
-        conn.execute(text("SELECT pg_sleep(0.1)"))
+        conn.execute(text("SELECT pg_sleep(0.3)"))
     return "held"
 
 
