@@ -88,12 +88,14 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
         assert len(entries) == sent and stats["slow_queries"] == sum(q["slow"] for q in entries), stats
         sleeps = [q for q in entries if q["query"] == "SELECT pg_sleep(?)"]
         assert len(sleeps) == 6 and all(q["slow"] and q["duration_s"] >= 0.3 for q in sleeps), sleeps
-        by_pid = {q["pid"]: q for q in sleeps}
-        assert len(by_pid) >= 2, sleeps  # six 0.3 s requests at once on sync workers: several workers
+        # 26 requests, 8 at a time, on 3 workers: more than one served (which ones is the scheduler's choice)
+        by_pid = {q["pid"]: q for q in entries}
+        assert len(by_pid) >= 2, entries
         assert set(by_pid) <= set(stats["workers"]["pids"])
-        for pid, summary in by_pid.items():
+        for pid, summary in [*by_pid.items(), (sleeps[0]["pid"], sleeps[0])]:
             details = _ok(f"{api}/query-details/{summary['id']}")["data"]
-            assert details["pid"] == pid and details["query"] == "SELECT pg_sleep(?)" and details["route"] == "/slow"
+            assert details["pid"] == pid and details["query"] == summary["query"]
+            assert details["route"] == ("/slow" if "pg_sleep" in summary["query"] else "/n/<int:k>")
             assert details["service_instance_id"]  # each worker's own
         assert len(
             {_ok(f"{api}/query-details/{q['id']}")["data"]["service_instance_id"] for q in by_pid.values()}
