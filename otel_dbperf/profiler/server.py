@@ -3,14 +3,17 @@
 Security: loopback needs no token; any other bind address requires one, and with a
 token every endpoint but ``/profiler/health`` needs ``Authorization: Bearer <token>``.
 Without a token only loopback ``Host`` names are answered (DNS rebinding: a web page whose
-name resolves to 127.0.0.1 must not read the API). At most :data:`MAX_CONNECTIONS` are
+name resolves to 127.0.0.1 must not read the API). ``toggle`` and ``reset`` refuse what a web
+page of another origin can send (:func:`check_browser`). At most :data:`MAX_CONNECTIONS` are
 served at once (one thread each; more are answered 503 at once, by the accepting thread),
-and a client has :data:`HEADER_TIMEOUT_S` in all to send its request.
+and a client has :data:`HEADER_TIMEOUT_S` in all to send its request. The serving thread
+sleeps until a connection comes (no polling); :meth:`ProfilerServer.stop` wakes it.
 Statements are sanitized by the caller; responses never echo request parameter values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -30,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .._guard import internal_error
 from .._resources import rss_bytes
-from .history import QueryEntry, slowest_first
+from .history import ProfilerBusy, QueryEntry, slowest_first
 from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
 
 MAX_BODY = 1024  # bytes accepted in a request body (no endpoint takes one)
@@ -44,6 +47,8 @@ _BUSY = (
     b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+#: the bodies a web page may send to another origin without asking first (a CORS "simple request")
+_SIMPLE_BODIES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 _LINGER_S = 0.5  # after answering, input still arriving is read (and dropped) this long at most
 
 
@@ -169,6 +174,7 @@ class HistoryView(Protocol):
     enabled: bool
 
     def totals(self) -> dict[str, Any]: ...
+    def last_seen_totals(self) -> dict[str, Any]: ...  # without asking anyone: health
     def entries(self, last_n: int | None = None) -> list[QueryEntry]: ...
     def slowest(self, threshold_s: float, limit: int) -> tuple[int, list[QueryEntry]]: ...
     def get(self, entry_id: int) -> QueryEntry | None: ...
@@ -266,7 +272,7 @@ class _API:
         return {"status": "success", "data": entry.details()}
 
     def health(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        t = self.history.totals()
+        t = self.history.last_seen_totals()  # never waits on a pre-fork server's workers
         issues = []
         if not t["enabled"]:
             issues.append(f"profiler disabled: {t['dropped']} queries dropped")
@@ -294,8 +300,8 @@ class _API:
 def check_access(token: str | None, open_ok: bool, path: str, authorization: str | None) -> None:
     """Raise the error a request gets before its parameters are looked at (421, 401), if any.
 
-    ``open_ok``: without a token the request may be served (for the port of its own, a
-    loopback ``Host``; for the mount, also a loopback peer, not forwarded by a proxy).
+    ``open_ok``: without a token the request may be served (the port of its own: a loopback
+    ``Host``; the mount is never served without a token).
     """
     if token is None and not open_ok:
         raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
@@ -306,6 +312,31 @@ def check_access(token: str | None, open_ok: bool, path: str, authorization: str
             raise _HTTPError(
                 401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
+
+
+def check_browser(method: str, header: Callable[[str], str | None]) -> None:
+    """Raise 403/415 for a state-changing request (``POST``) a web page of another origin can send.
+
+    A page anywhere can make the user's browser POST to a loopback port (``fetch`` with
+    ``mode: "no-cors"``, a form) without reading the answer: enough to toggle or reset. Browsers
+    say where a request comes from: ``Sec-Fetch-Site`` (only ``same-origin`` and ``none``, typed
+    by the user, pass), else ``Origin`` (must name the ``Host`` asked). A form or text body, what
+    a page may send without asking first, is refused too, whatever the headers: no endpoint takes
+    a body. Clients that are no browser (curl, scripts) send none of these and are not affected.
+    """
+    if method != "POST":
+        return
+    site = header("sec-fetch-site")
+    if site is not None:
+        if site.strip().lower() not in ("same-origin", "none"):
+            raise _HTTPError(403, "cross_site", "requests from web pages of other sites cannot change the profiler")
+    else:
+        origin, host = header("origin"), header("host")
+        if origin is not None and (host is None or urlsplit(origin.strip()).netloc.lower() != host.strip().lower()):
+            raise _HTTPError(403, "cross_site", "requests from web pages of other origins cannot change the profiler")
+    media = (header("content-type") or "").split(";", 1)[0].strip().lower()
+    if media in _SIMPLE_BODIES:
+        raise _HTTPError(415, "unsupported_media_type", "no endpoint takes a body (form and text bodies are refused)")
 
 
 def answer(api: _API, method: str, path: str, query_string: str) -> dict[str, Any]:
@@ -326,18 +357,36 @@ def answer(api: _API, method: str, path: str, query_string: str) -> dict[str, An
         query = parse_qs(query_string, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
     except ValueError as exc:  # more than max_num_fields
         raise _HTTPError(400, "bad_query", "too many query parameters") from exc
-    return api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+    try:
+        return api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+    except ProfilerBusy as exc:
+        raise _HTTPError(503, "busy", "the workers are being asked for another request, retry later",
+                         headers={"Retry-After": "1"}) from exc  # fmt: skip
 
 
 def respond(
-    api: _API, token: str | None, open_ok: bool, method: str, path: str, query_string: str, authorization: str | None
+    api: _API, token: str, method: str, path: str, query_string: str, authorization: str | None
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, JSON body, extra headers) of one request, outside the HTTP server (the mount)."""
+    """(status, JSON body, extra headers) of one request, outside the HTTP server (the mount,
+    which is served only with a token: on the app's port a proxied request looks local)."""
     try:
-        check_access(token, open_ok, path, authorization)
+        check_access(token, False, path, authorization)
         return 200, answer(api, method, path, query_string), {}
     except _HTTPError as err:
         return err.status, _error_body(err.code, err.message, err.parameter), dict(err.headers or {})
+
+
+def mount_refusal(
+    token: str, method: str, path: str, header: Callable[[str], str | None]
+) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """What the mount answers by itself, before anything is relayed: 401 without the token
+    (``health`` excepted), 403/415 for what a web page of another origin sends; None: go on."""
+    try:
+        check_access(token, False, path, header("authorization"))
+        check_browser(method, header)
+    except _HTTPError as err:
+        return err.status, _error_body(err.code, err.message, err.parameter), dict(err.headers or {})
+    return None
 
 
 def make_api(history: HistoryView, slow_threshold_s: float, token_required: bool) -> _API:
@@ -464,6 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         check_access(server.token, self._loopback_host(), split.path, self.headers.get("Authorization"))
         self._read_body()
+        check_browser(self.command, self.headers.get)
         self._send(200, answer(server.api, self.command, split.path, split.query))
 
     def _loopback_host(self) -> bool:
@@ -600,8 +650,13 @@ class ProfilerServer:
         return self._server.errors
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving, at once: the serving thread sleeps in ``select`` without a timeout, so
+        the listening socket is shut down to wake it (then it sees the shutdown request)."""
+        server = self._server
+        with contextlib.suppress(OSError):
+            server.socket.shutdown(socket.SHUT_RDWR)
+        server.shutdown()
+        server.server_close()
         self._thread.join(timeout=5)
 
 
@@ -646,6 +701,7 @@ def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: 
         raise ValueError("slow_threshold_s must be a number of seconds >= 0")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = _Server(host, port, family, _API(history, slow_threshold_s, token is not None), token)
-    thread = threading.Thread(target=server.serve_forever, name="otel-dbperf-profiler", daemon=True)
+    # poll_interval=None: no wake-up every half second while idle; stop() wakes it
+    thread = threading.Thread(target=server.serve_forever, args=(None,), name="otel-dbperf-profiler", daemon=True)
     thread.start()
     return ProfilerServer(host, server.server_port, history, server, thread)
