@@ -384,7 +384,7 @@ def _profiler_after_fork_in_child() -> None:
         return  # not a worker of ours (a child of a worker, ...)
     server, runtime.profiler = runtime.profiler, None
     if server is not None:
-        server._server.socket.close()  # noqa: SLF001 - the master's listening socket: not the worker's
+        server._server.server_close()  # noqa: SLF001 - the master's sockets: not the worker's
     relay, runtime.profiler_relay = runtime.profiler_relay, None
     if relay is not None and relay._sock is not None:  # noqa: SLF001
         relay._sock.close()  # noqa: SLF001 - likewise

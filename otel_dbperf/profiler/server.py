@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import selectors
 import socket
 import socketserver
 import sys
@@ -565,6 +566,42 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), _Handler)
         self.loopback_hosts = frozenset(f"{name}:{self.server_port}" for name in _LOOPBACK_NAMES)
+        self._wake_read, self._wake_write = socket.socketpair()  # stop() writes: the loop wakes at once
+        self._stopping = False
+
+    def serve(self) -> None:
+        """Accept connections until :meth:`stop`, sleeping in between: no poll interval (the
+        stdlib's ``serve_forever`` wakes every half second, and its ``shutdown`` waits for that)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ, "listening")
+            selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+            while not self._stopping:
+                ready = {key.data for key, _ in selector.select()}
+                if self._stopping or "wake" in ready:
+                    return
+                self._accept()
+                self.service_actions()
+
+    def _accept(self) -> None:
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return  # the client went away before it was accepted
+        try:
+            self.process_request(request, client_address)
+        except Exception:  # noqa: BLE001 - as the stdlib's loop: report, close, go on
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_read.close()
+        self._wake_write.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """A thread per connection, at most MAX_CONNECTIONS at once; beyond, 503 without a thread."""
@@ -650,14 +687,10 @@ class ProfilerServer:
         return self._server.errors
 
     def stop(self) -> None:
-        """Stop serving, at once: the serving thread sleeps in ``select`` without a timeout, so
-        the listening socket is shut down to wake it (then it sees the shutdown request)."""
-        server = self._server
-        with contextlib.suppress(OSError):
-            server.socket.shutdown(socket.SHUT_RDWR)
-        server.shutdown()
-        server.server_close()
+        """Stop serving, at once (the serving thread is woken, not polled)."""
+        self._server.stop()
         self._thread.join(timeout=5)
+        self._server.server_close()
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -701,7 +734,6 @@ def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: 
         raise ValueError("slow_threshold_s must be a number of seconds >= 0")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = _Server(host, port, family, _API(history, slow_threshold_s, token is not None), token)
-    # poll_interval=None: no wake-up every half second while idle; stop() wakes it
-    thread = threading.Thread(target=server.serve_forever, args=(None,), name="otel-dbperf-profiler", daemon=True)
+    thread = threading.Thread(target=server.serve, name="otel-dbperf-profiler", daemon=True)
     thread.start()
     return ProfilerServer(host, server.server_port, history, server, thread)
