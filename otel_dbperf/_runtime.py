@@ -250,6 +250,10 @@ def start_derived(settings: Settings) -> None:
     atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
 
 
+#: set once the start-up said that the mount needs a token (inherited: said once per process tree)
+_MOUNT_REFUSED_ENV = "_OTEL_DB_PROFILER_MOUNT_REFUSED"
+
+
 def _start_profiler(settings: Settings) -> Any:
     """The profiler API's history sink, or None when it cannot start (one warning says why).
 
@@ -267,18 +271,32 @@ def _start_profiler(settings: Settings) -> Any:
         startup_warning("otel-dbperf: the profiler API is NOT started: DBPERF_PROFILER_TOKEN must be at least "
                         "16 visible ASCII characters (no spaces)")  # fmt: skip
         return None
+    mount = settings.profiler_mount
+    if mount and token is None:
+        # Behind a reverse proxy (nginx with proxy_pass alone) every request to the app's port
+        # comes from loopback and names a loopback host: no request can be told to be local.
+        if not os.environ.get(_MOUNT_REFUSED_ENV):  # said once per process tree (spawned workers...)
+            os.environ[_MOUNT_REFUSED_ENV] = "1"
+            startup_warning("otel-dbperf: the profiler API is NOT mounted on the app's port "
+                            "(DBPERF_PROFILER_MOUNT=%s): it needs DBPERF_PROFILER_TOKEN, since behind a reverse "
+                            "proxy every request looks local", mount)  # fmt: skip
+        mount = ""
+        if not settings.profiler_addr:
+            return None
     server_name = _prefork.prefork_server(os.environ, sys.argv)
     master = profiler_hub.hub_from_env(os.environ)
     history = QueryHistory(settings.profiler_max_history)
-    if not server_name and profiler_hub.is_spawned_worker_of(master, sys.argv):  # uvicorn --workers
-        assert master is not None
+    if not server_name and master is not None and os.getppid() == master[0]:
+        if not profiler_hub.is_spawned_worker_of(master, sys.argv):
+            return None  # a helper of the master (multiprocessing's resource tracker): not a worker
+        # uvicorn --workers: a spawned worker
         try:
-            runtime.profiler_worker = profiler_hub.start_worker(history, master[1], _drain_deriver)
+            runtime.profiler_worker = profiler_hub.start_worker(history, master[1], master[0], _drain_deriver)
         except OSError as exc:
             startup_warning("otel-dbperf: this worker's queries are NOT in the profiler API: %s", exc)
             return None
-        if settings.profiler_mount:
-            _mount(settings, _relay_to(master[1]))
+        if mount and token is not None:
+            _mount(mount, token, _relay_to(master[1]))
         return HistorySink(history, settings.sanitize_statements)
     view: Any = history
     if server_name:
@@ -301,23 +319,24 @@ def _start_profiler(settings: Settings) -> Any:
             _log.info(
                 "otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" * bool(server_name)
             )
-    if settings.profiler_mount:
-        api = make_api(view, threshold_s, token is not None)
+    if mount and token is not None:
+        api = make_api(view, threshold_s, True)
+        mount_token = token
 
-        def answer(open_ok: bool, method: str, path: str, query: str, authorization: str | None) -> Any:
-            return respond(api, token, open_ok, method, path, query, authorization)
+        def answer(method: str, path: str, query: str, authorization: str | None) -> Any:
+            return respond(api, mount_token, method, path, query, authorization)
 
         if server_name:  # the workers serve the app's port: they relay to the master
             try:
                 relay = profiler_hub.MountRelay(view.directory, answer)
                 relay.start()
                 runtime.profiler_relay = relay
-                serving = _mount(settings, _relay_to(view.directory)) or serving
+                serving = _mount(mount, token, _relay_to(view.directory)) or serving
             except OSError as exc:
                 startup_warning("otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): %s",
-                                settings.profiler_mount, exc)  # fmt: skip
+                                mount, exc)  # fmt: skip
         else:
-            serving = _mount(settings, answer) or serving
+            serving = _mount(mount, token, answer) or serving
     if not serving:
         if server_name:
             os.environ.pop(profiler_hub.HUB_ENV, None)
@@ -329,23 +348,23 @@ def _start_profiler(settings: Settings) -> Any:
 def _relay_to(directory: str) -> Any:
     from .profiler import hub as profiler_hub
 
-    def answer(open_ok: bool, method: str, path: str, query: str, authorization: str | None) -> Any:
-        request = {"open": open_ok, "method": method, "path": path, "query": query, "authorization": authorization}
+    def answer(method: str, path: str, query: str, authorization: str | None) -> Any:
+        request = {"method": method, "path": path, "query": query, "authorization": authorization}
         return profiler_hub.relay(directory, request)
 
     return answer
 
 
-def _mount(settings: Settings, answer: Any) -> bool:
+def _mount(prefix: str, token: str, answer: Any) -> bool:
     from .profiler.mount import Mount, install
 
-    mount = Mount(settings.profiler_mount, answer)
+    mount = Mount(prefix, token, answer)
     servers = install(mount)
     if not servers:
         startup_warning(
             "otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): neither gunicorn "
             "nor uvicorn is installed (the mount wraps the app they serve)",
-            settings.profiler_mount,
+            prefix,
         )
         return False
     runtime.profiler_mount = mount
@@ -365,7 +384,7 @@ def _profiler_after_fork_in_child() -> None:
         return  # not a worker of ours (a child of a worker, ...)
     server, runtime.profiler = runtime.profiler, None
     if server is not None:
-        server._server.socket.close()  # noqa: SLF001 - the master's listening socket: not the worker's
+        server._server.server_close()  # noqa: SLF001 - the master's sockets: not the worker's
     relay, runtime.profiler_relay = runtime.profiler_relay, None
     if relay is not None and relay._sock is not None:  # noqa: SLF001
         relay._sock.close()  # noqa: SLF001 - likewise
@@ -374,7 +393,9 @@ def _profiler_after_fork_in_child() -> None:
     from .profiler import hub as profiler_hub
 
     try:
-        runtime.profiler_worker = profiler_hub.start_worker(merged.local, merged.directory, _drain_deriver)
+        runtime.profiler_worker = profiler_hub.start_worker(
+            merged.local, merged.directory, merged.master_pid, _drain_deriver
+        )
     except OSError as exc:
         _log.warning("otel-dbperf: worker %d's queries are NOT in the profiler API: %s", os.getpid(), exc)
 

@@ -276,6 +276,9 @@ def serve(
             "warning",
             *extra_args,
         ]
+        if "--workers" in extra_args and "--timeout-worker-healthcheck" not in extra_args:
+            # uvicorn kills a spawned worker that has not answered in 5 s: a loaded machine's first import
+            server += ["--timeout-worker-healthcheck", "60"]
     cmd = [str(bin_dir / "opentelemetry-instrument"), *server] if instrument else server
     log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

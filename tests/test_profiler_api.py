@@ -325,8 +325,10 @@ def test_request_bodies_are_bounded(serve: Callable[..., ProfilerServer]) -> Non
     status, _, body = call(server, "/profiler/reset", "POST", data=b"x" * 2000)
     assert status == 413 and body["error"]["code"] == "body_too_large"
     assert history.totals()["total_queries"] == 2  # refused before the handler ran
-    status, _, _ = call(server, "/profiler/reset", "POST", data=b"{}")
+    status, _, _ = call(server, "/profiler/reset", "POST", data=b"{}", headers={"Content-Type": "application/json"})
     assert status == 200
+    status, _, body = call(server, "/profiler/reset", "POST", data=b"{}")  # urllib's default: a form body
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"  # what a cross-site form sends
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     connection.request("POST", "/profiler/reset", body=iter([b"abc"]), encode_chunked=True)
     response = connection.getresponse()

@@ -71,7 +71,7 @@ def test_a_killed_worker_keeps_its_last_seen_totals(tmp_path: Path) -> None:
 def test_a_worker_answers_and_hands_over_at_exit(tmp_path: Path) -> None:
     history = QueryHistory(10)
     history.add(0.2, "SELECT ?", slow=True)
-    endpoint = H.WorkerEndpoint(history, str(tmp_path))
+    endpoint = H.WorkerEndpoint(history, str(tmp_path), os.getppid())
     endpoint.start()
     merged = H.MergedHistory(QueryHistory(10), str(tmp_path))
     merged.master_pid = -1  # the test process plays the worker; its entries must come over the socket
@@ -94,7 +94,7 @@ def test_a_worker_answers_and_hands_over_at_exit(tmp_path: Path) -> None:
 def test_hand_over_files_are_bounded_when_the_master_does_not_collect(tmp_path: Path) -> None:
     for pid in range(H.MAX_RETIRED_FILES):
         (tmp_path / f"{pid + 1}.final.json").write_text("{}")
-    endpoint = H.WorkerEndpoint(QueryHistory(10), str(tmp_path))
+    endpoint = H.WorkerEndpoint(QueryHistory(10), str(tmp_path), os.getppid())
     endpoint.start()
     endpoint.at_exit()
     assert len(list(tmp_path.iterdir())) == H.MAX_RETIRED_FILES  # this worker's is not written

@@ -222,27 +222,36 @@ def _mounted(url: str, token: str | None = None, headers: dict[str, str] | None 
         return err.code, json.loads(err.read())
 
 
+def _mounted_ok(url: str, method: str = "GET") -> Any:
+    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 200, url
+        return json.loads(resp.read())
+
+
 def test_mounted_on_the_apps_port_under_gunicorn(pg_app_env: Callable[..., dict[str, str]], receiver: Any) -> None:
-    env = pg_app_env(0, DBPERF_PROFILER_MOUNT="/profiler")
+    env = pg_app_env(0, DBPERF_PROFILER_MOUNT="/profiler", DBPERF_PROFILER_TOKEN=TOKEN)
     del env["DBPERF_PROFILER_ADDR"]  # the mount alone
     with serve("gunicorn", "flask_app:app", env, "-w", "3") as srv:
         api = srv["url"] + "/profiler"
         _spread(srv["url"], ["/slow"] * 9, 9)
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 9)
+        stats = _until(lambda: _mounted_ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 9)
         assert stats["slow_queries"] >= 9 and stats["workers"]["live"] == 3, stats  # whichever worker answers
-        _ok(f"{api}/reset", "POST")
+        _mounted_ok(f"{api}/reset", "POST")
         _spread(srv["url"], ["/n/2"] * 10, 5)
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 20)
+        stats = _until(lambda: _mounted_ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 20)
         assert stats["total_queries"] == 20, stats
-        slow = _ok(f"{api}/slow-queries?threshold=0&limit=100")["data"]
+        slow = _mounted_ok(f"{api}/slow-queries?threshold=0&limit=100")["data"]
         for q in slow["queries"][:5]:
-            assert _ok(f"{api}/query-details/{q['id']}")["data"]["route"] == "/n/<int:k>"
+            assert _mounted_ok(f"{api}/query-details/{q['id']}")["data"]["route"] == "/n/<int:k>"
         for _ in range(5):
-            _ok(f"{api}/stats")
-        # a client that is not on loopback (here: forwarded by a proxy) needs the token, which is unset
-        assert _mounted(f"{api}/stats", headers={"X-Forwarded-For": "203.0.113.9"})[0] == 421
-        assert _call(f"{api}/nope")[0] == 404 and _call(f"{api}/reset")[0] == 405
-        assert _ok(f"{api}/stats")["data"]["total_queries"] == 20  # the API's own requests run no query
+            _mounted_ok(f"{api}/stats")
+        # without the token, from loopback or not, nothing but health is answered
+        assert _mounted(f"{api}/stats")[0] == 401
+        assert _mounted(f"{api}/stats", headers={"X-Forwarded-For": "203.0.113.9"})[0] == 401
+        assert _mounted(f"{api}/health")[0] == 200
+        assert _mounted(f"{api}/nope", TOKEN)[0] == 404 and _mounted(f"{api}/reset", TOKEN)[0] == 405
+        assert _mounted_ok(f"{api}/stats")["data"]["total_queries"] == 20  # the API's own requests run no query
         spans = receiver.wait_for(lambda s: sum(x["kind"] == "SERVER" and "/n/" in x["name"] for x in s) >= 10)
         assert not _profiler_spans(spans)  # not the app's requests: no spans
         output = server_output(srv)

@@ -21,6 +21,10 @@ OTHER = "_other"
 NONE = "_none"  # the key for a query with no known table / operation
 
 
+class ProfilerBusy(Exception):
+    """The view cannot answer now (another request is asking the workers): the API says 503, retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueryEntry:
     """One DB query as kept in the history (statement already sanitized by the caller)."""
@@ -351,6 +355,10 @@ class QueryHistory:
                 "dropped": self.dropped,
                 "evicted": self.evicted,
             }
+
+    def last_seen_totals(self) -> dict[str, Any]:
+        """What ``health`` reads: in one process, the totals themselves (nothing to ask)."""
+        return self.totals()
 
     def reset(self) -> None:
         """Forget the entries and the totals (ids go on increasing)."""

@@ -210,6 +210,9 @@ def _responses(token_required: bool) -> dict[str, Any]:
         "NotFound": _error("no such query in the history"),
         "MethodNotAllowed": _error("the path takes another method", {"Allow": header}),
         "TooLarge": _error("request body over the limit"),
+        "CrossSite": _error("sent by a web page of another origin (Sec-Fetch-Site, Origin)"),
+        "BodyRefused": _error("a form or text body: no endpoint takes one"),
+        "Busy": _error("a pre-fork server's workers are being asked for another request", {"Retry-After": header}),
     }
     if token_required:
         responses["Unauthorized"] = _error("missing or wrong bearer token", {"WWW-Authenticate": header})
@@ -229,6 +232,7 @@ def _operation(
     *,
     public: bool = False,
     not_found: bool = False,
+    changes_state: bool = False,
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": summary, "content": {_JSON: {"schema": _ref(ok)}}},
@@ -238,6 +242,11 @@ def _operation(
     }
     if not_found:
         responses["404"] = {"$ref": "#/components/responses/NotFound"}
+    if changes_state:
+        responses["403"] = {"$ref": "#/components/responses/CrossSite"}
+        responses["415"] = {"$ref": "#/components/responses/BodyRefused"}
+    if not public:
+        responses["503"] = {"$ref": "#/components/responses/Busy"}
     if token_required and not public:
         responses["401"] = {"$ref": "#/components/responses/Unauthorized"}
     op: dict[str, Any] = {"operationId": op_id, "summary": summary, "parameters": params, "responses": responses}
@@ -319,9 +328,12 @@ def document(max_history: int, slow_threshold_s: float, token_required: bool) ->
                 "Toggle",
                 [_param("enable", "query", {"type": "boolean"}, "true or false", required=True)],
                 t,
+                changes_state=True,
             )
         },
-        "/profiler/reset": {"post": _operation("reset", "forget the history and the totals", "Reset", [], t)},
+        "/profiler/reset": {
+            "post": _operation("reset", "forget the history and the totals", "Reset", [], t, changes_state=True)
+        },
         "/profiler/openapi.json": {
             "get": {
                 "operationId": "openapi",

@@ -3,20 +3,24 @@
 Security: loopback needs no token; any other bind address requires one, and with a
 token every endpoint but ``/profiler/health`` needs ``Authorization: Bearer <token>``.
 Without a token only loopback ``Host`` names are answered (DNS rebinding: a web page whose
-name resolves to 127.0.0.1 must not read the API). At most :data:`MAX_CONNECTIONS` are
+name resolves to 127.0.0.1 must not read the API). ``toggle`` and ``reset`` refuse what a web
+page of another origin can send (:func:`check_browser`). At most :data:`MAX_CONNECTIONS` are
 served at once (one thread each; more are answered 503 at once, by the accepting thread),
-and a client has :data:`HEADER_TIMEOUT_S` in all to send its request.
+and a client has :data:`HEADER_TIMEOUT_S` in all to send its request. The serving thread
+sleeps until a connection comes (no polling); :meth:`ProfilerServer.stop` wakes it.
 Statements are sanitized by the caller; responses never echo request parameter values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import math
 import os
 import re
+import selectors
 import socket
 import socketserver
 import sys
@@ -31,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import _forksafe
 from .._guard import internal_error
 from .._resources import rss_bytes
-from .history import QueryEntry, slowest_first
+from .history import ProfilerBusy, QueryEntry, slowest_first
 from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
 
 MAX_BODY = 1024  # bytes accepted in a request body (no endpoint takes one)
@@ -45,6 +49,8 @@ _BUSY = (
     b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+#: the bodies a web page may send to another origin without asking first (a CORS "simple request")
+_SIMPLE_BODIES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 _LINGER_S = 0.5  # after answering, input still arriving is read (and dropped) this long at most
 
 
@@ -170,6 +176,7 @@ class HistoryView(Protocol):
     enabled: bool
 
     def totals(self) -> dict[str, Any]: ...
+    def last_seen_totals(self) -> dict[str, Any]: ...  # without asking anyone: health
     def entries(self, last_n: int | None = None) -> list[QueryEntry]: ...
     def slowest(self, threshold_s: float, limit: int) -> tuple[int, list[QueryEntry]]: ...
     def get(self, entry_id: int) -> QueryEntry | None: ...
@@ -267,7 +274,7 @@ class _API:
         return {"status": "success", "data": entry.details()}
 
     def health(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        t = self.history.totals()
+        t = self.history.last_seen_totals()  # never waits on a pre-fork server's workers
         issues = []
         if not t["enabled"]:
             issues.append(f"profiler disabled: {t['dropped']} queries dropped")
@@ -295,8 +302,8 @@ class _API:
 def check_access(token: str | None, open_ok: bool, path: str, authorization: str | None) -> None:
     """Raise the error a request gets before its parameters are looked at (421, 401), if any.
 
-    ``open_ok``: without a token the request may be served (for the port of its own, a
-    loopback ``Host``; for the mount, also a loopback peer, not forwarded by a proxy).
+    ``open_ok``: without a token the request may be served (the port of its own: a loopback
+    ``Host``; the mount is never served without a token).
     """
     if token is None and not open_ok:
         raise _HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
@@ -307,6 +314,31 @@ def check_access(token: str | None, open_ok: bool, path: str, authorization: str
             raise _HTTPError(
                 401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
+
+
+def check_browser(method: str, header: Callable[[str], str | None]) -> None:
+    """Raise 403/415 for a state-changing request (``POST``) a web page of another origin can send.
+
+    A page anywhere can make the user's browser POST to a loopback port (``fetch`` with
+    ``mode: "no-cors"``, a form) without reading the answer: enough to toggle or reset. Browsers
+    say where a request comes from: ``Sec-Fetch-Site`` (only ``same-origin`` and ``none``, typed
+    by the user, pass), else ``Origin`` (must name the ``Host`` asked). A form or text body, what
+    a page may send without asking first, is refused too, whatever the headers: no endpoint takes
+    a body. Clients that are no browser (curl, scripts) send none of these and are not affected.
+    """
+    if method != "POST":
+        return
+    site = header("sec-fetch-site")
+    if site is not None:
+        if site.strip().lower() not in ("same-origin", "none"):
+            raise _HTTPError(403, "cross_site", "requests from web pages of other sites cannot change the profiler")
+    else:
+        origin, host = header("origin"), header("host")
+        if origin is not None and (host is None or urlsplit(origin.strip()).netloc.lower() != host.strip().lower()):
+            raise _HTTPError(403, "cross_site", "requests from web pages of other origins cannot change the profiler")
+    media = (header("content-type") or "").split(";", 1)[0].strip().lower()
+    if media in _SIMPLE_BODIES:
+        raise _HTTPError(415, "unsupported_media_type", "no endpoint takes a body (form and text bodies are refused)")
 
 
 def answer(api: _API, method: str, path: str, query_string: str) -> dict[str, Any]:
@@ -327,18 +359,36 @@ def answer(api: _API, method: str, path: str, query_string: str) -> dict[str, An
         query = parse_qs(query_string, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
     except ValueError as exc:  # more than max_num_fields
         raise _HTTPError(400, "bad_query", "too many query parameters") from exc
-    return api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+    try:
+        return api.details(name[len("query-details/") :]) if details else api.routes[name][1](query)
+    except ProfilerBusy as exc:
+        raise _HTTPError(503, "busy", "the workers are being asked for another request, retry later",
+                         headers={"Retry-After": "1"}) from exc  # fmt: skip
 
 
 def respond(
-    api: _API, token: str | None, open_ok: bool, method: str, path: str, query_string: str, authorization: str | None
+    api: _API, token: str, method: str, path: str, query_string: str, authorization: str | None
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, JSON body, extra headers) of one request, outside the HTTP server (the mount)."""
+    """(status, JSON body, extra headers) of one request, outside the HTTP server (the mount,
+    which is served only with a token: on the app's port a proxied request looks local)."""
     try:
-        check_access(token, open_ok, path, authorization)
+        check_access(token, False, path, authorization)
         return 200, answer(api, method, path, query_string), {}
     except _HTTPError as err:
         return err.status, _error_body(err.code, err.message, err.parameter), dict(err.headers or {})
+
+
+def mount_refusal(
+    token: str, method: str, path: str, header: Callable[[str], str | None]
+) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """What the mount answers by itself, before anything is relayed: 401 without the token
+    (``health`` excepted), 403/415 for what a web page of another origin sends; None: go on."""
+    try:
+        check_access(token, False, path, header("authorization"))
+        check_browser(method, header)
+    except _HTTPError as err:
+        return err.status, _error_body(err.code, err.message, err.parameter), dict(err.headers or {})
+    return None
 
 
 def make_api(history: HistoryView, slow_threshold_s: float, token_required: bool) -> _API:
@@ -465,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         check_access(server.token, self._loopback_host(), split.path, self.headers.get("Authorization"))
         self._read_body()
+        check_browser(self.command, self.headers.get)
         self._send(200, answer(server.api, self.command, split.path, split.query))
 
     def _loopback_host(self) -> bool:
@@ -516,6 +567,42 @@ class _Server(ThreadingHTTPServer):
         self._slots = _forksafe.bounded_semaphore("profiler.connections", MAX_CONNECTIONS)
         super().__init__((host, port), _Handler)
         self.loopback_hosts = frozenset(f"{name}:{self.server_port}" for name in _LOOPBACK_NAMES)
+        self._wake_read, self._wake_write = socket.socketpair()  # stop() writes: the loop wakes at once
+        self._stopping = False
+
+    def serve(self) -> None:
+        """Accept connections until :meth:`stop`, sleeping in between: no poll interval (the
+        stdlib's ``serve_forever`` wakes every half second, and its ``shutdown`` waits for that)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ, "listening")
+            selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+            while not self._stopping:
+                ready = {key.data for key, _ in selector.select()}
+                if self._stopping or "wake" in ready:
+                    return
+                self._accept()
+                self.service_actions()
+
+    def _accept(self) -> None:
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return  # the client went away before it was accepted
+        try:
+            self.process_request(request, client_address)
+        except Exception:  # noqa: BLE001 - as the stdlib's loop: report, close, go on
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_read.close()
+        self._wake_write.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """A thread per connection, at most MAX_CONNECTIONS at once; beyond, 503 without a thread."""
@@ -601,9 +688,10 @@ class ProfilerServer:
         return self._server.errors
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving, at once (the serving thread is woken, not polled)."""
+        self._server.stop()
         self._thread.join(timeout=5)
+        self._server.server_close()
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -647,6 +735,6 @@ def start(addr: str, token: str | None, history: HistoryView, slow_threshold_s: 
         raise ValueError("slow_threshold_s must be a number of seconds >= 0")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = _Server(host, port, family, _API(history, slow_threshold_s, token is not None), token)
-    thread = threading.Thread(target=server.serve_forever, name="otel-dbperf-profiler", daemon=True)
+    thread = threading.Thread(target=server.serve, name="otel-dbperf-profiler", daemon=True)
     thread.start()
     return ProfilerServer(host, server.server_port, history, server, thread)
