@@ -783,18 +783,22 @@ def _killed_master(receiver: Receiver, app_dir: Path, tmp: Path, launcher: str) 
     assert {p for p in tmp.iterdir() if p.name.startswith(PREFIX)} == kept
 
 
-def test_a_worker_without_pidfds_notices_its_master_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_without_pidfds_notices_its_master_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the system has no pidfd, a worker looks at its parent now and then (here: its
     parent is not the master it was given, as after the master died)."""
     monkeypatch.delattr(os, "pidfd_open", raising=False)
     monkeypatch.setattr(H, "PARENT_CHECK_S", 0.05)
-    directory = tmp_path / f"{PREFIX}1-x"
+    short = Path(tempfile.mkdtemp(prefix="lp-"))  # a socket path fits in 108 bytes (tmp_path may not)
+    directory = short / f"{PREFIX}1-x"
     directory.mkdir()
-    endpoint = H.WorkerEndpoint(QueryHistory(10), str(directory), master_pid=_dead_pid())
-    endpoint.start()
-    assert not _until(directory.exists, lambda exists: not exists, timeout=20)
-    endpoint.at_exit()  # nothing left to hand over to
-    assert not directory.exists()
+    try:
+        endpoint = H.WorkerEndpoint(QueryHistory(10), str(directory), master_pid=_dead_pid())
+        endpoint.start()
+        assert not _until(directory.exists, lambda exists: not exists, timeout=20)
+        endpoint.at_exit()  # nothing left to hand over to
+        assert not directory.exists()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ the HTTP server's own loop
