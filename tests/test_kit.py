@@ -54,6 +54,18 @@ def kit_binary(name: str) -> Path:
     return path
 
 
+_given_ports: set[int] = set()
+
+
+def new_port() -> int:
+    """A free loopback port that this module has not handed out before (free_port alone may hand out
+    the same port twice while neither is listening yet)."""
+    while (port := free_port()) in _given_ports:
+        pass
+    _given_ports.add(port)
+    return port
+
+
 def placeholders(config: str) -> dict[str, str]:
     """Every ``${env:NAME:-default}`` of a config: name -> default."""
     return dict(PLACEHOLDER.findall((COLLECTOR / config).read_text()))
@@ -71,11 +83,11 @@ def local_env(config: str, tmp_path: Path, **given: str) -> dict[str, str]:
         if name in given:
             continue
         if name.endswith("_PORT"):
-            env[name] = str(free_port())
+            env[name] = str(new_port())
         elif _is_address(default):
             scheme = "http://" if default.startswith("http") else ""
             path = "/" + default.split("/", 3)[3] if scheme and default.count("/") > 2 else ""
-            env[name] = f"{scheme}127.0.0.1:{free_port()}{path}"
+            env[name] = f"{scheme}127.0.0.1:{new_port()}{path}"
         elif name.endswith("_DIR"):
             env[name] = str(tmp_path / name.lower())
         elif name.endswith("_HOST"):
@@ -458,14 +470,14 @@ def test_kit_up_runs_every_part_healthy_and_down_stops_them(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL", "JAEGER_", "LOKI_", "KIT_"))}
     env.update(KIT_BIN=str(KIT_BIN), KIT_RUN=str(tmp_path / "run"), KIT_START_TIMEOUT=str(int(WAIT)))
     addresses = {
-        name: f"127.0.0.1:{free_port()}"
+        name: f"127.0.0.1:{new_port()}"
         for name in ("OTELCOL_OTLP_GRPC_ENDPOINT", "OTELCOL_OTLP_HTTP_ENDPOINT", "OTELCOL_HEALTH_ENDPOINT",
                      "OTELCOL_ZPAGES_ENDPOINT", "OTELCOL_PROMETHEUS_ENDPOINT", "JAEGER_OTLP_GRPC_ENDPOINT",
                      "JAEGER_QUERY_HTTP_ENDPOINT", "JAEGER_QUERY_GRPC_ENDPOINT", "JAEGER_HEALTH_ENDPOINT",
                      "LOKI_STANDIN_ENDPOINT", "LOKI_STANDIN_HEALTH_ENDPOINT", "KIT_PROMETHEUS_ADDR",
                      "KIT_ALERTMANAGER_ADDR")
     }  # fmt: skip
-    env.update(addresses, OTELCOL_TELEMETRY_PORT=str(free_port()), JAEGER_TELEMETRY_PORT=str(free_port()))
+    env.update(addresses, OTELCOL_TELEMETRY_PORT=str(new_port()), JAEGER_TELEMETRY_PORT=str(new_port()))
     kit = [str(ROOT / "scripts" / "kit")]
     try:
         up = subprocess.run([*kit, "up"], env=env, capture_output=True, text=True, timeout=WAIT + 120, cwd=ROOT)
