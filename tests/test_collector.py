@@ -1,6 +1,6 @@
 """The Collector configs, checked structurally and against the package's contract.
 
-No Collector can run here: these tests check what can be checked without one.
+The configs run on the real Collector in test_kit.py; these tests check their shape and contract.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from otel_dbperf import attributes as A
 COLLECTOR = Path(__file__).parent.parent / "collector"
 CONFIGS = ["otelcol.yaml", "agent.yaml", "gateway.yaml"]
 
-# Component types of otelcol-contrib 0.136.0, from the distribution's builder manifest
-# (open-telemetry/opentelemetry-collector-releases, distributions/otelcol-contrib/manifest.yaml):
-# each module's type name as the Collector registers it. Only the kinds this project may use.
-OTELCOL_CONTRIB_0_136 = {
+# Component types of otelcol-contrib 0.161.0 (the release of our own distribution,
+# collector/builder-config.yaml): each module's type name as the Collector registers it (0.161's
+# names: otlp_grpc, otlp_http, load_balancing; the old otlp, otlphttp, loadbalancing only warn
+# that they are deprecated). Only the kinds this project may use.
+OTELCOL_CONTRIB_0_161 = {
     "receivers": {
         "otlp", "prometheus", "hostmetrics", "filelog", "jaeger", "zipkin", "otlpjsonfile", "postgresql", "mysql",
         "redis", "kafka", "loki", "nop",
@@ -31,7 +32,7 @@ OTELCOL_CONTRIB_0_136 = {
         "resourcedetection", "resource", "span", "tail_sampling", "transform",
     },
     "exporters": {
-        "debug", "nop", "otlp", "otlphttp", "file", "kafka", "loadbalancing", "prometheus",
+        "debug", "nop", "otlp_grpc", "otlp_http", "file", "kafka", "load_balancing", "prometheus",
         "prometheusremotewrite", "zipkin",
     },
     "extensions": {
@@ -65,10 +66,10 @@ def test_every_component_is_defined_used_and_known(name: str) -> None:
         defined = set(config.get(kind) or {})
         assert defined == used[kind], f"{kind} defined but unused: {defined - used[kind]}"
         for component in defined:
-            assert component.split("/")[0] in OTELCOL_CONTRIB_0_136[kind], f"unknown {kind[:-1]} type {component}"
+            assert component.split("/")[0] in OTELCOL_CONTRIB_0_161[kind], f"unknown {kind[:-1]} type {component}"
     extensions = set(config.get("extensions") or {})
     assert extensions == set(config["service"]["extensions"])
-    assert {e.split("/")[0] for e in extensions} <= OTELCOL_CONTRIB_0_136["extensions"]
+    assert {e.split("/")[0] for e in extensions} <= OTELCOL_CONTRIB_0_161["extensions"]
     assert {"health_check", "zpages"} <= {e.split("/")[0] for e in extensions}
 
 
@@ -115,18 +116,18 @@ def test_tail_sampling_keeps_errors_slow_queries_and_n_plus_one(name: str) -> No
 def test_backends_have_persistent_queues_and_exemplars(name: str) -> None:
     config = load(name)
     exporters = config["exporters"]
-    for exporter in ("otlp/jaeger", "otlphttp/loki"):
+    for exporter in ("otlp_grpc/jaeger", "otlp_http/loki"):
         assert exporters[exporter]["sending_queue"]["storage"] == "file_storage/queue"
         assert exporters[exporter]["retry_on_failure"]["enabled"] is True
     assert exporters["prometheus"]["enable_open_metrics"] is True  # exemplars need OpenMetrics
-    assert exporters["otlphttp/loki"]["endpoint"].endswith("/otlp}")  # Loki's native OTLP endpoint
+    assert exporters["otlp_http/loki"]["endpoint"].endswith("/otlp}")  # Loki's native OTLP endpoint
 
 
 def test_agent_routes_traces_by_trace_id() -> None:
     config = load("agent.yaml")
-    lb = config["exporters"]["loadbalancing"]
+    lb = config["exporters"]["load_balancing"]
     assert lb["routing_key"] == "traceID"
-    assert config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+    assert config["service"]["pipelines"]["traces"]["exporters"] == ["load_balancing"]
     assert lb["protocol"]["otlp"]["sending_queue"]["storage"] == "file_storage/queue"
     assert "tail_sampling" not in config["processors"]  # sampling happens where whole traces meet
 
@@ -147,6 +148,6 @@ def test_slow_query_log_records_reach_loki_with_their_attributes(name: str) -> N
     assert logs["processors"] == ["memory_limiter", "batch"]  # nothing that edits attributes or samples
     if name == "agent.yaml":  # to the gateways, over OTLP
         (exporter,) = logs["exporters"]
-        assert exporter.split("/")[0] in {"otlp", "otlphttp"}
+        assert exporter.split("/")[0] in {"otlp_grpc", "otlp_http"}
     else:
-        assert logs["exporters"] == ["otlphttp/loki"]
+        assert logs["exporters"] == ["otlp_http/loki"]

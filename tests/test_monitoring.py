@@ -429,5 +429,5 @@ def test_prometheus_config_and_compose_stack() -> None:
             source = volume.split(":")[0]
             if source.startswith("./") and "secrets" not in source:
                 assert (COLLECTOR / source).exists(), f"{name}: {source} missing"
-    assert services["otelcol"]["image"].endswith(":0.136.0")  # the release the configs are checked against
+    assert services["otelcol"]["image"].endswith(":0.161.0")  # the release of collector/builder-config.yaml
     assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
