@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -319,6 +319,29 @@ def statement(span: dict[str, Any]) -> str:
 def system(span: dict[str, Any]) -> str:
     """A received span's database system (the current or the older attribute name), or ""."""
     return str(span["attributes"].get("db.system.name") or span["attributes"].get("db.system") or "")
+
+
+def listening(pid: int) -> set[int]:
+    """The TCP ports that process ``pid`` and its descendants listen on."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    return {
+        c.laddr.port
+        for p in (parent, *parent.children(recursive=True))
+        for c in p.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def until(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+    """Poll ``read`` until ``done(value)``, at most ``timeout`` s: a hang guard, not a timing test."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
 
 
 def spans_named(spans: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:

@@ -7,26 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import base_env, free_port, get, get_json, marker_line, serve, server_output
+from conftest import base_env, free_port, get, get_json, listening, marker_line, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
 from otel_dbperf.profiler.history import stack_lines
 
 APP = "flask_app:app"
-
-
-def _listening(pid: int) -> set[int]:
-    """The TCP ports that process ``pid`` and its descendants listen on."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    return {
-        c.laddr.port
-        for p in (parent, *parent.children(recursive=True))
-        for c in p.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN
-    }
 
 
 def _seeded(tmp_path: Path) -> str:
@@ -114,7 +101,7 @@ def test_profiler_refuses_a_public_address_without_a_token(receiver: Any, tmp_pa
     with serve("uvicorn", APP, env, "--interface", "wsgi") as srv:
         assert get(srv["url"] + "/author/1")[0] == 200
         # no process of this server listens on the port (another process may have taken that free port since)
-        assert port not in _listening(srv["proc"].pid)
+        assert port not in listening(srv["proc"].pid)
         output = server_output(srv)
     assert "profiler API is NOT started" in output and "DBPERF_PROFILER_TOKEN" in output
 

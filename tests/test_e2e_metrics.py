@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import base_env, free_port, get, serve, server_output
+from conftest import base_env, free_port, get, listening, serve, server_output
 from dashboard import RULES, alerts, comparison_sides, concrete, recorded, targets
 from prometheus_server import prometheus
 from sqlalchemy import create_engine
@@ -25,19 +25,6 @@ JOB = "dbperf-test"
 # /fail one failing query (500), /ping no query.
 TRAFFIC = {"/authors": (24, 200), "/slow": (14, 200), "/fail": (5, 500), "/ping": (10, 200)}
 QUERIES = {"/authors": 9, "/slow": 1, "/fail": 1, "/ping": 0}
-
-
-def _listening(pid: int) -> set[int]:
-    """The TCP ports that process ``pid`` and its descendants listen on."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    return {
-        c.laddr.port
-        for p in (parent, *parent.children(recursive=True))
-        for c in p.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN
-    }
 
 
 def _seeded(url: str) -> str:
@@ -305,7 +292,7 @@ def test_prometheus_pull_is_refused_under_gunicorn(receiver: Any, tmp_path: Path
         receiver.wait_for(lambda s: any(x["kind"] == "SERVER" for x in s))  # and traces still flow
         # nothing serves wrong numbers: no process of this server listens on the port (another
         # process of the machine may have taken that free port since)
-        assert metrics_port not in _listening(srv["proc"].pid), "nothing serves wrong numbers"
+        assert metrics_port not in listening(srv["proc"].pid), "nothing serves wrong numbers"
         output = server_output(srv)
     refusals = [line for line in output.splitlines() if "OTEL_METRICS_EXPORTER=prometheus is refused" in line]
     assert len(refusals) == 1, output

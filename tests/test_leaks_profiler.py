@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REQUIRE_SERVICES, base_env, free_port, get, serve, server_output
+from conftest import REQUIRE_SERVICES, base_env, free_port, get, serve, server_output, until
 from otlp_receiver import Receiver
 from sqlalchemy import create_engine
+from support.chromium import FLAGS as CHROMIUM_FLAGS
+from support.chromium import chromium as _chromium
 
 from otel_dbperf.profiler import ProfilerServer, QueryHistory, start
 from otel_dbperf.profiler import hub as H
@@ -58,16 +60,6 @@ def _json(url: str, method: str = "GET", token: str | None = None, headers: dict
     status, body = _call(url, method, token, headers)
     assert status == 200, (url, status, body[:500])
     return json.loads(body)
-
-
-def _until(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 30.0) -> Any:
-    """Poll ``read`` until ``done``: a hang guard, not a timing test."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = read()
-    return value
 
 
 def _clean_output(output: str) -> None:
@@ -195,7 +187,7 @@ def test_the_mount_without_a_token_serves_nothing_behind_nginx(
             for _ in range(4):  # queries with file paths and trace ids
                 assert get(proxy + "/author/1")[0] == 200
             # (before: the history answered through the proxy as soon as it was fed)
-            _until(lambda: _call(proxy + "/profiler/stats"), lambda r: r[0] != 200 or b'"total_queries":4' in r[1])
+            until(lambda: _call(proxy + "/profiler/stats"), lambda r: r[0] != 200 or b'"total_queries":4' in r[1])
             ids = [(1 << H.PID_BITS) | pid for pid in _children(srv["proc"].pid)]
             assert ids, "no gunicorn workers found"
             requests = [
@@ -235,27 +227,6 @@ def test_the_mount_with_a_token_works_behind_nginx(token_app: dict[str, Any], tm
 
 
 # ------------------------------------------------------------------ cross-site pages in Chromium
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        reason = "Chromium not installed (scripts/test installs Debian's chromium)"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return found
 
 
 class _Page(http.server.ThreadingHTTPServer):
@@ -578,7 +549,7 @@ def test_the_fan_out_asks_every_worker_at_once(
     try:
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(_call, server.url + "/profiler/stats")
-            assert _until(take, lambda n: n == 3, timeout=20) == 3
+            assert until(take, lambda n: n == 3, timeout=20) == 3
             for conn in conns.values():  # each has the request, and the master still waits on each
                 conn.setblocking(False)
                 data, closed = b"", False
@@ -642,7 +613,7 @@ def _hub_directory(tmp: Path, exclude: Collection[Path] = ()) -> Path:
 def test_a_stuck_worker_does_not_starve_the_app(token_app: dict[str, Any]) -> None:
     srv = token_app
     api = srv["url"] + "/profiler"
-    stats = _until(lambda: _json(api + "/stats", token=TOKEN)["data"], lambda s: s["workers"]["live"] == 2)
+    stats = until(lambda: _json(api + "/stats", token=TOKEN)["data"], lambda s: s["workers"]["live"] == 2)
     assert stats["workers"]["live"] == 2, stats
     hub = _hub_directory(srv["tmp"])
     observer, liar_proc = _sleepers(2)
@@ -663,7 +634,7 @@ def test_a_stuck_worker_does_not_starve_the_app(token_app: dict[str, Any]) -> No
 
         with ThreadPoolExecutor(8) as pool:
             floods = [pool.submit(flood) for _ in range(8)]
-            _until(lambda: len(statuses), lambda n: n >= 8)
+            until(lambda: len(statuses), lambda n: n >= 8)
             app_status, _ = _call(srv["url"] + "/author/1")
             flood_running = not all(f.done() for f in floods)
             stop.set()
@@ -691,7 +662,7 @@ def test_a_stuck_worker_does_not_starve_the_app(token_app: dict[str, Any]) -> No
         with contextlib.suppress(OSError):
             os.unlink(hub / f"{liar_proc.pid}.sock")
     assert (
-        _until(lambda: _json(api + "/stats", token=TOKEN)["data"], lambda s: s["workers"]["live"] == 2)["workers"][
+        until(lambda: _json(api + "/stats", token=TOKEN)["data"], lambda s: s["workers"]["live"] == 2)["workers"][
             "unresponsive"
         ]
         == 0
@@ -764,7 +735,7 @@ def _killed_master(receiver: Receiver, app_dir: Path, tmp: Path, launcher: str) 
     with serve(kind, app, env, *args, cwd=app_dir) as srv:
         master = srv["proc"].pid
         try:
-            stats = _until(lambda: _json(f"http://127.0.0.1:{port}/profiler/stats")["data"],
+            stats = until(lambda: _json(f"http://127.0.0.1:{port}/profiler/stats")["data"],
                            lambda s: s["workers"]["live"] == 2)  # fmt: skip
             assert stats["workers"]["live"] == 2, (stats, server_output(srv)[-3000:])
             assert not stale.exists()  # cleaned up at start
@@ -774,7 +745,7 @@ def _killed_master(receiver: Receiver, app_dir: Path, tmp: Path, launcher: str) 
             os.kill(master, signal.SIGKILL)
             srv["proc"].wait(timeout=30)
             # the workers notice their master is gone: they stop answering and remove its directory
-            assert not _until(lambda: hub.exists(), lambda exists: not exists), list(hub.iterdir())
+            assert not until(lambda: hub.exists(), lambda exists: not exists), list(hub.iterdir())
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(master, signal.SIGKILL)  # the orphaned workers (uvicorn leaves them running)
@@ -794,7 +765,7 @@ def test_a_worker_without_pidfds_notices_its_master_gone(monkeypatch: pytest.Mon
     try:
         endpoint = H.WorkerEndpoint(QueryHistory(10), str(directory), master_pid=_dead_pid())
         endpoint.start()
-        assert not _until(directory.exists, lambda exists: not exists, timeout=20)
+        assert not until(directory.exists, lambda exists: not exists, timeout=20)
         endpoint.at_exit()  # nothing left to hand over to
         assert not directory.exists()
     finally:

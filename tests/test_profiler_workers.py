@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import base_env, free_port, get, serve, server_output
+from conftest import base_env, free_port, get, serve, server_output, until
 from sqlalchemy import create_engine
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="pre-fork servers need fork")
@@ -33,16 +32,6 @@ def _ok(url: str, method: str = "GET") -> Any:
     status, body = _call(url, method)
     assert status == 200, (url, status, body)
     return body
-
-
-def _until(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20.0) -> Any:
-    """Poll ``read`` until ``done`` (histories are fed every 0.5 s): a hang detector, not a timing test."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        value = read()
-    return value
 
 
 def _spread(base: str, paths: list[str], threads: int) -> None:
@@ -70,14 +59,14 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
         base = srv["url"]
         # warm-up: every worker connects (the dialect's first-connect queries), then reset
         _spread(base, ["/slow"] * 12, 12)
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 12)
+        stats = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 12)
         assert stats["workers"]["live"] == 3 and stats["slow_queries"] >= 12, stats  # + first-connect ones, if slow
         _ok(f"{api}/reset", "POST")
         assert _ok(f"{api}/stats")["data"]["total_queries"] == 0
 
         _spread(base, ["/n/3"] * 20 + ["/slow"] * 6, 8)
         sent = 20 * 3 + 6
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
+        stats = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
         assert stats["total_queries"] == sent, stats
         assert stats["avg_duration"] > 0 and stats["memory_usage_mb"] > 0
         report = _ok(f"{api}/report?last_n_queries=1000&top=100")["data"]
@@ -106,7 +95,7 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
         assert _ok(f"{api}/toggle?enable=false", "POST")["data"]["enabled"] is False
         _spread(base, ["/n/2"] * 9, 6)
         assert _ok(f"{api}/health")["status"] == "degraded"
-        dropped = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["history"]["dropped"] >= 18)
+        dropped = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["history"]["dropped"] >= 18)
         assert dropped["total_queries"] == sent and dropped["history"]["dropped"] == 18
         _ok(f"{api}/toggle?enable=true", "POST")
         _ok(f"{api}/reset", "POST")
@@ -116,7 +105,7 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
 
         # a worker killed: the API keeps answering, the worker's totals as last seen are kept
         _spread(base, ["/n/1"] * 9, 6)
-        seen = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 9)
+        seen = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 9)
         assert seen["total_queries"] == 9
         victim = max(
             seen["workers"]["pids"],
@@ -125,14 +114,14 @@ def test_gunicorn_workers_share_one_profiler(pg_app_env: Callable[..., dict[str,
             ),
         )
         os.kill(victim, signal.SIGKILL)
-        after = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["workers"]["killed"] == 1)
+        after = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["workers"]["killed"] == 1)
         assert after["workers"]["killed"] == 1 and victim not in after["workers"]["pids"], after
         assert after["total_queries"] == 9  # its totals as last seen
         assert (
             after["workers"]["lost_entries"] >= 1 and after["history"]["kept"] == 9 - after["workers"]["lost_entries"]
         )
         _spread(base, ["/n/1"] * 6, 6)  # the replacement worker serves
-        assert _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 15)["total_queries"] >= 15
+        assert until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 15)["total_queries"] >= 15
         output = server_output(srv)
     assert "Traceback" not in output and "otel-dbperf" not in output, output
 
@@ -151,7 +140,7 @@ def test_recycled_workers_hand_their_queries_over(pg_app_env: Callable[..., dict
         assert statuses and set(statuses) == {200}
 
         sent = 120 * 2
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
+        stats = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
         assert stats["workers"]["exited"] >= 4, stats  # 120 requests (+ /ping) over 2 workers at 20 each
         assert stats["workers"]["killed"] == 0
         # every query is counted: the recycled workers handed theirs over at exit
@@ -174,11 +163,11 @@ def test_asgi_workers_share_one_profiler(receiver: Any, pg_async_url: str, pg_sy
     kind, *args = launcher.split()
     with serve(kind, "fastapi_app:app", env, *args) as srv:
         base = srv["url"]
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["workers"]["live"] == 2)
+        stats = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["workers"]["live"] == 2)
         assert stats["workers"]["live"] == 2, stats  # spawned workers, each serving the master
         _spread(base, ["/n/3"] * 30 + ["/slow"] * 4, 8)
         sent = 30 * 3 + 4
-        stats = _until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
+        stats = until(lambda: _ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= sent)
         assert stats["total_queries"] == sent, stats
         entries = _ok(f"{api}/slow-queries?threshold=0&limit=1000")["data"]["queries"]
         assert len(entries) == sent and stats["slow_queries"] == sum(q["slow"] for q in entries), stats
@@ -235,11 +224,11 @@ def test_mounted_on_the_apps_port_under_gunicorn(pg_app_env: Callable[..., dict[
     with serve("gunicorn", "flask_app:app", env, "-w", "3") as srv:
         api = srv["url"] + "/profiler"
         _spread(srv["url"], ["/slow"] * 9, 9)
-        stats = _until(lambda: _mounted_ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 9)
+        stats = until(lambda: _mounted_ok(f"{api}/stats")["data"], lambda s: s["slow_queries"] >= 9)
         assert stats["slow_queries"] >= 9 and stats["workers"]["live"] == 3, stats  # whichever worker answers
         _mounted_ok(f"{api}/reset", "POST")
         _spread(srv["url"], ["/n/2"] * 10, 5)
-        stats = _until(lambda: _mounted_ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 20)
+        stats = until(lambda: _mounted_ok(f"{api}/stats")["data"], lambda s: s["total_queries"] >= 20)
         assert stats["total_queries"] == 20, stats
         slow = _mounted_ok(f"{api}/slow-queries?threshold=0&limit=100")["data"]
         for q in slow["queries"][:5]:
@@ -274,7 +263,7 @@ def test_mounted_on_an_asgi_apps_port_with_a_token(
         assert _mounted(f"{api}/stats")[0] == 401  # the token is required on every endpoint ...
         assert _mounted(f"{api}/stats", "wrong-token-0123456789")[0] == 401
         assert _mounted(f"{api}/health")[0] == 200  # ... but health
-        stats = _until(lambda: _mounted(f"{api}/stats", TOKEN)[1]["data"], lambda s: s["total_queries"] >= 30)
+        stats = until(lambda: _mounted(f"{api}/stats", TOKEN)[1]["data"], lambda s: s["total_queries"] >= 30)
         assert stats["total_queries"] == 30, stats
         assert ("workers" in stats) == ("--workers" in launcher)
         assert get(srv["url"] + "/ping")[0] == 200  # the app itself is untouched
