@@ -128,8 +128,24 @@ def test_agent_routes_traces_by_trace_id() -> None:
     lb = config["exporters"]["load_balancing"]
     assert lb["routing_key"] == "traceID"
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["load_balancing"]
-    assert lb["protocol"]["otlp"]["sending_queue"]["storage"] == "file_storage/queue"
     assert "tail_sampling" not in config["processors"]  # sampling happens where whole traces meet
+
+
+def test_agent_queues_traces_on_disk_before_routing_them() -> None:
+    """loadbalancingexporter 0.161 (README, "Resilience and scaling considerations"): a persistent
+    queue is NOT supported in ``protocol.otlp`` (one sub-exporter per gateway address, all sharing that
+    config); the exporter's own top-level ``sending_queue``/``retry_on_failure`` are, and a retry from
+    there routes again on the current list of gateways. The per-gateway sub-exporter keeps no queue and
+    no retry of its own, so a failure comes back to the top level instead of waiting in memory for an
+    address that may have left DNS."""
+    lb = load("agent.yaml")["exporters"]["load_balancing"]
+    assert lb["sending_queue"]["storage"] == "file_storage/queue"
+    assert lb["sending_queue"].get("enabled", True) is True
+    assert lb["retry_on_failure"]["enabled"] is True
+    otlp = lb["protocol"]["otlp"]
+    assert "storage" not in otlp.get("sending_queue", {})
+    assert otlp["sending_queue"]["enabled"] is False
+    assert otlp["retry_on_failure"]["enabled"] is False
 
 
 def test_gateway_has_the_single_node_pipelines() -> None:
