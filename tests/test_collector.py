@@ -85,7 +85,7 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:
 def test_endpoints_rates_and_limits_are_env_placeholders_with_defaults(name: str) -> None:
     tunable = re.compile(
         r"^(endpoint|hostname|port|directory|limit_percentage|spike_limit_percentage|sampling_percentage|"
-        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|timeout|insecure|"
+        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|send_batch_max_size|timeout|insecure|"
         r"max_elapsed_time)$"
     )
     placeholder = re.compile(r"^\$\{env:[A-Z][A-Z0-9_]*:-[^}]+\}$")
@@ -167,3 +167,17 @@ def test_slow_query_log_records_reach_loki_with_their_attributes(name: str) -> N
         assert exporter.split("/")[0] in {"otlp_grpc", "otlp_http"}
     else:
         assert logs["exporters"] == ["otlp_http/loki"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_batches_stay_under_the_grpc_receivers_4_mib(name: str) -> None:
+    """Every batch is one OTLP message; otlp receivers (Jaeger's, a gateway's) refuse gRPC messages over
+    4 MiB. The batch processor caps its batches (send_batch_max_size) at a count that leaves each
+    span ~4 KB of those 4 MiB."""
+    batch = load(name)["processors"]["batch"]
+    size = int(PLACEHOLDER_DEFAULT.match(batch["send_batch_size"]).group(1))  # type: ignore[union-attr]
+    cap = int(PLACEHOLDER_DEFAULT.match(batch["send_batch_max_size"]).group(1))  # type: ignore[union-attr]
+    assert size <= cap <= 4 * 1024 * 1024 // 4096
+
+
+PLACEHOLDER_DEFAULT = re.compile(r"^\$\{env:[A-Z0-9_]+:-(\d+)\}$")

@@ -303,6 +303,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "prometheus": f"http://{collector_env['OTELCOL_PROMETHEUS_ENDPOINT']}/metrics",
             "telemetry": f"http://127.0.0.1:{collector_env['OTELCOL_TELEMETRY_PORT']}/metrics",
             "loki_file": Path(loki_env["LOKI_STANDIN_FILE"]),
+            "otelcol_log": tmp / "otelcol.log",
         }
 
 
@@ -601,3 +602,59 @@ def test_tail_sampling_keeps_every_flagged_trace_and_the_baseline_share_of_the_r
     # 10% of 1700 is 170 (binomial sd 12.4); the seeded ids give one fixed count (183 of 1700 with
     # 0.161.0), within 5 sd of it: 30% gives 532 and fails here
     assert 108 <= plain_kept <= 232, plain_kept
+
+
+# -- batch sizes under the receivers' 4 MiB gRPC messages
+
+
+def _send_spans(endpoint: str, service: str, spans: list[dict[str, Any]]) -> list[str]:
+    """One single-span trace per entry (``attributes`` on it, ``kind``), sent through the SDK to
+    ``endpoint`` (OTLP/HTTP); their trace ids (hex)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=10000, schedule_delay_millis=200))
+    tracer = provider.get_tracer("kit-test")
+    ids = []
+    for spec in spans:
+        start = time.time_ns()
+        span = tracer.start_span("GET /items", kind=SpanKind.SERVER, start_time=start)
+        span.set_attributes(spec["attributes"])
+        span.end(end_time=start + spec.get("duration_ns", 1_000_000))
+        ids.append(format(span.get_span_context().trace_id, "032x"))
+    assert provider.force_flush(int(WAIT * 1000))
+    provider.shutdown()
+    return ids
+
+
+def _sent_or_dropped(stack: dict[str, Any], service: str, count: int) -> Callable[[], list[dict[str, Any]] | str | None]:
+    """Probe: every one of ``count`` traces of ``service`` in Jaeger, or the Collector's log lines
+    once an exporter drops data."""
+
+    def probe() -> list[dict[str, Any]] | str | None:
+        dropped = [line for line in stack["otelcol_log"].read_text().splitlines() if "Dropping data" in line]
+        if dropped:
+            return "\n".join(dropped)
+        found = jaeger_traces(stack["jaeger"], service=service, limit=5000)
+        return found if len(found) >= count else None
+
+    return probe
+
+
+def test_a_burst_of_large_spans_reaches_jaeger_in_messages_it_accepts(stack: dict[str, Any]) -> None:
+    """2000 kept spans of ~2.5 KB each, decided in one tick, are ~5 MB: one batch of them (batch's
+    send_batch_size 8192 with no maximum) is one gRPC message over Jaeger's 4 MiB limit, refused,
+    and lost. send_batch_max_size splits it."""
+    service = "dbperf-kit-burst"
+    big = "x" * 2500
+    ids = _send_spans(
+        stack["otlp_http"], service, [{"attributes": {A.QUERY_SLOW: True, "db.query.text": big}}] * 2000
+    )
+    outcome = wait_for("the burst in Jaeger, or dropped data", _sent_or_dropped(stack, service, len(ids)))
+    assert not isinstance(outcome, str), outcome[-2000:]
+    assert {t["traceID"].rjust(32, "0") for t in outcome} == set(ids)
