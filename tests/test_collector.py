@@ -85,7 +85,7 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:
 def test_endpoints_rates_and_limits_are_env_placeholders_with_defaults(name: str) -> None:
     tunable = re.compile(
         r"^(endpoint|hostname|port|directory|limit_percentage|spike_limit_percentage|sampling_percentage|"
-        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|send_batch_max_size|timeout|insecure|"
+        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|send_batch_max_size|threshold_ms|timeout|insecure|"
         r"max_elapsed_time)$"
     )
     placeholder = re.compile(r"^\$\{env:[A-Z][A-Z0-9_]*:-[^}]+\}$")
@@ -108,6 +108,8 @@ def test_tail_sampling_keeps_errors_slow_queries_and_n_plus_one(name: str) -> No
     # the keys are the package's own constants, not retyped strings
     assert {(b["key"], b["value"]) for b in booleans} == {(A.QUERY_SLOW, True), (A.N_PLUS_ONE_DETECTED, True)}
     assert "probabilistic" in policies
+    # a slow request that is none of those (its p99 exemplar must link to a kept trace)
+    assert policies["latency"]["latency"]["threshold_ms"] == "${env:OTELCOL_TAIL_LATENCY_THRESHOLD_MS:-1000}"
     traces = config["service"]["pipelines"]["traces"]["processors"]
     assert traces.index("tail_sampling") < traces.index("batch")
 

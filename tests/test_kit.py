@@ -259,6 +259,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         OTELCOL_TAIL_DECISION_WAIT="1s",
         OTELCOL_BATCH_TIMEOUT="200ms",
         OTELCOL_BASELINE_SAMPLE_PERCENT="0",
+        # no request of the test apps is kept for its duration alone, however loaded the machine
+        OTELCOL_TAIL_LATENCY_THRESHOLD_MS="60000",
     )
     # every address of the configs comes from its placeholder, and every one is on a port of ours
     for env, config in ((jaeger_env, "jaeger.yaml"), (loki_env, "kit-loki.yaml"), (collector_env, "otelcol.yaml")):
@@ -304,6 +306,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "telemetry": f"http://127.0.0.1:{collector_env['OTELCOL_TELEMETRY_PORT']}/metrics",
             "loki_file": Path(loki_env["LOKI_STANDIN_FILE"]),
             "otelcol_log": tmp / "otelcol.log",
+            "latency_threshold_ms": int(collector_env["OTELCOL_TAIL_LATENCY_THRESHOLD_MS"]),
         }
 
 
@@ -622,7 +625,7 @@ def _send_spans(endpoint: str, service: str, spans: list[dict[str, Any]]) -> lis
     tracer = provider.get_tracer("kit-test")
     ids = []
     for spec in spans:
-        start = time.time_ns()
+        start = time.time_ns() - spec.get("duration_ns", 1_000_000)
         span = tracer.start_span("GET /items", kind=SpanKind.SERVER, start_time=start)
         span.set_attributes(spec["attributes"])
         span.end(end_time=start + spec.get("duration_ns", 1_000_000))
@@ -658,3 +661,25 @@ def test_a_burst_of_large_spans_reaches_jaeger_in_messages_it_accepts(stack: dic
     outcome = wait_for("the burst in Jaeger, or dropped data", _sent_or_dropped(stack, service, len(ids)))
     assert not isinstance(outcome, str), outcome[-2000:]
     assert {t["traceID"].rjust(32, "0") for t in outcome} == set(ids)
+
+
+# -- tail sampling: slow requests without a flag
+
+
+def test_a_slow_trace_without_a_flag_is_kept_and_a_fast_one_is_not(stack: dict[str, Any]) -> None:
+    """An HTTP latency spike need not be a slow query, an error or an N+1: the latency policy keeps a
+    trace longer than OTELCOL_TAIL_LATENCY_THRESHOLD_MS (the stack samples no baseline), so a p99
+    exemplar links to a trace that is there."""
+    threshold_ms = stack["latency_threshold_ms"]
+    service = "dbperf-kit-latency"
+    slow, fast = _send_spans(
+        stack["otlp_http"],
+        service,
+        [
+            {"attributes": {"http.route": "/slow-app"}, "duration_ns": (threshold_ms + 500) * 1_000_000},
+            {"attributes": {"http.route": "/fast"}, "duration_ns": 1_000_000},
+        ],
+    )
+    found = wait_for("the slow trace in Jaeger", lambda: jaeger_traces(stack["jaeger"], service=service))
+    (trace,) = found  # the fast one was decided in the same tick: dropped
+    assert trace["traceID"].rjust(32, "0") == slow != fast
