@@ -492,7 +492,9 @@ def test_kit_up_runs_every_part_healthy_and_down_stops_them(tmp_path: Path) -> N
         assert get(f"http://{addresses['JAEGER_QUERY_HTTP_ENDPOINT']}/api/services")[0] == 200
         prometheus = f"http://{addresses['KIT_PROMETHEUS_ADDR']}"
         rules = json.loads(get(prometheus + "/api/v1/rules")[1])["data"]["groups"]
-        assert rules and {g["file"] for g in rules} == {str(COLLECTOR / "prometheus" / "alerts.yaml")}
+        assert rules and {g["file"] for g in rules} == {
+            str(COLLECTOR / "prometheus" / name) for name in ("alerts.yaml", "collector-alerts.yaml")
+        }
         alerting = f"http://{addresses['KIT_ALERTMANAGER_ADDR']}/api/v2/alerts"
         scrape = f"http://{addresses['OTELCOL_PROMETHEUS_ENDPOINT']}/metrics"
 
@@ -505,7 +507,8 @@ def test_kit_up_runs_every_part_healthy_and_down_stops_them(tmp_path: Path) -> N
             return [t["scrapeUrl"] for t in targets]
 
         assert wait_for("Prometheus's Alertmanager", alertmanagers) == [alerting]
-        assert wait_for("Prometheus's scrape targets", scrape_targets) == [scrape]
+        own = f"http://127.0.0.1:{env['OTELCOL_TELEMETRY_PORT']}/metrics"  # the Collector's own telemetry
+        assert sorted(wait_for("Prometheus's scrape targets", scrape_targets)) == sorted([scrape, own])
         status = subprocess.run([*kit, "status"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert status.returncode == 0 and status.stdout.count(": healthy") == 5, status.stdout
     finally:
