@@ -686,3 +686,28 @@ def test_a_slow_trace_without_a_flag_is_kept_and_a_fast_one_is_not(stack: dict[s
     found = wait_for("the slow trace in Jaeger", lambda: jaeger_traces(stack["jaeger"], service=service))
     (trace,) = found  # the fast one was decided in the same tick: dropped
     assert trace["traceID"].rjust(32, "0") == slow != fast
+
+
+# -- the Collector's own telemetry, as the alert rules name it
+
+
+def test_the_collector_serves_its_own_metrics_under_the_names_the_alerts_use(stack: dict[str, Any]) -> None:
+    """collector-alerts.yaml's names (0.161: counters without _total) on the real Collector's own
+    endpoint, once data went through it (the failure counters appear only with a first failure)."""
+    rules = yaml.safe_load((COLLECTOR / "prometheus" / "collector-alerts.yaml").read_text())
+    exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    _send_spans(stack["otlp_http"], "dbperf-kit-telemetry", [{"attributes": {A.QUERY_SLOW: True}}])
+    names = [
+        "otelcol_receiver_refused_spans",
+        "otelcol_exporter_queue_size",
+        "otelcol_exporter_queue_capacity",
+        "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early",
+    ]
+
+    def served() -> str | None:
+        text = _text(stack["telemetry"])
+        return text if all(re.search(rf"^{n}[{{ ]", text, re.M) for n in names) else None
+
+    wait_for("the Collector's own metrics", served)
+    for name in names:
+        assert name in exprs or name.rsplit("_", 1)[0] in exprs, name
