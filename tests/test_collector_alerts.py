@@ -67,8 +67,9 @@ def test_prometheus_scrapes_every_collectors_own_telemetry() -> None:
                          text=True)  # fmt: skip
     assert out.returncode == 0 and f"SUCCESS: {sum(1 for _ in alerts())} rules found" in out.stdout + out.stderr, out
     compose = yaml.safe_load((COLLECTOR / "docker-compose.yaml").read_text())
-    assert "./prometheus/collector-alerts.yaml:/etc/prometheus/collector-alerts.yaml:ro" in (
-        compose["services"]["prometheus"]["volumes"]
+    assert (
+        "./prometheus/collector-alerts.yaml:/etc/prometheus/collector-alerts.yaml:ro"
+        in (compose["services"]["prometheus"]["volumes"])
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,7 +20,7 @@ COLLECTOR = Path(__file__).parent.parent / "collector"
 TWO_TIER = COLLECTOR / "prometheus" / "prometheus.two-tier.yml"
 
 
-def load(name: str) -> dict:  # type: ignore[type-arg]
+def load(name: str) -> dict[str, Any]:
     data = yaml.safe_load((COLLECTOR / name).read_text())
     assert isinstance(data, dict)
     return data
@@ -32,7 +33,7 @@ def test_agents_serve_their_hosts_metrics_themselves() -> None:
     assert agent["exporters"]["prometheus"] == single["exporters"]["prometheus"]  # exemplars, labels alike
 
 
-def _dns_targets(job: dict) -> set[tuple[str, int]]:  # type: ignore[type-arg]
+def _dns_targets(job: dict[str, Any]) -> set[tuple[str, int]]:
     return {(name, sd["port"]) for sd in job["dns_sd_configs"] for name in sd["names"]}
 
 

@@ -638,7 +638,9 @@ def _send_spans(endpoint: str, service: str, spans: list[dict[str, Any]]) -> lis
     return ids
 
 
-def _sent_or_dropped(stack: dict[str, Any], service: str, count: int) -> Callable[[], list[dict[str, Any]] | str | None]:
+def _sent_or_dropped(
+    stack: dict[str, Any], service: str, count: int
+) -> Callable[[], list[dict[str, Any]] | str | None]:
     """Probe: every one of ``count`` traces of ``service`` in Jaeger, or the Collector's log lines
     once an exporter drops data."""
 
@@ -658,9 +660,7 @@ def test_a_burst_of_large_spans_reaches_jaeger_in_messages_it_accepts(stack: dic
     and lost. send_batch_max_size splits it."""
     service = "dbperf-kit-burst"
     big = "x" * 2500
-    ids = _send_spans(
-        stack["otlp_http"], service, [{"attributes": {A.QUERY_SLOW: True, "db.query.text": big}}] * 2000
-    )
+    ids = _send_spans(stack["otlp_http"], service, [{"attributes": {A.QUERY_SLOW: True, "db.query.text": big}}] * 2000)
     outcome = wait_for("the burst in Jaeger, or dropped data", _sent_or_dropped(stack, service, len(ids)))
     assert not isinstance(outcome, str), outcome[-2000:]
     assert {t["traceID"].rjust(32, "0") for t in outcome} == set(ids)
