@@ -85,7 +85,7 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:
 def test_endpoints_rates_and_limits_are_env_placeholders_with_defaults(name: str) -> None:
     tunable = re.compile(
         r"^(endpoint|hostname|port|directory|limit_percentage|spike_limit_percentage|sampling_percentage|"
-        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|timeout|insecure|"
+        r"num_traces|decision_wait|expected_new_traces_per_sec|queue_size|send_batch_size|send_batch_max_size|threshold_ms|timeout|insecure|"
         r"max_elapsed_time)$"
     )
     placeholder = re.compile(r"^\$\{env:[A-Z][A-Z0-9_]*:-[^}]+\}$")
@@ -108,6 +108,8 @@ def test_tail_sampling_keeps_errors_slow_queries_and_n_plus_one(name: str) -> No
     # the keys are the package's own constants, not retyped strings
     assert {(b["key"], b["value"]) for b in booleans} == {(A.QUERY_SLOW, True), (A.N_PLUS_ONE_DETECTED, True)}
     assert "probabilistic" in policies
+    # a slow request that is none of those (its p99 exemplar must link to a kept trace)
+    assert policies["latency"]["latency"]["threshold_ms"] == "${env:OTELCOL_TAIL_LATENCY_THRESHOLD_MS:-1000}"
     traces = config["service"]["pipelines"]["traces"]["processors"]
     assert traces.index("tail_sampling") < traces.index("batch")
 
@@ -128,8 +130,24 @@ def test_agent_routes_traces_by_trace_id() -> None:
     lb = config["exporters"]["load_balancing"]
     assert lb["routing_key"] == "traceID"
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["load_balancing"]
-    assert lb["protocol"]["otlp"]["sending_queue"]["storage"] == "file_storage/queue"
     assert "tail_sampling" not in config["processors"]  # sampling happens where whole traces meet
+
+
+def test_agent_queues_traces_on_disk_before_routing_them() -> None:
+    """loadbalancingexporter 0.161 (README, "Resilience and scaling considerations"): a persistent
+    queue is NOT supported in ``protocol.otlp`` (one sub-exporter per gateway address, all sharing that
+    config); the exporter's own top-level ``sending_queue``/``retry_on_failure`` are, and a retry from
+    there routes again on the current list of gateways. The per-gateway sub-exporter keeps no queue and
+    no retry of its own, so a failure comes back to the top level instead of waiting in memory for an
+    address that may have left DNS."""
+    lb = load("agent.yaml")["exporters"]["load_balancing"]
+    assert lb["sending_queue"]["storage"] == "file_storage/queue"
+    assert lb["sending_queue"].get("enabled", True) is True
+    assert lb["retry_on_failure"]["enabled"] is True
+    otlp = lb["protocol"]["otlp"]
+    assert "storage" not in otlp.get("sending_queue", {})
+    assert otlp["sending_queue"]["enabled"] is False
+    assert otlp["retry_on_failure"]["enabled"] is False
 
 
 def test_gateway_has_the_single_node_pipelines() -> None:
@@ -151,3 +169,17 @@ def test_slow_query_log_records_reach_loki_with_their_attributes(name: str) -> N
         assert exporter.split("/")[0] in {"otlp_grpc", "otlp_http"}
     else:
         assert logs["exporters"] == ["otlp_http/loki"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_batches_stay_under_the_grpc_receivers_4_mib(name: str) -> None:
+    """Every batch is one OTLP message; otlp receivers (Jaeger's, a gateway's) refuse gRPC messages over
+    4 MiB. The batch processor caps its batches (send_batch_max_size) at a count that leaves each
+    span ~4 KB of those 4 MiB."""
+    batch = load(name)["processors"]["batch"]
+    size = int(PLACEHOLDER_DEFAULT.match(batch["send_batch_size"]).group(1))  # type: ignore[union-attr]
+    cap = int(PLACEHOLDER_DEFAULT.match(batch["send_batch_max_size"]).group(1))  # type: ignore[union-attr]
+    assert size <= cap <= 4 * 1024 * 1024 // 4096
+
+
+PLACEHOLDER_DEFAULT = re.compile(r"^\$\{env:[A-Z0-9_]+:-(\d+)\}$")
