@@ -452,6 +452,93 @@ def test_slow_and_n_plus_one_traces_reach_jaeger_whole(stack: dict[str, Any], tm
     assert A.CODE_FILE_PATH in logs and SERVICE in logs
 
 
+def _seeded_db(tmp_path: Path) -> str:
+    from models import seed
+    from sqlalchemy import create_engine
+
+    db_url = f"sqlite:///{tmp_path / 'kit.db'}"
+    engine = create_engine(db_url)
+    seed(engine)
+    engine.dispose()
+    return db_url
+
+
+def _app_env(stack: dict[str, Any], tmp_path: Path, service: str, **extra: str) -> dict[str, str]:
+    """The Flask test app's environment: every signal over OTLP to the stack's Collector."""
+    endpoint = cast(Receiver, SimpleNamespace(endpoint=stack["otlp_http"]))
+    return base_env(
+        endpoint,
+        APP_DB_URL=_seeded_db(tmp_path),
+        OTEL_SERVICE_NAME=service,
+        OTEL_METRICS_EXPORTER="otlp",
+        OTEL_METRIC_EXPORT_INTERVAL="500",
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_BLRP_SCHEDULE_DELAY="100",
+        DBPERF_SLOW_QUERY_THRESHOLD_MS="100",
+        **extra,
+    )
+
+
+def loki_records(path: Path, service: str) -> list[dict[str, Any]]:
+    """The log records of ``service`` in the Loki stand-in's file (OTLP JSON, a request a line), each
+    with its attributes as a dict under ``attrs``."""
+    records: list[dict[str, Any]] = []
+    for line in (path.read_text() if path.exists() else "").splitlines():
+        for resource_logs in json.loads(line).get("resourceLogs", []):
+            resource = {a["key"]: a["value"] for a in resource_logs["resource"].get("attributes", [])}
+            if resource.get("service.name") != {"stringValue": service}:
+                continue
+            for scope_logs in resource_logs.get("scopeLogs", []):
+                for record in scope_logs.get("logRecords", []):
+                    attrs = {a["key"]: next(iter(a["value"].values())) for a in record.get("attributes", [])}
+                    records.append({**record, "attrs": attrs})
+    return records
+
+
+def test_the_app_log_and_the_slow_query_log_reach_the_log_endpoint_with_the_trace_ids_jaeger_has(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """App -> our Collector (otelcol.yaml's logs pipeline) -> the Loki stand-in's file: each /slow
+    request's own log record ("slow endpoint called") and its slow-query log record are there, with the
+    trace id of that request's trace in Jaeger (and the span ids of its server span and slow DB span).
+    /ping's traces are dropped by tail sampling; it logs nothing."""
+    service = "dbperf-kit-logs"
+    requests = 3
+    env = _app_env(stack, tmp_path, service, DBPERF_SLOW_QUERY_LOGS_PER_MINUTE="10")
+
+    def both_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        records = loki_records(stack["loki_file"], service)
+        app = [r for r in records if r.get("body", {}).get("stringValue") == "slow endpoint called"]
+        slow = [r for r in records if r.get("eventName") == A.EVENT_SLOW_QUERY]
+        return (app, slow) if len(app) >= requests and len(slow) >= requests else None
+
+    def slow_traces() -> list[dict[str, Any]] | None:
+        found = jaeger_traces(stack["jaeger"], service=service)
+        return found if len(found) >= requests else None
+
+    with serve("gunicorn", "flask_app:app", env, "-w", "1") as srv:
+        for path in ["/slow", "/ping"] * requests:
+            status, body = get(srv["url"] + path)
+            assert status == 200, (path, body)
+        app_records, slow_records = wait_for("both log records of every /slow request in the stand-in", both_records)
+        traces = wait_for("every /slow trace in Jaeger", slow_traces)
+
+    assert len(app_records) == len(slow_records) == len(traces) == requests
+    in_jaeger = {t["traceID"]: t for t in traces}
+    assert all(tags_of(_server_span(t))["http.route"] == "/slow" for t in traces)  # /ping's were dropped
+    for record in app_records:
+        trace = in_jaeger[record["traceId"]]
+        assert record["spanId"] == _server_span(trace)["spanID"]
+        assert record["severityText"] == "WARN"
+    for record in slow_records:
+        trace = in_jaeger[record["traceId"]]
+        (query,) = [s for s in _queries(trace) if tags_of(s).get(A.QUERY_SLOW) is True]
+        assert record["spanId"] == query["spanID"]
+        assert record["attrs"][A.QUERY_FINGERPRINT] == tags_of(query)[A.QUERY_FINGERPRINT]
+        assert record["attrs"]["http.route"] == "/slow"
+    assert {r["traceId"] for r in app_records} == {r["traceId"] for r in slow_records} == set(in_jaeger)
+
+
 # -- scripts/kit
 
 
