@@ -466,17 +466,16 @@ def _seeded_db(tmp_path: Path) -> str:
 def _app_env(stack: dict[str, Any], tmp_path: Path, service: str, **extra: str) -> dict[str, str]:
     """The Flask test app's environment: every signal over OTLP to the stack's Collector."""
     endpoint = cast(Receiver, SimpleNamespace(endpoint=stack["otlp_http"]))
-    return base_env(
-        endpoint,
-        APP_DB_URL=_seeded_db(tmp_path),
-        OTEL_SERVICE_NAME=service,
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_METRIC_EXPORT_INTERVAL="500",
-        OTEL_LOGS_EXPORTER="otlp",
-        OTEL_BLRP_SCHEDULE_DELAY="100",
-        DBPERF_SLOW_QUERY_THRESHOLD_MS="100",
-        **extra,
-    )
+    env = {
+        "APP_DB_URL": _seeded_db(tmp_path),
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "DBPERF_SLOW_QUERY_THRESHOLD_MS": "100",
+    }
+    return base_env(endpoint, **{**env, **extra})
 
 
 def loki_records(path: Path, service: str) -> list[dict[str, Any]]:
@@ -537,6 +536,65 @@ def test_the_app_log_and_the_slow_query_log_reach_the_log_endpoint_with_the_trac
         assert record["attrs"][A.QUERY_FINGERPRINT] == tags_of(query)[A.QUERY_FINGERPRINT]
         assert record["attrs"]["http.route"] == "/slow"
     assert {r["traceId"] for r in app_records} == {r["traceId"] for r in slow_records} == set(in_jaeger)
+
+
+def test_an_exemplar_of_a_slow_query_scraped_by_prometheus_leads_to_its_trace_in_jaeger(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real Prometheus (exemplar storage on, the shipped otelcol scrape job: OpenMetrics, so the
+    exemplars survive) scrapes the Collector's Prometheus endpoint; the exemplar of the slow query on
+    the DB duration histogram carries a trace id that Jaeger's API finds: the /slow request's trace,
+    its span id the slow DB span."""
+    from prometheus_server import prometheus
+
+    service = "dbperf-kit-exemplars"
+    # One export, at the app's exit: the SDK hands each exemplar to one export only, and the Collector's
+    # endpoint serves a series' latest point, so at a short interval the exemplar would be gone from
+    # the endpoint at the next export, perhaps before any scrape; at exit it stays (for 5 minutes).
+    env = _app_env(stack, tmp_path, service, OTEL_METRIC_EXPORT_INTERVAL="3600000")
+    shipped = yaml.safe_load((COLLECTOR / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "otelcol"]
+    scrape = {k: v for k, v in job.items() if k not in ("job_name", "static_configs")}
+    target = stack["prometheus"].removeprefix("http://").removesuffix("/metrics")
+    metric = "db_client_operation_duration_seconds_bucket"
+
+    with prometheus([target], "otelcol", tmp_path, flags=("--enable-feature=exemplar-storage",), scrape=scrape) as prom:
+        with serve("gunicorn", "flask_app:app", env, "-w", "1") as srv:
+            for path in ("/ping", "/slow", "/ping", "/author/3"):
+                status, body = get(srv["url"] + path)
+                assert status == 200, (path, body)
+        # gunicorn stopped: its worker's metrics went out at exit
+
+        def slow_exemplars() -> list[dict[str, Any]] | None:
+            now = time.time()
+            query = urllib.parse.urlencode(
+                {"query": f'{metric}{{job="{service}"}}', "start": now - 3600, "end": now + 60}
+            )
+            status, body = get(f"{prom.url}/api/v1/query_exemplars?{query}", timeout=10)
+            assert status == 200, body
+            found = [e for series in json.loads(body)["data"] for e in series["exemplars"]]
+            slow = [e for e in found if float(e["value"]) >= 0.3]  # /slow's query sleeps 0.3 s
+            return found if slow else None
+
+        exemplars = wait_for("the slow query's exemplar in Prometheus", slow_exemplars)
+        (slow,) = [e for e in exemplars if float(e["value"]) >= 0.3]
+        trace_id, span_id = slow["labels"]["trace_id"], slow["labels"]["span_id"]
+
+        def in_jaeger() -> dict[str, Any] | None:
+            status, body = get(f"{stack['jaeger']}/api/traces/{trace_id}", timeout=10)
+            return json.loads(body)["data"][0] if status == 200 else None
+
+        trace = wait_for(f"trace {trace_id} in Jaeger", in_jaeger)
+
+    assert trace["traceID"] == trace_id
+    assert_complete(trace)
+    assert tags_of(_server_span(trace))["http.route"] == "/slow"
+    (query,) = [s for s in _queries(trace) if tags_of(s).get(A.QUERY_SLOW) is True]
+    assert query["spanID"] == span_id
+    # the other exemplars: of traces tail sampling dropped (no flag, under the latency threshold)
+    others = {e["labels"]["trace_id"] for e in exemplars} - {trace_id}
+    assert others, exemplars
+    assert all(get(f"{stack['jaeger']}/api/traces/{other}", timeout=10)[0] == 404 for other in others)
 
 
 # -- scripts/kit
