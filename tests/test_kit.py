@@ -484,14 +484,15 @@ def loki_records(path: Path, service: str) -> list[dict[str, Any]]:
     """The log records of ``service`` in the Loki stand-in's file (OTLP JSON, a request a line), each
     with its attributes as a dict under ``attrs``."""
     records: list[dict[str, Any]] = []
-    for line in (path.read_text() if path.exists() else "").splitlines():
+    text = path.read_text() if path.exists() else ""
+    for line in text[: text.rfind("\n") + 1].splitlines():  # not a last line still being written
         for resource_logs in json.loads(line).get("resourceLogs", []):
             resource = {a["key"]: a["value"] for a in resource_logs["resource"].get("attributes", [])}
             if resource.get("service.name") != {"stringValue": service}:
                 continue
             for scope_logs in resource_logs.get("scopeLogs", []):
                 for record in scope_logs.get("logRecords", []):
-                    attrs = {a["key"]: next(iter(a["value"].values())) for a in record.get("attributes", [])}
+                    attrs = {a["key"]: next(iter(a["value"].values()), None) for a in record.get("attributes", [])}
                     records.append({**record, "attrs": attrs})
     return records
 
