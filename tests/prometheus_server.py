@@ -62,15 +62,27 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(targets: list[str], job: str, tmp_path: Path, rule_files: tuple[Path, ...] = ()) -> Iterator[Prometheus]:
-    """A Prometheus scraping ``targets`` every second, evaluating ``rule_files`` every second."""
+def prometheus(
+    targets: list[str],
+    job: str,
+    tmp_path: Path,
+    rule_files: tuple[Path, ...] = (),
+    alertmanagers: tuple[str, ...] = (),
+    flags: tuple[str, ...] = (),
+    scrape: dict[str, Any] | None = None,
+) -> Iterator[Prometheus]:
+    """A Prometheus scraping ``targets`` every second, evaluating ``rule_files`` every second and
+    sending what fires to ``alertmanagers`` (host:port); ``scrape``: more keys of the scrape job,
+    ``flags``: more command-line flags."""
     binary = prometheus_binary()
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}], **(scrape or {})}],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     log = open(tmp_path / "prometheus.log", "w+")  # noqa: SIM115
@@ -81,6 +93,7 @@ def prometheus(targets: list[str], job: str, tmp_path: Path, rule_files: tuple[P
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--web.enable-lifecycle",
+            *flags,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

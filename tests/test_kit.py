@@ -200,7 +200,9 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = WAIT) ->
 
 
 @contextmanager
-def process(name: str, cmd: list[str], env: dict[str, str], tmp_path: Path, health: str) -> Iterator[None]:
+def process(
+    name: str, cmd: list[str], env: dict[str, str], tmp_path: Path, health: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """A kit binary, running until the block ends; ready once ``health`` answers 200."""
     log = open(tmp_path / f"{name}.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -213,7 +215,7 @@ def process(name: str, cmd: list[str], env: dict[str, str], tmp_path: Path, heal
             return get(health, timeout=5)[0] == 200
 
         wait_for(f"{name} at {health}", ready)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -450,6 +452,152 @@ def test_slow_and_n_plus_one_traces_reach_jaeger_whole(stack: dict[str, Any], tm
     # metrics and logs took their paths too: Prometheus's endpoint and the Loki stand-in
     assert _counter(metrics, "dbperf_db_slow_queries_total", job=SERVICE) >= 1
     assert A.CODE_FILE_PATH in logs and SERVICE in logs
+
+
+def _seeded_db(tmp_path: Path) -> str:
+    from models import seed
+    from sqlalchemy import create_engine
+
+    db_url = f"sqlite:///{tmp_path / 'kit.db'}"
+    engine = create_engine(db_url)
+    seed(engine)
+    engine.dispose()
+    return db_url
+
+
+def _app_env(stack: dict[str, Any], tmp_path: Path, service: str, **extra: str) -> dict[str, str]:
+    """The Flask test app's environment: every signal over OTLP to the stack's Collector."""
+    endpoint = cast(Receiver, SimpleNamespace(endpoint=stack["otlp_http"]))
+    env = {
+        "APP_DB_URL": _seeded_db(tmp_path),
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "DBPERF_SLOW_QUERY_THRESHOLD_MS": "100",
+    }
+    return base_env(endpoint, **{**env, **extra})
+
+
+def loki_records(path: Path, service: str) -> list[dict[str, Any]]:
+    """The log records of ``service`` in the Loki stand-in's file (OTLP JSON, a request a line), each
+    with its attributes as a dict under ``attrs``."""
+    records: list[dict[str, Any]] = []
+    text = path.read_text() if path.exists() else ""
+    for line in text[: text.rfind("\n") + 1].splitlines():  # not a last line still being written
+        for resource_logs in json.loads(line).get("resourceLogs", []):
+            resource = {a["key"]: a["value"] for a in resource_logs["resource"].get("attributes", [])}
+            if resource.get("service.name") != {"stringValue": service}:
+                continue
+            for scope_logs in resource_logs.get("scopeLogs", []):
+                for record in scope_logs.get("logRecords", []):
+                    attrs = {a["key"]: next(iter(a["value"].values()), None) for a in record.get("attributes", [])}
+                    records.append({**record, "attrs": attrs})
+    return records
+
+
+def test_the_app_log_and_the_slow_query_log_reach_the_log_endpoint_with_the_trace_ids_jaeger_has(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """App -> our Collector (otelcol.yaml's logs pipeline) -> the Loki stand-in's file: each /slow
+    request's own log record ("slow endpoint called") and its slow-query log record are there, with the
+    trace id of that request's trace in Jaeger (and the span ids of its server span and slow DB span).
+    /ping's traces are dropped by tail sampling; it logs nothing."""
+    service = "dbperf-kit-logs"
+    requests = 3
+    env = _app_env(stack, tmp_path, service, DBPERF_SLOW_QUERY_LOGS_PER_MINUTE="10")
+
+    def both_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        records = loki_records(stack["loki_file"], service)
+        app = [r for r in records if r.get("body", {}).get("stringValue") == "slow endpoint called"]
+        slow = [r for r in records if r.get("eventName") == A.EVENT_SLOW_QUERY]
+        return (app, slow) if len(app) >= requests and len(slow) >= requests else None
+
+    def slow_traces() -> list[dict[str, Any]] | None:
+        found = jaeger_traces(stack["jaeger"], service=service)
+        return found if len(found) >= requests else None
+
+    with serve("gunicorn", "flask_app:app", env, "-w", "1") as srv:
+        for path in ["/slow", "/ping"] * requests:
+            status, body = get(srv["url"] + path)
+            assert status == 200, (path, body)
+        app_records, slow_records = wait_for("both log records of every /slow request in the stand-in", both_records)
+        traces = wait_for("every /slow trace in Jaeger", slow_traces)
+
+    assert len(app_records) == len(slow_records) == len(traces) == requests
+    in_jaeger = {t["traceID"]: t for t in traces}
+    assert all(tags_of(_server_span(t))["http.route"] == "/slow" for t in traces)  # /ping's were dropped
+    for record in app_records:
+        trace = in_jaeger[record["traceId"]]
+        assert record["spanId"] == _server_span(trace)["spanID"]
+        assert record["severityText"] == "WARN"
+    for record in slow_records:
+        trace = in_jaeger[record["traceId"]]
+        (query,) = [s for s in _queries(trace) if tags_of(s).get(A.QUERY_SLOW) is True]
+        assert record["spanId"] == query["spanID"]
+        assert record["attrs"][A.QUERY_FINGERPRINT] == tags_of(query)[A.QUERY_FINGERPRINT]
+        assert record["attrs"]["http.route"] == "/slow"
+    assert {r["traceId"] for r in app_records} == {r["traceId"] for r in slow_records} == set(in_jaeger)
+
+
+def test_an_exemplar_of_a_slow_query_scraped_by_prometheus_leads_to_its_trace_in_jaeger(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real Prometheus (exemplar storage on, the shipped otelcol scrape job: OpenMetrics, so the
+    exemplars survive) scrapes the Collector's Prometheus endpoint; the exemplar of the slow query on
+    the DB duration histogram carries a trace id that Jaeger's API finds: the /slow request's trace,
+    its span id the slow DB span."""
+    from prometheus_server import prometheus
+
+    service = "dbperf-kit-exemplars"
+    # One export, at the app's exit: the SDK hands each exemplar to one export only, and the Collector's
+    # endpoint serves a series' latest point, so at a short interval the exemplar would be gone from
+    # the endpoint at the next export, perhaps before any scrape; at exit it stays (for 5 minutes).
+    env = _app_env(stack, tmp_path, service, OTEL_METRIC_EXPORT_INTERVAL="3600000")
+    shipped = yaml.safe_load((COLLECTOR / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "otelcol"]
+    scrape = {k: v for k, v in job.items() if k not in ("job_name", "static_configs")}
+    target = stack["prometheus"].removeprefix("http://").removesuffix("/metrics")
+    metric = "db_client_operation_duration_seconds_bucket"
+
+    with prometheus([target], "otelcol", tmp_path, flags=("--enable-feature=exemplar-storage",), scrape=scrape) as prom:
+        with serve("gunicorn", "flask_app:app", env, "-w", "1") as srv:
+            for path in ("/ping", "/slow", "/ping", "/author/3"):
+                status, body = get(srv["url"] + path)
+                assert status == 200, (path, body)
+        # gunicorn stopped: its worker's metrics went out at exit
+
+        def slow_exemplars() -> list[dict[str, Any]] | None:
+            now = time.time()
+            query = urllib.parse.urlencode(
+                {"query": f'{metric}{{job="{service}"}}', "start": now - 3600, "end": now + 60}
+            )
+            status, body = get(f"{prom.url}/api/v1/query_exemplars?{query}", timeout=10)
+            assert status == 200, body
+            found = [e for series in json.loads(body)["data"] for e in series["exemplars"]]
+            slow = [e for e in found if float(e["value"]) >= 0.3]  # /slow's query sleeps 0.3 s
+            return found if slow else None
+
+        exemplars = wait_for("the slow query's exemplar in Prometheus", slow_exemplars)
+        (slow,) = [e for e in exemplars if float(e["value"]) >= 0.3]
+        trace_id, span_id = slow["labels"]["trace_id"], slow["labels"]["span_id"]
+
+        def in_jaeger() -> dict[str, Any] | None:
+            status, body = get(f"{stack['jaeger']}/api/traces/{trace_id}", timeout=10)
+            return json.loads(body)["data"][0] if status == 200 else None
+
+        trace = wait_for(f"trace {trace_id} in Jaeger", in_jaeger)
+
+    assert trace["traceID"] == trace_id
+    assert_complete(trace)
+    assert tags_of(_server_span(trace))["http.route"] == "/slow"
+    (query,) = [s for s in _queries(trace) if tags_of(s).get(A.QUERY_SLOW) is True]
+    assert query["spanID"] == span_id
+    # the other exemplars: of traces tail sampling dropped (no flag, under the latency threshold)
+    others = {e["labels"]["trace_id"] for e in exemplars} - {trace_id}
+    assert others, exemplars
+    assert all(get(f"{stack['jaeger']}/api/traces/{other}", timeout=10)[0] == 404 for other in others)
 
 
 # -- scripts/kit
@@ -745,3 +893,139 @@ def test_the_agent_delivers_queued_traces_to_the_gateways_dns_lists_after_a_rest
     with process("agent-again", cmd, env, tmp_path, health):
         found = wait_for("the queued trace in Jaeger", lambda: jaeger_traces(stack["jaeger"], service=service))
     assert [t["traceID"].rjust(32, "0") for t in found] == [trace_id]
+
+
+# -- the agent and two gateways
+
+
+def _send_traces(endpoint: str, service: str, count: int) -> dict[str, set[str]]:
+    """``count`` traces of three spans (a server span and two DB spans, each flagged slow: kept by
+    any gateway), sent through the SDK to ``endpoint`` (OTLP/HTTP); trace id -> its span ids (hex)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=10000, schedule_delay_millis=100))
+    tracer = provider.get_tracer("kit-tiers")
+    sent: dict[str, set[str]] = {}
+    for _ in range(count):
+        with tracer.start_as_current_span("GET /items", kind=SpanKind.SERVER) as root:
+            ids = {format(root.get_span_context().span_id, "016x")}
+            for _ in range(2):
+                with tracer.start_as_current_span("SELECT items", kind=SpanKind.CLIENT) as query:
+                    query.set_attribute(A.QUERY_SLOW, True)
+                    ids.add(format(query.get_span_context().span_id, "016x"))
+        sent[format(root.get_span_context().trace_id, "032x")] = ids
+    assert provider.force_flush(int(WAIT * 1000))
+    provider.shutdown()
+    return sent
+
+
+def test_the_agent_keeps_each_trace_whole_on_one_of_two_gateways_and_a_gateway_restart_loses_only_what_it_held(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """agent.yaml in front of two gateways on gateway.yaml (its DNS resolver replaced by a static list
+    of the two: no name here resolves to two addresses). 200 traces of 3 spans: each decided on one
+    gateway only (the gateways' decisions add up to 200, both took some) and whole in Jaeger. Then
+    100 more, gateway B killed (SIGKILL) once they reached the gateways, 100 while B is down (the
+    agent's send to B seen failing before B restarts), B restarted, 100 more. What docs/collector.md
+    says is kept is kept: every trace sent while B was down or after its restart arrives whole (the
+    agent's failed sends went back to its disk queue and were routed again once B answered;
+    duplicates allowed, not loss); only traces B held in tail sampling and batch when killed may
+    be lost."""
+    otelcol = kit_binary("otelcol-dbperf")
+    service = "dbperf-kit-tiers"
+    gateways: dict[str, dict[str, str]] = {}
+    for name in ("a", "b"):
+        gateways[name] = local_env(
+            "gateway.yaml",
+            tmp_path / name,
+            JAEGER_OTLP_ENDPOINT=stack["jaeger_otlp"],
+            LOKI_OTLP_ENDPOINT=stack["loki_otlp"],
+            OTELCOL_TAIL_DECISION_WAIT="1s",
+            OTELCOL_BATCH_TIMEOUT="200ms",
+            OTELCOL_BASELINE_SAMPLE_PERCENT="0",
+            OTELCOL_TAIL_LATENCY_THRESHOLD_MS="60000",
+        )
+    agent_config = yaml.safe_load((COLLECTOR / "agent.yaml").read_text())
+    agent_config["exporters"]["load_balancing"]["resolver"] = {
+        "static": {"hostnames": [g["OTELCOL_OTLP_GRPC_ENDPOINT"] for g in gateways.values()]}
+    }
+    agent_yaml = tmp_path / "agent.yaml"
+    agent_yaml.write_text(yaml.safe_dump(agent_config))
+    agent_env = local_env(  # (its logs go to the gateway service: A)
+        "agent.yaml", tmp_path / "agent", OTELCOL_BATCH_TIMEOUT="200ms",
+        GATEWAY_OTLP_ENDPOINT=gateways["a"]["OTELCOL_OTLP_GRPC_ENDPOINT"],
+    )  # fmt: skip
+    agent = f"http://{agent_env['OTELCOL_OTLP_HTTP_ENDPOINT']}"
+
+    def gateway(name: str, run: str) -> Any:
+        env = gateways[name]
+        return process(f"gateway-{name}-{run}", [str(otelcol), f"--config={COLLECTOR / 'gateway.yaml'}"], env,
+                       tmp_path, f"http://{env['OTELCOL_HEALTH_ENDPOINT']}/")  # fmt: skip
+
+    def decisions(name: str) -> float:
+        return _counter(_text(f"http://127.0.0.1:{gateways[name]['OTELCOL_TELEMETRY_PORT']}/metrics"), DECISIONS)
+
+    def whole_in_jaeger(expected: dict[str, set[str]]) -> Callable[[], dict[str, set[str]] | None]:
+        def probe() -> dict[str, set[str]] | None:
+            found = {t["traceID"].rjust(32, "0"): {s["spanID"] for s in t["spans"]}
+                     for t in jaeger_traces(stack["jaeger"], service=service, limit=5000)}  # fmt: skip
+            return found if all(found.get(tid) == ids for tid, ids in expected.items()) else None
+
+        return probe
+
+    for name in gateways:
+        (tmp_path / name).mkdir(exist_ok=True)
+    (tmp_path / "agent").mkdir(exist_ok=True)
+    with ExitStack() as running:
+        running.enter_context(gateway("a", "1"))
+        b = ExitStack()
+        b_proc = b.enter_context(gateway("b", "1"))
+        running.enter_context(process("agent", [str(otelcol), f"--config={agent_yaml}"], agent_env, tmp_path,
+                                      f"http://{agent_env['OTELCOL_HEALTH_ENDPOINT']}/"))  # fmt: skip
+        first = _send_traces(agent, service, 200)
+        wait_for("the first 200 traces whole in Jaeger", whole_in_jaeger(first))
+        per_gateway = {name: decisions(name) for name in gateways}
+
+        before_kill = _send_traces(agent, service, 100)
+
+        def all_received() -> bool:  # the last 100 traces on the gateways, B's not all decided yet
+            return sum(_counter(_text(f"http://127.0.0.1:{g['OTELCOL_TELEMETRY_PORT']}/metrics"),
+                                "otelcol_receiver_accepted_spans") for g in gateways.values()) >= 3 * 300  # fmt: skip
+
+        wait_for("the gateways receiving the 100 traces", all_received)
+        # SIGKILL: no drain, what B holds in memory is gone (process() would stop it gently)
+        b_proc.kill()
+        b_proc.wait()
+        b.close()
+        while_down = _send_traces(agent, service, 100)
+        b_endpoint = f'"endpoint": "{gateways["b"]["OTELCOL_OTLP_GRPC_ENDPOINT"]}"'
+
+        def failed_at_b() -> bool:
+            log = (tmp_path / "agent.log").read_text().splitlines()
+            return any("Exporting failed" in line and b_endpoint in line for line in log)
+
+        wait_for("the agent's send to the killed gateway B failing", failed_at_b)
+        running.enter_context(gateway("b", "2"))
+        after = _send_traces(agent, service, 100)
+        found = wait_for(
+            "every trace sent while B was down and after its restart whole in Jaeger",
+            whole_in_jaeger({**first, **while_down, **after}),
+        )
+        duplicates = sum(
+            len(t["spans"]) - len({s["spanID"] for s in t["spans"]})
+            for t in jaeger_traces(stack["jaeger"], service=service, limit=5000)
+        )
+
+    assert sum(per_gateway.values()) == len(first), per_gateway  # one decision per trace: none split
+    assert all(count > 0 for count in per_gateway.values()), per_gateway  # both gateways took traces
+    lost = [tid for tid in before_kill if tid not in found]
+    partial = [tid for tid in before_kill if tid in found and found[tid] != before_kill[tid]]
+    assert set(found) <= {*first, *before_kill, *while_down, *after}
+    print(f"tiers: decisions before the kill {per_gateway}; of 100 sent just before the kill {len(lost)} lost, "
+          f"{len(partial)} partial; 400 others whole; {duplicates} duplicate spans")  # fmt: skip
