@@ -1029,3 +1029,62 @@ def test_the_agent_keeps_each_trace_whole_on_one_of_two_gateways_and_a_gateway_r
     assert set(found) <= {*first, *before_kill, *while_down, *after}
     print(f"tiers: decisions before the kill {per_gateway}; of 100 sent just before the kill {len(lost)} lost, "
           f"{len(partial)} partial; 400 others whole; {duplicates} duplicate spans")  # fmt: skip
+
+
+# -- the dashboard and the alerts on what the kit's Collector exposes
+
+
+def test_every_dashboard_and_alert_expression_returns_data_from_the_collectors_endpoint(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """The app's metrics over OTLP to the Collector (the shipped otelcol.yaml), scraped from its
+    Prometheus endpoint with the shipped otelcol scrape job by a real Prometheus evaluating the
+    shipped recording and alert rules: every dashboard expression (the job variable set to the
+    service) and every recorded series and alert quantity has data, as they have on the app's own
+    endpoint (test_e2e_metrics)."""
+    from dashboard import RULES, alerts, comparison_sides, concrete, recorded, targets
+    from prometheus_server import prometheus
+
+    service = "dbperf-kit-dashboard"
+    env = _app_env(stack, tmp_path, service, OTEL_METRIC_EXPORT_INTERVAL="1000")
+    shipped = yaml.safe_load((COLLECTOR / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "otelcol"]
+    scrape = {k: v for k, v in job.items() if k not in ("job_name", "static_configs")}
+    scrape["scrape_interval"] = "1s"  # the shipped job's keys, at the test's pace
+    target = stack["prometheus"].removeprefix("http://").removesuffix("/metrics")
+    traffic = {"/authors": 200, "/slow": 200, "/fail": 500, "/ping": 200}
+
+    with (
+        prometheus([target], "otelcol", tmp_path, rule_files=(RULES,), scrape=scrape) as prom,
+        serve("gunicorn", "flask_app:app", env, "-w", "1") as srv,
+    ):
+        for _ in range(3):  # rate() needs two samples of each series in its window: traffic in rounds
+            for path, status in traffic.items():
+                assert get(srv["url"] + path)[0] == status, path
+            prom.wait_until(
+                f'sum(http_server_request_duration_seconds_count{{job="{service}"}}) >= bool {4 * (_ + 1)}', 1, 60
+            )
+        prom.wait_until(
+            f'min(count_over_time(db_client_operation_duration_seconds_count{{job="{service}"}}[1m])) >= bool 3', 1, 60
+        )
+
+        def empty_expressions() -> list[str] | None:
+            empty = [
+                f"{panel['title']}: {concrete(target['expr'], job=service)}"
+                for panel, target in targets("prometheus")
+                if not prom.query(concrete(target["expr"], job=service))
+            ]
+            empty += [f"recorded {name}" for name in sorted(recorded()) if not prom.query(name)]
+            for name, rule in alerts().items():
+                for side in comparison_sides(rule["expr"].strip()):
+                    if not re.fullmatch(r"[0-9.]+", side) and not prom.query(side.removeprefix("2 *")):
+                        empty.append(f"alert {name}: {side}")
+            return empty or None
+
+        assert list(targets("prometheus")) and alerts() and recorded()  # something to evaluate
+        deadline = time.monotonic() + 60  # a hang guard: rules are evaluated every second
+        empty = empty_expressions()
+        while empty and time.monotonic() < deadline:
+            time.sleep(1)
+            empty = empty_expressions()
+    assert not empty, f"no data through the Collector for: {empty}"
