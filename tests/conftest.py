@@ -349,6 +349,17 @@ def spans_named(spans: list[dict[str, Any]], pattern: str) -> list[dict[str, Any
     return [s for s in spans if rx.search(s["name"])]
 
 
+def seeded(url: str) -> str:
+    """``url`` with the test apps' models (tests/apps/models.py) seeded into it."""
+    from models import seed
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    seed(engine)
+    engine.dispose()
+    return url
+
+
 def seeded_db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_name: str, seed: Any) -> str:
     """For a fixture parametrized ``sqlite``/``postgresql``: the database URL, seeded by ``seed(engine)``."""
     from sqlalchemy import create_engine

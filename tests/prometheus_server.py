@@ -28,6 +28,23 @@ def prometheus_binary() -> str:
     return found
 
 
+def wait_ready(name: str, proc: subprocess.Popen[Any], url: str, log: Any, timeout: float = 120.0) -> None:
+    """Until ``url``/-/ready answers 200 (Prometheus' and Alertmanager's readiness endpoint); fails
+    with the server's log when it exits or ``timeout`` (a hang guard) runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            raise AssertionError(f"{name} did not start: {log.read()[-3000:]}")
+        time.sleep(0.2)
+
+
 class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -100,18 +117,7 @@ def prometheus(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise AssertionError(f"prometheus did not start: {log.read()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready("prometheus", proc, url, log)
         yield Prometheus(url)
     finally:
         proc.terminate()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import base_env, free_port, get, get_json, listening, marker_line, serve, server_output
+from conftest import base_env, free_port, get, get_json, listening, marker_line, seeded, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
@@ -16,19 +16,10 @@ from otel_dbperf.profiler.history import stack_lines
 APP = "flask_app:app"
 
 
-def _seeded(tmp_path: Path) -> str:
-    from models import seed
-
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    engine = create_engine(url)
-    seed(engine)
-    engine.dispose()
-    return url
-
-
 def test_slow_query_log_records_carry_the_trace_and_are_rate_limited(receiver: Any, tmp_path: Path) -> None:
+    db_url = seeded(f"sqlite:///{tmp_path / 'app.db'}")
     env = base_env(
-        receiver, APP_DB_URL=_seeded(tmp_path), OTEL_LOGS_EXPORTER="otlp", OTEL_BLRP_SCHEDULE_DELAY="100",
+        receiver, APP_DB_URL=db_url, OTEL_LOGS_EXPORTER="otlp", OTEL_BLRP_SCHEDULE_DELAY="100",
         DBPERF_SLOW_QUERY_LOGS_PER_MINUTE="2",
     )  # fmt: skip
     with serve("gunicorn", APP, env, "-w", "1") as srv:
@@ -62,7 +53,9 @@ def test_slow_query_log_records_carry_the_trace_and_are_rate_limited(receiver: A
 
 def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Path) -> None:
     port = free_port()
-    env = base_env(receiver, APP_DB_URL=_seeded(tmp_path), DBPERF_PROFILER_ADDR=f"127.0.0.1:{port}")
+    env = base_env(
+        receiver, APP_DB_URL=seeded(f"sqlite:///{tmp_path / 'app.db'}"), DBPERF_PROFILER_ADDR=f"127.0.0.1:{port}"
+    )
     api = f"http://127.0.0.1:{port}/profiler"
     with serve("uvicorn", APP, env, "--interface", "wsgi") as srv:
         for path in ("/authors", "/slow", "/slow", "/author/3"):
@@ -97,7 +90,9 @@ def test_profiler_api_over_http_while_the_app_serves(receiver: Any, tmp_path: Pa
 
 def test_profiler_refuses_a_public_address_without_a_token(receiver: Any, tmp_path: Path) -> None:
     port = free_port()
-    env = base_env(receiver, APP_DB_URL=_seeded(tmp_path), DBPERF_PROFILER_ADDR=f"0.0.0.0:{port}")
+    env = base_env(
+        receiver, APP_DB_URL=seeded(f"sqlite:///{tmp_path / 'app.db'}"), DBPERF_PROFILER_ADDR=f"0.0.0.0:{port}"
+    )
     with serve("uvicorn", APP, env, "--interface", "wsgi") as srv:
         assert get(srv["url"] + "/author/1")[0] == 200
         # no process of this server listens on the port (another process may have taken that free port since)

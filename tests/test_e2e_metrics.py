@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import base_env, free_port, get, listening, serve, server_output
+from conftest import base_env, free_port, get, listening, seeded, serve, server_output
 from dashboard import RULES, alerts, comparison_sides, concrete, recorded, targets
 from prometheus_server import prometheus
-from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
@@ -25,15 +24,6 @@ JOB = "dbperf-test"
 # /fail one failing query (500), /ping no query.
 TRAFFIC = {"/authors": (24, 200), "/slow": (14, 200), "/fail": (5, 500), "/ping": (10, 200)}
 QUERIES = {"/authors": 9, "/slow": 1, "/fail": 1, "/ping": 0}
-
-
-def _seeded(url: str) -> str:
-    from models import seed
-
-    engine = create_engine(url)
-    seed(engine)
-    engine.dispose()
-    return url
 
 
 def _drive(base: str, concurrency: int = 4, counts: dict[str, int] | None = None) -> None:
@@ -50,7 +40,7 @@ def _pull_env(receiver: Any, tmp_path: Path, **extra: str) -> tuple[dict[str, st
     port = free_port()
     env = base_env(
         receiver,
-        APP_DB_URL=_seeded(f"sqlite:///{tmp_path / 'app.db'}"),
+        APP_DB_URL=seeded(f"sqlite:///{tmp_path / 'app.db'}"),
         OTEL_METRICS_EXPORTER="prometheus",
         OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
         OTEL_EXPORTER_PROMETHEUS_PORT=str(port),
@@ -226,7 +216,7 @@ def _latest(points: list[dict[str, Any]], name: str) -> dict[tuple[str, str], di
 
 
 def test_otlp_metrics_from_two_gunicorn_workers(receiver: Any, pg_sync_url: str) -> None:
-    _seeded(pg_sync_url)
+    seeded(pg_sync_url)
     env = base_env(receiver, APP_DB_URL=pg_sync_url, OTEL_METRICS_EXPORTER="otlp", OTEL_METRIC_EXPORT_INTERVAL="500")
     with serve("gunicorn", APP, env, "-w", "2", "--preload") as srv:
         _drive(srv["url"], concurrency=6)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import yaml
-from conftest import APPS, REQUIRE_SERVICES, base_env, free_port, get, marker_line, serve
+from conftest import APPS, REQUIRE_SERVICES, base_env, free_port, get, marker_line, seeded, serve
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from otlp_receiver import Receiver
 
@@ -454,22 +454,11 @@ def test_slow_and_n_plus_one_traces_reach_jaeger_whole(stack: dict[str, Any], tm
     assert A.CODE_FILE_PATH in logs and SERVICE in logs
 
 
-def _seeded_db(tmp_path: Path) -> str:
-    from models import seed
-    from sqlalchemy import create_engine
-
-    db_url = f"sqlite:///{tmp_path / 'kit.db'}"
-    engine = create_engine(db_url)
-    seed(engine)
-    engine.dispose()
-    return db_url
-
-
 def _app_env(stack: dict[str, Any], tmp_path: Path, service: str, **extra: str) -> dict[str, str]:
     """The Flask test app's environment: every signal over OTLP to the stack's Collector."""
     endpoint = cast(Receiver, SimpleNamespace(endpoint=stack["otlp_http"]))
     env = {
-        "APP_DB_URL": _seeded_db(tmp_path),
+        "APP_DB_URL": seeded(f"sqlite:///{tmp_path / 'kit.db'}"),
         "OTEL_SERVICE_NAME": service,
         "OTEL_METRICS_EXPORTER": "otlp",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",

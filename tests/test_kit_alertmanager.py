@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REQUIRE_SERVICES, free_port
-from prometheus_server import prometheus
+from prometheus_server import prometheus, wait_ready
 
 ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "collector" / "prometheus" / "alerts.yaml"
@@ -194,18 +194,7 @@ def alertmanager(config: Path, tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{address}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise AssertionError(f"alertmanager did not start: {log.read()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready("alertmanager", proc, f"http://{address}", log, WAIT)
         yield address
     finally:
         proc.terminate()
