@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
@@ -188,11 +189,26 @@ def test_exporter_writes_what_the_reader_reads(tmp_path: Path) -> None:
     assert stats.corrupt == 0
 
 
+def test_the_test_extra_holds_every_demo_requirement() -> None:
+    """scripts/demo skips its pip install in a venv that scripts/test installed ``[test]`` into."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert set(extras["demo"]) <= set(extras["test"]), set(extras["demo"]) - set(extras["test"])
+
+
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """The README's first command, into a fresh output folder."""
     env = {**os.environ, "DBPERF_VENV": sys.prefix, "DEMO_OUT": str(tmp_path)}
     env.pop("PYTEST_CURRENT_TEST", None)
     root = Path(__file__).parent.parent
+    # scripts/test stamped this venv: the demo must not reinstall the package under the other
+    # tests running beside it (a reinstall took ``import otel_dbperf`` away from one of them in CI)
+    stamped = (Path(sys.prefix) / ".otel-dbperf-installed").exists()
+    record = Path(importlib.metadata.distribution("otel-dbperf")._path) / "RECORD"  # type: ignore[attr-defined]
+    before = record.stat().st_mtime_ns
     proc = subprocess.run(
         ["bash", str(root / "scripts" / "demo"), "--rounds", "3"],
         cwd=root,
@@ -214,6 +230,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # customer 5's checkout is declined in whichever worker serves it: one 500 per round, never more
     assert "responses: 21x 200, 3x 500" in proc.stderr
     assert (tmp_path / "spans.jsonl").stat().st_size > 0
+    if stamped:
+        assert record.exists() and record.stat().st_mtime_ns == before, "scripts/demo reinstalled the package"
 
 
 def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     html = page.read_text()
     # self-contained: nothing to fetch
     assert "<script" not in html and "<link" not in html and " src=" not in html and "@import" not in html
-    profile = tempfile.mkdtemp(prefix="chromium-")
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
     dom = subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
         capture_output=True,
