@@ -56,8 +56,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates, _pools, _transactions
-from otel_dbperf._location import AppCode, location_of
 from otel_dbperf._otlp import SpanEncoder, fast_exporter
+from otel_dbperf._pipeline.location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
 
 QUERIES_PER_REQUEST = 10

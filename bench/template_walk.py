@@ -17,7 +17,7 @@ import tempfile
 import timeit
 from pathlib import Path
 
-from otel_dbperf._location import AppCode
+from otel_dbperf._pipeline.location import AppCode
 
 N = 20_000
 APP = Path(tempfile.mkdtemp(prefix="dbperf-walk-"))

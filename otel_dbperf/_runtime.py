@@ -225,7 +225,7 @@ def start_derived(settings: Settings) -> None:
             and _prefork.exporter_names(os.environ.get("OTEL_LOGS_EXPORTER", ""))
             and hasattr(logger_provider, "force_flush")
         ):
-            from ._slowlog import SlowQueryLog
+            from ._pipeline.slowlog import SlowQueryLog
 
             return SlowQueryLog(settings, logger_provider, __version__)
         return None

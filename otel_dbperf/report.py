@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from . import attributes as A
 from ._markup import printable_data
-from ._route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
+from ._pipeline.route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint

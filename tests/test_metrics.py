@@ -247,7 +247,7 @@ def test_slow_query_logs_rate_limited_per_fingerprint_and_suppressed_counted() -
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
-    from otel_dbperf._slowlog import SUPPRESSED, SlowQueryLog
+    from otel_dbperf._pipeline.slowlog import SUPPRESSED, SlowQueryLog
 
     exporter = InMemoryLogRecordExporter()
     logs = LoggerProvider()

@@ -237,7 +237,7 @@ def test_pending_tables_are_bounded(traced: Traced, monkeypatch: pytest.MonkeyPa
     ],
 )
 def test_application_code(app_paths: tuple[str, ...], filename: str, expected: bool) -> None:
-    from otel_dbperf._location import AppCode
+    from otel_dbperf._pipeline.location import AppCode
 
     assert AppCode(app_paths)._classify(filename) is expected
 

@@ -13,8 +13,8 @@ from opentelemetry.trace import SpanKind
 from support.pipeline import Pipeline
 
 from otel_dbperf import Settings
-from otel_dbperf._pending import PendingByRequest
 from otel_dbperf._pipeline.derive import SpanDeriver
+from otel_dbperf._pipeline.pending import PendingByRequest
 from otel_dbperf.profiler import HistorySink, ProfilerServer, QueryHistory, start
 from otel_dbperf.profiler.history import query_type, stack_lines
 

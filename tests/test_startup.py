@@ -238,7 +238,7 @@ def test_start_derived_a_failing_slow_query_log_leaves_metrics_and_profiler(
     production: None, derived: _Processor, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     otel_logging_only(monkeypatch)
-    from otel_dbperf import _slowlog
+    from otel_dbperf._pipeline import slowlog as _slowlog
 
     monkeypatch.setattr(_slowlog, "SlowQueryLog", _boom)
     _runtime.start_derived(SETTINGS)

@@ -21,7 +21,7 @@ from support.pipeline import Traced
 from otel_dbperf import Settings, _duplicates
 from otel_dbperf import attributes as A
 from otel_dbperf._pipeline.derive import SpanDeriver
-from otel_dbperf._slowlog import SlowQueryLog
+from otel_dbperf._pipeline.slowlog import SlowQueryLog
 from otel_dbperf.profiler import HistorySink, QueryHistory
 from otel_dbperf.report import ReadStats, Report, read_spans, render_text
 from otel_dbperf.report_html import render_html
@@ -233,7 +233,7 @@ def test_the_lazy_loader_is_found_in_this_sqlalchemy() -> None:
 
     import sqlalchemy.orm.strategies
 
-    from otel_dbperf._location import _lazy_loader_code
+    from otel_dbperf._pipeline.location import _lazy_loader_code
 
     code = _lazy_loader_code(sys.modules["sqlalchemy.orm.strategies"])
     assert code is not None and code.co_name == "_load_for_state"

@@ -25,10 +25,11 @@ from typing import Any, Protocol
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 
-from .. import _forksafe, _route
+from .. import _forksafe
 from .. import metric_names as M
 from .._guard import internal_error
 from .._nosql import KIND_QUERY
+from . import route as _route
 from .record import Query, Request, Rollup, Thresholds
 
 _log = logging.getLogger("otel_dbperf")

@@ -26,9 +26,9 @@ from .._guard import internal_error
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, nosql_rollup
 from .._sdk_compat import attr_dict, bounded, with_changes
 from .._sql import OPERATIONS, Analysis, analyze
-from .._suggest import relationship_fix
 from .._urls import UrlRedactor
 from .record import Query, Request
+from .suggest import relationship_fix
 
 _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
 _DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT

@@ -18,10 +18,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode, set_span
 from .. import attributes as A
 from .. import metric_names as M
 from .._nosql import KIND_QUERY
-from .._route import route_labels
 from .._sdk_compat import records_instrument
 from .._sql import OPERATIONS
 from .record import Query, Request, Rollup
+from .route import route_labels
 
 MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
 OTHER = "_OTHER"

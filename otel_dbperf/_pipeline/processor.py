@@ -28,11 +28,11 @@ from .. import _error_kind, _forksafe
 from .. import attributes as A
 from .._error_kind import app_error
 from .._guard import internal_error
-from .._location import SETUP, AppCode, lazy_loaded_relationship, location_of
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
 from .._resources import rss_bytes, thread_time_ns
 from .._sdk_compat import span_processors_of
 from ..settings import Settings
+from .location import SETUP, AppCode, lazy_loaded_relationship, location_of
 from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
 
 _CLIENT = SpanKind.CLIENT

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import attributes as A
-from .._pending import PendingByRequest
+from .._pipeline.pending import PendingByRequest
 from .._pipeline.record import Query, Request, Rollup
-from .._suggest import relationship_fix
+from .._pipeline.suggest import relationship_fix
 from .history import QueryHistory
 
 #: a request's queries wait for its root span (which names the route) in a bounded table:

@@ -20,11 +20,11 @@ from typing import Any
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
-from . import attributes as A
-from ._pending import PendingByRequest
-from ._pipeline.record import Query, Request, Rollup
-from ._suggest import relationship_fix
-from .settings import Settings
+from .. import attributes as A
+from ..settings import Settings
+from .pending import PendingByRequest
+from .record import Query, Request, Rollup
+from .suggest import relationship_fix
 
 _WINDOW_S = 60.0
 _OVERALL_PER_MINUTE = 120
