@@ -56,9 +56,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates, _pools, _transactions
-from otel_dbperf._otlp import SpanEncoder, fast_exporter
 from otel_dbperf._pipeline.location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
+from otel_dbperf.exporters._otlp import SpanEncoder, fast_exporter
 
 QUERIES_PER_REQUEST = 10
 STOCK = "otel-dbperf, stock encoder"  # otel-dbperf with DBPERF_OTLP_ENCODER=stock

@@ -26,12 +26,12 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from . import _forksafe, _prefork
-from ._backend import WatchedSpanExporter
 from ._guard import step
-from ._otlp import fast_exporter
 from ._pipeline import DbPerfSpanProcessor, SpanDeriver, Thresholds
 from ._sdk_compat import CHECKED, exporter_entry_point_name, is_sdk_meter_provider, replaced, span_layout_ok
 from ._startup_log import startup_warning
+from .exporters._otlp import fast_exporter
+from .exporters._watch import WatchedSpanExporter
 from .settings import Settings, describe_effective
 
 _log = logging.getLogger("otel_dbperf")

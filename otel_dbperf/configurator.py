@@ -8,7 +8,6 @@ from typing import Any
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.environment_variables import OTEL_CONFIG_FILE
 
-from ._backend import watching
 from ._guard import step
 from ._logs import start_log_hook
 from ._runtime import (
@@ -20,6 +19,7 @@ from ._runtime import (
     sdk_patches,
     start_derived,
 )
+from .exporters._watch import watching
 
 
 class DbPerfConfigurator(_OTelSDKConfigurator):

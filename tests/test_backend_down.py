@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy import create_engine
 
-from otel_dbperf import _backend
+from otel_dbperf.exporters import _watch as _backend
 from otel_dbperf.settings import Settings
 
 APP = "flask_app:app"

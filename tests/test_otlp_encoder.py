@@ -44,10 +44,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from support.pipeline import Pipeline
 
-from otel_dbperf import Settings, _guard, _otlp, _runtime
+from otel_dbperf import Settings, _guard, _runtime
 from otel_dbperf import attributes as A
-from otel_dbperf._backend import WatchedSpanExporter
-from otel_dbperf._otlp import FastOTLPSpanExporter, SpanEncoder, fast_exporter
+from otel_dbperf.exporters import _otlp
+from otel_dbperf.exporters._otlp import FastOTLPSpanExporter, SpanEncoder, fast_exporter
+from otel_dbperf.exporters._watch import WatchedSpanExporter
 
 
 def stock_bytes(spans: Sequence[ReadableSpan]) -> bytes:

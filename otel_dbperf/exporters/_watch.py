@@ -37,10 +37,10 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import _forksafe
-from ._guard import internal_error
+from .. import _forksafe
+from .._guard import internal_error
+from ..settings import Settings
 from ._otlp import FastOTLPSpanExporter
-from .settings import Settings
 
 REPEAT_S = 300.0  # while exports of a signal keep failing, the line is repeated at most this often
 GRACE_S = 0.25  # after the bound: time for exports to notice their exporter was shut down

@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
-from ._guard import internal_error
+from .._guard import internal_error
 
 _log = logging.getLogger("otel_dbperf")
 
