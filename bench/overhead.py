@@ -55,9 +55,12 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
-from otel_dbperf import DbPerfSpanProcessor, Settings, _duplicates, _pools, _transactions
+from otel_dbperf import DbPerfSpanProcessor, Settings
 from otel_dbperf._pipeline.location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
+from otel_dbperf._sqla import duplicates as _duplicates
+from otel_dbperf._sqla import pools as _pools
+from otel_dbperf._sqla import transactions as _transactions
 from otel_dbperf.exporters._otlp import SpanEncoder, fast_exporter
 
 QUERIES_PER_REQUEST = 10

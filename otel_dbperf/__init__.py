@@ -43,9 +43,9 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     connections that ``SQLite3Instrumentor`` instruments trace ``execute``,
     ``executemany`` and ``executescript`` too.
     """
-    from . import _sqlalchemy
     from ._guard import step
     from ._runtime import current_settings, start_duplicates, start_explain, start_pools
+    from ._sqla import instrument as _sqlalchemy
     from .configurator import DbPerfConfigurator
     from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
 

@@ -16,7 +16,7 @@ def post_instrument() -> None:
     Each step is independent: one that fails turns off its own feature (one stderr line
     says which), never the next.
     """
-    from . import _sqlalchemy
+    from ._sqla import instrument as _sqlalchemy
 
     settings = current_settings()
     step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)

@@ -412,7 +412,7 @@ def start_explain(settings: Settings) -> None:
             "SQLAlchemy engines only, so there will be none"
         )
         return
-    from ._explain import ExplainConfig, Explainer, install
+    from ._sqla.explain import ExplainConfig, Explainer, install
 
     config = ExplainConfig(analyze=settings.explain_analyze, timeout_ms=settings.explain_timeout_ms)
     explainer = Explainer(config)
@@ -424,7 +424,7 @@ def start_explain(settings: Settings) -> None:
 def start_duplicates(settings: Settings) -> None:
     """Exact duplicate queries: a digest of each query's parameters (see ``_duplicates``)."""
     if settings.enabled and runtime.processor is not None:
-        from . import _duplicates
+        from ._sqla import duplicates as _duplicates
 
         _duplicates.install()
 
@@ -433,7 +433,9 @@ def start_pools(settings: Settings) -> None:
     """Connection pools and transactions of every SQLAlchemy engine (see ``_pools``, ``_transactions``)."""
     if not settings.enabled or runtime.processor is None or "sqlalchemy" not in sys.modules:
         return
-    from . import __version__, _pools, _transactions
+    from . import __version__
+    from ._sqla import pools as _pools
+    from ._sqla import transactions as _transactions
 
     _pools.install(settings.slow_query_threshold_ms, runtime.meter_provider, __version__)
     _transactions.install(settings.long_transaction_ms)

@@ -16,9 +16,9 @@ from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONFIGURATOR
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
-from . import _sqlalchemy
 from ._guard import step
 from ._runtime import current_settings
+from ._sqla import instrument as _sqlalchemy
 from .metrics import SYSTEM_METRICS_CONFIG
 
 NAME = "otel_dbperf"  # the name of our distro and configurator entry points

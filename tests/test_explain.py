@@ -31,8 +31,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from support.pipeline import instrument_sqlalchemy, uninstrument_sqlalchemy
 
-from otel_dbperf import _explain
-from otel_dbperf._explain import ExplainConfig, Explainer, Plan, refusal
+from otel_dbperf._sqla import explain as _explain
+from otel_dbperf._sqla.explain import ExplainConfig, Explainer, Plan, refusal
 
 REQUIRE_SERVICES = os.environ.get("DBPERF_REQUIRE_SERVICES") == "1"
 BIG = "dbperf_explain_big"  # 50k rows, no index on name or qty

@@ -22,8 +22,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 import otel_dbperf
-from otel_dbperf import Settings, _explain, _forksafe, _guard, _prefork
+from otel_dbperf import Settings, _forksafe, _guard, _prefork
 from otel_dbperf import attributes as A
+from otel_dbperf._sqla import explain as _explain
 from otel_dbperf.exporters.otlp_json_file import OTLPJsonFileSpanExporter
 from otel_dbperf.profiler import HistorySink, QueryHistory
 

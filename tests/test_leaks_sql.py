@@ -32,8 +32,8 @@ from support.pipeline import Pipeline
 
 from otel_dbperf import Settings
 from otel_dbperf import attributes as A
-from otel_dbperf._explain import ExplainConfig, Explainer, refusal
 from otel_dbperf._sql import analyze
+from otel_dbperf._sqla.explain import ExplainConfig, Explainer, refusal
 
 LOCK_KEY = 731_004  # the advisory lock a smuggled statement takes (PostgreSQL)
 MARIA_LOCK = "dbperf_leak_sql_smuggled"  # the named lock one takes (MariaDB)

@@ -17,9 +17,11 @@ from sqlalchemy import exc, text
 from sqlalchemy.pool import NullPool, StaticPool
 from support.pipeline import Pipeline, instrument_sqlalchemy, uninstrument_sqlalchemy
 
-from otel_dbperf import Settings, _pools, _transactions
+from otel_dbperf import Settings
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
+from otel_dbperf._sqla import pools as _pools
+from otel_dbperf._sqla import transactions as _transactions
 from otel_dbperf.metrics import default_views
 
 POOL_NAME = "db.client.connection.pool.name"

@@ -15,7 +15,7 @@ from support.pipeline import Pipeline
 
 from otel_dbperf import Settings
 from otel_dbperf import attributes as A
-from otel_dbperf._explain import ExplainConfig, Explainer
+from otel_dbperf._sqla.explain import ExplainConfig, Explainer
 from otel_dbperf.metrics import default_views
 from otel_dbperf.profiler import QueryHistory
 from otel_dbperf.settings import VARIABLES

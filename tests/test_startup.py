@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from conftest import APPS, BIN, base_env, get, serve
 
-from otel_dbperf import _guard, _hooks, _runtime, _sqlalchemy
+from otel_dbperf import _guard, _hooks, _runtime
 from otel_dbperf import attributes as A
+from otel_dbperf._sqla import instrument as _sqlalchemy
 from otel_dbperf.settings import Settings
 
 # ---- SQLAlchemy without greenlet ------------------------------------------------------------

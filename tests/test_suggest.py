@@ -18,10 +18,11 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, selectinload
 from support.pipeline import Traced
 
-from otel_dbperf import Settings, _duplicates
+from otel_dbperf import Settings
 from otel_dbperf import attributes as A
 from otel_dbperf._pipeline.derive import SpanDeriver
 from otel_dbperf._pipeline.slowlog import SlowQueryLog
+from otel_dbperf._sqla import duplicates as _duplicates
 from otel_dbperf.profiler import HistorySink, QueryHistory
 from otel_dbperf.report import ReadStats, Report, read_spans, render_text
 from otel_dbperf.report_html import render_html
@@ -215,7 +216,7 @@ def test_parameters_never_appear_in_any_output(harness: Harness, caplog: pytest.
 
 
 def test_digest_is_keyed_per_process_and_equal_for_equal_parameters() -> None:
-    from otel_dbperf._pipeline.params import NONE, digest
+    from otel_dbperf._sqla.params import NONE, digest
 
     assert digest({"a": 1, "b": "x"}) == digest({"a": 1, "b": "x"})
     assert digest({"a": 1, "b": "x"}) != digest({"a": 2, "b": "x"})

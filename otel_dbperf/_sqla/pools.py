@@ -37,13 +37,13 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import _error_kind, _forksafe
-from . import attributes as A
-from . import metric_names as M
-from ._error_kind import POOL_TIMEOUT
-from ._guard import internal_error
-from ._pipeline import current_request
-from .metrics import METER_NAME
+from .. import _error_kind, _forksafe
+from .. import attributes as A
+from .. import metric_names as M
+from .._error_kind import POOL_TIMEOUT
+from .._guard import internal_error
+from .._pipeline import current_request
+from ..metrics import METER_NAME
 
 POOL_NAME = A.DB_CLIENT_CONNECTION_POOL_NAME
 STATE = "db.client.connection.state"

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
-from ._startup_log import log as _log
-from ._startup_log import startup_warning
-from .settings import Settings
+from .._startup_log import log as _log
+from .._startup_log import startup_warning
+from ..settings import Settings
 
 TESTED_BELOW = (2, 2)  # SQLAlchemy versions otel-dbperf's tests cover: < 2.2
 REFUSED_FROM = (3, 0)  # an untested major: not instrumented

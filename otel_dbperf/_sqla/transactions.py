@@ -20,10 +20,10 @@ import time
 from itertools import islice
 from typing import Any
 
-from . import _forksafe
-from . import attributes as A
-from ._guard import internal_error
-from ._pipeline import current_request
+from .. import _forksafe
+from .. import attributes as A
+from .._guard import internal_error
+from .._pipeline import current_request
 
 _MAX_OPEN = 10_000  # open transactions followed at once (connections that never commit are dropped)
 _now = time.perf_counter_ns

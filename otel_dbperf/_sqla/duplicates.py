@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _forksafe
-from ._guard import internal_error
-from ._pipeline.params import digest
-from ._pipeline.processor import open_query
-from ._sdk_compat import contrib_query_span
+from .. import _forksafe
+from .._guard import internal_error
+from .._pipeline.processor import open_query
+from .._sdk_compat import contrib_query_span
+from .params import digest
 
 _installed: Any = None
 _lock = _forksafe.lock("duplicates.install")

@@ -30,12 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import _forksafe
-from . import attributes as A
-from ._guard import internal_error
-from ._pipeline.processor import open_query
-from ._sdk_compat import contrib_query_span
-from ._sql import _MAX_SCAN, analyze, code_tokens
+from .. import _forksafe
+from .. import attributes as A
+from .._guard import internal_error
+from .._pipeline.processor import open_query
+from .._sdk_compat import contrib_query_span
+from .._sql import _MAX_SCAN, analyze, code_tokens
 
 _log = logging.getLogger("otel_dbperf")
 

@@ -1,0 +1,1 @@
+"""The class-level SQLAlchemy listeners and the instrumentation fix-ups."""
