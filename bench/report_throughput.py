@@ -116,7 +116,7 @@ def main() -> int:
     try:
         t = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "otel_dbperf.cli", "report", "--json", path],
+            [sys.executable, "-m", "otel_dbperf.report.cli", "report", "--json", path],
             capture_output=True,
             text=True,
             check=True,

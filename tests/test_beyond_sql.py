@@ -19,7 +19,7 @@ from support.pipeline import make
 from otel_dbperf import _nosql
 from otel_dbperf import attributes as A
 from otel_dbperf._sql import analyze
-from otel_dbperf.cli import EXIT_OK, main
+from otel_dbperf.report.cli import EXIT_OK, main
 
 
 def line_in(path: str, name: str) -> int:

@@ -17,7 +17,7 @@ from support.celery_worker import client as celery_client
 
 from otel_dbperf import attributes as A
 from otel_dbperf import metric_names as M
-from otel_dbperf.cli import EXIT_OK, main
+from otel_dbperf.report.cli import EXIT_OK, main
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,7 @@ from conftest import base_env, free_port, get, get_json, serve, server_output
 from sqlalchemy import create_engine
 
 from otel_dbperf import attributes as A
-from otel_dbperf.cli import main
+from otel_dbperf.report.cli import main
 
 APP = "suggest_app:app"
 NUMBER = 5_180_273_349 + 1

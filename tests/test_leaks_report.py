@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from support.chromium import FLAGS
 from support.chromium import chromium as _chromium
 
-from otel_dbperf.cli import EXIT_NO_DATA, EXIT_OK, main
+from otel_dbperf.report.cli import EXIT_NO_DATA, EXIT_OK, main
 
 SAMPLE = Path(__file__).parent / "data" / "collector_file_exporter.jsonl"
 T0 = 1_763_800_000_000_000_000  # ns
@@ -288,7 +288,9 @@ def test_the_pages_forbid_scripts(tmp_path: Path) -> None:
 def test_html_is_escaped_by_construction() -> None:
     """The pages are built from constant templates whose fields are escaped unless the code made them
     markup: no f-string, no % or str.format builds HTML, and text that is not markup is escaped."""
-    from otel_dbperf import _markup, report_compare_html, report_html
+    from otel_dbperf.report import compare_html as report_compare_html
+    from otel_dbperf.report import html as report_html
+    from otel_dbperf.report import markup as _markup
 
     for module in (report_html, report_compare_html):
         tree = ast.parse(Path(str(module.__file__)).read_text())

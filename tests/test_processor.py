@@ -228,8 +228,8 @@ def test_pending_tables_are_bounded(traced: Traced, monkeypatch: pytest.MonkeyPa
         (("/",), os.path.join(os.path.dirname(os.__file__), "contextlib.py"), False),  # the standard library
         (("/",), _processor.__file__, False),  # otel-dbperf itself
         (
-            (os.path.dirname(otel_dbperf.__file__) + "/demo",),
-            os.path.dirname(otel_dbperf.__file__) + "/demo/shop.py",
+            (os.path.dirname(otel_dbperf.__file__) + "/report/demo",),
+            os.path.dirname(otel_dbperf.__file__) + "/report/demo/shop.py",
             True,
         ),
         (("/usr/lib/python3/dist-packages/shop",), "/usr/lib/python3/dist-packages/shop/app.py", True),  # named

@@ -19,9 +19,9 @@ from opentelemetry.trace import SpanKind
 from support.pipeline import Pipeline
 
 from otel_dbperf import Settings
-from otel_dbperf.cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, main
 from otel_dbperf.exporters.otlp_json_file import OTLPJsonFileSpanExporter
-from otel_dbperf.report import ReadStats, read_spans
+from otel_dbperf.report.cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, main
+from otel_dbperf.report.summary import ReadStats, read_spans
 
 SAMPLE = Path(__file__).parent / "data" / "collector_file_exporter.jsonl"  # written from the OTLP/JSON spec
 # the same spans as protobuf's JSON mapping writes them (the Collector's file exporter with jsonpb, protojson,
@@ -225,7 +225,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    shop = root / "otel_dbperf" / "demo" / "shop.py"
+    shop = root / "otel_dbperf" / "report" / "demo" / "shop.py"
     lines = shop.read_text().splitlines()
     search_line = next(i for i, line in enumerate(lines, 1) if ".like(" in line)
     loop_line = next(i for i, line in enumerate(lines, 1) if "len(c.orders)" in line)

@@ -13,8 +13,8 @@ import pytest
 from conftest import BIN
 from support.otlp_lines import DAY, T0, request, two_windows, write
 
-from otel_dbperf.cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, main
-from otel_dbperf.report_compare import EXIT_REGRESSION, SCHEMA
+from otel_dbperf.report.cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, main
+from otel_dbperf.report.compare import EXIT_REGRESSION, SCHEMA
 
 
 def compare(*args: str) -> tuple[int, dict[str, Any]]:
@@ -256,7 +256,7 @@ def test_demo_runs_n_plus_one_fixed_then_a_new_slow_query(tmp_path: Path) -> Non
     # The run with the N+1 fixed flags nothing slow under 1 s: its new IN query (about 1 ms) would be a
     # "new slow query" at 20 ms whenever a loaded machine stalls it once, and that is not what is tested.
     base, fixed, slow = _demos(tmp_path, ("", 20), ("n+1-fixed", 1000), ("slow-query", 20))
-    shop = Path(__file__).parent.parent / "otel_dbperf" / "demo" / "shop.py"
+    shop = Path(__file__).parent.parent / "otel_dbperf" / "report" / "demo" / "shop.py"
     lines = shop.read_text().splitlines()
     loop_line = next(i for i, line in enumerate(lines, 1) if "len(c.orders)" in line)
     mentions_line = next(i for i, line in enumerate(lines, 1) if ".contains(found.name)" in line)

@@ -12,8 +12,8 @@ from support.chromium import chromium as _chromium
 from support.chromium import pixels as _pixels
 from support.otlp_lines import DAY, T0, request, two_windows, write
 
-from otel_dbperf.cli import main
-from otel_dbperf.report_compare import EXIT_REGRESSION
+from otel_dbperf.report.cli import main
+from otel_dbperf.report.compare import EXIT_REGRESSION
 
 
 def test_comparison_page_renders_in_chromium(tmp_path: Path) -> None:

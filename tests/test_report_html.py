@@ -11,7 +11,7 @@ from support.chromium import FLAGS as CHROMIUM_FLAGS
 from support.chromium import chromium as _chromium
 from support.chromium import pixels as _pixels
 
-from otel_dbperf.cli import EXIT_OK, main
+from otel_dbperf.report.cli import EXIT_OK, main
 
 SAMPLE = Path(__file__).parent / "data" / "collector_file_exporter.jsonl"
 

@@ -24,8 +24,8 @@ from otel_dbperf._pipeline.derive import SpanDeriver
 from otel_dbperf._pipeline.slowlog import SlowQueryLog
 from otel_dbperf._sqla import duplicates as _duplicates
 from otel_dbperf.profiler import HistorySink, QueryHistory
-from otel_dbperf.report import ReadStats, Report, read_spans, render_text
-from otel_dbperf.report_html import render_html
+from otel_dbperf.report.html import render_html
+from otel_dbperf.report.summary import ReadStats, Report, read_spans, render_text
 
 HERE = str(Path(__file__).parent)
 CANARY = "CANARY_dup_4f1e9a_param_YRANAC"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .._progress import progress
+from ..progress import progress
 
 HERE = Path(__file__).resolve().parent
 TRAFFIC: tuple[tuple[str, str], ...] = (

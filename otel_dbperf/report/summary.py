@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from . import attributes as A
-from ._markup import printable_data
-from ._pipeline.route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
+from .. import attributes as A
+from .._pipeline.route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
+from .markup import printable_data
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint

@@ -31,8 +31,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from ._markup import printable_data
-from .report import Filters, FingerprintStats, ReadStats, Report, json_text, link_text, read_spans, trace_link
+from .markup import printable_data
+from .summary import Filters, FingerprintStats, ReadStats, Report, json_text, link_text, read_spans, trace_link
 
 EXIT_REGRESSION = 4
 SCHEMA = "otel-dbperf.report.compare/1"
@@ -442,8 +442,8 @@ def _read(names: list[str], reports: list[Report], stats: ReadStats) -> str | No
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """``otel-dbperf report`` with a baseline: exit 0, 2 (usage, unreadable file), 3 (no data) or 4."""
+    from ..settings import Settings
     from .cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE
-    from .settings import Settings
 
     def fail(message: str, code: int = EXIT_USAGE) -> int:
         print(f"otel-dbperf report: {message}", file=sys.stderr)
@@ -479,7 +479,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     thresholds = Thresholds(args.p95_ratio, args.total_ratio, args.min_count, args.min_delta_ms)
     data = compare(baseline, current, baseline_stats, current_stats, thresholds, Settings.from_env().jaeger_url)
     if args.html:
-        from .report_compare_html import render_html
+        from .compare_html import render_html
 
         try:
             with open(args.html, "w", encoding="utf-8") as page:

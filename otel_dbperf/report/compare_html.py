@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._markup import Markup, html, join
-from .report_compare import rules_text
-from .report_html import _CSS, _link, head
+from .compare import rules_text
+from .html import _CSS, _link, head
+from .markup import Markup, html, join
 
 _WORSE, _BETTER, _BEFORE, _NOW = "#b42318", "#067647", "#98a2b3", "#3d6fe0"
 _EXTRA_CSS = Markup("""

@@ -13,11 +13,11 @@ import sys
 from datetime import datetime
 from typing import TextIO
 
-from . import report_compare
-from ._markup import printable
-from ._progress import progress
-from .report import Filters, ReadStats, Report, json_text, read_spans, render_text
-from .settings import Settings
+from ..settings import Settings
+from . import compare as report_compare
+from .markup import printable
+from .progress import progress
+from .summary import Filters, ReadStats, Report, json_text, read_spans, render_text
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_DATA = 0, 2, 3
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return EXIT_NO_DATA
     data = report.as_dict(stats, Settings.from_env().jaeger_url)
     if args.html:
-        from .report_html import render_html
+        from .html import render_html
 
         try:
             with open(args.html, "w", encoding="utf-8") as page:

@@ -10,7 +10,7 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._markup import Markup, html, join
+from .markup import Markup, html, join
 
 _CSS = Markup("""
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330;
