@@ -26,15 +26,15 @@ than ``min_count`` spans on a side are counted as not judged.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from ..settings import Settings
+from .console import EXIT_NO_DATA, EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, time_ns
 from .markup import printable_data
-from .summary import Filters, FingerprintStats, ReadStats, Report, json_text, link_text, read_spans, trace_link
+from .summary import Filters, FingerprintStats, ReadStats, Report, json_text, link_text, read_files, trace_link
 
-EXIT_REGRESSION = 4
 SCHEMA = "otel-dbperf.report.compare/1"
 
 
@@ -369,19 +369,17 @@ def _ms_arg(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import _time_ns
-
     d = Thresholds()
     g = parser.add_argument_group(
         "comparison with a baseline", "exit code 4 with --fail-on-regression when anything regressed"
     )
     g.add_argument("--baseline", nargs="+", metavar="OLD", help="compare FILE... with these OTLP JSON lines")
     g.add_argument(
-        "--baseline-since", type=_time_ns, default=0, help="baseline: only spans starting at or after (ISO 8601)"
+        "--baseline-since", type=time_ns, default=0, help="baseline: only spans starting at or after (ISO 8601)"
     )
     g.add_argument(
         "--baseline-until",
-        type=_time_ns,
+        type=time_ns,
         default=0,
         help="baseline: only spans starting at or before; without --baseline, the baseline is this window of "
         "FILE... and the compared window starts after it",
@@ -421,29 +419,8 @@ def requested(args: argparse.Namespace) -> bool:
     return bool(args.baseline or args.baseline_since or args.baseline_until or args.fail_on_regression)
 
 
-def _read(names: list[str], reports: list[Report], stats: ReadStats) -> str | None:
-    """Feeds every span of ``names`` to each report; the error message when a file cannot be read."""
-    from .cli import _Progress
-
-    for name in names:
-        try:
-            stream = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")  # noqa: SIM115
-            size = 0 if name == "-" else os.path.getsize(name)
-        except OSError as exc:
-            return f"cannot read {name}: {exc.strerror}"
-        bar = _Progress(name, size, sys.stderr)
-        with stream:
-            for span in read_spans(stream, stats, on_line=bar.advance, name=name):
-                for report in reports:
-                    report.add(span)
-        bar.done()
-    return None
-
-
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """``otel-dbperf report`` with a baseline: exit 0, 2 (usage, unreadable file), 3 (no data) or 4."""
-    from ..settings import Settings
-    from .cli import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE
 
     def fail(message: str, code: int = EXIT_USAGE) -> int:
         print(f"otel-dbperf report: {message}", file=sys.stderr)
@@ -459,10 +436,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     current_stats = ReadStats()
     if args.baseline:
         baseline_stats = ReadStats()
-        error = _read(args.files, [current], current_stats) or _read(args.baseline, [baseline], baseline_stats)
+        error = read_files(args.files, [current], current_stats) or read_files(
+            args.baseline, [baseline], baseline_stats
+        )
     else:
         baseline_stats = current_stats
-        error = _read(args.files, [current, baseline], current_stats)
+        error = read_files(args.files, [current, baseline], current_stats)
     if error:
         return fail(error)
     for side, stats, report, names in (
@@ -483,7 +462,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
         try:
             with open(args.html, "w", encoding="utf-8") as page:
-                page.write(render_html(data))
+                page.write(render_html(data, rules_text(data["thresholds"])))
         except OSError as exc:
             return fail(f"cannot write {args.html}: {exc.strerror}")
     out.write((json_text(data) if args.json else render_text(data, args.top)) + "\n")

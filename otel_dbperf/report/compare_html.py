@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .compare import rules_text
 from .html import _CSS, _link, head
 from .markup import Markup, html, join
 
@@ -240,7 +239,7 @@ def _n1_table(title: str, kind: str, colour: str, entries: list[dict[str, Any]])
     return join(out)
 
 
-def render_html(data: dict[str, Any]) -> str:
+def render_html(data: dict[str, Any], rules: str) -> str:
     fps, routes, b, c = data["fingerprints"], data["routes"], data["baseline"], data["current"]
     verdict = (
         html('<div class="verdict bad">Regressed: {} regression(s)</div>', data["regression_count"])
@@ -291,7 +290,7 @@ def render_html(data: dict[str, Any]) -> str:
             "requests, {c[db_spans]} DB spans. Rules: {rules}.</p>",
             b=b,
             c=c,
-            rules=rules_text(data["thresholds"]),
+            rules=rules,
         ),
         html("<h2>p95 per query: baseline and now</h2>"),
         html(

@@ -15,8 +15,10 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
 import random
 import re
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import Any, TextIO
 
 from .. import attributes as A
 from .._pipeline.route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
+from .console import FileProgress
 from .markup import printable_data
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
@@ -634,6 +637,24 @@ class Report:
                 for _, _, e in sorted(self.slowest, key=lambda t: -t[0])
             ],
         }
+
+
+def read_files(names: list[str], reports: list[Report], stats: ReadStats) -> str | None:
+    """Feeds every span of ``names`` (``-``: standard input) to each report, with a progress bar on a
+    terminal; the error message when a file cannot be read."""
+    for name in names:
+        try:
+            stream = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")  # noqa: SIM115
+            size = 0 if name == "-" else os.path.getsize(name)
+        except OSError as exc:
+            return f"cannot read {name}: {exc.strerror}"
+        bar = FileProgress(name, size, sys.stderr)
+        with stream:
+            for span in read_spans(stream, stats, on_line=bar.advance, name=name):
+                for report in reports:
+                    report.add(span)
+        bar.done()
+    return None
 
 
 def json_text(data: dict[str, Any]) -> str:

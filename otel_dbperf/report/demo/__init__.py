@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..progress import progress
+from ..console import progress
 
 HERE = Path(__file__).resolve().parent
 TRAFFIC: tuple[tuple[str, str], ...] = (
@@ -130,18 +130,13 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the demo server did not start within 60 s; see server.log in the output folder")
 
 
-def main(argv: Sequence[str], out: TextIO) -> int:
+def main(argv: Sequence[str]) -> Path | None:
+    """``otel-dbperf demo [options]``: the spans file, for the report; None when it could not run."""
     import argparse
-
-    from .. import cli
 
     parser = argparse.ArgumentParser(prog="otel-dbperf demo")
     parser.add_argument("--out", default="dbperf-demo", help="folder for the database, spans and server log")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of traffic over the routes (default 5)")
     parser.add_argument("--products", type=int, default=400_000, help="rows in the searched table")
     args = parser.parse_args(argv)
-    spans = run(args.out, args.rounds, args.products)
-    if spans is None:
-        return cli.EXIT_USAGE
-    print(f"\nspans written to {spans}; the report:\n", file=out)
-    return cli.main(["report", "--top", "5", str(spans)], out=out)
+    return run(args.out, args.rounds, args.products)
