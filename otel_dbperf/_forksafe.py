@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,25 @@ _callbacks: list[Any] = []  # weakref.WeakMethod or a plain function
 _locks: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # lock -> its name
 _semaphores: weakref.WeakKeyDictionary[Any, tuple[str, int]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()  # the registry's own: renewed first in the child, like the others
+
+
+def _print_error(where: str, exc: BaseException) -> None:
+    traceback.print_exception(exc)
+
+
+class _State:
+    """This module's state (what is rebound; the registries above are only mutated)."""
+
+    #: how a failed callback is reported: ``_guard`` (which makes its own lock here) sets its own
+    report_error: Callable[[str, BaseException], None] = staticmethod(_print_error)
+
+
+_state = _State()
+
+
+def report_errors_with(report: Callable[[str, BaseException], None]) -> None:
+    """How a callback that fails in the child is reported (``_guard.internal_error``'s guarded form)."""
+    _state.report_error = report
 
 
 def lock(name: str) -> threading.Lock:
@@ -87,9 +107,7 @@ def _renew_locks() -> None:
 
 def after_in_child() -> None:
     """What the child runs (only ever in a freshly forked child: it unlocks every registered lock)."""
-    from . import _guard  # here: _guard makes its lock with this module
-
-    _renew_locks()  # internal_error (_guard's lock) must work in the callbacks below
+    _renew_locks()  # the error report (_guard's lock) must work in the callbacks below
     for ref in list(_callbacks):
         callback = ref() if isinstance(ref, weakref.WeakMethod) else ref
         if callback is None:
@@ -97,13 +115,7 @@ def after_in_child() -> None:
         try:
             callback()
         except Exception as exc:  # noqa: BLE001 - a fork hook never breaks the child
-            try:
-                _guard.internal_error("after_fork", exc)
-            except Exception:  # noqa: BLE001 - re-raised under pytest: visible, never propagated into fork()
-                import traceback
-
-                traceback.print_exc()
-                _guard.errors += 1
+            _state.report_error("after_fork", exc)
 
 
 if hasattr(os, "register_at_fork"):

@@ -109,3 +109,19 @@ def guarded(where: str, default: Any = None) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+def _after_fork_error(where: str, exc: BaseException) -> None:
+    """A fork callback's failure: an internal error; re-raised under pytest, it is printed and counted
+    instead (never propagated into ``fork()``)."""
+    global errors
+    try:
+        internal_error(where, exc)
+    except Exception:  # noqa: BLE001 - visible, never propagated into fork()
+        import traceback
+
+        traceback.print_exc()
+        errors += 1
+
+
+_forksafe.report_errors_with(_after_fork_error)
