@@ -44,10 +44,11 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     ``executemany`` and ``executescript`` too.
     """
     from ._guard import step
-    from ._runtime import current_settings, start_duplicates, start_explain, start_pools
+    from ._runtime import start_duplicates, start_explain, start_pools
     from ._sqla import instrument as _sqlalchemy
     from .configurator import DbPerfConfigurator
     from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
+    from .settings import current_settings
 
     DbPerfDistro().configure()
     DbPerfConfigurator().configure(**kwargs)  # type: ignore[no-untyped-call]

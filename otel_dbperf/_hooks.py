@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from ._guard import guarded, step
-from ._runtime import current_settings, runtime, start_duplicates, start_explain, start_pools
+from ._runtime import runtime, start_duplicates, start_explain, start_pools
 from ._startup_log import startup_warning
+from .settings import current_settings
 
 
 @guarded("post_instrument")

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
@@ -57,19 +56,6 @@ class Runtime:
 
 
 runtime = Runtime()
-
-
-@lru_cache(maxsize=1)
-def current_settings() -> Settings:
-    """The process's settings, parsed once (so each bad value warns once)."""
-    settings = Settings.from_env()
-    if settings.log_level and not _log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        _log.addHandler(handler)
-        _log.setLevel(settings.log_level)
-        _log.propagate = False
-    return settings
 
 
 def sdk_kwargs(settings: Settings) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from opentelemetry.sdk.environment_variables import OTEL_CONFIG_FILE
 from ._guard import step
 from ._logs import start_log_hook
 from ._runtime import (
-    current_settings,
     log_effective,
     refuse_declarative,
     runtime,
@@ -20,6 +19,7 @@ from ._runtime import (
     start_derived,
 )
 from .exporters._watch import watching
+from .settings import current_settings
 
 
 class DbPerfConfigurator(_OTelSDKConfigurator):

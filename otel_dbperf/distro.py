@@ -17,9 +17,9 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONF
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from ._guard import step
-from ._runtime import current_settings
 from ._sqla import instrument as _sqlalchemy
 from .metrics import SYSTEM_METRICS_CONFIG
+from .settings import current_settings
 
 NAME = "otel_dbperf"  # the name of our distro and configurator entry points
 

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import Any, Literal
 
 _log = logging.getLogger("otel_dbperf")
@@ -337,3 +338,16 @@ def describe_effective(settings: Settings, environ: Mapping[str, str] | None = N
         value = "***" if _is_secret_name(name) else mask_url(env[name])
         parts.append(f"{name}={value!r}")
     return "otel-dbperf effective configuration: " + ", ".join(parts)
+
+
+@lru_cache(maxsize=1)
+def current_settings() -> Settings:
+    """The process's settings, parsed once (so each bad value warns once)."""
+    settings = Settings.from_env()
+    if settings.log_level and not _log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(settings.log_level)
+        _log.propagate = False
+    return settings

@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import _forksafe
 from .._guard import internal_error
-from .._runtime import current_settings
 from .._startup_log import startup_warning
+from ..settings import current_settings
 
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")
 
