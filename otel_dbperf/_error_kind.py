@@ -124,7 +124,7 @@ listener: Any = None
 def counted(kind: str, request: Any) -> None:
     """A failed DB span of ``kind`` (request thread, errors only): the request's count and the counter.
 
-    Pool timeouts are counted where the checkout failed (:mod:`otel_dbperf._pools`), which sees them
+    Pool timeouts are counted where the checkout failed (:mod:`otel_dbperf._sqla.pools`), which sees them
     with or without a span around the checkout.
     """
     if kind == POOL_TIMEOUT:

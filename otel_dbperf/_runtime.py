@@ -24,7 +24,7 @@ from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from . import _forksafe, _prefork
+from . import _prefork
 from ._guard import step
 from ._pipeline import DbPerfSpanProcessor, SpanDeriver, Thresholds
 from ._sdk_compat import CHECKED, exporter_entry_point_name, is_sdk_meter_provider, replaced, span_layout_ok
@@ -47,11 +47,6 @@ class Runtime:
     metric_exporters: str = ""  # OTEL_METRICS_EXPORTER as the SDK saw it
     fork_hooks: Any = None
     explainer: Any = None
-    profiler: Any = None  # the profiler API's own HTTP server
-    profiler_hub: Any = None  # under a pre-fork server's master: the merged history of its workers
-    profiler_relay: Any = None
-    profiler_worker: Any = None
-    profiler_mount: Any = None
     meter_provider: Any = None  # the SDK's, when metrics are exported (None: no derived metrics)
 
 
@@ -224,7 +219,9 @@ def start_derived(settings: Settings) -> None:
     if sink is not None:
         sinks.append(sink)
     if settings.profiler_addr or settings.profiler_mount:
-        sink = step("profiler API setup", "no profiler API", _start_profiler, settings)
+        from .profiler import startup as profiler_startup
+
+        sink = step("profiler API setup", "no profiler API", profiler_startup.start_profiler, settings, _drain_deriver)
         if sink is not None:
             sinks.append(sink)
     if meter_provider is None and not sinks:
@@ -236,154 +233,10 @@ def start_derived(settings: Settings) -> None:
     atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
 
 
-#: set once the start-up said that the mount needs a token (inherited: said once per process tree)
-_MOUNT_REFUSED_ENV = "_OTEL_DB_PROFILER_MOUNT_REFUSED"
-
-
-def _start_profiler(settings: Settings) -> Any:
-    """The profiler API's history sink, or None when it cannot start (one warning says why).
-
-    Under a pre-fork server the master serves the merged view of its workers, each of which
-    answers it on a Unix socket (see :mod:`otel_dbperf.profiler.hub`). ``DBPERF_PROFILER_MOUNT``
-    serves the API on the app's port too (see :mod:`otel_dbperf.profiler.mount`).
-    """
-    from .profiler import HistorySink, QueryHistory, start
-    from .profiler import hub as profiler_hub
-    from .profiler.server import TOKEN_FORMAT, make_api, respond
-
-    token = settings.profiler_token or None
-    if token is not None and not TOKEN_FORMAT.fullmatch(token):
-        # The message never contains the token itself.
-        startup_warning("otel-dbperf: the profiler API is NOT started: DBPERF_PROFILER_TOKEN must be at least "
-                        "16 visible ASCII characters (no spaces)")  # fmt: skip
-        return None
-    mount = settings.profiler_mount
-    if mount and token is None:
-        # Behind a reverse proxy (nginx with proxy_pass alone) every request to the app's port
-        # comes from loopback and names a loopback host: no request can be told to be local.
-        if not os.environ.get(_MOUNT_REFUSED_ENV):  # said once per process tree (spawned workers...)
-            os.environ[_MOUNT_REFUSED_ENV] = "1"
-            startup_warning("otel-dbperf: the profiler API is NOT mounted on the app's port "
-                            "(DBPERF_PROFILER_MOUNT=%s): it needs DBPERF_PROFILER_TOKEN, since behind a reverse "
-                            "proxy every request looks local", mount)  # fmt: skip
-        mount = ""
-        if not settings.profiler_addr:
-            return None
-    server_name = _prefork.prefork_server(os.environ, sys.argv)
-    master = profiler_hub.hub_from_env(os.environ)
-    history = QueryHistory(settings.profiler_max_history)
-    if not server_name and master is not None and os.getppid() == master[0]:
-        if not profiler_hub.is_spawned_worker_of(master, sys.argv):
-            return None  # a helper of the master (multiprocessing's resource tracker): not a worker
-        # uvicorn --workers: a spawned worker
-        try:
-            runtime.profiler_worker = profiler_hub.start_worker(history, master[1], master[0], _drain_deriver)
-        except OSError as exc:
-            startup_warning("otel-dbperf: this worker's queries are NOT in the profiler API: %s", exc)
-            return None
-        if mount and token is not None:
-            _mount(mount, token, _relay_to(master[1]))
-        return HistorySink(history, settings.sanitize_statements)
-    view: Any = history
-    if server_name:
-        merged = profiler_hub.MergedHistory(history)
-        os.environ[profiler_hub.HUB_ENV] = merged.environ_value()  # for the workers, forked or spawned
-        atexit.register(merged.remove_directory)
-        runtime.profiler_hub = view = merged
-        _forksafe.register(_profiler_after_fork_in_child)
-    threshold_s = settings.slow_query_threshold_ms / 1000.0
-    serving = False
-    if settings.profiler_addr:
-        try:
-            server = start(settings.profiler_addr, token, view, threshold_s)
-        except (ValueError, OSError) as exc:
-            startup_warning("otel-dbperf: the profiler API is NOT started (DBPERF_PROFILER_ADDR=%s): %s",
-                            settings.profiler_addr, exc)  # fmt: skip
-        else:
-            serving = True
-            runtime.profiler = server
-            _log.info(
-                "otel-dbperf: profiler API on %s%s", server.url, f" (every {server_name} worker)" * bool(server_name)
-            )
-    if mount and token is not None:
-        api = make_api(view, threshold_s, True)
-        mount_token = token
-
-        def answer(method: str, path: str, query: str, authorization: str | None) -> Any:
-            return respond(api, mount_token, method, path, query, authorization)
-
-        if server_name:  # the workers serve the app's port: they relay to the master
-            try:
-                relay = profiler_hub.MountRelay(view.directory, answer)
-                relay.start()
-                runtime.profiler_relay = relay
-                serving = _mount(mount, token, _relay_to(view.directory)) or serving
-            except OSError as exc:
-                startup_warning("otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): %s",
-                                mount, exc)  # fmt: skip
-        else:
-            serving = _mount(mount, token, answer) or serving
-    if not serving:
-        if server_name:
-            os.environ.pop(profiler_hub.HUB_ENV, None)
-            runtime.profiler_hub = None
-        return None
-    return HistorySink(history, settings.sanitize_statements)
-
-
-def _relay_to(directory: str) -> Any:
-    from .profiler import hub as profiler_hub
-
-    def answer(method: str, path: str, query: str, authorization: str | None) -> Any:
-        request = {"method": method, "path": path, "query": query, "authorization": authorization}
-        return profiler_hub.relay(directory, request)
-
-    return answer
-
-
-def _mount(prefix: str, token: str, answer: Any) -> bool:
-    from .profiler.mount import Mount, install
-
-    mount = Mount(prefix, token, answer)
-    servers = install(mount)
-    if not servers:
-        startup_warning(
-            "otel-dbperf: the profiler API is NOT mounted (DBPERF_PROFILER_MOUNT=%s): neither gunicorn "
-            "nor uvicorn is installed (the mount wraps the app they serve)",
-            prefix,
-        )
-        return False
-    runtime.profiler_mount = mount
-    return True
-
-
 def _drain_deriver() -> None:
     deriver = runtime.deriver
     if deriver is not None:
         deriver.drain(time.monotonic() + 1.0)
-
-
-def _profiler_after_fork_in_child() -> None:
-    """A worker forked by the master (gunicorn): serve this worker's history to the master."""
-    merged = runtime.profiler_hub
-    if merged is None or os.getppid() != merged.master_pid:
-        return  # not a worker of ours (a child of a worker, ...)
-    server, runtime.profiler = runtime.profiler, None
-    if server is not None:
-        server._server.server_close()  # noqa: SLF001 - the master's sockets: not the worker's
-    relay, runtime.profiler_relay = runtime.profiler_relay, None
-    if relay is not None and relay._sock is not None:  # noqa: SLF001
-        relay._sock.close()  # noqa: SLF001 - likewise
-    runtime.profiler_hub = None
-    merged.local.reset()  # the master's own queries are the master's
-    from .profiler import hub as profiler_hub
-
-    try:
-        runtime.profiler_worker = profiler_hub.start_worker(
-            merged.local, merged.directory, merged.master_pid, _drain_deriver
-        )
-    except OSError as exc:
-        _log.warning("otel-dbperf: worker %d's queries are NOT in the profiler API: %s", os.getpid(), exc)
 
 
 def start_explain(settings: Settings) -> None:

@@ -21,6 +21,7 @@ from conftest import APPS, BIN, base_env, get, serve
 from otel_dbperf import _guard, _hooks, _runtime
 from otel_dbperf import attributes as A
 from otel_dbperf._sqla import instrument as _sqlalchemy
+from otel_dbperf.profiler import startup
 from otel_dbperf.settings import Settings
 
 # ---- SQLAlchemy without greenlet ------------------------------------------------------------
@@ -34,7 +35,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from otel_dbperf import _sqlalchemy
+from otel_dbperf._sqla import instrument as _sqlalchemy
 
 exporter = InMemorySpanExporter()
 provider = TracerProvider()
@@ -215,7 +216,7 @@ def derived(monkeypatch: pytest.MonkeyPatch) -> _Processor:
     monkeypatch.setattr(derive, "build_deriver", _Recorder)
     monkeypatch.setattr(_prefork, "ForkHooks", lambda *a: None)
     monkeypatch.setattr(atexit, "register", lambda fn: fn)
-    monkeypatch.setattr(_runtime, "_start_profiler", lambda settings: "profiler-sink")
+    monkeypatch.setattr(startup, "start_profiler", lambda settings, drain: "profiler-sink")
     return processor
 
 
@@ -226,7 +227,7 @@ def test_start_derived_a_failing_profiler_leaves_metrics_and_logs(
     production: None, derived: _Processor, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     otel_logging_only(monkeypatch)
-    monkeypatch.setattr(_runtime, "_start_profiler", _boom)
+    monkeypatch.setattr(startup, "start_profiler", _boom)
     _runtime.start_derived(SETTINGS)
     deriver = _runtime.runtime.deriver
     assert deriver.meter_provider is not None

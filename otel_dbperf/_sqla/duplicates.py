@@ -2,7 +2,7 @@
 
 One class-level SQLAlchemy ``after_cursor_execute`` listener (it runs before contrib's
 instance-level one, which ends the query's span: see ``_explain.install``) takes a keyed
-digest of the query's parameters (:func:`~._pipeline.params.digest`) and leaves it in that
+digest of the query's parameters (:func:`~.params.digest`) and leaves it in that
 span's ``Query`` (``_pipeline``); its request's analysis compares (statement, digest) pairs
 within the request.
 
@@ -10,7 +10,7 @@ Parameters (and anything derived from them) never leave the process: the digest 
 with a random key made in this process, never exported and never logged, and the values are
 not kept. It is taken only for a query of the ORM-level span inside a request (the only place
 duplicates are counted), not for ``executemany`` nor for SQLAlchemy's INSERT/UPDATE/DELETE, and
-not for more than :data:`~._pipeline.params.MAX_PARAMETERS` parameters; the export thread then
+not for more than :data:`~.params.MAX_PARAMETERS` parameters; the export thread then
 counts SELECTs only.
 """
 

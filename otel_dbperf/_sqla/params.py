@@ -1,4 +1,4 @@
-"""A query's parameters, for the exact-duplicate judgement (see :mod:`otel_dbperf._duplicates`):
+"""A query's parameters, for the exact-duplicate judgement (see :mod:`otel_dbperf._sqla.duplicates`):
 their keyed digest, taken on the request thread while the query's span is open.
 
 The digest is a BLAKE2b keyed with a random key made in this process, never exported nor

@@ -1,6 +1,6 @@
 """``otel-dbperf report NEW... --baseline OLD...``: what changed since the baseline.
 
-Both sides are aggregated by the ordinary :class:`~otel_dbperf.report.Report` (so the
+Both sides are aggregated by the ordinary :class:`~otel_dbperf.report.summary.Report` (so the
 same filters, the same bounded memory), then compared per fingerprint and per route.
 
 The rules (``Thresholds``; each is a command-line flag):

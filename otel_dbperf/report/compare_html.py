@@ -1,7 +1,7 @@
 """``otel-dbperf report --baseline ... --html``: the comparison as one self-contained page.
 
 Inline CSS and SVG like the plain report: no scripts, nothing fetched; built the same way (every
-value escaped by :func:`~otel_dbperf._markup.html`, the same Content-Security-Policy).
+value escaped by :func:`~otel_dbperf.report.markup.html`, the same Content-Security-Policy).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``otel-dbperf report --html``: one self-contained page (inline CSS and SVG, no scripts, no fetches).
 
-Every value comes from the spans: the page is built with :func:`~otel_dbperf._markup.html` from
+Every value comes from the spans: the page is built with :func:`~otel_dbperf.report.markup.html` from
 constant templates, so each one is escaped; its Content-Security-Policy forbids scripts besides.
 """
 
