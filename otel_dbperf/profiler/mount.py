@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import _forksafe
 from .._guard import internal_error
-from .server import mount_refusal
+from .api import mount_refusal
 
 _MAX_TARGET = 8192  # path and query relayed to the master
 _API_PREFIX = "/profiler"

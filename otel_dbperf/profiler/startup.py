@@ -17,9 +17,10 @@ from .. import _forksafe, _prefork
 from .._startup_log import startup_warning
 from ..settings import Settings
 from . import hub as profiler_hub
+from .api import TOKEN_FORMAT, make_api, respond
 from .history import QueryHistory
 from .mount import Mount, install
-from .server import TOKEN_FORMAT, make_api, respond, start
+from .server import start
 from .sink import HistorySink
 
 _log = logging.getLogger("otel_dbperf")
