@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from support.pipeline import instrument_sqlalchemy, uninstrument_sqlalchemy
 
 from otel_dbperf._sqla import explain as _explain
-from otel_dbperf._sqla.explain import ExplainConfig, Explainer, Plan, refusal
+from otel_dbperf._sqla.explain import ExplainConfig, Explainer, Plan, gate, refusal, verdicts
+from otel_dbperf._sqla.explain import plan as plan_module
 
 REQUIRE_SERVICES = os.environ.get("DBPERF_REQUIRE_SERVICES") == "1"
 BIG = "dbperf_explain_big"  # 50k rows, no index on name or qty
@@ -589,11 +590,11 @@ def test_at_most_max_per_minute_plans_overall(db: Db) -> None:
 
 def test_rate_limit_memory_is_bounded() -> None:
     clock = FakeClock()
-    limiter = _explain._RateLimiter(ExplainConfig(max_per_minute=10**9), clock)
-    for i in range(_explain._MAX_FINGERPRINTS + 5):
+    limiter = gate._RateLimiter(ExplainConfig(max_per_minute=10**9), clock)
+    for i in range(plan_module._MAX_FINGERPRINTS + 5):
         clock.now += 0.001
         assert limiter.allow(str(i))
-    assert len(limiter._last) <= _explain._MAX_FINGERPRINTS
+    assert len(limiter._last) <= plan_module._MAX_FINGERPRINTS
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -697,7 +698,7 @@ def test_index_hints_name_only_names_of_the_statement() -> None:
             }
         }
     ]
-    plan = _explain._pg_plan(doc, None, ExplainConfig(), "SELECT id FROM users WHERE name = %s AND x = 1")
+    plan = verdicts._pg_plan(doc, None, ExplainConfig(), "SELECT id FROM users WHERE name = %s AND x = 1")
     assert plan.index_hint == "users(name)" and "dbperf_secret_col" not in plan.verdict
 
 
@@ -964,13 +965,13 @@ def test_new_verdicts_name_only_names_of_the_statement() -> None:
     """A plan whose filter or sort key holds values (as bound parameters print): never a "column" or "function"."""
     doc = [{"Plan": {"Node Type": "Seq Scan", "Relation Name": "users", "Plan Rows": 5, "Total Cost": 9.0,
                      "Filter": "(dbperf_secret_fn(dbperf_secret_col) = 'x')"}}]  # fmt: skip
-    plan = _explain._pg_plan(doc, 100_000, ExplainConfig(), "SELECT * FROM users WHERE f(a) = %s", frozenset({
+    plan = verdicts._pg_plan(doc, 100_000, ExplainConfig(), "SELECT * FROM users WHERE f(a) = %s", frozenset({
         "dbperf_secret_col"}))  # fmt: skip
     assert "dbperf_secret" not in plan.verdict + plan.index_hint
     sort = [{"Plan": {"Node Type": "Limit", "Plan Rows": 10, "Plans": [{"Node Type": "Sort", "Plan Rows": 90_000,
              "Sort Key": ["(dbperf_secret_col = 'x')"], "Plans": [{"Node Type": "Seq Scan", "Relation Name": "users",
                                                                   "Plan Rows": 90_000}]}]}}]  # fmt: skip
-    plan = _explain._pg_plan(sort, None, ExplainConfig(), "SELECT * FROM users ORDER BY a = %s LIMIT 3")
+    plan = verdicts._pg_plan(sort, None, ExplainConfig(), "SELECT * FROM users ORDER BY a = %s LIMIT 3")
     assert plan.verdict == "Sort of est. 90000 rows: an index matching the ORDER BY may avoid it"
     assert plan.index_hint == ""
 
@@ -1004,7 +1005,7 @@ scan_nodes = st.fixed_dictionaries(
 def test_any_plan_document_reads_without_raising(doc: Any, node: dict[str, Any], rows: int | None) -> None:
     config = ExplainConfig(max_plan_chars=500)
     for candidate in (doc, [{"Plan": node}], [{"Plan": {"Plans": [node, doc]}}]):
-        plan = _explain._pg_plan(candidate, rows, config)
+        plan = verdicts._pg_plan(candidate, rows, config)
         assert isinstance(plan, Plan) and len(plan.text) <= 500
     maria = {"table_name": node["Relation Name"], "access_type": "ALL", "attached_condition": node.get("Filter", "")}
     for candidate in (
@@ -1012,7 +1013,7 @@ def test_any_plan_document_reads_without_raising(doc: Any, node: dict[str, Any],
         {"query_block": {"table": maria}},
         {"query_block": {"nested_loop": [doc, {"table": maria}]}},
     ):
-        assert isinstance(_explain._mariadb_plan(candidate, config), Plan)
+        assert isinstance(verdicts._mariadb_plan(candidate, config), Plan)
 
 
 @settings(max_examples=300, deadline=None)
@@ -1020,17 +1021,17 @@ def test_any_plan_document_reads_without_raising(doc: Any, node: dict[str, Any],
 def test_any_statement_and_sqlite_rows_read_without_raising(statement: str, details: list[str]) -> None:
     assert refusal(statement) in (None, "not_select", "too_long")
     rows = [(i, i - 1, 0, d) for i, d in enumerate(details)] + [(99, 98, 0, "SCAN t")]
-    assert isinstance(_explain._sqlite_plan(rows, statement, ExplainConfig()), Plan)
+    assert isinstance(verdicts._sqlite_plan(rows, statement, ExplainConfig()), Plan)
 
 
 def test_deep_and_huge_plans_are_bounded() -> None:
     deep: Any = {"Node Type": "Seq Scan", "Relation Name": "t", "Filter": "(a = 1)"}
     for _ in range(5_000):
         deep = {"Node Type": "Nested Loop", "Plans": [deep]}
-    plan = _explain._pg_plan([{"Plan": deep}], None, ExplainConfig(max_plan_chars=2_000))
+    plan = verdicts._pg_plan([{"Plan": deep}], None, ExplainConfig(max_plan_chars=2_000))
     assert len(plan.text) <= 2_000 and '"\u2026"' in plan.text  # nesting beyond the cap is cut
     wide = [{"Plan": {"Plans": [{"Node Type": "Seq Scan", "Filter": "x" * 10_000}] * 20_000}}]
-    assert len(_explain._pg_plan(wide, None, ExplainConfig()).text) <= ExplainConfig().max_plan_chars
+    assert len(verdicts._pg_plan(wide, None, ExplainConfig()).text) <= ExplainConfig().max_plan_chars
 
 
 def test_huge_and_weird_statements_never_raise(db: Db) -> None:

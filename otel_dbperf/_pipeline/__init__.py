@@ -16,8 +16,8 @@
                                                                                profiler.sink.HistorySink
 
 - :mod:`.record`: what travels. A DB span's :class:`Query` (built on the request thread;
-  other hooks that run while the span is open write into it: ``_duplicates`` its
-  parameters' digest, ``_explain`` its plan), a local root's :class:`Request`, and the
+  other hooks that run while the span is open write into it: ``_sqla.duplicates`` its
+  parameters' digest, ``_sqla.explain`` its plan), a local root's :class:`Request`, and the
   :class:`Thresholds` every stage judges by. Analysis happens once, off the request thread,
   by whichever consumer asks first: :meth:`Query.analysis` (fingerprint, summary, sanitized
   text) and :meth:`Request.rollup` (counts, duplicates, the N+1 verdict).

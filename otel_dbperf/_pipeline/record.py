@@ -59,7 +59,7 @@ class Query:
         "request",  # the Request it belongs to, or None (a script, a job, startup)
         "orm",  # an ORM-level span (SQLAlchemy's): driver spans inside it are nested
         "params",  # keyed digest of the parameters (see params.digest), b"" for none, None: not taken
-        "plan",  # (attributes, time) of its EXPLAIN plan (see _explain), or None
+        "plan",  # (attributes, time) of its EXPLAIN plan (see _sqla.explain), or None
         "cpu_ns",  # thread CPU ns (at the start, then the span's), -1: not sampled (DBPERF_RESOURCE_SAMPLES)
         "rss_delta",  # RSS bytes (at the start, then the change), None: not sampled
         # set when it ends

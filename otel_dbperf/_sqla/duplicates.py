@@ -1,7 +1,7 @@
 """Exact duplicate queries: the same SELECT with the same parameters, again in one request.
 
 One class-level SQLAlchemy ``after_cursor_execute`` listener (it runs before contrib's
-instance-level one, which ends the query's span: see ``_explain.install``) takes a keyed
+instance-level one, which ends the query's span: see ``explain.listener.install``) takes a keyed
 digest of the query's parameters (:func:`~.params.digest`) and leaves it in that
 span's ``Query`` (``_pipeline``); its request's analysis compares (statement, digest) pairs
 within the request.
