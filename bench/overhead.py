@@ -56,6 +56,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from otel_dbperf import DbPerfSpanProcessor, Settings
+from otel_dbperf._pipeline import Thresholds
 from otel_dbperf._pipeline.location import AppCode, location_of
 from otel_dbperf._resources import rss_bytes
 from otel_dbperf._sqla import duplicates as _duplicates
@@ -215,8 +216,9 @@ class Variant:
         else:
             _duplicates.uninstall()
         if self.duplicates and CHECKOUT and POOL_HOOKS:  # otel-dbperf's pool and transaction hooks (class-level)
-            _pools.install(100.0, self.meters)
-            _transactions.install(1000.0)
+            thresholds = Thresholds.from_settings(Settings())  # 100 ms slow, 1000 ms long transaction
+            _pools.install(thresholds, self.meters)
+            _transactions.install(thresholds)
         else:
             _pools.uninstall(metrics=False)
             _transactions.uninstall()

@@ -44,7 +44,8 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     ``executemany`` and ``executescript`` too.
     """
     from ._guard import step
-    from ._runtime import start_duplicates, start_explain, start_pools
+    from ._hooks import _NO_LISTENERS
+    from ._runtime import start_sqlalchemy
     from ._sqla import instrument as _sqlalchemy
     from .configurator import DbPerfConfigurator
     from .distro import _SQLITE3_SHORTCUTS, DbPerfDistro, install_sqlite3_shortcuts
@@ -55,8 +56,6 @@ def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
     settings = current_settings()
     if instrument_sqlalchemy:
         step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
-    step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
-    step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
-    step("connection pool setup", "no pool metrics, waits or transactions", start_pools, settings)
+    step("SQLAlchemy listeners setup", _NO_LISTENERS, start_sqlalchemy, settings)
     if settings.enabled:
         step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 
 from ._guard import guarded, step
-from ._runtime import runtime, start_duplicates, start_explain, start_pools
+from ._runtime import runtime, start_sqlalchemy
 from ._startup_log import startup_warning
 from .settings import current_settings
+
+#: what a failed listeners' set-up costs (each listener's own step says so when only it fails)
+_NO_LISTENERS = "no EXPLAIN plans, duplicate counts, pool or transaction figures"
 
 
 @guarded("post_instrument")
 def post_instrument() -> None:
-    """``opentelemetry_post_instrument``: SQLAlchemy 2.1, EXPLAIN, and a clash with another distro.
+    """``opentelemetry_post_instrument``: SQLAlchemy 2.1, the SQLAlchemy listeners, and a clash with another distro.
 
     Each step is independent: one that fails turns off its own feature (one stderr line
     says which), never the next.
@@ -22,9 +25,7 @@ def post_instrument() -> None:
     settings = current_settings()
     step("SQLAlchemy instrumentation", "no SQLAlchemy spans", _sqlalchemy.ensure_instrumented, settings)
     if runtime.configured:
-        step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", start_explain, settings)
-        step("duplicate-query setup", "no dbperf.db.duplicate_count", start_duplicates, settings)
-        step("connection pool setup", "no pool metrics, waits or transactions", start_pools, settings)
+        step("SQLAlchemy listeners setup", _NO_LISTENERS, start_sqlalchemy, settings)
     if settings.enabled and not runtime.configured and not runtime.declarative:
         startup_warning(
             "otel-dbperf: another OpenTelemetry configurator ran (OTEL_PYTHON_DISTRO=%s, "

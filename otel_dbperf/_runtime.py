@@ -4,8 +4,9 @@ Called in this order by the configurator (``opentelemetry-instrument``) or
 :func:`otel_dbperf.configure`: :func:`sdk_kwargs` (the span processor and the export
 wrapper, given to the SDK), :func:`sdk_patches` (our views, while the SDK builds its
 providers), :func:`start_derived` (the derivation thread and its sinks: metrics, slow-query
-log, profiler), then from the post-instrument hook :func:`start_explain`,
-:func:`start_duplicates` and :func:`start_pools`. What was built is kept in :data:`runtime`.
+log, profiler), then from the post-instrument hook :func:`start_sqlalchemy` (the SQLAlchemy listeners).
+What was built is kept in :data:`runtime`; the processor's :class:`Thresholds` go to every part that
+judges by a threshold.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class Runtime:
     deriver: SpanDeriver | None = None
     metric_exporters: str = ""  # OTEL_METRICS_EXPORTER as the SDK saw it
     fork_hooks: Any = None
-    explainer: Any = None
     meter_provider: Any = None  # the SDK's, when metrics are exported (None: no derived metrics)
 
 
@@ -74,6 +74,11 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
     runtime.processor = processor
     return {"span_processors": [processor], "export_span_processor": factory}
+
+
+def _thresholds(settings: Settings) -> Thresholds:
+    processor = runtime.processor
+    return processor.thresholds if processor is not None else Thresholds.from_settings(settings)
 
 
 def refuse_declarative(settings: Settings, config_file: str) -> None:
@@ -109,7 +114,7 @@ def sdk_patches(settings: Settings, views: Sequence[Any] | None) -> Iterator[Non
 
     from .metrics import default_views
 
-    chosen = tuple(views) if views is not None else default_views(settings.slow_query_threshold_ms)
+    chosen = tuple(views) if views is not None else default_views(_thresholds(settings).slow_ms)
 
     def with_views(original: Any) -> Any:
         def meter_provider(*args: Any, **kwargs: Any) -> Any:
@@ -208,7 +213,7 @@ def start_derived(settings: Settings) -> None:
         ):
             from ._pipeline.slowlog import SlowQueryLog
 
-            return SlowQueryLog(settings, logger_provider, __version__)
+            return SlowQueryLog(settings, logger_provider, __version__, thresholds=processor.thresholds)
         return None
 
     # each part on its own: one that fails is left out, the others still start
@@ -221,7 +226,14 @@ def start_derived(settings: Settings) -> None:
     if settings.profiler_addr or settings.profiler_mount:
         from .profiler import startup as profiler_startup
 
-        sink = step("profiler API setup", "no profiler API", profiler_startup.start_profiler, settings, _drain_deriver)
+        sink = step(
+            "profiler API setup",
+            "no profiler API",
+            profiler_startup.start_profiler,
+            settings,
+            processor.thresholds,
+            _drain_deriver,
+        )
         if sink is not None:
             sinks.append(sink)
     if meter_provider is None and not sinks:
@@ -239,42 +251,11 @@ def _drain_deriver() -> None:
         deriver.drain(time.monotonic() + 1.0)
 
 
-def start_explain(settings: Settings) -> None:
-    """``DBPERF_EXPLAIN``: EXPLAIN slow SELECTs of every SQLAlchemy engine (see docs/explain.md)."""
-    if not (settings.enabled and settings.explain) or runtime.explainer is not None or runtime.declarative:
+def start_sqlalchemy(settings: Settings) -> None:
+    """The SQLAlchemy listeners: EXPLAIN, duplicates, pools and transactions (see ``_sqla``)."""
+    processor = runtime.processor
+    if not settings.enabled or processor is None or runtime.declarative:
         return
-    try:
-        import sqlalchemy  # noqa: F401
-    except ImportError:
-        startup_warning(
-            "otel-dbperf: DBPERF_EXPLAIN=true but SQLAlchemy is not installed: plans are taken on "
-            "SQLAlchemy engines only, so there will be none"
-        )
-        return
-    from ._sqla.explain import ExplainConfig, Explainer, install
+    from . import __version__, _sqla
 
-    config = ExplainConfig(analyze=settings.explain_analyze, timeout_ms=settings.explain_timeout_ms)
-    explainer = Explainer(config)
-    thresholds = runtime.processor.thresholds if runtime.processor else Thresholds.from_settings(settings)
-    install(explainer, thresholds.slow_ns)
-    runtime.explainer = explainer
-
-
-def start_duplicates(settings: Settings) -> None:
-    """Exact duplicate queries: a digest of each query's parameters (see ``_duplicates``)."""
-    if settings.enabled and runtime.processor is not None:
-        from ._sqla import duplicates as _duplicates
-
-        _duplicates.install()
-
-
-def start_pools(settings: Settings) -> None:
-    """Connection pools and transactions of every SQLAlchemy engine (see ``_pools``, ``_transactions``)."""
-    if not settings.enabled or runtime.processor is None or "sqlalchemy" not in sys.modules:
-        return
-    from . import __version__
-    from ._sqla import pools as _pools
-    from ._sqla import transactions as _transactions
-
-    _pools.install(settings.slow_query_threshold_ms, runtime.meter_provider, __version__)
-    _transactions.install(settings.long_transaction_ms)
+    _sqla.install(settings, processor.thresholds, runtime.meter_provider, __version__)

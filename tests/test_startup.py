@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from conftest import APPS, BIN, base_env, get, serve
 
-from otel_dbperf import _guard, _hooks, _runtime
+from otel_dbperf import DbPerfSpanProcessor, _guard, _hooks, _runtime, _sqla
 from otel_dbperf import attributes as A
+from otel_dbperf._pipeline import Thresholds
 from otel_dbperf._sqla import instrument as _sqlalchemy
 from otel_dbperf.profiler import startup
 from otel_dbperf.settings import Settings
@@ -143,16 +144,16 @@ def _boom(*_: Any) -> Any:
     raise RuntimeError("secret-value-42")
 
 
-def test_post_instrument_a_failing_sqlalchemy_step_leaves_explain_running(
+def test_post_instrument_a_failing_sqlalchemy_step_leaves_the_listeners_running(
     production: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     otel_logging_only(monkeypatch)
     ran: list[str] = []
     monkeypatch.setattr(_sqlalchemy, "ensure_instrumented", _boom)
-    monkeypatch.setattr(_hooks, "start_explain", lambda settings: ran.append("explain"))
+    monkeypatch.setattr(_hooks, "start_sqlalchemy", lambda settings: ran.append("listeners"))
     monkeypatch.setattr(_runtime.runtime, "configured", True)
     _hooks.post_instrument()
-    assert ran == ["explain"]
+    assert ran == ["listeners"]
     err = capsys.readouterr().err
     assert "internal error in SQLAlchemy instrumentation (RuntimeError at" in err and "no SQLAlchemy spans" in err
     assert "secret-value-42" not in err  # the type and place, never the message
@@ -164,10 +165,14 @@ def test_post_instrument_a_failing_explain_step_is_reported_not_silent(
     otel_logging_only(monkeypatch)
     ran: list[str] = []
     monkeypatch.setattr(_sqlalchemy, "ensure_instrumented", lambda settings: ran.append("sqlalchemy"))
-    monkeypatch.setattr(_hooks, "start_explain", _boom)
+    monkeypatch.setattr(_sqla, "install_explain", _boom)
+    monkeypatch.setattr(_sqla, "_install_duplicates", lambda: ran.append("duplicates"))
+    monkeypatch.setattr(_sqla, "install_pools", lambda *a: ran.append("pools"))
     monkeypatch.setattr(_runtime.runtime, "configured", True)
+    monkeypatch.setattr(_runtime.runtime, "processor", DbPerfSpanProcessor(Settings()))
+    monkeypatch.setattr(_hooks, "current_settings", lambda: Settings(explain=True))
     _hooks.post_instrument()
-    assert ran == ["sqlalchemy"]
+    assert ran == ["sqlalchemy", "duplicates", "pools"]  # the steps after a failed one still run
     assert "no EXPLAIN plans (DBPERF_EXPLAIN)" in capsys.readouterr().err
 
 
@@ -187,7 +192,7 @@ class _Recorder:
 
 class _Processor:
     deriver: Any = None
-    thresholds: Any = None
+    thresholds = Thresholds.from_settings(Settings())
 
     def attach_deriver(self, submit: Any) -> None:
         self.deriver = submit
@@ -216,7 +221,7 @@ def derived(monkeypatch: pytest.MonkeyPatch) -> _Processor:
     monkeypatch.setattr(derive, "build_deriver", _Recorder)
     monkeypatch.setattr(_prefork, "ForkHooks", lambda *a: None)
     monkeypatch.setattr(atexit, "register", lambda fn: fn)
-    monkeypatch.setattr(startup, "start_profiler", lambda settings, drain: "profiler-sink")
+    monkeypatch.setattr(startup, "start_profiler", lambda *_: "profiler-sink")
     return processor
 
 
@@ -288,10 +293,9 @@ def test_explain_without_sqlalchemy_says_there_will_be_no_plans(
 ) -> None:
     otel_logging_only(monkeypatch)
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import fails, as when it is not installed
-    monkeypatch.setattr(_runtime.runtime, "explainer", None)
-    monkeypatch.setattr(_runtime.runtime, "declarative", False)
-    _runtime.start_explain(Settings.from_env({"DBPERF_EXPLAIN": "true"}))
-    assert _runtime.runtime.explainer is None
+    settings = Settings.from_env({"DBPERF_EXPLAIN": "true"})
+    _sqla.install_explain(settings, Thresholds.from_settings(settings))
+    assert _sqla.explainer() is None
     assert "DBPERF_EXPLAIN=true but SQLAlchemy is not installed" in capsys.readouterr().err
 
 

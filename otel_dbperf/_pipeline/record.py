@@ -32,22 +32,32 @@ MAX_REQUEST_EVENTS = 32  # events other hooks add to one request's root span
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every "is it slow, is it repeated, how long may it be" decision, built once from the settings."""
+    """Every "is it slow, is it repeated, how long may it be" decision, built once from the settings
+    (by the processor) and handed to every stage and listener that judges: durations in nanoseconds,
+    one name each; :attr:`slow_ms` and :attr:`slow_s` only say ``slow_ns`` in the units of an output."""
 
-    slow_ms: float
     slow_ns: int
     stack_ns: int
     n_plus_one: int
     statement_max_length: int
+    long_transaction_ns: int = 1_000_000_000
+
+    @property
+    def slow_ms(self) -> float:
+        return self.slow_ns / 1e6
+
+    @property
+    def slow_s(self) -> float:
+        return self.slow_ns / 1e9
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
         return cls(
-            slow_ms=settings.slow_query_threshold_ms,
             slow_ns=int(settings.slow_query_threshold_ms * 1_000_000),
             stack_ns=int(settings.stacktrace_threshold_ms * 1_000_000),
             n_plus_one=settings.n_plus_one_threshold,
             statement_max_length=settings.statement_max_length,
+            long_transaction_ns=int(settings.long_transaction_ms * 1_000_000),
         )
 
 

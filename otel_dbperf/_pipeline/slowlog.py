@@ -23,7 +23,7 @@ from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 from .. import attributes as A
 from ..settings import Settings
 from .pending import PendingByRequest
-from .record import Query, Request, Rollup
+from .record import Query, Request, Rollup, Thresholds
 from .suggest import relationship_fix
 
 _WINDOW_S = 60.0
@@ -42,8 +42,10 @@ class SlowQueryLog:
         logger_provider: Any,
         version: str = "",
         clock: Callable[[], float] = time.monotonic,
+        thresholds: Thresholds | None = None,  # the processor's (built from ``settings`` when not given)
     ) -> None:
         self._settings = settings
+        self._thresholds = thresholds or Thresholds.from_settings(settings)
         self._logger = logger_provider.get_logger("otel_dbperf", version)
         self._per_fp = settings.slow_query_logs_per_minute
         self._clock = clock
@@ -110,7 +112,7 @@ class SlowQueryLog:
         duration_ms = query.duration_ns / 1e6
         attrs: dict[str, Any] = {
             A.EVENT_DURATION_MS: round(duration_ms, 3),
-            A.EVENT_THRESHOLD_MS: settings.slow_query_threshold_ms,
+            A.EVENT_THRESHOLD_MS: self._thresholds.slow_ms,
             SUPPRESSED: suppressed,
         }
         summary = ""
@@ -134,7 +136,7 @@ class SlowQueryLog:
         if route:
             attrs["http.route"] = route
         lazy_loads = _lazy_loads(query)
-        if lazy_loads >= settings.n_plus_one_threshold:  # this slow query is one of an N+1 of lazy loads
+        if lazy_loads >= self._thresholds.n_plus_one:  # this slow query is one of an N+1 of lazy loads
             relationship, suggestion = relationship_fix(query.relationship)
             if relationship:
                 attrs[A.N_PLUS_ONE_RELATIONSHIP] = relationship
@@ -144,7 +146,7 @@ class SlowQueryLog:
             attrs.update(query.plan[0])
         body = (
             f"slow query {summary or 'SQL'}: {duration_ms:.1f} ms "
-            f"(threshold {settings.slow_query_threshold_ms:g} ms){where}" + (f" in {route}" if route else "")
+            f"(threshold {self._thresholds.slow_ms:g} ms){where}" + (f" in {route}" if route else "")
         )
         self._logger.emit(
             timestamp=span.end_time,

@@ -43,6 +43,7 @@ from .. import metric_names as M
 from .._error_kind import POOL_TIMEOUT
 from .._guard import internal_error
 from .._pipeline import current_request
+from .._pipeline.record import Thresholds
 from ..metrics import METER_NAME
 
 POOL_NAME = A.DB_CLIENT_CONNECTION_POOL_NAME
@@ -72,19 +73,23 @@ class _PoolState:
         self.pool = weakref.ref(pool)
 
 
-class _Hooks:
-    """Module state: settings, the metrics queue, the originals that were replaced."""
+class _State:
+    """This module's state: the thresholds, the metrics queue, the originals that were replaced."""
 
-    slow_ns = 100_000_000
-    threshold_ms = 100.0
-    queue: deque[tuple[Any, ...]] | None = None  # None: no metrics
-    dropped = 0
-    metrics: Any = None
-    originals: dict[Any, tuple[Any, Any]] = {}
-    connect_listener: Any = None
-    pools: weakref.WeakSet[Any] = weakref.WeakSet()
-    conns: dict[int, set[int]] = {}  # request root id -> ids of the connection records it checked out
-    lock = _forksafe.lock("pools.hooks")  # install/uninstall and new pools only
+    def __init__(self) -> None:
+        self.slow_ns = 100_000_000
+        self.threshold_ms = 100.0
+        self.queue: deque[tuple[Any, ...]] | None = None  # None: no metrics
+        self.dropped = 0
+        self.metrics: Any = None
+        self.originals: dict[Any, tuple[Any, Any]] = {}
+        self.connect_listener: Any = None
+        self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.conns: dict[int, set[int]] = {}  # request root id -> ids of the connection records it checked out
+        self.lock = _forksafe.lock("pools.hooks")  # install/uninstall and new pools only
+
+
+_state = _State()
 
 
 def pool_name(pool: Any, engine: Any = None) -> str:
@@ -119,13 +124,13 @@ def _register(pool: Any) -> _PoolState:
             engine = candidate
             break
         frame = frame.f_back
-    with _Hooks.lock:
+    with _state.lock:
         state = pool.__dict__.get(_KEY)
         if state is None:
             state = _PoolState(pool, pool_name(pool, engine))
             pool.__dict__[_KEY] = state
-            _Hooks.pools.add(pool)
-    queue = _Hooks.queue
+            _state.pools.add(pool)
+    queue = _state.queue
     if queue is not None:  # the pool's timeout counter starts at 0, so increase() sees its first timeout
         _put(queue, (_TIMEOUT, state, 0))
     return state  # type: ignore[no-any-return]
@@ -166,7 +171,7 @@ def _checked_out(pool: Any, state: _PoolState, fairy: Any, waited: int, t1: int)
             if _OUT not in extra:
                 state.out.append(None)
             extra[_OUT] = t1
-        queue = _Hooks.queue
+        queue = _state.queue
         if queue is not None:
             _put(queue, (_WAIT, state, waited))
         request = current_request()
@@ -174,7 +179,7 @@ def _checked_out(pool: Any, state: _PoolState, fairy: Any, waited: int, t1: int)
             return
         request.add(A.DB_POOL_WAIT_MS, waited / 1e6)
         if record is not None:
-            conns = _Hooks.conns
+            conns = _state.conns
             seen = conns.get(request.root_id)
             if seen is None:
                 if len(conns) >= _MAX_REQUESTS:
@@ -185,7 +190,7 @@ def _checked_out(pool: Any, state: _PoolState, fairy: Any, waited: int, t1: int)
             if key not in seen:
                 seen.add(key)
                 request.add(A.DB_CONNECTIONS_USED, 1)
-        if waited >= _Hooks.slow_ns:
+        if waited >= _state.slow_ns:
             request.event(A.EVENT_POOL_WAIT, _wait_event(pool, state, waited))
     except Exception as exc:  # noqa: BLE001
         internal_error("pools.checkout", exc)
@@ -194,7 +199,7 @@ def _checked_out(pool: Any, state: _PoolState, fairy: Any, waited: int, t1: int)
 def _failed(state: _PoolState, exc: BaseException, waited: int) -> None:
     try:
         timed_out = type(exc).__name__ == "TimeoutError" and type(exc).__module__ == "sqlalchemy.exc"
-        queue = _Hooks.queue
+        queue = _state.queue
         if queue is not None and timed_out:
             _put(queue, (_TIMEOUT, state, 1))
         request = current_request()
@@ -215,7 +220,7 @@ def _wait_event(pool: Any, state: _PoolState, waited: int, timed_out: bool = Fal
     attrs: dict[str, Any] = {
         POOL_NAME: state.name,
         A.EVENT_DURATION_MS: waited / 1e6,
-        A.EVENT_THRESHOLD_MS: _Hooks.threshold_ms,
+        A.EVENT_THRESHOLD_MS: _state.threshold_ms,
         A.POOL_CLASS: type(pool).__name__,
         A.POOL_PENDING_REQUESTS: len(state.pending),
     }
@@ -241,7 +246,7 @@ def _wrap_return(original: Any) -> Any:
                 if state is not None:
                     if state.out:
                         state.out.pop()
-                    queue = _Hooks.queue
+                    queue = _state.queue
                     if queue is not None:
                         _put(queue, (_USE, state, _now() - started))
         except Exception as exc:  # noqa: BLE001
@@ -255,7 +260,7 @@ def _wrap_return(original: Any) -> Any:
 def _on_pool_connect(dbapi_connection: Any, record: Any) -> None:
     """Pool ``connect`` event: a new DB-API connection was made (``record.starttime`` is when it began)."""
     try:
-        queue = _Hooks.queue
+        queue = _state.queue
         if queue is None:
             return
         started = getattr(record, "starttime", 0)
@@ -269,18 +274,18 @@ def _on_pool_connect(dbapi_connection: Any, record: Any) -> None:
 
 
 def _put(queue: deque[tuple[Any, ...]], item: tuple[Any, ...]) -> None:
-    metrics = _Hooks.metrics
+    metrics = _state.metrics
     if metrics is not None and metrics.needs_thread:
         metrics.start()
     if len(queue) < _MAX_QUEUE:
         queue.append(item)
     else:
-        _Hooks.dropped += 1
+        _state.dropped += 1
 
 
 def count_error(kind: str) -> None:
     """A DB span failed with a classified error (``_error_kind.listener``: errors only)."""
-    queue = _Hooks.queue
+    queue = _state.queue
     if queue is not None:
         _put(queue, (_ERROR, kind, 1))
 
@@ -378,7 +383,6 @@ class PoolMetrics:
     def after_fork_in_child(self) -> None:
         self.needs_thread = True  # the locks: renewed by _forksafe
         self.queue.clear()
-        _Hooks.conns = {}
 
     def _run(self) -> None:
         while True:
@@ -416,7 +420,7 @@ class PoolMetrics:
     def _per_name(self) -> dict[str, list[Any]]:
         """Each pool name's [size, used, idle, max, idle_max, pending]; pools that share a name add up."""
         totals: dict[str, list[Any]] = {}
-        for pool in list(_Hooks.pools):
+        for pool in list(_state.pools):
             state = pool.__dict__.get(_KEY)
             if state is None:
                 continue
@@ -466,7 +470,7 @@ def _pool_classes() -> list[Any]:
     return [base, *(c for c in own if c is not base)]
 
 
-def install(slow_threshold_ms: float, meter_provider: Any = None, version: str = "") -> bool:
+def install(thresholds: Thresholds, meter_provider: Any = None, version: str = "") -> bool:
     """Hook every SQLAlchemy pool (idempotent); metrics when ``meter_provider`` is given.
 
     False when SQLAlchemy cannot be imported.
@@ -476,42 +480,48 @@ def install(slow_threshold_ms: float, meter_provider: Any = None, version: str =
         from sqlalchemy import pool as sa_pool
     except ImportError:
         return False
-    with _Hooks.lock:
-        _Hooks.slow_ns = int(slow_threshold_ms * 1_000_000)
-        _Hooks.threshold_ms = slow_threshold_ms
-        if meter_provider is not None and _Hooks.metrics is None:
-            _Hooks.metrics = PoolMetrics(meter_provider, version)
-            _Hooks.queue = _Hooks.metrics.queue
-            _forksafe.register(_Hooks.metrics.after_fork_in_child)
+    with _state.lock:
+        _state.slow_ns = thresholds.slow_ns
+        _state.threshold_ms = thresholds.slow_ms
+        if meter_provider is not None and _state.metrics is None:
+            _state.metrics = PoolMetrics(meter_provider, version)
+            _state.queue = _state.metrics.queue
             _error_kind.listener = count_error
-        if _Hooks.originals:
+        if _state.originals:
             return True
         for cls in _pool_classes():
             original = vars(cls)["connect"]
             cls.connect = _wrap_connect(original)
-            _Hooks.originals[(cls, "connect")] = (cls, original)
+            _state.originals[(cls, "connect")] = (cls, original)
         original_return = vars(sa_pool.Pool)["_return_conn"]
         sa_pool.Pool._return_conn = _wrap_return(original_return)  # type: ignore[method-assign]
-        _Hooks.originals[(sa_pool.Pool, "_return_conn")] = (sa_pool.Pool, original_return)
+        _state.originals[(sa_pool.Pool, "_return_conn")] = (sa_pool.Pool, original_return)
         event.listen(sa_pool.Pool, "connect", _on_pool_connect)
-        _Hooks.connect_listener = _on_pool_connect
+        _state.connect_listener = _on_pool_connect
     return True
 
 
 def uninstall(metrics: bool = True) -> None:
     """Undo :func:`install` (tests); ``metrics`` False keeps the instruments for a later install (bench)."""
-    with _Hooks.lock:
-        for (_, attr), (cls, original) in _Hooks.originals.items():
+    with _state.lock:
+        for (_, attr), (cls, original) in _state.originals.items():
             setattr(cls, attr, original)
-        _Hooks.originals = {}
-        if _Hooks.connect_listener is not None:
+        _state.originals = {}
+        if _state.connect_listener is not None:
             from sqlalchemy import event
             from sqlalchemy import pool as sa_pool
 
-            event.remove(sa_pool.Pool, "connect", _Hooks.connect_listener)
-            _Hooks.connect_listener = None
+            event.remove(sa_pool.Pool, "connect", _state.connect_listener)
+            _state.connect_listener = None
         if metrics:
-            _Hooks.queue = None
-            _Hooks.metrics = None
+            _state.queue = None
+            _state.metrics = None
             _error_kind.listener = None
-        _Hooks.conns = {}
+        _state.conns = {}
+
+
+def after_fork_in_child() -> None:
+    """The child forgets the parent's requests and queued measurements (see ``_sqla.after_fork_in_child``)."""
+    _state.conns = {}
+    if _state.metrics is not None:
+        _state.metrics.after_fork_in_child()

@@ -24,17 +24,23 @@ from .. import _forksafe
 from .. import attributes as A
 from .._guard import internal_error
 from .._pipeline import current_request
+from .._pipeline.record import Thresholds
 
 _MAX_OPEN = 10_000  # open transactions followed at once (connections that never commit are dropped)
 _now = time.perf_counter_ns
 
 
 class _State:
-    long_ns = 1_000_000_000
-    long_ms = 1000.0
-    open: dict[int, tuple[int, Any, int, int]] = {}  # id(Connection) -> (start, request, records, overflow_ns)
-    installed: list[tuple[str, Any]] = []
-    lock = _forksafe.lock("transactions")
+    """This module's state."""
+
+    def __init__(self) -> None:
+        self.long_ns = 1_000_000_000
+        self.open: dict[int, tuple[int, Any, int, int]] = {}  # id(Connection) -> (start, request, records, overflow_ns)
+        self.installed: list[tuple[str, Any]] = []
+        self.lock = _forksafe.lock("transactions")
+
+
+_state = _State()
 
 
 def _begin(conn: Any) -> None:
@@ -42,7 +48,7 @@ def _begin(conn: Any) -> None:
         request = current_request()
         if request is None:
             return
-        opened = _State.open
+        opened = _state.open
         if len(opened) >= _MAX_OPEN:
             for key in list(islice(opened, _MAX_OPEN // 10)):
                 opened.pop(key, None)
@@ -53,7 +59,7 @@ def _begin(conn: Any) -> None:
 
 def _end(conn: Any) -> None:
     try:
-        entry = _State.open.pop(id(conn), None)
+        entry = _state.open.pop(id(conn), None)
         if entry is None:
             return
         started, request, first, overflow_ns = entry
@@ -65,13 +71,13 @@ def _end(conn: Any) -> None:
         request.add(A.DB_TRANSACTION_COUNT, 1)
         request.set_max(A.DB_TRANSACTION_MAX_MS, length / 1e6)
         request.add(A.DB_IDLE_IN_TRANSACTION_MS, max(0, length - busy) / 1e6)
-        if length >= _State.long_ns:
+        if length >= _state.long_ns:
             request.add(A.DB_LONG_TRANSACTION_COUNT, 1)
             request.event(
                 A.EVENT_LONG_TRANSACTION,
                 {
                     A.EVENT_DURATION_MS: length / 1e6,
-                    A.EVENT_THRESHOLD_MS: _State.long_ms,
+                    A.EVENT_THRESHOLD_MS: _state.long_ns / 1e6,
                     A.DB_IDLE_IN_TRANSACTION_MS: max(0, length - busy) / 1e6,
                 },
             )
@@ -79,30 +85,34 @@ def _end(conn: Any) -> None:
         internal_error("transactions.end", exc)
 
 
-def install(long_transaction_ms: float) -> bool:
+def install(thresholds: Thresholds) -> bool:
     """Listen on every SQLAlchemy engine (idempotent); False when SQLAlchemy cannot be imported."""
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
     except ImportError:
         return False
-    with _State.lock:
-        _State.long_ns = int(long_transaction_ms * 1_000_000)
-        _State.long_ms = long_transaction_ms
-        if not _State.installed:
+    with _state.lock:
+        _state.long_ns = thresholds.long_transaction_ns
+        if not _state.installed:
             for name, fn in (("begin", _begin), ("commit", _end), ("rollback", _end)):
                 event.listen(Engine, name, fn)
-                _State.installed.append((name, fn))
+                _state.installed.append((name, fn))
     return True
 
 
 def uninstall() -> None:
-    with _State.lock:
-        if _State.installed:
+    with _state.lock:
+        if _state.installed:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
 
-            for name, fn in _State.installed:
+            for name, fn in _state.installed:
                 event.remove(Engine, name, fn)
-            _State.installed = []
-        _State.open = {}
+            _state.installed = []
+        _state.open = {}
+
+
+def after_fork_in_child() -> None:
+    """The child forgets the parent's open transactions (its copies of their connections keep their ids)."""
+    _state.open = {}

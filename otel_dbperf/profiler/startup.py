@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _forksafe, _prefork
+from .._pipeline.record import Thresholds
 from .._startup_log import startup_warning
 from ..settings import Settings
 from . import hub as profiler_hub
@@ -49,7 +50,7 @@ _state = _State()
 _MOUNT_REFUSED_ENV = "_OTEL_DB_PROFILER_MOUNT_REFUSED"
 
 
-def start_profiler(settings: Settings, drain: Callable[[], None]) -> HistorySink | None:
+def start_profiler(settings: Settings, thresholds: Thresholds, drain: Callable[[], None]) -> HistorySink | None:
     """The profiler API's history sink, or None when it cannot start (one warning says why).
 
     Under a pre-fork server the master serves the merged view of its workers, each of which
@@ -97,7 +98,7 @@ def start_profiler(settings: Settings, drain: Callable[[], None]) -> HistorySink
         atexit.register(merged.remove_directory)
         _state.hub = view = merged
         _forksafe.register(_profiler_after_fork_in_child)
-    threshold_s = settings.slow_query_threshold_ms / 1000.0
+    threshold_s = thresholds.slow_s
     serving = False
     if settings.profiler_addr:
         try:
