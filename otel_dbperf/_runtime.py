@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from . import _prefork
 from ._guard import step
-from ._pipeline import DbPerfSpanProcessor, SpanDeriver, Thresholds
+from ._pipeline import DbPerfSpanProcessor, Sink, SpanDeriver, Thresholds
 from ._sdk_compat import CHECKED, exporter_entry_point_name, is_sdk_meter_provider, replaced, span_layout_ok
 from ._startup_log import startup_warning
 from .exporters._otlp import fast_exporter
@@ -219,7 +219,7 @@ def start_derived(settings: Settings) -> None:
     # each part on its own: one that fails is left out, the others still start
     meter_provider = step("metrics setup", "no derived metrics", metrics_provider)
     runtime.meter_provider = meter_provider
-    sinks: list[Any] = []
+    sinks: list[Sink] = []
     sink = step("slow-query log setup", "no slow-query log records", slow_query_log)
     if sink is not None:
         sinks.append(sink)

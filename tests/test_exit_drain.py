@@ -11,6 +11,7 @@ import pytest
 from otel_dbperf import Settings
 from otel_dbperf._pipeline import derive
 from otel_dbperf._pipeline.record import Query, Thresholds, new_query
+from otel_dbperf._pipeline.sink import Sink
 
 
 def _query() -> Query:
@@ -19,7 +20,7 @@ def _query() -> Query:
     return query
 
 
-class SlowSink:
+class SlowSink(Sink):
     def __init__(self) -> None:
         self.seen = 0
 

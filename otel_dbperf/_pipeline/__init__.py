@@ -28,10 +28,11 @@
 ``_runtime`` builds all of it from the settings; ``_sdk_compat`` holds every SDK internal it uses.
 """
 
-from .derive import Sink, SpanDeriver
+from .derive import SpanDeriver
 from .enrich import EnrichingSpanExporter
 from .processor import DbPerfSpanProcessor, current_request, open_query
 from .record import Query, Request, Rollup, Thresholds
+from .sink import Sink
 
 __all__ = [
     "DbPerfSpanProcessor",

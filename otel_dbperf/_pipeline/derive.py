@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
@@ -30,24 +30,13 @@ from .. import metric_names as M
 from .._guard import internal_error
 from .._nosql import KIND_QUERY
 from . import route as _route
-from .record import Query, Request, Rollup, Thresholds
+from .record import Query, Request, Thresholds
+from .sink import Sink
 
 _log = logging.getLogger("otel_dbperf")
 MAX_QUEUE = 100_000  # spans awaiting derivation; past it they are dropped and counted
 DRAIN_INTERVAL_S = 0.5
 EXIT_DRAIN_S = 2.0  # at exit the queue is drained for at most this long; the rest is dropped and counted
-
-
-class Sink(Protocol):
-    """What the derivation thread feeds (``after_fork_in_child()`` too, when a sink has one)."""
-
-    def query(self, span: ReadableSpan, query: Query) -> None:
-        """A finished DB query (nested driver spans excluded); ``query.facts`` is its analysis.
-        Calls to key-value and document stores (``query.kind`` not KIND_QUERY) only reach the
-        sinks whose ``takes_calls`` is true (the metrics)."""
-
-    def request(self, span: ReadableSpan, request: Request, rollup: Rollup, route: str) -> None:
-        """A finished request root, with its roll-up and its route ("" when it has none)."""
 
 
 def route_of(span: ReadableSpan) -> str:
@@ -100,9 +89,7 @@ class SpanDeriver:
         self.dropped = 0
         self._needs_thread = True
         for sink in self._sinks:
-            reset = getattr(sink, "after_fork_in_child", None)
-            if reset is not None:
-                reset()
+            sink.after_fork_in_child()
 
     def _run(self) -> None:
         while True:
@@ -158,7 +145,7 @@ class SpanDeriver:
         query.analysis(self._thresholds.statement_max_length)
         call = query.kind != KIND_QUERY  # a key-value store's call: for the sinks that take calls
         for sink in self._sinks:
-            if call and not getattr(sink, "takes_calls", False):
+            if call and not sink.takes_calls:
                 continue
             try:
                 sink.query(span, query)

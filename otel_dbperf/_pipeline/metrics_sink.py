@@ -22,6 +22,7 @@ from .._sdk_compat import records_instrument
 from .._sql import OPERATIONS
 from .record import Query, Request, Rollup
 from .route import route_labels
+from .sink import Sink
 
 MAX_TABLES = 500  # distinct db.collection.name values; the rest collapse to _OTHER
 OTHER = "_OTHER"
@@ -29,7 +30,7 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(?:\.[A-Za-z_][A-Za-z0-9_
 _COMMAND = re.compile(r"[A-Z][A-Z0-9_.]{0,31}(?: [A-Z][A-Z0-9_]{0,31})?")  # a non-SQL command label
 
 
-class MetricsSink:
+class MetricsSink(Sink):
     #: calls to key-value and document stores reach this sink too: their durations, under their own
     #: db.system.name, in db.client.operation.duration (and nowhere else)
     takes_calls = True

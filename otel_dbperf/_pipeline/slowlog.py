@@ -24,6 +24,7 @@ from .. import attributes as A
 from ..settings import Settings
 from .pending import PendingByRequest
 from .record import Query, Request, Rollup, Thresholds
+from .sink import Sink
 from .suggest import relationship_fix
 
 _WINDOW_S = 60.0
@@ -35,7 +36,7 @@ SUPPRESSED = A.SLOW_QUERY_SUPPRESSED
 EVENT_NAME = A.EVENT_SLOW_QUERY
 
 
-class SlowQueryLog:
+class SlowQueryLog(Sink):
     def __init__(
         self,
         settings: Settings,

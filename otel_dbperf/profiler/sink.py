@@ -7,6 +7,7 @@ from typing import Any
 from .. import attributes as A
 from .._pipeline.pending import PendingByRequest
 from .._pipeline.record import Query, Request, Rollup
+from .._pipeline.sink import Sink
 from .._pipeline.suggest import relationship_fix
 from .history import QueryHistory
 
@@ -19,7 +20,7 @@ MAX_PENDING_PER_REQUEST = 64
 MAX_PENDING_S = 60.0
 
 
-class HistorySink:
+class HistorySink(Sink):
     """A sink of ``_pipeline.derive``: one history entry per DB query (nested driver spans excluded),
     added when its request's root span arrives, with the request's route."""
 
