@@ -746,7 +746,7 @@ class _WalkProcessor(SpanProcessor):
         self._app = AppCode((HERE,))
 
     def _on_ending(self, span: Any) -> None:
-        found = self._app.first_app_frame(sys._getframe(3))  # noqa: SLF001
+        found = self._app.find(sys._getframe(3))[0]  # noqa: SLF001
         if found is not None:
             location_of(found)
 

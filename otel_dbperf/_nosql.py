@@ -77,10 +77,6 @@ _REDIS_BATCH = {
 _MEMCACHED_BATCH = {"GET": "get_multi", "SET": "set_multi", "DELETE": "delete_multi"}
 
 
-def is_nosql(system: Any) -> bool:
-    return system in NOSQL_SYSTEMS
-
-
 def add_call(request: Any, query: Any) -> None:
     """Request thread: keep one of the request's calls (bounded; past the cap they are not counted)."""
     calls = request.calls

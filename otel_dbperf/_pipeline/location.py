@@ -126,10 +126,6 @@ class AppCode:
         rest = path[len(matched) :]  # e.g. a virtualenv inside the application's folder
         return "site-packages" not in rest and "dist-packages" not in rest
 
-    def first_app_frame(self, frame: FrameType | None) -> FrameType | None:
-        """The innermost application frame at or above ``frame`` (across greenlets)."""
-        return self.find(frame)[0]
-
     def find(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None]:
         """(the innermost application frame at or above ``frame``, the SQLAlchemy lazy-loader
         frame passed on the way there or None), across greenlets."""

@@ -20,7 +20,7 @@ from itertools import islice
 from typing import Any
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 
@@ -404,8 +404,3 @@ def _count_overflow(request: Request, query: Query) -> None:
         totals[0] += 1
         totals[1] += query.duration_ns
         totals[2] += query.slow
-
-
-def is_db_span(span: ReadableSpan) -> bool:
-    attrs = span.attributes or {}
-    return _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs
