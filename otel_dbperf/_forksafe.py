@@ -44,8 +44,9 @@ def _print_error(where: str, exc: BaseException) -> None:
 class _State:
     """This module's state (what is rebound; the registries above are only mutated)."""
 
-    #: how a failed callback is reported: ``_guard`` (which makes its own lock here) sets its own
-    report_error: Callable[[str, BaseException], None] = staticmethod(_print_error)
+    def __init__(self) -> None:
+        #: how a failed callback is reported: ``_guard`` (which makes its own lock here) sets its own
+        self.report_error: Callable[[str, BaseException], None] = _print_error
 
 
 _state = _State()

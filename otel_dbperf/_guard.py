@@ -24,9 +24,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: None: re-raise when running under pytest. Tests may force True or False.
 RERAISE: bool | None = None
 
+
+class _State:
+    """This module's state."""
+
+    def __init__(self) -> None:
+        self.errors = 0  # internal errors swallowed since start
+
+
+_state = _State()
 _lock = _forksafe.lock("guard")
 _seen: set[str] = set()
-errors = 0  # internal errors swallowed since start
+
+
+def error_count() -> int:
+    """How many internal errors were swallowed since start."""
+    return _state.errors
+
 
 #: what an error in each place turns off, for the stderr line (places not listed: that one call)
 EFFECTS = {
@@ -64,11 +78,10 @@ def internal_error(where: str, exc: BaseException, turned_off: str | None = None
     The stderr line names the exception's type and where it was raised, never its
     message (which may quote application data).
     """
-    global errors
     if _should_reraise():
         raise exc
     with _lock:
-        errors += 1
+        _state.errors += 1
         key = f"{where}:{type(exc).__name__}"
         first = key not in _seen
         if first and len(_seen) < 1000:
@@ -114,14 +127,13 @@ def guarded(where: str, default: Any = None) -> Callable[[F], F]:
 def _after_fork_error(where: str, exc: BaseException) -> None:
     """A fork callback's failure: an internal error; re-raised under pytest, it is printed and counted
     instead (never propagated into ``fork()``)."""
-    global errors
     try:
         internal_error(where, exc)
     except Exception:  # noqa: BLE001 - visible, never propagated into fork()
         import traceback
 
         traceback.print_exc()
-        errors += 1
+        _state.errors += 1
 
 
 _forksafe.report_errors_with(_after_fork_error)

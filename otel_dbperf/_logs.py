@@ -75,7 +75,16 @@ _SEVERITY = (
     (logging.DEBUG, SeverityNumber.DEBUG, "DEBUG"),
 )
 
-_state: dict[str, Any] = {"handler": None, "original": None}
+
+class _State:
+    """This module's state: the hook's handler and the ``Logger.callHandlers`` it replaced."""
+
+    def __init__(self) -> None:
+        self.handler: Any = None
+        self.original: Any = None
+
+
+_state = _State()
 _local = threading.local()
 
 
@@ -109,11 +118,11 @@ def _logs_exported() -> bool:
 
 def install(handler: logging.Handler) -> None:
     """Hand every dispatched record to ``handler`` too (idempotent; :func:`uninstall` undoes it)."""
-    if _state["original"] is not None:
-        _state["handler"] = handler
+    if _state.original is not None:
+        _state.handler = handler
         return
     original: Callable[[logging.Logger, logging.LogRecord], None] = logging.Logger.callHandlers
-    _state["handler"], _state["original"] = handler, original
+    _state.handler, _state.original = handler, original
 
     def callHandlers(self: logging.Logger, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         try:
@@ -126,10 +135,10 @@ def install(handler: logging.Handler) -> None:
 
 
 def uninstall() -> None:
-    original = _state["original"]
+    original = _state.original
     if original is not None:
         logging.Logger.callHandlers = original  # type: ignore[method-assign]
-    _state["handler"] = _state["original"] = None
+    _state.handler = _state.original = None
 
 
 def _reaches_root(logger: logging.Logger) -> bool:
@@ -143,7 +152,7 @@ def _reaches_root(logger: logging.Logger) -> bool:
 
 
 def _export(logger: logging.Logger, record: logging.LogRecord) -> None:
-    handler = _state["handler"]
+    handler = _state.handler
     if handler is None or getattr(_local, "busy", False) or not _reaches_root(logger):
         return
     if _ignored(record.name):

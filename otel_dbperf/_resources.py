@@ -9,17 +9,25 @@ import time
 thread_time_ns = time.thread_time_ns
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_statm_fd = -1
+
+
+class _State:
+    """This module's state."""
+
+    def __init__(self) -> None:
+        self.statm_fd = -1  # /proc/self/statm, opened on first use (and again in a forked child)
+
+
+_state = _State()
 
 
 def _reset_after_fork() -> None:
-    global _statm_fd
-    if _statm_fd >= 0:
+    if _state.statm_fd >= 0:
         try:
-            os.close(_statm_fd)
+            os.close(_state.statm_fd)
         except OSError:
             pass
-    _statm_fd = -1
+    _state.statm_fd = -1
 
 
 if hasattr(os, "register_at_fork"):
@@ -28,11 +36,10 @@ if hasattr(os, "register_at_fork"):
 
 def rss_bytes() -> int:
     """Current resident set size (Linux ``/proc/self/statm``; elsewhere the peak RSS)."""
-    global _statm_fd
     try:
-        if _statm_fd < 0:
-            _statm_fd = os.open("/proc/self/statm", os.O_RDONLY)
-        data = os.pread(_statm_fd, 128, 0)
+        if _state.statm_fd < 0:
+            _state.statm_fd = os.open("/proc/self/statm", os.O_RDONLY)
+        data = os.pread(_state.statm_fd, 128, 0)
         return int(data.split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -158,10 +158,10 @@ def test_requests_by_route_sum_waits_keep_the_longest_and_are_capped(serve: Call
 
 def test_add_never_raises_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_guard, "RERAISE", False)
-    errors = _guard.errors
+    errors = _guard.error_count()
     history = QueryHistory()
     assert history.add("not a number", "SELECT ?") == 0  # type: ignore[arg-type]
-    assert _guard.errors == errors + 1
+    assert _guard.error_count() == errors + 1
     assert history.totals()["total_queries"] == 0
 
 

@@ -339,14 +339,14 @@ def test_failing_traced_cursor_leaves_the_shortcut_working(
 
     conn = sqlite3.connect(":memory:")
     monkeypatch.setattr(_sqlite3, "_SQLite3CursorProxy", broken)
-    errors = _guard.errors
+    errors = _guard.error_count()
     traced.memory.clear()
     cur = conn.execute("SELECT 3")
     assert type(cur) is sqlite3.Cursor and cur.fetchall() == [(3,)]
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("SELEC 3")  # the app's errors stay the app's
     assert traced.spans() == []
-    assert _guard.errors == errors + 2
+    assert _guard.error_count() == errors + 2
     err = caplog.text
     assert err.count("internal error in sqlite3 shortcut (RuntimeError") == 1
     assert "connection shortcut call is untraced" in err

@@ -24,8 +24,16 @@ from .._pipeline.processor import open_query
 from .._sdk_compat import contrib_query_span
 from .params import digest
 
-_installed: Any = None
-_lock = _forksafe.lock("duplicates.install")
+
+class _State:
+    """This module's state."""
+
+    def __init__(self) -> None:
+        self.installed: Any = None  # the listener, while it listens
+        self.lock = _forksafe.lock("duplicates.install")
+
+
+_state = _State()
 
 
 def _after_cursor_execute(
@@ -54,20 +62,18 @@ def install() -> bool:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    global _installed
-    with _lock:
-        if _installed is None:
+    with _state.lock:
+        if _state.installed is None:
             event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
-            _installed = _after_cursor_execute
+            _state.installed = _after_cursor_execute
     return True
 
 
 def uninstall() -> None:
-    global _installed
-    with _lock:
-        if _installed is not None:
+    with _state.lock:
+        if _state.installed is not None:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
 
-            event.remove(Engine, "after_cursor_execute", _installed)
-            _installed = None
+            event.remove(Engine, "after_cursor_execute", _state.installed)
+            _state.installed = None

@@ -51,7 +51,16 @@ UNITS = {
 }
 
 _watches: list[Watch] = []
-_exit = {"registered": False}
+
+
+class _State:
+    """This module's state (the watches above are only appended to)."""
+
+    def __init__(self) -> None:
+        self.exit_registered = False  # the bounded flush at exit
+
+
+_state = _State()
 
 
 def _count(n: int, signal: str) -> str:
@@ -276,8 +285,8 @@ def watching(settings: Settings) -> Iterator[None]:
     finally:
         sdk.PeriodicExportingMetricReader = reader_class  # type: ignore[attr-defined]
         sdk.BatchLogRecordProcessor = log_processor_class  # type: ignore[attr-defined]
-    if not _exit["registered"]:
-        _exit["registered"] = True
+    if not _state.exit_registered:
+        _state.exit_registered = True
         atexit.register(shutdown, settings.shutdown_timeout_ms / 1000.0)  # runs before the SDK's (LIFO)
 
 

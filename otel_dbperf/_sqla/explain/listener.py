@@ -41,8 +41,17 @@ def plan_attributes(plan: Plan) -> dict[str, Any]:
 
 
 OnPlan = Callable[[Any, Plan], None]
-_installed: Callable[..., None] | None = None
-_install_lock = _forksafe.lock("explain.install")
+
+
+class _State:
+    """This module's state."""
+
+    def __init__(self) -> None:
+        self.installed: Callable[..., None] | None = None  # the listener, while it listens
+        self.lock = _forksafe.lock("explain.install")
+
+
+_state = _State()
 
 
 def install(explainer: Explainer, slow_threshold_ns: int, on_plan: OnPlan | None = None) -> None:
@@ -68,26 +77,24 @@ def install(explainer: Explainer, slow_threshold_ns: int, on_plan: OnPlan | None
         except Exception as exc:  # noqa: BLE001 - never into the application
             internal_error("explain.after_cursor_execute", exc)
 
-    global _installed
-    with _install_lock:
+    with _state.lock:
         _uninstall_locked()
         event.listen(Engine, "after_cursor_execute", after_cursor_execute)
-        _installed = after_cursor_execute
+        _state.installed = after_cursor_execute
 
 
 def uninstall() -> None:
-    with _install_lock:
+    with _state.lock:
         _uninstall_locked()
 
 
 def _uninstall_locked() -> None:
-    global _installed
-    if _installed is not None:
+    if _state.installed is not None:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
-        event.remove(Engine, "after_cursor_execute", _installed)
-        _installed = None
+        event.remove(Engine, "after_cursor_execute", _state.installed)
+        _state.installed = None
 
 
 def _explain_slow_query(
