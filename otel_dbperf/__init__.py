@@ -27,9 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
+from ._version import __version__
 from .settings import Settings
-
-__version__ = "0.1.0"
 
 __all__ = ["DbPerfSpanProcessor", "EnrichingSpanExporter", "Settings", "configure", "__version__"]
 

@@ -195,8 +195,8 @@ def start_derived(settings: Settings) -> None:
     from opentelemetry._logs import get_logger_provider
     from opentelemetry.metrics import get_meter_provider
 
-    from . import __version__
     from ._pipeline.derive import build_deriver
+    from ._version import __version__
 
     def metrics_provider() -> Any:
         provider: Any = get_meter_provider()
@@ -256,6 +256,7 @@ def start_sqlalchemy(settings: Settings) -> None:
     processor = runtime.processor
     if not settings.enabled or processor is None or runtime.declarative:
         return
-    from . import __version__, _sqla
+    from . import _sqla
+    from ._version import __version__
 
     _sqla.install(settings, processor.thresholds, runtime.meter_provider, __version__)

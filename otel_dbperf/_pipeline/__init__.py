@@ -12,7 +12,7 @@
         submit(span, payload) ------+-----------------------------------> derive.SpanDeriver
                                                                             -> Sink.query / Sink.request
                                                                                metrics_sink.MetricsSink
-                                                                               _slowlog.SlowQueryLog
+                                                                               slowlog.SlowQueryLog
                                                                                profiler.sink.HistorySink
 
 - :mod:`.record`: what travels. A DB span's :class:`Query` (built on the request thread;
@@ -23,7 +23,10 @@
   text) and :meth:`Request.rollup` (counts, duplicates, the N+1 verdict).
 - :mod:`.processor`: the request-thread half (the only code on the app's hot path).
 - :mod:`.enrich`: the span attributes (design.md section 4), on the export thread.
-- :mod:`.derive`: the queue and thread that feed the sinks; :mod:`.metrics_sink`: section 5.
+- :mod:`.derive`: the queue and thread that feed the sinks (:mod:`.sink`: all a sink is asked);
+  :mod:`.metrics_sink`: section 5; :mod:`.slowlog`: the slow-query log records (with :mod:`.pending`,
+  :mod:`.route`, :mod:`.suggest`, shared with the profiler's sink).
+- :mod:`.location`: the frame walk to the application code (request thread).
 
 ``_runtime`` builds all of it from the settings; ``_sdk_compat`` holds every SDK internal it uses.
 """
