@@ -46,7 +46,7 @@ class Runtime:
     processor: DbPerfSpanProcessor | None = None
     deriver: SpanDeriver | None = None
     metric_exporters: str = ""  # OTEL_METRICS_EXPORTER as the SDK saw it
-    fork_hooks: Any = None
+    fork_hooks: _prefork.ForkHooks | None = None
     meter_provider: Any = None  # the SDK's, when metrics are exported (None: no derived metrics)
 
 

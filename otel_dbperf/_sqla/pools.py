@@ -77,8 +77,7 @@ class _State:
     """This module's state: the thresholds, the metrics queue, the originals that were replaced."""
 
     def __init__(self) -> None:
-        self.slow_ns = 100_000_000
-        self.threshold_ms = 100.0
+        self.slow_ns = 100_000_000  # Thresholds.slow_ns: a wait this long is a pool_wait event
         self.queue: deque[tuple[Any, ...]] | None = None  # None: no metrics
         self.dropped = 0
         self.metrics: Any = None
@@ -220,7 +219,7 @@ def _wait_event(pool: Any, state: _PoolState, waited: int, timed_out: bool = Fal
     attrs: dict[str, Any] = {
         POOL_NAME: state.name,
         A.EVENT_DURATION_MS: waited / 1e6,
-        A.EVENT_THRESHOLD_MS: _state.threshold_ms,
+        A.EVENT_THRESHOLD_MS: _state.slow_ns / 1e6,
         A.POOL_CLASS: type(pool).__name__,
         A.POOL_PENDING_REQUESTS: len(state.pending),
     }
@@ -482,7 +481,6 @@ def install(thresholds: Thresholds, meter_provider: Any = None, version: str = "
         return False
     with _state.lock:
         _state.slow_ns = thresholds.slow_ns
-        _state.threshold_ms = thresholds.slow_ms
         if meter_provider is not None and _state.metrics is None:
             _state.metrics = PoolMetrics(meter_provider, version)
             _state.queue = _state.metrics.queue

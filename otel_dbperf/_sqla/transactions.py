@@ -34,7 +34,7 @@ class _State:
     """This module's state."""
 
     def __init__(self) -> None:
-        self.long_ns = 1_000_000_000
+        self.long_transaction_ns = 1_000_000_000  # Thresholds.long_transaction_ns
         self.open: dict[int, tuple[int, Any, int, int]] = {}  # id(Connection) -> (start, request, records, overflow_ns)
         self.installed: list[tuple[str, Any]] = []
         self.lock = _forksafe.lock("transactions")
@@ -71,13 +71,13 @@ def _end(conn: Any) -> None:
         request.add(A.DB_TRANSACTION_COUNT, 1)
         request.set_max(A.DB_TRANSACTION_MAX_MS, length / 1e6)
         request.add(A.DB_IDLE_IN_TRANSACTION_MS, max(0, length - busy) / 1e6)
-        if length >= _state.long_ns:
+        if length >= _state.long_transaction_ns:
             request.add(A.DB_LONG_TRANSACTION_COUNT, 1)
             request.event(
                 A.EVENT_LONG_TRANSACTION,
                 {
                     A.EVENT_DURATION_MS: length / 1e6,
-                    A.EVENT_THRESHOLD_MS: _state.long_ns / 1e6,
+                    A.EVENT_THRESHOLD_MS: _state.long_transaction_ns / 1e6,
                     A.DB_IDLE_IN_TRANSACTION_MS: max(0, length - busy) / 1e6,
                 },
             )
@@ -93,7 +93,7 @@ def install(thresholds: Thresholds) -> bool:
     except ImportError:
         return False
     with _state.lock:
-        _state.long_ns = thresholds.long_transaction_ns
+        _state.long_transaction_ns = thresholds.long_transaction_ns
         if not _state.installed:
             for name, fn in (("begin", _begin), ("commit", _end), ("rollback", _end)):
                 event.listen(Engine, name, fn)

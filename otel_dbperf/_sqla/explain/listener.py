@@ -54,10 +54,10 @@ class _State:
 _state = _State()
 
 
-def install(explainer: Explainer, slow_threshold_ns: int, on_plan: OnPlan | None = None) -> None:
+def install(explainer: Explainer, slow_ns: int, on_plan: OnPlan | None = None) -> None:
     """Explain slow SELECTs of every SQLAlchemy engine; ``on_plan(span, plan)`` sees each plan.
 
-    ``slow_threshold_ns``: the pipeline's ``Thresholds.slow_ns``. The decision is made before
+    ``slow_ns``: the pipeline's ``Thresholds.slow_ns``. The decision is made before
     the span ends (the plan needs the query's connection), on the time since the span began.
 
     The listener is class-level on ``Engine``: SQLAlchemy runs class-level listeners before
@@ -71,9 +71,7 @@ def install(explainer: Explainer, slow_threshold_ns: int, on_plan: OnPlan | None
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
         try:
-            _explain_slow_query(
-                explainer, slow_threshold_ns, on_plan, conn, statement, parameters, context, executemany
-            )
+            _explain_slow_query(explainer, slow_ns, on_plan, conn, statement, parameters, context, executemany)
         except Exception as exc:  # noqa: BLE001 - never into the application
             internal_error("explain.after_cursor_execute", exc)
 
@@ -99,7 +97,7 @@ def _uninstall_locked() -> None:
 
 def _explain_slow_query(
     explainer: Explainer,
-    threshold_ns: int,
+    slow_ns: int,
     on_plan: OnPlan | None,
     conn: Any,
     statement: str,
@@ -112,7 +110,7 @@ def _explain_slow_query(
         return
     start = getattr(span, "start_time", None)
     ended_ns = time.time_ns()  # the SDK's clock for span times
-    if not isinstance(start, int) or ended_ns - start < threshold_ns:
+    if not isinstance(start, int) or ended_ns - start < slow_ns:
         return
     if getattr(context, "_is_server_side", False):
         explainer.count("skipped.server_side_cursor")  # its rows are still on the server
