@@ -25,10 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
 from sqlalchemy import create_engine, event, text
-from support.pipeline import Pipeline
+from support.pipeline import Pipeline, instrument_sqlalchemy, uninstrument_sqlalchemy
 
 from otel_dbperf import Settings
 from otel_dbperf import attributes as A
@@ -250,12 +249,12 @@ def test_mariadb_literals_hidden_under_every_sql_mode(mode: str) -> None:
     def _mode(dbapi_conn: Any, record: Any) -> None:
         _run(dbapi_conn, f"SET SESSION sql_mode = CONCAT(@@sql_mode, ',{MARIA_MODES[mode]}')")
 
-    SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=traced.provider, skip_dep_check=True)
+    instrument_sqlalchemy(traced.provider, engine)  # undone first if an earlier test left it on
     try:
         with engine.connect() as conn:
             rows = conn.execute(text(sql)).all()
     finally:
-        SQLAlchemyInstrumentor().uninstrument()
+        uninstrument_sqlalchemy()
         engine.dispose()
         traced.provider.shutdown()
     assert secret in repr(rows)
