@@ -210,6 +210,7 @@ def start_derived(settings: Settings) -> None:
     from opentelemetry.metrics import get_meter_provider
 
     from . import __version__
+    from ._pipeline import contrib_metrics
     from ._pipeline.derive import build_deriver
 
     def metrics_provider() -> Any:
@@ -241,13 +242,16 @@ def start_derived(settings: Settings) -> None:
         sink = step("profiler API setup", "no profiler API", _start_profiler, settings)
         if sink is not None:
             sinks.append(sink)
-    if meter_provider is None and not sinks:
-        return
-    deriver = build_deriver(processor.thresholds, meter_provider, sinks, __version__)
-    processor.attach_deriver(deriver.submit)
-    runtime.deriver = deriver
-    runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
-    atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
+    deriver = None
+    if meter_provider is not None or sinks:
+        deriver = build_deriver(processor.thresholds, meter_provider, sinks, __version__)
+        processor.attach_deriver(deriver.submit)
+        runtime.deriver = deriver
+        runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
+        atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
+    # contrib's per-query DB-API metrics: recorded by the deriver when metrics are exported, else dropped
+    step("contrib DB-API metrics off the request thread", "contrib's per-query DB metrics stay on the request thread",
+         contrib_metrics.install, deriver if meter_provider is not None else None, get_meter_provider())  # fmt: skip
 
 
 #: set once the start-up said that the mount needs a token (inherited: said once per process tree)

@@ -24,6 +24,8 @@
 - :mod:`.processor`: the request-thread half (the only code on the app's hot path).
 - :mod:`.enrich`: the span attributes (design.md section 4), on the export thread.
 - :mod:`.derive`: the queue and thread that feed the sinks; :mod:`.metrics_sink`: section 5.
+- :mod:`.contrib_metrics`: contrib's per-query DB-API metrics, queued on the request thread and
+  recorded by the derivation thread's drains.
 
 ``_runtime`` builds all of it from the settings; ``_sdk_compat`` holds every SDK internal it uses.
 """
