@@ -250,8 +250,9 @@ def start_derived(settings: Settings) -> None:
         runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
         atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
     # contrib's per-query DB-API metrics: recorded by the deriver when metrics are exported, else dropped
+    exported = deriver if meter_provider is not None else None
     step("contrib DB-API metrics off the request thread", "contrib's per-query DB metrics stay on the request thread",
-         contrib_metrics.install, deriver if meter_provider is not None else None, get_meter_provider())  # fmt: skip
+         lambda: contrib_metrics.install(exported, get_meter_provider()))  # fmt: skip
 
 
 #: set once the start-up said that the mount needs a token (inherited: said once per process tree)
