@@ -126,3 +126,74 @@ def test_plain_opentelemetry_when_disabled(receiver: Receiver, pg_dsn: str, expo
     assert sorted(map(tuple, _per_query(found["taken"]))) == sorted(
         [(PSYCOPG, "db.client.operation.duration")] * 4 + [(PSYCOPG, "db.client.response.returned_rows")] * 3
     )
+
+
+# ---- the queue, in process -------------------------------------------------------------------
+
+
+class _Cursor:
+    rowcount = 4
+
+
+@pytest.fixture
+def contrib(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A DB-API cursor tracer whose two histograms feed an in-memory reader (as under the opt-in)."""
+    from types import SimpleNamespace
+
+    from opentelemetry.instrumentation.dbapi import CursorTracer, DatabaseApiIntegration
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_dbperf._pipeline import contrib_metrics
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("opentelemetry.instrumentation.sqlite3")
+    integration = DatabaseApiIntegration("opentelemetry.instrumentation.sqlite3", "sqlite")
+    integration.database = "main"
+    integration._duration_histogram = meter.create_histogram("db.client.operation.duration", unit="s")
+    integration._returned_rows_histogram = meter.create_histogram("db.client.response.returned_rows", unit="{row}")
+    deriver = SimpleNamespace(dropped=0)
+    monkeypatch.setattr(contrib_metrics._State, "deriver", deriver)
+    monkeypatch.setattr(contrib_metrics._State, "queue", contrib_metrics.deque())
+    return SimpleNamespace(tracer=CursorTracer(integration), reader=reader, deriver=deriver, module=contrib_metrics)
+
+
+def _recorded(reader: Any) -> dict[str, list[tuple[dict[str, Any], int, float]]]:
+    found: dict[str, list[tuple[dict[str, Any], int, float]]] = {}
+    data = reader.get_metrics_data()  # None: nothing recorded
+    for rm in data.resource_metrics if data is not None else ():
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                found[m.name] = [(dict(p.attributes), p.count, p.sum) for p in m.data.data_points]
+    return found
+
+
+def test_queued_measurements_are_recorded_as_contrib_records_them(contrib: Any) -> None:
+    import time
+
+    contrib.module._deferred(contrib.tracer, _Cursor(), "SELECT", time.perf_counter(), None)
+    contrib.module._deferred(contrib.tracer, _Cursor(), "INSERT", time.perf_counter(), KeyError("x"))
+    assert _recorded(contrib.reader) == {}  # nothing recorded on the calling thread
+    contrib.module.drain()
+    found = _recorded(contrib.reader)
+    base = {"db.system.name": "sqlite", "db.namespace": "main"}
+    assert found["db.client.response.returned_rows"] == [({**base, "db.operation.name": "SELECT"}, 1, 4)]
+    durations = {json.dumps(a, sort_keys=True): c for a, c, _ in found["db.client.operation.duration"]}
+    assert durations == {
+        json.dumps({**base, "db.operation.name": "SELECT"}, sort_keys=True): 1,
+        json.dumps({**base, "db.operation.name": "INSERT", "error.type": "KeyError"}, sort_keys=True): 1,
+    }
+
+
+def test_a_full_queue_drops_and_counts_and_a_forked_child_forgets(
+    contrib: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr(contrib.module, "MAX_QUEUE", 2)
+    for _ in range(3):
+        contrib.module._deferred(contrib.tracer, _Cursor(), "SELECT", time.perf_counter(), None)
+    assert len(contrib.module._State.queue) == 2 and contrib.deriver.dropped == 1
+    contrib.module._after_fork_in_child()
+    contrib.module.drain()
+    assert _recorded(contrib.reader) == {}
