@@ -195,6 +195,7 @@ def start_derived(settings: Settings) -> None:
     from opentelemetry._logs import get_logger_provider
     from opentelemetry.metrics import get_meter_provider
 
+    from ._pipeline import contrib_metrics
     from ._pipeline.derive import build_deriver
     from ._version import __version__
 
@@ -236,13 +237,17 @@ def start_derived(settings: Settings) -> None:
         )
         if sink is not None:
             sinks.append(sink)
-    if meter_provider is None and not sinks:
-        return
-    deriver = build_deriver(processor.thresholds, meter_provider, sinks, __version__)
-    processor.attach_deriver(deriver.submit)
-    runtime.deriver = deriver
-    runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
-    atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
+    deriver = None
+    if meter_provider is not None or sinks:
+        deriver = build_deriver(processor.thresholds, meter_provider, sinks, __version__)
+        processor.attach_deriver(deriver.submit)
+        runtime.deriver = deriver
+        runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
+        atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
+    # contrib's per-query DB-API metrics: recorded by the deriver when metrics are exported, else dropped
+    exported = deriver if meter_provider is not None else None
+    step("contrib DB-API metrics off the request thread", "contrib's per-query DB metrics stay on the request thread",
+         lambda: contrib_metrics.install(exported, get_meter_provider()))  # fmt: skip
 
 
 def _drain_deriver() -> None:

@@ -20,7 +20,9 @@ properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and, through
 :func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``.
 Elsewhere: ``_prefork`` (``SystemMetricsInstrumentor._instance._proc``), ``_backend``
 (``exporter._preferred_temporality`` / ``_preferred_aggregation``, the providers'
-``_atexit_handler``), ``_logs`` (``LoggingHandler._translate``), each commented where used.
+``_atexit_handler``), ``_logs`` (``LoggingHandler._translate``), each commented where used;
+``_pipeline.contrib_metrics`` replaces contrib DB-API's ``CursorTracer._record_metrics`` (a
+request-thread hook with contrib's signature) and reads what it recorded through the functions below.
 """
 
 from __future__ import annotations
@@ -201,6 +203,61 @@ def reset_export_locks(provider: Any) -> None:
     for reader in getattr(provider, "_metric_readers", None) or ():
         if hasattr(reader, "_export_lock"):
             reader._export_lock = _forksafe.lock("sdk.reader_export")  # noqa: SLF001
+
+
+def meter_readers(provider: Any) -> Sequence[Any] | None:
+    """The metric readers of the SDK's ``MeterProvider`` (``_metric_readers``: fixed when it is
+    built), or None for another provider."""
+    readers = getattr(provider, "_metric_readers", None) if is_sdk_meter_provider(provider) else None
+    return tuple(readers) if readers is not None else None
+
+
+# ---- contrib's DB-API metrics (``_pipeline/contrib_metrics.py``) --------------------------
+def dbapi_cursor_tracer_class() -> Any:
+    """``opentelemetry.instrumentation.dbapi.CursorTracer``, whose ``_record_metrics(self, cursor,
+    operation_name, start_time, error)`` records contrib's two per-query histograms (called by
+    ``traced_execution`` and ``traced_execution_async`` in a ``finally``, inside the query's span);
+    None without contrib's DB-API instrumentation."""
+    from importlib.util import find_spec
+
+    if find_spec("opentelemetry.instrumentation.dbapi") is None:
+        return None
+    from opentelemetry.instrumentation.dbapi import CursorTracer
+
+    return CursorTracer
+
+
+def db_semconv_stable() -> bool:
+    """Whether contrib reports the stable database conventions (its metrics exist only then):
+    ``_semconv._OpenTelemetrySemanticConventionStability``'s mode for DATABASE, as each DB-API
+    integration reads it when it is made."""
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetrySemanticConventionStability,
+        _OpenTelemetryStabilitySignalType,
+        _report_new,
+    )
+
+    _OpenTelemetrySemanticConventionStability._initialize()  # type: ignore[no-untyped-call]  # noqa: SLF001
+    mode = _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(  # noqa: SLF001
+        _OpenTelemetryStabilitySignalType.DATABASE
+    )
+    return bool(_report_new(mode))
+
+
+def contrib_db_histograms(tracer: Any) -> tuple[Any, Any]:
+    """A cursor tracer's ``_db_api_integration._duration_histogram`` and ``_returned_rows_histogram``
+    (None without the database opt-in)."""
+    integration = tracer._db_api_integration  # noqa: SLF001
+    return integration._duration_histogram, integration._returned_rows_histogram  # noqa: SLF001
+
+
+def contrib_metric_attributes(tracer: Any, operation_name: str, error_type: type | None) -> dict[str, Any]:
+    """The attributes contrib gives both histograms (``CursorTracer._get_metric_attributes``), for
+    an error of class ``error_type``: contrib's ``error.type`` is ``type(error).__qualname__``."""
+    attributes: dict[str, Any] = tracer._get_metric_attributes(operation_name, None)  # noqa: SLF001
+    if error_type is not None:
+        attributes["error.type"] = error_type.__qualname__
+    return attributes
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

@@ -27,6 +27,8 @@
   :mod:`.metrics_sink`: section 5; :mod:`.slowlog`: the slow-query log records (with :mod:`.pending`,
   :mod:`.route`, :mod:`.suggest`, shared with the profiler's sink).
 - :mod:`.location`: the frame walk to the application code (request thread).
+- :mod:`.contrib_metrics`: contrib's per-query DB-API metrics, queued on the request thread and
+  recorded by the derivation thread's drains.
 
 ``_runtime`` builds all of it from the settings; ``_sdk_compat`` holds every SDK internal it uses.
 """

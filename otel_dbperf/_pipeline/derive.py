@@ -19,8 +19,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
@@ -55,6 +55,7 @@ class SpanDeriver:
         self._lock = _forksafe.lock("derive.drain")  # one drainer at a time keeps per-request order simple
         self._start_lock = _forksafe.lock("derive.start")
         self._needs_thread = True  # started by the first submit (again in a forked child)
+        self._also: tuple[Callable[[], None], ...] = ()  # other queues drained with this one
         if meter is not None:
             meter.create_observable_counter(
                 M.METRICS_DROPPED.name,
@@ -62,6 +63,11 @@ class SpanDeriver:
                 unit="{span}",
                 description="Spans whose metrics were dropped because the derivation queue was full.",
             )
+
+    def also_drain(self, drain: Callable[[], None]) -> None:
+        """Call ``drain()`` at each drain, after the spans (under the same lock): another queue of
+        measurements deferred from the request thread (``contrib_metrics``)."""
+        self._also = (*self._also, drain)
 
     # ---- request thread -------------------------------------------------------------------
     def submit(self, span: Any, payload: Any) -> None:
@@ -136,6 +142,11 @@ class SpanDeriver:
                         self._query(span, payload)
                     else:
                         self._request(span, payload)
+                except Exception as exc:  # noqa: BLE001
+                    internal_error("derive", exc)
+            for also in self._also:
+                try:
+                    also()
                 except Exception as exc:  # noqa: BLE001
                     internal_error("derive", exc)
         finally:
