@@ -13,7 +13,8 @@ the requests are done, and answers one JSON line:
   ``export`` (one batch through the exporter chain), ``encode`` and ``send`` inside it when the
   exporter is otel-dbperf's, ``gc0``/``gc1``/``gc2`` (a collection of that generation, on any
   thread), so the parent can say what the slow requests overlapped (the end-of-round flush
-  overlaps none).
+  overlaps none);
+- ``dropped``: spans the SDK's batch processor dropped, its queue full.
 
 This file imports only the standard library and SQLAlchemy at the top (the ddtrace side
 virtualenv has nothing else); the OpenTelemetry modes are set up by ``overhead.latency_setup``.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
 import sys
 import threading
@@ -37,13 +39,21 @@ DEPTH = 20
 Interval = tuple[str, float, float, float]
 
 
-class Recorder:
-    """Intervals of named calls (the export side) and of garbage collections."""
+class Recorder(logging.Handler):
+    """Intervals of named calls (the export side) and of garbage collections; spans dropped by a
+    full queue (the SDK's batch processor logs each)."""
 
     def __init__(self) -> None:
+        super().__init__(logging.WARNING)
         self.intervals: list[Interval] = []
+        self.dropped = 0
         self._gc_start: dict[int, tuple[float, float]] = {}
         gc.callbacks.append(self._gc)
+        logging.getLogger("opentelemetry").addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Queue full"):
+            self.dropped += 1
 
     def wrap(self, obj: Any, attr: str, name: str) -> None:
         """Record every call of ``obj.attr`` (an instance attribute shadowing the method)."""
@@ -161,9 +171,11 @@ def main(argv: list[str]) -> int:
         if not words or words[0] != "run":
             break
         del recorder.intervals[:]
+        recorder.dropped = 0
         requests = run_round(engine, mode, int(words[1]), int(words[2]))
         mode.flush()  # what is left goes out now, after the requests (the parent keeps what overlapped them)
-        print(json.dumps({"requests": requests, "intervals": recorder.intervals}), flush=True)
+        answer = {"requests": requests, "intervals": recorder.intervals, "dropped": recorder.dropped}
+        print(json.dumps(answer), flush=True)
     mode.shutdown()
     return 0
 

@@ -70,6 +70,10 @@ CHECKOUT = os.environ.get("BENCH_CHECKOUT") == "1"
 POOL_HOOKS = os.environ.get("BENCH_POOL_HOOKS") != "0"
 DEPTH = 20
 BATCH = 512
+if os.environ.get("BENCH_PAUSES") == "off":  # the export side's pauses off (docs/design.md "Tail latency")
+    from otel_dbperf import _pause
+
+    _pause.PAUSE_S = None
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # --------------------------------------------------------------------------- the local receiver
@@ -553,7 +557,8 @@ def instructions(
 
 #: the modes of --latency, each in a process of its own (bench/latency_worker.py); the extra ones on request
 LATENCY_MODES = ("bare", "vanilla", "otel-dbperf", "ddtrace")
-LATENCY_EXTRA = ("vanilla-null", "otel-dbperf-null", "otel-dbperf-stock")  # exporter off; the SDK's encoder
+#: exporter off; the SDK's encoder; otel-dbperf without the export side's pauses between slices of a batch
+LATENCY_EXTRA = ("vanilla-null", "otel-dbperf-null", "otel-dbperf-stock", "otel-dbperf-nopause")
 #: ddtrace (PyPI) and the same SQLAlchemy, in a virtualenv of their own, created on first use
 DDTRACE_VENV = os.path.join(os.path.dirname(HERE), ".cache", "bench-ddtrace")
 GOAL = 1.5  # issue 27: the p99 otel-dbperf adds over bare, at most 1.5 times what ddtrace adds
@@ -582,6 +587,18 @@ def latency_setup(name: str, engine: Engine, port: int, recorder: Any) -> tuple[
         chain = dbperf.wrap_exporter(sender)
         recorder.wrap(chain, "export", "export")
         encoder = getattr(sender, "encoder", None)
+        pausing = [chain] if encoder is None else [chain, encoder]
+        if name.endswith("-nopause"):  # the export side's pauses between slices off (DBPERF's default: on)
+            for one in pausing:
+                one.pause_s = None
+        elif "-pause" in name:  # otel-dbperf-pauseEVERYxMICROSECONDS[xRATIO]: other pauses, to try them
+            every, micros, *ratio = name.rsplit("-pause", 1)[1].split("x")
+            for one in pausing:
+                one.pause_every, one.pause_s = int(every), float(micros) / 1e6
+            if ratio:
+                from otel_dbperf import _pause
+
+                _pause.PAUSE_RATIO = float(ratio[0])  # this worker process's
         if encoder is not None:
             recorder.wrap(encoder, "encode", "encode")
             recorder.wrap(sender, "_send", "send")
@@ -784,6 +801,9 @@ def latency(rounds: int, per_round: int, concurrencies: Sequence[int], modes: Se
                     pair = statistics.median(a - b for a, b in zip(round_p99[name], round_p99["bare"], strict=True))
                     added[name] = pair
                     line += f"  {pooled * 1000:>+28.2f}  {pair * 1000:+.2f}"
+                dropped = sum(a.get("dropped", 0) for a in answers[name])
+                if dropped:
+                    line += f"  ({dropped} spans dropped, queue full)"
                 print(line)
             if "otel-dbperf" in added and "ddtrace" in added:
                 ours, theirs = added["otel-dbperf"], added["ddtrace"]
