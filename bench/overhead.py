@@ -16,7 +16,7 @@ callgrind does not see, and this VM's speed drifts by tens of percent.
 
     python bench/overhead.py                      # CPU time, interleaved rounds (information)
     python bench/overhead.py --instructions       # the gate: each section 6 limit with its figure
-    python bench/overhead.py --latency            # p99 request latency, concurrency 1 and 4
+    python bench/overhead.py --latency            # p99 latency: bare, vanilla, otel-dbperf, ddtrace
     python bench/overhead.py --probe              # the independent probe's setup (see docs/design.md)
     python bench/overhead.py --breakdown          # empty processor, CPU clocks alone, frame walk alone
     python bench/overhead.py --memory 1000000 --distinct 100000
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import os
 import random
 import re
@@ -73,6 +74,10 @@ CHECKOUT = os.environ.get("BENCH_CHECKOUT") == "1"
 POOL_HOOKS = os.environ.get("BENCH_POOL_HOOKS") != "0"
 DEPTH = 20
 BATCH = 512
+if os.environ.get("BENCH_PAUSES") == "off":  # the export side's pauses off (docs/design.md "Tail latency")
+    from otel_dbperf import _pause
+
+    _pause.PAUSE_S = None
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # --------------------------------------------------------------------------- the local receiver
@@ -84,9 +89,18 @@ class _Discard(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
+        if self.path.startswith("/v1/"):  # OTLP
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b'{"rate_by_service": {}}'  # a Datadog agent's answer (--latency's ddtrace mode)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
+
+    do_PUT = do_POST  # noqa: N815 - ddtrace's trace payloads
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
         pass
@@ -546,73 +560,280 @@ def instructions(
 # --------------------------------------------------------------------------- p99 latency
 
 
-def latency(rounds: int, per_round: int) -> int:
-    """p99 request latency, concurrency 1 and 4, exporter on/off and two batch sizes, interleaved."""
+#: the modes of --latency, each in a process of its own (bench/latency_worker.py); the extra ones on request
+LATENCY_MODES = ("bare", "vanilla", "otel-dbperf", "ddtrace")
+#: exporter off; the SDK's encoder; otel-dbperf without the export side's pauses between slices of a batch
+LATENCY_EXTRA = ("vanilla-null", "otel-dbperf-null", "otel-dbperf-stock", "otel-dbperf-nopause")
+#: ddtrace (PyPI) and the same SQLAlchemy, in a virtualenv of their own, created on first use
+DDTRACE_VENV = os.path.join(os.path.dirname(HERE), ".cache", "bench-ddtrace")
+GOAL = 1.5  # issue 27: the p99 otel-dbperf adds over bare, at most 1.5 times what ddtrace adds
+
+
+def latency_setup(name: str, engine: Engine, port: int, recorder: Any) -> tuple[Any, Any, Any]:
+    """An OpenTelemetry mode of --latency in its worker process: (request span, flush, shutdown).
+
+    ``vanilla``: contrib's SQLAlchemy instrumentation and a BatchSpanProcessor (batches of 512)
+    into the SDK's OTLP/HTTP exporter; ``otel-dbperf``: the same with otel-dbperf's processor,
+    its enriching exporter, its OTLP encoder and its duplicate-digest listener, as ``build``
+    composes them. The export side's calls are recorded (``recorder``): ``export`` per batch,
+    and inside it ``encode`` and ``send`` with otel-dbperf's encoder."""
+    provider = TracerProvider()
+    counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
+    EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
+    off = name.endswith("-null")
+    exporter = NullExporter() if off else make_exporter("otlp", port)
+    if name.startswith("vanilla"):
+        recorder.wrap(exporter, "export", "export")
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=BATCH))
+    elif name.startswith("otel-dbperf"):
+        dbperf = DbPerfSpanProcessor(Settings(app_paths=(HERE,)))
+        _duplicates.install()
+        sender = fast_exporter(exporter, "stock" if name.endswith("-stock") else "fast")
+        chain = dbperf.wrap_exporter(sender)
+        recorder.wrap(chain, "export", "export")
+        encoder = getattr(sender, "encoder", None)
+        pausing = [chain] if encoder is None else [chain, encoder]
+        if name.endswith("-nopause"):  # the export side's pauses between slices off (DBPERF's default: on)
+            for one in pausing:
+                one.pause_s = None
+        elif "-pause" in name:  # otel-dbperf-pauseEVERYxMICROSECONDS[xRATIO]: other pauses, to try them
+            every, micros, *ratio = name.rsplit("-pause", 1)[1].split("x")
+            for one in pausing:
+                one.pause_every, one.pause_s = int(every), float(micros) / 1e6
+            if ratio:
+                from otel_dbperf import _pause
+
+                _pause.PAUSE_RATIO = float(ratio[0])  # this worker process's
+        if encoder is not None:
+            recorder.wrap(encoder, "encode", "encode")
+            recorder.wrap(sender, "_send", "send")
+        provider.add_span_processor(dbperf)
+        provider.add_span_processor(BatchSpanProcessor(chain, max_export_batch_size=BATCH))
+    else:
+        raise SystemExit(f"unknown latency mode {name!r}")
+    tracer = provider.get_tracer("bench.framework")
+
+    def span() -> Any:
+        return tracer.start_as_current_span("GET /bench", kind=SpanKind.SERVER)
+
+    return span, provider.force_flush, provider.shutdown
+
+
+def _ddtrace_python() -> str | None:
+    """The side virtualenv's python with ddtrace importable (created on first use), or None."""
+    import sqlalchemy
+
+    python = os.path.join(DDTRACE_VENV, "bin", "python")
+    check = [python, "-c", "import ddtrace, sqlalchemy; print(sqlalchemy.__version__)"]
+    if os.path.exists(python):
+        found = subprocess.run(check, capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip() == sqlalchemy.__version__:
+            return python
+    print(f"installing ddtrace and SQLAlchemy=={sqlalchemy.__version__} into {DDTRACE_VENV} ...", flush=True)
+    try:
+        if not os.path.exists(python):
+            subprocess.run([sys.executable, "-m", "venv", DDTRACE_VENV], check=True)
+        pip = [python, "-m", "pip", "install", "-q", "ddtrace", f"SQLAlchemy=={sqlalchemy.__version__}"]
+        subprocess.run(pip, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"  no ddtrace mode: {exc}")
+        return None
+    return python
+
+
+class _Worker:
+    """One mode's process (bench/latency_worker.py), driven one round at a time."""
+
+    def __init__(self, name: str, python: str, port: int, db: str, env: dict[str, str]) -> None:
+        worker = os.path.join(HERE, "latency_worker.py")
+        self.proc = subprocess.Popen(
+            [python, worker, name, str(port), db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.ready = self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"latency worker {self.proc.args!r} ended: exit {self.proc.wait()}")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def run(self, concurrency: int, per_thread: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"run {concurrency} {per_thread}\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _overlap(t0: float, t1: float, a: float, b: float) -> float:
+    return max(0.0, min(t1, b) - max(t0, a))
+
+
+def _attribution(rounds: list[dict[str, Any]], p99: float) -> list[str]:
+    """Where the requests at or above ``p99`` spent their time: on the request thread's CPU or off it,
+    and what the export side (per stage) and the garbage collector did during their windows."""
+    slow: list[dict[str, float]] = []
+    everyone = {"n": 0, "wall": 0.0, "off": 0.0, "touched": 0}
+    batches: dict[str, list[tuple[float, float]]] = {}
+    for answer in rounds:
+        intervals = answer["intervals"]
+        for name, a, b, cpu in intervals:
+            batches.setdefault(name, []).append((b - a, cpu))
+        for t0, wall, cpu in answer["requests"]:
+            t1 = t0 + wall
+            per: dict[str, float] = {"wall": wall, "off": wall - cpu}
+            for name, a, b, _ in intervals:
+                o = _overlap(t0, t1, a, b)
+                if o:
+                    per[name] = per.get(name, 0.0) + o
+            everyone["n"] += 1
+            everyone["wall"] += wall
+            everyone["off"] += wall - cpu
+            everyone["touched"] += "export" in per
+            if wall >= p99:
+                slow.append(per)
+    if not slow:
+        return []
+    n = len(slow)
+    lines = [
+        f"slowest requests (n={n}, >= p99 {p99 * 1000:.2f} ms): wall {_mean(slow, 'wall'):.2f} ms, "
+        f"off the request thread's CPU {_mean(slow, 'off'):.2f} ms; all requests: wall "
+        f"{everyone['wall'] / everyone['n'] * 1000:.2f} ms, off-CPU {everyone['off'] / everyone['n'] * 1000:.2f} ms, "
+        f"{everyone['touched'] / everyone['n']:.0%} overlapped an export"
+    ]
+    stages = []
+    for name in ("export", "enrich", "encode", "send", "gc0", "gc1", "gc2"):
+        if name == "enrich" and "encode" in batches:  # what the chain did before encoding: enrichment
+            for one in slow:
+                rest = one.get("export", 0.0) - one.get("encode", 0.0) - one.get("send", 0.0)
+                one["enrich"] = max(0.0, rest)
+        elif name not in batches:
+            continue
+        touched = sum(1 for one in slow if one.get(name, 0.0) > 0)
+        stages.append(f"{name} {_mean(slow, name):.2f} ms ({touched / n:.0%})")
+    lines.append("  overlapped, mean ms per slow request (share of them touched): " + ", ".join(stages))
+    sizes = []
+    for name in ("export", "encode", "send", "gc2"):
+        if name in batches:
+            walls = [w for w, _ in batches[name]]
+            cpus = [c for _, c in batches[name]]
+            sizes.append(
+                f"{name} {len(walls)}x, median {statistics.median(walls) * 1000:.1f} ms wall / "
+                f"{statistics.median(cpus) * 1000:.1f} ms CPU, max {max(walls) * 1000:.1f} ms wall"
+            )
+    if sizes:
+        lines.append("  each call: " + "; ".join(sizes))
+    return lines
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return sum(one.get(key, 0.0) for one in rows) / len(rows) * 1000
+
+
+def latency(rounds: int, per_round: int, concurrencies: Sequence[int], modes: Sequence[str]) -> int:
+    """p99 request latency of bare, vanilla, otel-dbperf and ddtrace, each in a process of its own,
+    rounds interleaved in random order; the verdict of issue 27's goal; where the slow requests waited."""
     receiver = Receiver()
     tmp = tempfile.mkdtemp()
+    workers: dict[str, _Worker] = {}
+    ddtrace_version = ""
     try:
-        settings = Settings(app_paths=(HERE,))
-        provider = TracerProvider()
-        engine = make_engine(f"sqlite:///{tmp}/bench.db")
-        counter = NoOpMeterProvider().get_meter("bench").create_up_down_counter("c")
-        EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
-
-        def ours(
-            exporter: SpanExporter, batch: int, encoder: str = "fast", pause: float | None = None
-        ) -> tuple[Any, ...]:
-            p = DbPerfSpanProcessor(settings)  # (no duplicate digests here)
-            sender = fast_exporter(exporter, encoder)
-            if pause is not None:
-                sender.encoder.pause_s = pause  # type: ignore[attr-defined]
-            return (p, BatchSpanProcessor(p.wrap_exporter(sender), max_export_batch_size=batch))
-
-        otlp = lambda: make_exporter("otlp", receiver.port)  # noqa: E731
-        configs = {
-            "bare": Variant("bare", make_engine(f"sqlite:///{tmp}/bare.db")),
-            "vanilla, exporter off": Variant("v0", engine, provider, (BatchSpanProcessor(NullExporter()),)),
-            "vanilla, OTLP batch 512": Variant(
-                "v512", engine, provider, (BatchSpanProcessor(otlp(), max_export_batch_size=512),)
-            ),
-            "vanilla, OTLP batch 64": Variant(
-                "v64", engine, provider, (BatchSpanProcessor(otlp(), max_export_batch_size=64),)
-            ),
-            "otel-dbperf, exporter off": Variant("d0", engine, provider, ours(NullExporter(), 512)),
-            "otel-dbperf, OTLP batch 512": Variant("d512", engine, provider, ours(otlp(), 512)),
-            "otel-dbperf, OTLP batch 64": Variant("d64", engine, provider, ours(otlp(), 64)),
-            "otel-dbperf, OTLP 512, stock enc.": Variant("s512", engine, provider, ours(otlp(), 512, "stock")),
-            "otel-dbperf, OTLP 64, stock enc.": Variant("s64", engine, provider, ours(otlp(), 64, "stock")),
-            "otel-dbperf, OTLP 512, pause 0": Variant("p0", engine, provider, ours(otlp(), 512, pause=0.0)),
-            "otel-dbperf, OTLP 512, pause 0.1ms": Variant("p1", engine, provider, ours(otlp(), 512, pause=1e-4)),
-        }
-        processors = [p for v in configs.values() for p in v.processors]
+        env = {k: v for k, v in _child_env().items() if not k.startswith("DD_")}
+        for name in modes:
+            python, extra = sys.executable, {}
+            if name == "ddtrace":
+                found = _ddtrace_python()
+                if found is None:
+                    continue
+                python = found
+                extra = {
+                    "DD_TRACE_AGENT_URL": f"http://127.0.0.1:{receiver.port}",
+                    "DD_SERVICE": "bench",
+                    "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+                    "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+                    "DD_TRACE_STARTUP_LOGS": "false",
+                }
+                ddtrace_version = subprocess.run(
+                    [python, "-c", "import ddtrace; print(ddtrace.__version__)"], capture_output=True, text=True
+                ).stdout.strip()
+            db = os.path.join(tmp, f"{len(workers)}.db")
+            workers[name] = _Worker(name, python, receiver.port, db, {**env, **extra})
         print(
-            f"p99 request latency (ms; {QUERIES_PER_REQUEST} queries per request, SQLite file, {rounds} rounds of "
-            f"{per_round} requests per thread per config, configs interleaved in random order)"
+            f"p99 request latency (ms; python {sys.version.split()[0]}; {QUERIES_PER_REQUEST} queries per request "
+            f"{DEPTH} frames deep, SQLite file; each mode in its own process; {rounds} rounds of {per_round} requests "
+            f"per thread per mode, modes interleaved in random order; OTLP batches of {BATCH}"
+            + (f"; ddtrace {ddtrace_version}" if ddtrace_version else "")
+            + ")"
         )
-        for concurrency in (1, 4):
-            samples: dict[str, list[float]] = {k: [] for k in configs}
-            round_p99: dict[str, list[float]] = {k: [] for k in configs}
-            order = list(configs)
+        print(f"  load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+        verdicts = []
+        for concurrency in concurrencies:
+            answers: dict[str, list[dict[str, Any]]] = {k: [] for k in workers}
+            loads: list[float] = []
+            order = list(workers)
+            t_start = time.monotonic()
             for r in range(rounds + 1):
                 random.shuffle(order)
-                for key in order:
-                    lat = _latency_round(configs[key], concurrency, per_round)
-                    configs[key].flush()  # the round's spans go out before the next config runs
+                for name in order:
+                    load = os.getloadavg()[0]
+                    answer = workers[name].run(concurrency, per_round)
                     if r:  # round 0 is the warm-up
-                        samples[key] += lat
-                        round_p99[key].append(_p99(lat))
-            print(f"  concurrency {concurrency}:")
-            for key in configs:
-                base = "vanilla, exporter off" if key.startswith("vanilla") else "otel-dbperf, exporter off"
-                diff = ""
-                if key != base and key != "bare":
-                    d = statistics.median(a - b for a, b in zip(round_p99[key], round_p99[base], strict=True))
-                    diff = f"  paired vs exporter off {d * 1000:+.2f}"
-                p50 = statistics.median(samples[key])
-                print(f"    {key:<34} p50 {p50 * 1000:6.2f}  p99 {_p99(samples[key]) * 1000:6.2f}{diff}")
-        for p in processors:
-            p.shutdown()  # while the receiver still answers
+                        answers[name].append(answer)
+                        loads.append(load)
+            walls = {k: [one[1] for a in v for one in a["requests"]] for k, v in answers.items()}
+            round_p99 = {k: [_p99([one[1] for one in a["requests"]]) for a in v] for k, v in answers.items()}
+            print(
+                f"  concurrency {concurrency} ({time.monotonic() - t_start:.0f} s; 1-minute load average over the "
+                f"rounds: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}):"
+            )
+            print(f"    {'':<28}{'p50':>7}{'p99':>8}  {'added p99 over bare: pooled':>28}  paired (median of rounds)")
+            added: dict[str, float] = {}
+            for name in workers:
+                p99 = _p99(walls[name])
+                line = f"    {name:<28}{statistics.median(walls[name]) * 1000:7.2f}{p99 * 1000:8.2f}"
+                if name != "bare" and "bare" in workers:
+                    pooled = p99 - _p99(walls["bare"])
+                    pair = statistics.median(a - b for a, b in zip(round_p99[name], round_p99["bare"], strict=True))
+                    added[name] = pair
+                    line += f"  {pooled * 1000:>+28.2f}  {pair * 1000:+.2f}"
+                dropped = sum(a.get("dropped", 0) for a in answers[name])
+                if dropped:
+                    line += f"  ({dropped} spans dropped, queue full)"
+                print(line)
+            if "otel-dbperf" in added and "ddtrace" in added:
+                ours, theirs = added["otel-dbperf"], added["ddtrace"]
+                ok = ours <= GOAL * max(theirs, 0.0)
+                ratio = f"{ours / theirs:.2f}x" if theirs > 0 else "n/a (ddtrace adds nothing measurable)"
+                verdict = (
+                    f"concurrency {concurrency}: otel-dbperf adds {ours * 1000:+.2f} ms to p99, ddtrace "
+                    f"{theirs * 1000:+.2f} ms ({ratio}); otel-dbperf adds <= {GOAL}x ddtrace's: "
+                    + ("OK" if ok else "OVER")
+                )
+                verdicts.append(verdict)
+                print(f"    verdict: {verdict}")
+            for name in workers:
+                if name != "bare" and any(a["intervals"] for a in answers[name]):
+                    lines = _attribution(answers[name], _p99(walls[name]))
+                    if lines:
+                        print(f"    {name}, {lines[0]}")
+                        for line in lines[1:]:
+                            print(f"    {line}")
+        print(f"  load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        for verdict in verdicts:
+            print(f"verdict, {verdict}")
     finally:
+        for w in workers.values():
+            w.close()  # flushes and shuts down while the receiver still answers
         receiver.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
@@ -621,29 +842,6 @@ def latency(rounds: int, per_round: int) -> int:
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def _latency_round(v: Variant, concurrency: int, per_thread: int) -> list[float]:
-    v.activate()
-    out: list[float] = []
-    lock = threading.Lock()
-
-    def worker(k: int) -> None:
-        mine = []
-        with v.engine.connect() as conn:
-            for j in range(per_thread):
-                t0 = time.perf_counter()
-                v.requests_of(conn, j * QUERIES_PER_REQUEST, lambda i: POINT)
-                mine.append(time.perf_counter() - t0)
-        with lock:
-            out.extend(mine)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 # --------------------------------------------------------------------------- encoding cost per attribute
@@ -823,6 +1021,13 @@ def main() -> int:
         "where otel-dbperf with DBPERF_OTLP_ENCODER=stock is counted too",
     )
     parser.add_argument("--latency", action="store_true", help="p99 request latency, concurrency 1 and 4")
+    parser.add_argument("--per-round", type=int, default=200, help="with --latency: requests per thread per round")
+    parser.add_argument("--concurrency", default="1,4", help="with --latency: client threads (comma-separated)")
+    parser.add_argument(
+        "--modes",
+        default=",".join(LATENCY_MODES),
+        help="with --latency: modes (comma-separated) among " + ", ".join(LATENCY_MODES + LATENCY_EXTRA),
+    )
     parser.add_argument("--probe", action="store_true", help="the independent probe's setup")
     parser.add_argument("--venv", default=os.path.join(os.path.dirname(HERE), ".venv-sa20"), help="with --probe")
     parser.add_argument("--breakdown", action="store_true", help="the request-thread cost piece by piece")
@@ -858,7 +1063,8 @@ def main() -> int:
         scenarios = tuple(x for x in args.scenarios.split(",") if x in SCENARIOS) or SCENARIOS
         return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds, stock_in, scenarios)
     if args.latency:
-        return latency(args.rounds, 50)
+        concurrencies = [int(x) for x in args.concurrency.split(",") if x]
+        return latency(args.rounds, args.per_round, concurrencies, [x.strip() for x in args.modes.split(",") if x])
     if args.probe:
         from probe import probe  # bench/probe.py
 

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
+from .. import _pause
 from .. import attributes as A
 from .._error_kind import AppError
 from .._errors import opaque_error_text, scrub_error_text, scrub_traceback
@@ -51,10 +52,23 @@ class EnrichingSpanExporter(SpanExporter):
         self.unmeasured = 0
         #: DB spans dropped because even that failed (an internal error): never exported raw
         self.dropped = 0
+        #: every ``pause_every`` spans of a batch the enrichment sleeps ``pause_s`` seconds (None: never),
+        #: so that a request thread waiting for the GIL gets it (docs/design.md "Tail latency")
+        self.pause_every = _pause.PAUSE_EVERY
+        self.pause_s: float | None = _pause.PAUSE_S
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         out = []
+        pause = self.pause_s
+        every = 0 if pause is None else self.pause_every
+        pacer = _pause.pacer(pause) if every else None
+        countdown = every + 1  # no pause before the first slice
         for span in spans:
+            if pacer is not None:
+                countdown -= 1
+                if not countdown:  # let a request thread waiting for the GIL run
+                    countdown = every
+                    pacer.pause()
             enriched = self._enrich(span)
             if enriched is not None:
                 out.append(enriched)

@@ -34,13 +34,13 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
-from time import sleep as _sleep
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+from .. import _pause
 from .._guard import internal_error
 
 _log = logging.getLogger("otel_dbperf")
@@ -48,8 +48,6 @@ _log = logging.getLogger("otel_dbperf")
 MAX_CACHED_PAIRS = 4096  # (key, value) pairs per value kind and field; the cache is emptied when full
 MAX_CACHED_CHARS = 256  # longer strings are encoded each time (encoding them is a copy; caching costs memory)
 MAX_CACHED_BLOCKS = 64  # resource and scope objects whose encoded block is kept
-PAUSE_EVERY = 64  # spans encoded between two pauses of the export thread
-PAUSE_S: float | None = None  # the pause (None: none); see docs/design.md "The OTLP encoder"
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
@@ -215,8 +213,8 @@ class SpanEncoder:
         self.skipped = 0  # attributes skipped as the stock encoder skips them
         #: every ``pause_every`` spans the encoding sleeps ``pause_s`` seconds (None: never), so that a
         #: request thread waiting for the GIL gets it then rather than at the next switch interval
-        self.pause_every = PAUSE_EVERY
-        self.pause_s: float | None = PAUSE_S
+        self.pause_every = _pause.PAUSE_EVERY
+        self.pause_s: float | None = _pause.PAUSE_S
 
     # ------------------------------------------------------------------ attributes
 
@@ -444,15 +442,15 @@ class SpanEncoder:
         last_scope: Any = _NOTHING
         last_list: list[bytes] = []
         encode = self.span
-        pause = 0.0 if self.pause_s is None else self.pause_s
         every = 0 if self.pause_s is None else self.pause_every
-        countdown = every
+        pacer = _pause.pacer(self.pause_s) if every else None
+        countdown = every + 1  # no pause before the first slice
         for span in spans:
-            if every:
+            if pacer is not None:
                 countdown -= 1
                 if not countdown:  # let request threads waiting for the GIL run (pause_every, pause_s)
                     countdown = every
-                    _sleep(pause)
+                    pacer.pause()
             resource = span.resource
             scope = span.instrumentation_scope or None
             if resource is not last_resource or scope is not last_scope:
