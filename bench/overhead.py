@@ -15,7 +15,7 @@ in one process) are printed beside, as information: the thread-CPU clock is a sy
 callgrind does not see, and this VM's speed drifts by tens of percent.
 
     python bench/overhead.py                      # CPU time, interleaved rounds (information)
-    python bench/overhead.py --instructions       # the gate: each section 6 limit with its figure
+    python bench/overhead.py --instructions       # the gate: each section 6 limit with its figure, at 10, 20, 40 frames
     python bench/overhead.py --latency            # p99 request latency, concurrency 1 and 4
     python bench/overhead.py --probe              # the independent probe's setup (see docs/design.md)
     python bench/overhead.py --breakdown          # empty processor, CPU clocks alone, frame walk alone
@@ -23,6 +23,11 @@ callgrind does not see, and this VM's speed drifts by tens of percent.
 
 Options: ``--samples request|query|off`` (DBPERF_RESOURCE_SAMPLES, default request),
 ``--exporter otlp|null`` (null: the spans are dropped, nothing encoded), ``--queries N``,
+``--depth 10,20,40`` (the application frame issuing each query is that many frames below the
+request span; ``--instructions`` measures every depth given, default all three; the other modes
+take the first, default 20), ``--save FILE`` / ``--reuse FILE`` (with ``--instructions``: write
+every count to FILE; take the bare and vanilla counts from FILE instead of measuring them again,
+for a before/after of otel-dbperf's own code: they do not run it in the measured loop),
 ``--checkout`` (each request checks a connection out of the pool and runs its 10 queries in one
 transaction, ``with engine.begin()``: otel-dbperf's pool and transaction hooks on the measured path).
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import os
 import random
 import re
@@ -67,7 +73,8 @@ STOCK = "otel-dbperf, stock encoder"  # otel-dbperf with DBPERF_OTLP_ENCODER=sto
 CHECKOUT = os.environ.get("BENCH_CHECKOUT") == "1"
 #: BENCH_POOL_HOOKS=0 with --checkout: otel-dbperf without its pool and transaction hooks (their share)
 POOL_HOOKS = os.environ.get("BENCH_POOL_HOOKS") != "0"
-DEPTH = 20
+DEPTH = 20  # frames between the request span and the application frame that issues each query (--depth)
+DEPTHS = (10, 20, 40)  # --instructions measures each
 BATCH = 512
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -398,7 +405,10 @@ _TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 
 
 def _instructions_child(variant: str, n: int, gc_off: bool, port: int, samples: str, exporter: str) -> int:
-    """Run ``n`` queries of one variant (the parent runs this under callgrind)."""
+    """Run ``n`` queries of one variant, ``depth:scenario:name`` (the parent runs this under callgrind)."""
+    global DEPTH
+    depth, _, variant = variant.partition(":")
+    DEPTH = int(depth)
     scenario, _, name = variant.partition(":")
     variants = build(
         samples, exporter, port, requests=scenario != "no request", metrics=scenario == "metrics", stock=name == STOCK
@@ -463,34 +473,88 @@ def instructions(
     cpu_rounds: int,
     stock_in: tuple[str, ...] = ("requests",),
     scenarios: tuple[str, ...] = SCENARIOS,
+    depths: tuple[int, ...] = DEPTHS,
+    save: str | None = None,
+    reuse: str | None = None,
 ) -> int:
-    """Each section 6 limit with its instruction figure, the CPU-time figure beside it.
+    """Each section 6 limit with its instruction figure and verdict at each depth, the CPU-time figure
+    beside it (at the first depth).
 
     ``stock_in``: the scenarios where otel-dbperf with the SDK's encoder is measured too;
-    ``scenarios``: those measured (the moonshot needs requests and metrics)."""
+    ``scenarios``: those measured (the moonshot needs requests and metrics); ``save``: a JSON file
+    every count is written to as it comes; ``reuse``: such a file, whose bare and vanilla counts of the
+    same protocol are taken instead of measured."""
+    global DEPTH
     stock_in = tuple(x for x in stock_in if x in scenarios)
     if not shutil.which("valgrind"):
         print("valgrind not found (apt-get install valgrind)")
         return 1
+    protocol = {"queries": n, "samples": samples, "exporter": exporter, "checkout": CHECKOUT}
+    reused = _load_counts(reuse, protocol)
     receiver = Receiver()
     counts: dict[str, tuple[float, float]] = {}
     try:
-        for scenario in scenarios:
-            for name in ("bare", "vanilla", "otel-dbperf", STOCK):
-                if name == STOCK and scenario not in stock_in:
-                    continue
-                key = f"{scenario}:{name}"
-                counts[key] = _count(key, n, receiver.port, samples, exporter)
-                print(
-                    f"  {key:<38}{counts[key][0]:>12,.0f} request thread (GC off){counts[key][1]:>12,.0f} all threads",
-                    flush=True,
-                )
+        for depth in depths:
+            for scenario in scenarios:
+                for name in ("bare", "vanilla", "otel-dbperf", STOCK):
+                    if name == STOCK and scenario not in stock_in:
+                        continue
+                    key = f"{depth}:{scenario}:{name}"
+                    note = ""
+                    if name in ("bare", "vanilla") and key in reused:
+                        counts[key] = reused[key]
+                        note = f"  (from {reuse})"
+                    else:
+                        counts[key] = _count(key, n, receiver.port, samples, exporter)
+                    print(
+                        f"  {key:<42}{counts[key][0]:>12,.0f} request thread (GC off)"
+                        f"{counts[key][1]:>12,.0f} all threads{note}",
+                        flush=True,
+                    )
+                    if save:
+                        _save_counts(save, protocol, counts)
     finally:
         receiver.close()
+    DEPTH = depths[0]
     cpu = cpu_time(cpu_rounds, 200, samples, exporter) if cpu_rounds else {}
+    ok = True
+    for depth in depths:
+        ok = _limits(counts, depth, n, samples, exporter, stock_in, scenarios, cpu if depth == depths[0] else {}) and ok
+    return 0 if ok else 3
+
+
+def _load_counts(path: str | None, protocol: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        saved = json.load(fh)
+    if saved.get("protocol") != protocol:
+        print(f"{path}: another protocol ({saved.get('protocol')}), not reused")
+        return {}
+    return {k: (v[0], v[1]) for k, v in saved["counts"].items()}
+
+
+def _save_counts(path: str, protocol: dict[str, Any], counts: dict[str, tuple[float, float]]) -> None:
+    with open(path, "w") as fh:
+        json.dump({"protocol": protocol, "counts": counts}, fh, indent=1)
+
+
+def _limits(
+    all_counts: dict[str, tuple[float, float]],
+    depth: int,
+    n: int,
+    samples: str,
+    exporter: str,
+    stock_in: tuple[str, ...],
+    scenarios: tuple[str, ...],
+    cpu: dict[str, tuple[float, float]],
+) -> bool:
+    """Print each section 6 limit with its figure and verdict at ``depth``; whether all are met."""
+    prefix = f"{depth}:"
+    counts = {k[len(prefix) :]: v for k, v in all_counts.items() if k.startswith(prefix)}
     print(
         f"\ninstructions per query (callgrind, PYTHONHASHSEED=0, {n} queries, {QUERIES_PER_REQUEST} per request, "
-        f"{DEPTH} frames deep, exporter {exporter}, batches of {BATCH}, DBPERF_RESOURCE_SAMPLES={samples})"
+        f"{depth} frames deep, exporter {exporter}, batches of {BATCH}, DBPERF_RESOURCE_SAMPLES={samples})"
     )
     ok = True
     rows = [(scenario, "otel-dbperf") for scenario in scenarios]
@@ -523,9 +587,9 @@ def instructions(
             )
     # the moonshot (issue 16): all of otel-dbperf against vanilla tracing alone
     if "requests" not in scenarios or "metrics" not in scenarios:
-        return 0 if ok else 3
+        return ok
     vanilla_alone = counts["requests:vanilla"]
-    print("\nmoonshot: otel-dbperf's whole pipeline against vanilla tracing alone (instructions per query)")
+    print(f"\nmoonshot, {depth} frames deep: otel-dbperf's whole pipeline against vanilla tracing alone")
     whole = (("requests:otel-dbperf", "otel-dbperf (tracing)"), ("metrics:otel-dbperf", "otel-dbperf + metrics"))
     for key, label in whole:
         for i, thread in ((0, "request thread"), (1, "all threads")):
@@ -535,7 +599,7 @@ def instructions(
                 f"  {label:<22}{thread:<15} adds {ours_total:>9,.0f} to bare; vanilla tracing adds {base:>9,.0f} "
                 f"({ours_total / base - 1:+.1%})"
             )
-    return 0 if ok else 3
+    return ok
 
 
 # --------------------------------------------------------------------------- p99 latency
@@ -807,6 +871,13 @@ def main() -> int:
     parser.add_argument("--cpu-rounds", type=int, default=60, help="with --instructions: CPU-time rounds beside")
     parser.add_argument("--queries", type=int, default=1000, help="with --instructions: queries per run")
     parser.add_argument(
+        "--depth",
+        help="frames between the request and the application frame issuing each query, comma-separated "
+        "(--instructions: each, default 10,20,40; other modes: the first, default 20)",
+    )
+    parser.add_argument("--save", help="with --instructions: write every count to this JSON file")
+    parser.add_argument("--reuse", help="with --instructions: take bare and vanilla counts from this JSON file")
+    parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
         help="with --instructions: the scenarios measured (comma-separated: requests, no request, metrics)",
@@ -834,6 +905,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    depths = tuple(int(x) for x in args.depth.split(",") if x) if args.depth else DEPTHS
+    global DEPTH
+    DEPTH = depths[0] if args.depth else DEPTH
     if args.checkout:
         os.environ["BENCH_CHECKOUT"] = "1"  # the children (callgrind runs) inherit it
         global CHECKOUT
@@ -851,7 +925,17 @@ def main() -> int:
     if args.instructions:
         stock_in = tuple(x for x in args.stock_in.split(",") if x)
         scenarios = tuple(x for x in args.scenarios.split(",") if x in SCENARIOS) or SCENARIOS
-        return instructions(args.queries, args.samples, args.exporter, args.cpu_rounds, stock_in, scenarios)
+        return instructions(
+            args.queries,
+            args.samples,
+            args.exporter,
+            args.cpu_rounds,
+            stock_in,
+            scenarios,
+            depths,
+            args.save,
+            args.reuse,
+        )
     if args.latency:
         return latency(args.rounds, 50)
     if args.probe:
