@@ -215,12 +215,12 @@ class Variant:
             self.provider._active_span_processor._span_processors = self.processors  # noqa: SLF001
         # class-level, so on for otel-dbperf's variants only (vanilla shares the engine)
         if self.duplicates:
-            _duplicates.install()
+            _duplicates.install(self.processors[0])
         else:
             _duplicates.uninstall()
         if self.duplicates and CHECKOUT and POOL_HOOKS:  # otel-dbperf's pool and transaction hooks (class-level)
-            _pools.install(100.0, self.meters)
-            _transactions.install(1000.0)
+            _pools.install(100.0, self.meters, records=self.processors[0])
+            _transactions.install(1000.0, records=self.processors[0])
         else:
             _pools.uninstall(metrics=False)
             _transactions.uninstall()

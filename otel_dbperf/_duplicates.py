@@ -21,10 +21,10 @@ from typing import Any
 from . import _forksafe
 from ._guard import internal_error
 from ._pipeline.params import digest
-from ._pipeline.processor import open_query
 from ._sdk_compat import contrib_query_span
 
 _installed: Any = None
+_records: Any = None  # the DbPerfSpanProcessor whose queries get the digest (install's records)
 _lock = _forksafe.lock("duplicates.install")
 
 
@@ -34,15 +34,20 @@ def _after_cursor_execute(
     try:
         if executemany or context.isinsert or context.isupdate or context.isdelete:
             return
-        query = open_query(contrib_query_span(context))  # its span is still open
+        records = _records
+        if records is None:
+            return
+        query = records.open_query(contrib_query_span(context))  # its span is still open
         if query is not None and query.orm and query.request is not None:  # only judged within a request
             query.params = digest(parameters)
     except Exception as exc:  # noqa: BLE001 - never into the application
         internal_error("duplicates.after_cursor_execute", exc)
 
 
-def install() -> bool:
-    """Listen on every SQLAlchemy engine (idempotent); False when SQLAlchemy is not imported.
+def install(records: Any) -> bool:
+    """Listen on every SQLAlchemy engine (idempotent); the digests go into the open queries of
+    ``records`` (a ``DbPerfSpanProcessor``; installing again hands over another one). False when
+    SQLAlchemy is not imported.
 
     Never imports SQLAlchemy itself: the instrumentation has imported it by the time
     ``opentelemetry-instrument`` calls this.
@@ -54,8 +59,9 @@ def install() -> bool:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    global _installed
+    global _installed, _records
     with _lock:
+        _records = records
         if _installed is None:
             event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
             _installed = _after_cursor_execute
@@ -63,8 +69,9 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    global _installed
+    global _installed, _records
     with _lock:
+        _records = None
         if _installed is not None:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine

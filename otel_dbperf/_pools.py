@@ -42,7 +42,6 @@ from . import attributes as A
 from . import metric_names as M
 from ._error_kind import POOL_TIMEOUT
 from ._guard import internal_error
-from ._pipeline import current_request
 from .metrics import METER_NAME
 
 POOL_NAME = A.DB_CLIENT_CONNECTION_POOL_NAME
@@ -84,6 +83,7 @@ class _Hooks:
     connect_listener: Any = None
     pools: weakref.WeakSet[Any] = weakref.WeakSet()
     conns: dict[int, set[int]] = {}  # request root id -> ids of the connection records it checked out
+    records: Any = None  # the DbPerfSpanProcessor whose requests the hooks add to (install's records)
     lock = _forksafe.lock("pools.hooks")  # install/uninstall and new pools only
 
 
@@ -169,7 +169,8 @@ def _checked_out(pool: Any, state: _PoolState, fairy: Any, waited: int, t1: int)
         queue = _Hooks.queue
         if queue is not None:
             _put(queue, (_WAIT, state, waited))
-        request = current_request()
+        records = _Hooks.records
+        request = records.current_request() if records is not None else None
         if request is None:
             return
         request.add(A.DB_POOL_WAIT_MS, waited / 1e6)
@@ -197,7 +198,8 @@ def _failed(state: _PoolState, exc: BaseException, waited: int) -> None:
         queue = _Hooks.queue
         if queue is not None and timed_out:
             _put(queue, (_TIMEOUT, state, 1))
-        request = current_request()
+        records = _Hooks.records
+        request = records.current_request() if records is not None else None
         if request is None:
             return
         request.add(A.DB_POOL_WAIT_MS, waited / 1e6)
@@ -279,7 +281,7 @@ def _put(queue: deque[tuple[Any, ...]], item: tuple[Any, ...]) -> None:
 
 
 def count_error(kind: str) -> None:
-    """A DB span failed with a classified error (``_error_kind.listener``: errors only)."""
+    """A DB span failed with a classified error (the processor's error counter: errors only)."""
     queue = _Hooks.queue
     if queue is not None:
         _put(queue, (_ERROR, kind, 1))
@@ -466,10 +468,12 @@ def _pool_classes() -> list[Any]:
     return [base, *(c for c in own if c is not base)]
 
 
-def install(slow_threshold_ms: float, meter_provider: Any = None, version: str = "") -> bool:
+def install(slow_threshold_ms: float, meter_provider: Any = None, version: str = "", records: Any = None) -> bool:
     """Hook every SQLAlchemy pool (idempotent); metrics when ``meter_provider`` is given.
 
-    False when SQLAlchemy cannot be imported.
+    ``records``: the ``DbPerfSpanProcessor`` whose requests get the per-request figures (None: none),
+    and which, with metrics, counts classified DB errors into ``dbperf.db.errors`` through
+    :func:`count_error`. False when SQLAlchemy cannot be imported.
     """
     try:
         from sqlalchemy import event
@@ -483,7 +487,9 @@ def install(slow_threshold_ms: float, meter_provider: Any = None, version: str =
             _Hooks.metrics = PoolMetrics(meter_provider, version)
             _Hooks.queue = _Hooks.metrics.queue
             _forksafe.register(_Hooks.metrics.after_fork_in_child)
-            _error_kind.listener = count_error
+        _Hooks.records = records
+        if records is not None:
+            records.attach_error_counter(count_error if _Hooks.metrics is not None else None)
         if _Hooks.originals:
             return True
         for cls in _pool_classes():
@@ -513,5 +519,7 @@ def uninstall(metrics: bool = True) -> None:
         if metrics:
             _Hooks.queue = None
             _Hooks.metrics = None
-            _error_kind.listener = None
+            if _Hooks.records is not None:
+                _Hooks.records.attach_error_counter(None)
+        _Hooks.records = None
         _Hooks.conns = {}

@@ -417,7 +417,7 @@ def start_explain(settings: Settings) -> None:
     config = ExplainConfig(analyze=settings.explain_analyze, timeout_ms=settings.explain_timeout_ms)
     explainer = Explainer(config)
     thresholds = runtime.processor.thresholds if runtime.processor else Thresholds.from_settings(settings)
-    install(explainer, thresholds.slow_ns)
+    install(explainer, thresholds.slow_ns, records=runtime.processor)
     runtime.explainer = explainer
 
 
@@ -426,7 +426,7 @@ def start_duplicates(settings: Settings) -> None:
     if settings.enabled and runtime.processor is not None:
         from . import _duplicates
 
-        _duplicates.install()
+        _duplicates.install(runtime.processor)
 
 
 def start_pools(settings: Settings) -> None:
@@ -435,5 +435,5 @@ def start_pools(settings: Settings) -> None:
         return
     from . import __version__, _pools, _transactions
 
-    _pools.install(settings.slow_query_threshold_ms, runtime.meter_provider, __version__)
-    _transactions.install(settings.long_transaction_ms)
+    _pools.install(settings.slow_query_threshold_ms, runtime.meter_provider, __version__, records=runtime.processor)
+    _transactions.install(settings.long_transaction_ms, records=runtime.processor)

@@ -140,6 +140,40 @@ def with_changes(
     )
 
 
+def span_id_of(span: Any) -> int | None:
+    """``span``'s span id (``span._context[1]``, SpanContext being a tuple), or None for a span
+    without one (the API's non-recording span has its context elsewhere)."""
+    context = getattr(span, "_context", None)
+    return None if context is None else context[1]  # type: ignore[no-any-return]
+
+
+# The export thread's reads of a ``ReadableSpan`` (its properties copy: ``events`` builds a tuple,
+# ``attributes`` a proxy); one call each, off the request thread.
+def attributes_of(span: ReadableSpan) -> Any:
+    """``span._attributes``: the ``BoundedAttributes`` itself (read with :func:`attr_dict`)."""
+    return span._attributes  # noqa: SLF001
+
+
+def events_of(span: ReadableSpan) -> Sequence[Event]:
+    """``span._events``, not copied."""
+    return span._events  # noqa: SLF001
+
+
+def status_of(span: ReadableSpan) -> Status:
+    """``span._status``."""
+    return span._status  # noqa: SLF001
+
+
+def name_of(span: ReadableSpan) -> Any:
+    """``span._name``."""
+    return span._name  # noqa: SLF001
+
+
+def times_of(span: ReadableSpan) -> tuple[Any, Any]:
+    """(``span._start_time``, ``span._end_time``): ns, or None when not set."""
+    return span._start_time, span._end_time  # noqa: SLF001
+
+
 def span_processors_of(span: Any) -> Sequence[Any]:
     """The span processors of ``span``'s provider (``Span._span_processor``, the SDK's
     ``SynchronousMultiSpanProcessor`` / ``ConcurrentMultiSpanProcessor``, and its

@@ -23,7 +23,6 @@ from typing import Any
 from . import _forksafe
 from . import attributes as A
 from ._guard import internal_error
-from ._pipeline import current_request
 
 _MAX_OPEN = 10_000  # open transactions followed at once (connections that never commit are dropped)
 _now = time.perf_counter_ns
@@ -34,12 +33,14 @@ class _State:
     long_ms = 1000.0
     open: dict[int, tuple[int, Any, int, int]] = {}  # id(Connection) -> (start, request, records, overflow_ns)
     installed: list[tuple[str, Any]] = []
+    records: Any = None  # the DbPerfSpanProcessor whose requests the transactions are added to
     lock = _forksafe.lock("transactions")
 
 
 def _begin(conn: Any) -> None:
     try:
-        request = current_request()
+        records = _State.records
+        request = records.current_request() if records is not None else None
         if request is None:
             return
         opened = _State.open
@@ -79,8 +80,9 @@ def _end(conn: Any) -> None:
         internal_error("transactions.end", exc)
 
 
-def install(long_transaction_ms: float) -> bool:
-    """Listen on every SQLAlchemy engine (idempotent); False when SQLAlchemy cannot be imported."""
+def install(long_transaction_ms: float, records: Any = None) -> bool:
+    """Listen on every SQLAlchemy engine (idempotent); ``records``: the ``DbPerfSpanProcessor`` whose
+    requests the transactions are added to (None: none). False when SQLAlchemy cannot be imported."""
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
@@ -89,6 +91,7 @@ def install(long_transaction_ms: float) -> bool:
     with _State.lock:
         _State.long_ns = int(long_transaction_ms * 1_000_000)
         _State.long_ms = long_transaction_ms
+        _State.records = records
         if not _State.installed:
             for name, fn in (("begin", _begin), ("commit", _end), ("rollback", _end)):
                 event.listen(Engine, name, fn)
@@ -106,3 +109,4 @@ def uninstall() -> None:
                 event.remove(Engine, name, fn)
             _State.installed = []
         _State.open = {}
+        _State.records = None

@@ -32,8 +32,8 @@ class Setup(Pipeline):
     def __init__(self, **settings: Any) -> None:
         super().__init__(Settings(**settings), metrics=default_views())
         instrument_sqlalchemy(self.provider, meter_provider=self.meters)
-        _pools.install(self.settings.slow_query_threshold_ms, self.meters)
-        _transactions.install(self.settings.long_transaction_ms)
+        _pools.install(self.settings.slow_query_threshold_ms, self.meters, records=self.processor)
+        _transactions.install(self.settings.long_transaction_ms, records=self.processor)
 
     def close(self) -> None:
         _pools.uninstall()

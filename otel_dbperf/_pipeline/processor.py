@@ -31,7 +31,7 @@ from .._guard import internal_error
 from .._location import SETUP, AppCode, lazy_loaded_relationship, location_of
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
 from .._resources import rss_bytes, thread_time_ns
-from .._sdk_compat import span_processors_of
+from .._sdk_compat import span_id_of, span_processors_of
 from ..settings import Settings
 from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
 
@@ -55,8 +55,7 @@ def _after_fork_in_child() -> None:
     forgotten (they are the parent's to export). A span the child ends that it has no record of is
     exported with its statement sanitized on the spot."""
     for processor in list(_processors):
-        processor._open = {}  # noqa: SLF001
-        processor._done = {}  # noqa: SLF001
+        processor.forget_after_fork()
 
 
 _forksafe.register(_after_fork_in_child)
@@ -98,11 +97,50 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._end_callers: dict[int, Any] = {}
         # error texts the application wrote are told apart at a failed span's end (DBPERF_APP_ERROR_TEXT=false)
         self._app_errors = not settings.app_error_text
+        # count_error(kind) for every classified failed DB span (the dbperf.db.errors counter), see
+        # attach_error_counter
+        self._count_error: Any = None
         _processors.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's open and finished spans are the parent's to export."""
+        self._open = {}
+        self._done = {}
 
     def attach_deriver(self, submit: Any) -> None:
         """Hand every finished DB span and request root to ``submit(span, payload)`` (metrics, sinks)."""
         self._submit = submit
+
+    def attach_error_counter(self, count_error: Any) -> None:
+        """Call ``count_error(kind)`` for every failed DB span with a classified error (a timeout, lock
+        wait, deadlock...; see ``_error_kind.classify``) on the request thread; None: no counter."""
+        self._count_error = count_error
+
+    # Direct lookups for the hooks that run on the request thread while a span is open (the
+    # duplicates digest, the EXPLAIN plan, the pool and transaction hooks): they are handed this
+    # processor when installed, so they find their record with one dict lookup.
+    def open_query(self, span: Any) -> Query | None:
+        """The :class:`Query` of ``span``, a DB span that is still open, or None."""
+        if span is None:
+            return None
+        entry = self._open.get(span._context[1])  # noqa: SLF001 - request thread, see _sdk_compat
+        return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
+
+    def current_request(self) -> Request | None:
+        """The request (local root) the current span belongs to, or None outside any request: hooks
+        add their per-request figures with :meth:`Request.add`."""
+        try:
+            entry = self._open.get(span_id_of(get_current_span()))  # type: ignore[arg-type]
+            if entry is not None:
+                return entry if entry.__class__ is Request else entry.request  # type: ignore[no-any-return]
+        except Exception as exc:  # noqa: BLE001
+            internal_error("current_request", exc)
+        return None
+
+    @property
+    def consumers(self) -> int:
+        """How many exporters :meth:`wrap_exporter` wrapped (each takes every finished span's payload)."""
+        return self._consumers
 
     def wrap_exporter(self, exporter: SpanExporter) -> Any:
         """The exporter that adds this processor's attributes before ``exporter`` sends spans."""
@@ -260,7 +298,7 @@ class DbPerfSpanProcessor(SpanProcessor):
             nested = self._loose_orm.get(get_ident(), 0) > 0
         query.nested = nested
         if error_kind is not None and not nested:
-            _error_kind.counted(error_kind, request)
+            _error_kind.counted(error_kind, request, self._count_error)
         if kind == KIND_QUERY:
             if request is not None and not nested:
                 if len(request.records) < MAX_QUERIES_PER_REQUEST:
@@ -333,10 +371,9 @@ class DbPerfSpanProcessor(SpanProcessor):
 
 def _open_entry(span: Any) -> Any:
     """What a processor of ``span``'s provider keeps for it while it is open (Query, Request), or None."""
-    context = getattr(span, "_context", None)
-    if context is None:
+    span_id = span_id_of(span)
+    if span_id is None:
         return None
-    span_id = context[1]
     for processor in span_processors_of(span):
         if processor.__class__ is DbPerfSpanProcessor:
             entry = processor._open.get(span_id)  # noqa: SLF001
@@ -346,18 +383,15 @@ def _open_entry(span: Any) -> Any:
 
 
 def open_query(span: Any) -> Query | None:
-    """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
-    the parameters' digest, the EXPLAIN plan), or None."""
+    """:meth:`DbPerfSpanProcessor.open_query` of whichever processor of ``span``'s provider has it
+    (the hooks hold their processor instead; this one walks the provider's processors)."""
     entry = _open_entry(span)
     return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
 
 
 def current_request() -> Request | None:
-    """The request (local root) the current span belongs to, or None outside any request.
-
-    For hooks that run on the request thread outside a DB span's end (SQLAlchemy pool and
-    transaction events): they add their per-request figures with :meth:`Request.add`.
-    """
+    """:meth:`DbPerfSpanProcessor.current_request` of whichever processor of the current span's
+    provider has it (the hooks hold their processor instead)."""
     try:
         entry = _open_entry(get_current_span())
         if entry is not None:
