@@ -21,10 +21,11 @@ from typing import Any
 from . import _forksafe
 from ._guard import internal_error
 from ._pipeline.params import digest
-from ._sdk_compat import contrib_query_span
+from ._pipeline.record import Query
+from ._sdk_compat import CONTRIB_QUERY_SPAN
 
 _installed: Any = None
-_records: Any = None  # the DbPerfSpanProcessor whose queries get the digest (install's records)
+_open: Any = None  # the open_spans of the DbPerfSpanProcessor whose queries get the digest (install's records)
 _lock = _forksafe.lock("duplicates.install")
 
 
@@ -34,11 +35,13 @@ def _after_cursor_execute(
     try:
         if executemany or context.isinsert or context.isupdate or context.isdelete:
             return
-        records = _records
-        if records is None:
+        # one dict lookup: the span contrib opened for the query (still open; _sdk_compat.contrib_query_span,
+        # inlined) and its id (the SDK span's _context, as the processor reads it)
+        span = getattr(context, CONTRIB_QUERY_SPAN, None)
+        if span is None or _open is None:
             return
-        query = records.open_query(contrib_query_span(context))  # its span is still open
-        if query is not None and query.orm and query.request is not None:  # only judged within a request
+        query = _open.get(span._context[1])  # noqa: SLF001
+        if query.__class__ is Query and query.orm and query.request is not None:  # only judged within a request
             query.params = digest(parameters)
     except Exception as exc:  # noqa: BLE001 - never into the application
         internal_error("duplicates.after_cursor_execute", exc)
@@ -59,9 +62,9 @@ def install(records: Any) -> bool:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    global _installed, _records
+    global _installed, _open
     with _lock:
-        _records = records
+        _open = records.open_spans
         if _installed is None:
             event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
             _installed = _after_cursor_execute
@@ -69,9 +72,9 @@ def install(records: Any) -> bool:
 
 
 def uninstall() -> None:
-    global _installed, _records
+    global _installed, _open
     with _lock:
-        _records = None
+        _open = None
         if _installed is not None:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
