@@ -6,18 +6,24 @@ outside them, and :func:`span_layout_ok` is checked once at startup: on an SDK w
 no longer has the fields the request-thread hooks read, otel-dbperf turns itself off with
 one warning instead of failing in every hook.
 
-The request-thread hooks (``_pipeline.processor``) read these SDK ``Span`` fields directly,
-because each property costs a Python call per span: ``_context`` (indexed: SpanContext is a
-tuple ``(trace_id, span_id, is_remote, ...)``), ``_parent``, ``_kind``,
-``_instrumentation_scope``, ``_attributes._dict`` (the plain dict inside ``BoundedAttributes``),
-``_start_time``, ``_end_time``, ``_status``. They run inside the SDK's ``Span.end``, called from
+The request-thread hooks read these SDK ``Span`` fields inline, not through a function here,
+because each call costs instructions on every DB span (the exceptions by name, which
+``tests/test_reqcost_sdk_access.py`` allows and nothing else): ``DbPerfSpanProcessor.on_start``
+reads ``_context`` (indexed: SpanContext is a tuple ``(trace_id, span_id, is_remote, ...)``),
+``_parent``, ``_kind`` and ``_instrumentation_scope``; ``DbPerfSpanProcessor._on_ending`` reads
+``_context`` and ``_status``; ``DbPerfSpanProcessor._end_query`` reads ``_attributes._dict`` (the
+plain dict inside ``BoundedAttributes``), ``_start_time``, ``_end_time`` and ``_status``;
+``DbPerfSpanProcessor.open_query`` and the duplicates listener ``_after_cursor_execute`` read
+``_context`` (the second also contrib's :data:`CONTRIB_QUERY_SPAN`, by its name from here). The
+hooks run inside the SDK's ``Span.end``, called from
 the instrumentation's code: the code-location walk starts at the hook's caller and climbs
 (under ``ConcurrentMultiSpanProcessor`` the hooks run on a pool thread: no code location, and
 per-query CPU time is that thread's; ``opentelemetry-instrument`` never uses it).
-The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s ``_context``,
-``_attributes``, ``_events``, ``_status``, ``_name``, ``_start_time`` and ``_end_time`` (its
-properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and, through
-:func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``.
+The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s fields through
+:func:`span_id_of`, :func:`attributes_of`, :func:`events_of`, :func:`status_of`, :func:`name_of`
+and :func:`times_of` (its properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and,
+through :func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``. Not yet
+moved here (the test names each): ``_otlp``'s exporter and encoder reads.
 Elsewhere: ``_prefork`` (``SystemMetricsInstrumentor._instance._proc``), ``_backend``
 (``exporter._preferred_temporality`` / ``_preferred_aggregation``, the providers'
 ``_atexit_handler``), ``_logs`` (``LoggingHandler._translate``), each commented where used.
