@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from . import _forksafe
 from ._guard import internal_error
 from ._otlp import FastOTLPSpanExporter
+from ._sdk_compat import metric_exporter_preferences
 from .settings import Settings
 
 REPEAT_S = 300.0  # while exports of a signal keep failing, the line is repeated at most this often
@@ -229,7 +230,7 @@ def _points(data: MetricsData) -> int:
 class WatchedMetricExporter(MetricExporter):
     def __init__(self, exporter: MetricExporter) -> None:
         # the periodic reader takes its temporality and aggregation from the exporter it is given
-        super().__init__(exporter._preferred_temporality, exporter._preferred_aggregation)  # noqa: SLF001
+        super().__init__(*metric_exporter_preferences(exporter))
         self._exporter = exporter
         self.watch = Watch("metrics", exporter)
 

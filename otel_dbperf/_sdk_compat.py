@@ -24,9 +24,11 @@ The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s fields th
 and :func:`times_of` (its properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and,
 through :func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``. Not yet
 moved here (the test names each): ``_otlp``'s exporter and encoder reads.
-Elsewhere: ``_prefork`` (``SystemMetricsInstrumentor._instance._proc``), ``_backend``
-(``exporter._preferred_temporality`` / ``_preferred_aggregation``, the providers'
-``_atexit_handler``), ``_logs`` (``LoggingHandler._translate``), each commented where used.
+Here too: ``_prefork``'s :func:`renew_sampled_process` (``SystemMetricsInstrumentor._instance._proc``),
+``_backend``'s :func:`metric_exporter_preferences`, ``_sqlite3``'s :func:`db_api_integration_of`.
+Elsewhere still: ``_backend`` (the providers' ``_atexit_handler``, by ``getattr``), ``_logs``
+(``LoggingHandler._translate``), ``_sqlalchemy`` (the instrumentor's ``_instrument``), each
+commented where used.
 """
 
 from __future__ import annotations
@@ -257,6 +259,32 @@ def reset_export_locks(provider: Any) -> None:
     for reader in getattr(provider, "_metric_readers", None) or ():
         if hasattr(reader, "_export_lock"):
             reader._export_lock = _forksafe.lock("sdk.reader_export")  # noqa: SLF001
+
+
+def metric_exporter_preferences(exporter: Any) -> tuple[Any, Any]:
+    """(``exporter._preferred_temporality``, ``exporter._preferred_aggregation``): what a periodic reader
+    takes from the exporter it is given (``_backend`` wraps metric exporters and passes them on)."""
+    return exporter._preferred_temporality, exporter._preferred_aggregation  # noqa: SLF001
+
+
+def renew_sampled_process(instrumentor_class: Any) -> None:
+    """In a forked worker: contrib's ``SystemMetricsInstrumentor`` (its singleton ``_instance``: calling
+    the class would re-run ``__init__``) samples ``_proc``, the ``psutil.Process`` of the process that
+    instrumented; this makes it the worker's own (when set)."""
+    instrumentor: Any = getattr(instrumentor_class, "_instance", None)
+    if getattr(instrumentor, "_proc", None) is not None:
+        import os
+
+        import psutil
+
+        instrumentor._proc = psutil.Process(os.getpid())  # noqa: SLF001
+
+
+# ---- contrib's DB-API instrumentation ------------------------------------------------------
+def db_api_integration_of(proxy: Any) -> Any:
+    """The ``DatabaseApiIntegration`` behind contrib's ``TracedConnectionProxy``
+    (``proxy._self_db_api_integration``, a wrapt proxy field), or None."""
+    return proxy._self_db_api_integration  # noqa: SLF001
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

@@ -40,14 +40,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("SpanEncoder.span", "span._attributes"): "_otlp's encoder (export thread)",
     ("SpanEncoder.span", "span._events"): "_otlp's encoder (export thread)",
     ("SpanEncoder.span", "span._links"): "_otlp's encoder (export thread)",
-    ("WatchedMetricExporter.__init__", "exporter._preferred_temporality"): "_backend",
-    ("WatchedMetricExporter.__init__", "exporter._preferred_aggregation"): "_backend",
     ("_scrub_sdk_handlers", "handler._translate"): "_logs",
-    ("_resample_own_process", "instrumentor._proc"): "_prefork",
     ("prepare", "type(instrumentor)._instrument"): "_sqlalchemy",
     ("prepare", "instrumentor._instrument"): "_sqlalchemy",
     ("prepare", "instrumentor._uninstrument"): "_sqlalchemy",
-    ("_traced", "proxy._self_db_api_integration"): "_sqlite3",
 }
 
 
@@ -136,3 +132,29 @@ def test_sdk_compat_names_every_request_thread_exception() -> None:
                 function,
                 expression,
             )
+
+
+def test_a_forked_worker_samples_its_own_process_and_a_wrapped_metric_exporter_keeps_its_preferences() -> None:
+    import os
+
+    from opentelemetry.sdk.metrics import Counter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter
+
+    from otel_dbperf import _sdk_compat
+    from otel_dbperf._backend import WatchedMetricExporter
+
+    class Instrumentor:
+        _instance: object = None
+
+    class Sampling:
+        _proc: object = "the parent's process"
+
+    Instrumentor._instance = Sampling()
+    _sdk_compat.renew_sampled_process(Instrumentor)
+    assert Sampling._proc == "the parent's process" and Instrumentor._instance._proc.pid == os.getpid()  # type: ignore[attr-defined]
+    Instrumentor._instance = None
+    _sdk_compat.renew_sampled_process(Instrumentor)  # not instrumented: nothing to do
+
+    inner = ConsoleMetricExporter(preferred_temporality={Counter: AggregationTemporality.DELTA})
+    watched = WatchedMetricExporter(inner)
+    assert watched._preferred_temporality[Counter] is AggregationTemporality.DELTA  # noqa: SLF001
