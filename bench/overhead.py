@@ -28,6 +28,9 @@ request span; ``--instructions`` measures every depth given, default all three; 
 take the first, default 20), ``--save FILE`` / ``--reuse FILE`` (with ``--instructions``: write
 every count to FILE; take the bare and vanilla counts from FILE instead of measuring them again,
 for a before/after of otel-dbperf's own code: they do not run it in the measured loop),
+``BENCH_QUIET_EXPORT=1`` (attribution, not the gate: no export while the loop is measured, so the
+request-thread count is its own work, repeatable to ~150 instructions per query, without the GIL
+hand-offs to an export thread on a wall-clock schedule, whose number follows the machine's load),
 ``--checkout`` (each request checks a connection out of the pool and runs its 10 queries in one
 transaction, ``with engine.begin()``: otel-dbperf's pool and transaction hooks on the measured path).
 """
