@@ -269,9 +269,11 @@ class DbPerfSpanProcessor(SpanProcessor):
             else:
                 _loose_ended(self._loose_orm)
         attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
-        system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
-        if system is None and _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
-            return  # an HTTP or other client span: not ours
+        system = attrs.get(_DB_SYSTEM_NAME)
+        if not system:
+            if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
+                return  # an HTTP or other client span: not ours
+            system = attrs.get(_DB_SYSTEM)
         query.system = system
         duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
         slow = query.slow = duration >= self._slow_ns
