@@ -136,7 +136,7 @@ class AppCode:
         found, lazy, _ = self.walk(frame)
         return found, lazy
 
-    def walk(self, frame: Any) -> tuple[FrameType | None, FrameType | None, Any]:
+    def walk(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None, Any]:
         """:meth:`find`, and a hint: None; :data:`SETUP` when Django's connection setup issued the
         statement; or ``(template path, template line)`` when a Django or Jinja2 template triggered it
         (then the application frame returned is the first Python one above the template)."""
@@ -145,16 +145,15 @@ class AppCode:
         lazy = None
         hint: Any = None
         for _ in range(_MAX_DEPTH):
+            if frame is None:
+                frame, glet = _parent_greenlet_frame(glet)
+                if frame is None:
+                    return None, lazy, hint
             # the hot loop: most frames are a library's, known by their file (a dict subscript costs
-            # less than a call of dict.get; a miss, once per file, raises KeyError; the end of this
-            # greenlet's stack, a None frame, raises AttributeError: neither costs a test per frame)
+            # less than a call of dict.get; a miss, once per file, raises)
             try:
                 verdict = cache[frame.f_code.co_filename]
-            except (KeyError, AttributeError):
-                if frame is None:
-                    frame, glet = _parent_greenlet_frame(glet)
-                    if frame is None:
-                        return None, lazy, hint
+            except KeyError:
                 verdict = self._verdict(frame.f_code.co_filename)
             if verdict is False:
                 frame = frame.f_back
