@@ -117,12 +117,12 @@ REQUEST_COUNTS = {
     SERIALIZATION: "dbperf.db.serialization_failures",
     POOL_TIMEOUT: "dbperf.db.pool_timeouts",
 }
-#: ``listener(kind)`` for every classified failed DB span (the ``dbperf.db.errors`` counter)
-listener: Any = None
 
 
-def counted(kind: str, request: Any) -> None:
-    """A failed DB span of ``kind`` (request thread, errors only): the request's count and the counter.
+def counted(kind: str, request: Any, count_error: Any = None) -> None:
+    """A failed DB span of ``kind`` (request thread, errors only): the request's count, and
+    ``count_error(kind)`` (the ``dbperf.db.errors`` counter, which the processor is given by
+    ``DbPerfSpanProcessor.attach_error_counter``; None: no counter).
 
     Pool timeouts are counted where the checkout failed (:mod:`otel_dbperf._sqla.pools`), which sees them
     with or without a span around the checkout.
@@ -131,9 +131,8 @@ def counted(kind: str, request: Any) -> None:
         return
     if request is not None:
         request.add(REQUEST_COUNTS[kind], 1)
-    callback = listener
-    if callback is not None:
-        callback(kind)
+    if count_error is not None:
+        count_error(kind)
 
 
 # --- application-raised errors ---------------------------------------------------------------

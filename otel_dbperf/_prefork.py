@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _forksafe
 from ._guard import guarded
-from ._sdk_compat import reset_export_locks, reset_metric_storages
+from ._sdk_compat import renew_sampled_process, reset_export_locks, reset_metric_storages
 
 PULL_EXPORTER = "prometheus"
 _PREFORK_SERVERS = ("gunicorn",)
@@ -125,8 +125,4 @@ def _resample_own_process() -> None:
         from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
     except ImportError:
         return
-    instrumentor = SystemMetricsInstrumentor._instance  # noqa: SLF001 - calling the class would re-run __init__
-    if getattr(instrumentor, "_proc", None) is not None:
-        import psutil
-
-        instrumentor._proc = psutil.Process(os.getpid())  # noqa: SLF001
+    renew_sampled_process(SystemMetricsInstrumentor)

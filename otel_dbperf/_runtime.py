@@ -264,4 +264,4 @@ def start_sqlalchemy(settings: Settings) -> None:
     from . import _sqla
     from ._version import __version__
 
-    _sqla.install(settings, processor.thresholds, runtime.meter_provider, __version__)
+    _sqla.install(settings, processor.thresholds, runtime.meter_provider, __version__, processor)

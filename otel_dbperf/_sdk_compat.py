@@ -6,21 +6,29 @@ outside them, and :func:`span_layout_ok` is checked once at startup: on an SDK w
 no longer has the fields the request-thread hooks read, otel-dbperf turns itself off with
 one warning instead of failing in every hook.
 
-The request-thread hooks (``_pipeline.processor``) read these SDK ``Span`` fields directly,
-because each property costs a Python call per span: ``_context`` (indexed: SpanContext is a
-tuple ``(trace_id, span_id, is_remote, ...)``), ``_parent``, ``_kind``,
-``_instrumentation_scope``, ``_attributes._dict`` (the plain dict inside ``BoundedAttributes``),
-``_start_time``, ``_end_time``, ``_status``. They run inside the SDK's ``Span.end``, called from
+The request-thread hooks read these SDK ``Span`` fields inline, not through a function here,
+because each call costs instructions on every DB span (the exceptions by name, which
+``tests/test_reqcost_sdk_access.py`` allows and nothing else): ``DbPerfSpanProcessor.on_start``
+reads ``_context`` (indexed: SpanContext is a tuple ``(trace_id, span_id, is_remote, ...)``),
+``_parent``, ``_kind`` and ``_instrumentation_scope``; ``DbPerfSpanProcessor._on_ending`` reads
+``_context`` and ``_status``; ``DbPerfSpanProcessor._end_query`` reads ``_attributes._dict`` (the
+plain dict inside ``BoundedAttributes``), ``_start_time``, ``_end_time`` and ``_status``;
+``DbPerfSpanProcessor.open_query`` and the duplicates listener ``_after_cursor_execute`` read
+``_context`` (the second also contrib's :data:`CONTRIB_QUERY_SPAN`, by its name from here). The
+hooks run inside the SDK's ``Span.end``, called from
 the instrumentation's code: the code-location walk starts at the hook's caller and climbs
 (under ``ConcurrentMultiSpanProcessor`` the hooks run on a pool thread: no code location, and
 per-query CPU time is that thread's; ``opentelemetry-instrument`` never uses it).
-The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s ``_context``,
-``_attributes``, ``_events``, ``_status``, ``_name``, ``_start_time`` and ``_end_time`` (its
-properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and, through
-:func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``.
-Elsewhere: ``_prefork`` (``SystemMetricsInstrumentor._instance._proc``), ``_backend``
-(``exporter._preferred_temporality`` / ``_preferred_aggregation``, the providers'
-``_atexit_handler``), ``_logs`` (``LoggingHandler._translate``), each commented where used;
+The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s fields through
+:func:`span_id_of`, :func:`attributes_of`, :func:`events_of`, :func:`status_of`, :func:`name_of`
+and :func:`times_of` (its properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and,
+through :func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``. Not yet
+moved here (the test names each): ``exporters._otlp``'s exporter and encoder reads.
+Here too: ``_prefork``'s :func:`renew_sampled_process` (``SystemMetricsInstrumentor._instance._proc``),
+``exporters._watch``'s :func:`metric_exporter_preferences`, ``_sqlite3``'s :func:`db_api_integration_of`.
+Elsewhere still: ``exporters._watch`` (the providers' ``_atexit_handler``, by ``getattr``), ``_logs``
+(``LoggingHandler._translate``), ``_sqla.instrument`` (the instrumentor's ``_instrument``), each
+commented where used.
 ``_pipeline.contrib_metrics`` replaces contrib DB-API's ``CursorTracer._record_metrics`` (a
 request-thread hook with contrib's signature) and reads what it recorded through the functions below.
 """
@@ -33,7 +41,7 @@ from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.trace import Status
+from opentelemetry.trace import Status, StatusCode
 
 from . import _forksafe
 
@@ -142,6 +150,51 @@ def with_changes(
     )
 
 
+def default_span_status() -> Any:
+    """The ``Status`` object an SDK span holds while none was set: the default of ``ReadableSpan``'s
+    ``status`` parameter, one shared object, which ``Span`` never passes. A status that is not this
+    object is read as before (``status.status_code``), so another SDK loses nothing but the shortcut."""
+    import inspect
+
+    parameter = inspect.signature(ReadableSpan.__init__).parameters.get("status")
+    default = getattr(parameter, "default", None)
+    return default if isinstance(default, Status) and default.status_code is StatusCode.UNSET else object()
+
+
+def span_id_of(span: Any) -> int | None:
+    """``span``'s span id (``span._context[1]``, SpanContext being a tuple), or None for a span
+    without one (the API's non-recording span has its context elsewhere)."""
+    context = getattr(span, "_context", None)
+    return None if context is None else context[1]  # type: ignore[no-any-return]
+
+
+# The export thread's reads of a ``ReadableSpan`` (its properties copy: ``events`` builds a tuple,
+# ``attributes`` a proxy); one call each, off the request thread.
+def attributes_of(span: ReadableSpan) -> Any:
+    """``span._attributes``: the ``BoundedAttributes`` itself (read with :func:`attr_dict`)."""
+    return span._attributes  # noqa: SLF001
+
+
+def events_of(span: ReadableSpan) -> Sequence[Event]:
+    """``span._events``, not copied."""
+    return span._events  # noqa: SLF001
+
+
+def status_of(span: ReadableSpan) -> Status:
+    """``span._status``."""
+    return span._status  # noqa: SLF001
+
+
+def name_of(span: ReadableSpan) -> Any:
+    """``span._name``."""
+    return span._name  # noqa: SLF001
+
+
+def times_of(span: ReadableSpan) -> tuple[Any, Any]:
+    """(``span._start_time``, ``span._end_time``): ns, or None when not set."""
+    return span._start_time, span._end_time  # noqa: SLF001
+
+
 def span_processors_of(span: Any) -> Sequence[Any]:
     """The span processors of ``span``'s provider (``Span._span_processor``, the SDK's
     ``SynchronousMultiSpanProcessor`` / ``ConcurrentMultiSpanProcessor``, and its
@@ -149,10 +202,15 @@ def span_processors_of(span: Any) -> Sequence[Any]:
     return getattr(getattr(span, "_span_processor", None), "_span_processors", ())  # type: ignore[no-any-return]
 
 
+#: the attribute of SQLAlchemy's execution context where contrib's SQLAlchemy instrumentation keeps the
+#: query's span (set in its ``before_cursor_execute``, ended in ``after_cursor_execute``)
+CONTRIB_QUERY_SPAN = "_otel_span"
+
+
 def contrib_query_span(execution_context: Any) -> Any:
-    """The span contrib's SQLAlchemy instrumentation opened for a query (``context._otel_span``,
-    set in its ``before_cursor_execute`` and ended in ``after_cursor_execute``), or None."""
-    return getattr(execution_context, "_otel_span", None)
+    """The span contrib's SQLAlchemy instrumentation opened for a query (``context._otel_span``), or None.
+    (``_duplicates`` reads :data:`CONTRIB_QUERY_SPAN` itself: one call less per query.)"""
+    return getattr(execution_context, CONTRIB_QUERY_SPAN, None)
 
 
 # ---- metrics -----------------------------------------------------------------------------
@@ -258,6 +316,32 @@ def contrib_metric_attributes(tracer: Any, operation_name: str, error_type: type
     if error_type is not None:
         attributes["error.type"] = error_type.__qualname__
     return attributes
+
+
+def metric_exporter_preferences(exporter: Any) -> tuple[Any, Any]:
+    """(``exporter._preferred_temporality``, ``exporter._preferred_aggregation``): what a periodic reader
+    takes from the exporter it is given (``_backend`` wraps metric exporters and passes them on)."""
+    return exporter._preferred_temporality, exporter._preferred_aggregation  # noqa: SLF001
+
+
+def renew_sampled_process(instrumentor_class: Any) -> None:
+    """In a forked worker: contrib's ``SystemMetricsInstrumentor`` (its singleton ``_instance``: calling
+    the class would re-run ``__init__``) samples ``_proc``, the ``psutil.Process`` of the process that
+    instrumented; this makes it the worker's own (when set)."""
+    instrumentor: Any = getattr(instrumentor_class, "_instance", None)
+    if getattr(instrumentor, "_proc", None) is not None:
+        import os
+
+        import psutil
+
+        instrumentor._proc = psutil.Process(os.getpid())  # noqa: SLF001
+
+
+# ---- contrib's DB-API instrumentation ------------------------------------------------------
+def db_api_integration_of(proxy: Any) -> Any:
+    """The ``DatabaseApiIntegration`` behind contrib's ``TracedConnectionProxy``
+    (``proxy._self_db_api_integration``, a wrapt proxy field), or None."""
+    return proxy._self_db_api_integration  # noqa: SLF001
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

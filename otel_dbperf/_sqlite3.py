@@ -31,6 +31,7 @@ from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation.dbapi import TracedConnectionProxy, TracedCursorProxy
 
 from ._guard import internal_error
+from ._sdk_compat import db_api_integration_of
 
 _Connection = sqlite3.Connection
 
@@ -92,7 +93,7 @@ def _release(cursor: sqlite3.Cursor) -> None:
 
 def _traced(cursor: sqlite3.Cursor, proxy: SQLite3ConnectionProxy) -> _SQLite3CursorProxy | None:
     try:
-        integration = proxy._self_db_api_integration
+        integration = db_api_integration_of(proxy)
         if integration is None:
             raise ValueError("contrib's connection proxy has no DB-API integration")
         return _SQLite3CursorProxy(cursor, integration)

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from support.pipeline import Pipeline
 
 from otel_dbperf import _pause
-from otel_dbperf._otlp import SpanEncoder
+from otel_dbperf.exporters._otlp import SpanEncoder
 
 SPANS = 200
 HANG_S = 60  # a hang guard, not a threshold

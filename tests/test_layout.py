@@ -17,7 +17,7 @@ ROOT = PACKAGE.parent
 #: that matches a module's name (without the ``otel_dbperf.`` prefix) places it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
-        "base: settings, public names, guard, fork safety, SDK internals",
+        "base: settings, public names, guard, fork safety, SDK internals, the export side's pauses",
         (
             "settings",
             "attributes",
@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_sdk_compat",
             "_urls",
             "_version",
+            "_pause",
         ),
     ),
     ("analysis: statements, calls, errors, metric views", ("_sql", "_nosql", "_error_kind", "_errors", "metrics")),
@@ -151,7 +152,7 @@ def test_the_import_graph_has_no_loop() -> None:
 def test_the_graph_sees_imports_inside_functions_and_through_package_reexports() -> None:
     graph = _graph()
     assert "otel_dbperf._sqla.explain.listener" in graph["otel_dbperf._sqla"]  # inside install_explain
-    assert "otel_dbperf._pipeline.processor" in graph["otel_dbperf._sqla.pools"]  # via _pipeline's __init__
+    assert "otel_dbperf._pipeline.processor" in graph["otel_dbperf._runtime"]  # via _pipeline's __init__
     assert "otel_dbperf._pipeline" not in graph["otel_dbperf._sqla.pools"]
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.fixture
 def installed() -> Iterator[Pipeline]:
     pipeline = Pipeline(Settings())
-    _sqla.install(pipeline.settings, pipeline.processor.thresholds)
+    _sqla.install(pipeline.settings, pipeline.processor.thresholds, records=pipeline.processor)
     yield pipeline
     _sqla.uninstall()
     pipeline.close()

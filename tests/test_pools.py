@@ -34,8 +34,8 @@ class Setup(Pipeline):
     def __init__(self, **settings: Any) -> None:
         super().__init__(Settings(**settings), metrics=default_views())
         instrument_sqlalchemy(self.provider, meter_provider=self.meters)
-        _pools.install(self.processor.thresholds, self.meters)
-        _transactions.install(self.processor.thresholds)
+        _pools.install(self.processor.thresholds, self.meters, records=self.processor)
+        _transactions.install(self.processor.thresholds, records=self.processor)
 
     def close(self) -> None:
         _pools.uninstall()

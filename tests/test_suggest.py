@@ -73,8 +73,8 @@ def _otlp_json(spans: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
-    _duplicates.install()
     h = Harness(slow_query_threshold_ms=0.0)  # every query is slow: each reaches the slow-query log
+    _duplicates.install(h.processor)
     yield h
     h.provider.shutdown()
     _duplicates.uninstall()

@@ -25,7 +25,17 @@ from .._error_kind import AppError
 from .._errors import opaque_error_text, scrub_error_text, scrub_traceback
 from .._guard import internal_error
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, nosql_rollup
-from .._sdk_compat import attr_dict, bounded, with_changes
+from .._sdk_compat import (
+    attr_dict,
+    attributes_of,
+    bounded,
+    events_of,
+    name_of,
+    span_id_of,
+    status_of,
+    times_of,
+    with_changes,
+)
 from .._sql import OPERATIONS, Analysis, analyze
 from .._urls import UrlRedactor
 from .record import Query, Request
@@ -83,18 +93,18 @@ class EnrichingSpanExporter(SpanExporter):
     def _enrich(self, span: ReadableSpan) -> ReadableSpan | None:
         """The span to export; None drops it (a DB span that could not be made safe)."""
         try:
-            payload = self._processor.take(span._context.span_id)  # type: ignore[union-attr]  # noqa: SLF001
+            payload = self._processor.take(span_id_of(span))
             if payload.__class__ is Query:
                 return self._enrich_query(span, payload)
             if payload.__class__ is Request:
                 return self._enrich_root(span, payload)
-            attrs = attr_dict(span._attributes)  # noqa: SLF001
+            attrs = attr_dict(attributes_of(span))
             if _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs:
                 return self._enrich_unmeasured(span, attrs)
             urls = self._urls
-            changed, name = urls.span(attrs, span._name) if urls is not None else (None, None)  # noqa: SLF001
-            failed = span._status.status_code is StatusCode.ERROR  # noqa: SLF001
-            if failed or span._events or changed is not None or name is not None:  # noqa: SLF001
+            changed, name = urls.span(attrs, name_of(span)) if urls is not None else (None, None)
+            failed = status_of(span).status_code is StatusCode.ERROR
+            if failed or events_of(span) or changed is not None or name is not None:
                 app = payload if payload.__class__ is AppError else None
                 return self._scrub(span, changed, None, name, app)
         except Exception as exc:  # noqa: BLE001
@@ -113,7 +123,7 @@ class EnrichingSpanExporter(SpanExporter):
             analyze(statement, self._thresholds.statement_max_length, system) if isinstance(statement, str) else None
         )
         name = self._statement_attributes(span, attrs, statement, analysis)
-        start, end = span._start_time, span._end_time  # noqa: SLF001
+        start, end = times_of(span)
         if isinstance(start, int) and isinstance(end, int) and statement is not None:  # a connection: no query
             attrs[A.QUERY_SLOW] = end - start >= self._thresholds.slow_ns
         return self._scrub(span, attrs, None, name)
@@ -122,14 +132,14 @@ class EnrichingSpanExporter(SpanExporter):
         """After an internal error: no statement of a DB span, no error text or event that was not
         scrubbed; the span goes out without them, or not at all."""
         try:
-            attrs = attr_dict(span._attributes)  # noqa: SLF001
-            status = span._status  # noqa: SLF001
+            attrs = attr_dict(attributes_of(span))
+            status = status_of(span)
             is_db = _DB_SYSTEM_NAME in attrs or _DB_SYSTEM in attrs
             statement = is_db and (_DB_QUERY_TEXT in attrs or _DB_STATEMENT in attrs)
-            if not (statement or span._events or status.description):  # noqa: SLF001
+            if not (statement or events_of(span) or status.description):
                 return span
             kept = {k: v for k, v in attrs.items() if not (statement and k in (_DB_QUERY_TEXT, _DB_STATEMENT))}
-            name = span._name  # noqa: SLF001
+            name = name_of(span)
             if is_db:  # contrib names DB spans after the statement's first piece, which may hold a literal
                 if not _keyword_led(name):
                     system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
@@ -138,7 +148,7 @@ class EnrichingSpanExporter(SpanExporter):
                     if key in kept and not _keyword_led(kept[key]):
                         del kept[key]
             # events: exception events quote statements and values
-            attributes = bounded(kept, span._attributes)  # noqa: SLF001
+            attributes = bounded(kept, attributes_of(span))
             return with_changes(span, False, name, attributes, (), Status(status.status_code))
         except Exception:  # noqa: BLE001 - nothing safe can be made of it: dropped
             self.dropped += 1
@@ -168,7 +178,7 @@ class EnrichingSpanExporter(SpanExporter):
 
     def _enrich_query(self, span: ReadableSpan, query: Query) -> ReadableSpan:
         thresholds = self._thresholds
-        attrs = dict(attr_dict(span._attributes))  # noqa: SLF001
+        attrs = dict(attr_dict(attributes_of(span)))
         request = query.request
         kind = query.kind
         if request is not None and not query.repeat and not query.nested and kind == KIND_QUERY:
@@ -203,7 +213,7 @@ class EnrichingSpanExporter(SpanExporter):
         if query.duplicate:
             attrs[A.QUERY_DUPLICATE] = True
         extra_events: list[Event] = []
-        end_time = span._end_time  # noqa: SLF001
+        end_time = times_of(span)[1]
         if query.plan is not None:
             plan_attrs, plan_time = query.plan
             extra_events.append(Event(A.EVENT_EXPLAIN, plan_attrs, timestamp=plan_time))
@@ -221,7 +231,7 @@ class EnrichingSpanExporter(SpanExporter):
 
     def _enrich_root(self, span: ReadableSpan, request: Request) -> ReadableSpan:
         rollup = request.rollup(self._thresholds)
-        attrs = dict(attr_dict(span._attributes))  # noqa: SLF001
+        attrs = dict(attr_dict(attributes_of(span)))
         attrs[A.DB_QUERY_COUNT] = rollup.count
         attrs[A.DB_SLOW_QUERY_COUNT] = rollup.slow
         attrs[A.DB_DURATION_MS] = rollup.db_ns / 1e6
@@ -255,7 +265,7 @@ class EnrichingSpanExporter(SpanExporter):
         name = None
         urls = self._urls
         if urls is not None:
-            changed, name = urls.span(attrs, span._name)  # noqa: SLF001
+            changed, name = urls.span(attrs, name_of(span))
             if changed is not None:
                 attrs = changed
         return self._scrub(span, attrs, list(request.events) if request.events else None, name, request.app_error)
@@ -270,8 +280,8 @@ class EnrichingSpanExporter(SpanExporter):
     ) -> ReadableSpan:
         """``span`` with ``attrs``, ``extra_events``, and error texts cleaned of parameter values
         (``app``: the error text is the application's, only its code and class stay)."""
-        status = span._status  # noqa: SLF001
-        statement = _statement(attrs if attrs is not None else span._attributes)  # noqa: SLF001
+        status = status_of(span)
+        statement = _statement(attrs if attrs is not None else attributes_of(span))
         if status.status_code is StatusCode.ERROR and status.description:
             if app is not None:
                 clean = opaque_error_text(status.description, app, statement)
@@ -279,18 +289,18 @@ class EnrichingSpanExporter(SpanExporter):
                 clean = scrub_error_text(status.description, statement)
             if clean != status.description:
                 status = Status(StatusCode.ERROR, clean)
-        original: Sequence[Event] = span._events  # noqa: SLF001
+        original: Sequence[Event] = events_of(span)
         events = original
         if events and any(e.name == "exception" for e in events):
             events = [_scrub_event(e, statement, self._source, app) if e.name == "exception" else e for e in events]
         if extra_events:
             events = [*events, *extra_events]
         if attrs is None:
-            if status is span._status and events is original and name is None:  # noqa: SLF001
+            if status is status_of(span) and events is original and name is None:
                 return span
-            attrs = dict(attr_dict(span._attributes))  # noqa: SLF001
-        in_place = self._processor._consumers == 1  # noqa: SLF001
-        return with_changes(span, in_place, name, bounded(attrs, span._attributes), events, status)  # noqa: SLF001
+            attrs = dict(attr_dict(attributes_of(span)))
+        in_place = self._processor.consumers == 1
+        return with_changes(span, in_place, name, bounded(attrs, attributes_of(span)), events, status)
 
 
 def _statement_free_names(span: ReadableSpan, attrs: dict[str, Any], analysis: Any, statement: str) -> str | None:
@@ -309,7 +319,7 @@ def _statement_free_names(span: ReadableSpan, attrs: dict[str, Any], analysis: A
                 attrs[key] = analysis.operation
             else:
                 del attrs[key]
-    name = span._name  # noqa: SLF001
+    name = name_of(span)
     if not isinstance(name, str):
         return None
     prefix = "CURSOR: " if name.startswith("CURSOR: ") else ""

@@ -30,7 +30,7 @@ from .._error_kind import app_error
 from .._guard import internal_error
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
 from .._resources import rss_bytes, thread_time_ns
-from .._sdk_compat import span_processors_of
+from .._sdk_compat import default_span_status, span_id_of, span_processors_of
 from ..settings import Settings
 from .location import SETUP, AppCode, lazy_loaded_relationship, location_of
 from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
@@ -42,6 +42,9 @@ _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
 _DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
 _ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 _SPAN_END = Span.end.__code__
+_UNSET_STATUS = default_span_status()
+_QUALNAME = "co_qualname" if sys.version_info >= (3, 11) else "co_name"
+_getframe = sys._getframe  # noqa: SLF001
 _new = object.__new__
 MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
 _SHARED_LOCK = _forksafe.lock("processor.shared")  # export threads only (several exporters share a payload)
@@ -55,8 +58,7 @@ def _after_fork_in_child() -> None:
     forgotten (they are the parent's to export). A span the child ends that it has no record of is
     exported with its statement sanitized on the spot."""
     for processor in list(_processors):
-        processor._open = {}  # noqa: SLF001
-        processor._done = {}  # noqa: SLF001
+        processor.forget_after_fork()
 
 
 _forksafe.register(_after_fork_in_child)
@@ -83,8 +85,11 @@ class DbPerfSpanProcessor(SpanProcessor):
         self._app = AppCode(settings.app_paths) if settings.code_location else None
         self.resources = settings.resource_samples != "off"  # CPU time and RSS per request
         self._per_query = settings.resource_samples == "query"  # and per DB span
-        # span id -> the Query of an open client span, or the Request of a request's span
+        # span id -> the Query of an open client span, or the Request of a request's span; the same dict
+        # for the processor's life (emptied, never replaced), so hooks on the request thread may hold it:
+        # ``open_spans`` (one dict lookup for them, see _duplicates)
         self._open: dict[int, Any] = {}
+        self.open_spans = self._open
         # thread id -> ORM-level client spans open on it outside any request
         self._loose_orm: dict[int, int] = {}
         # span id -> Query or Request (or [payload, consumers left]), for the exporters
@@ -96,13 +101,54 @@ class DbPerfSpanProcessor(SpanProcessor):
         # there (id -> code: identity, not hashing, which walks a code object's constants)
         self._end_depth = 4
         self._end_callers: dict[int, Any] = {}
+        self._end_code: Any = None  # the last of them (one identity test on the common path)
         # error texts the application wrote are told apart at a failed span's end (DBPERF_APP_ERROR_TEXT=false)
         self._app_errors = not settings.app_error_text
+        # count_error(kind) for every classified failed DB span (the dbperf.db.errors counter), see
+        # attach_error_counter
+        self._count_error: Any = None
+        self._orm_scope: Any = None  # the SQLAlchemy instrumentation's InstrumentationScope, once seen
         _processors.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's open and finished spans are the parent's to export."""
+        self._open.clear()
+        self._done.clear()
 
     def attach_deriver(self, submit: Any) -> None:
         """Hand every finished DB span and request root to ``submit(span, payload)`` (metrics, sinks)."""
         self._submit = submit
+
+    def attach_error_counter(self, count_error: Any) -> None:
+        """Call ``count_error(kind)`` for every failed DB span with a classified error (a timeout, lock
+        wait, deadlock...; see ``_error_kind.classify``) on the request thread; None: no counter."""
+        self._count_error = count_error
+
+    # Direct lookups for the hooks that run on the request thread while a span is open (the
+    # duplicates digest, the EXPLAIN plan, the pool and transaction hooks): they are handed this
+    # processor when installed, so they find their record with one dict lookup.
+    def open_query(self, span: Any) -> Query | None:
+        """The :class:`Query` of ``span``, a DB span that is still open, or None."""
+        if span is None:
+            return None
+        entry = self._open.get(span._context[1])  # noqa: SLF001 - request thread, see _sdk_compat
+        return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
+
+    def current_request(self) -> Request | None:
+        """The request (local root) the current span belongs to, or None outside any request: hooks
+        add their per-request figures with :meth:`Request.add`."""
+        try:
+            entry = self._open.get(span_id_of(get_current_span()))  # type: ignore[arg-type]
+            if entry is not None:
+                return entry if entry.__class__ is Request else entry.request  # type: ignore[no-any-return]
+        except Exception as exc:  # noqa: BLE001
+            internal_error("current_request", exc)
+        return None
+
+    @property
+    def consumers(self) -> int:
+        """How many exporters :meth:`wrap_exporter` wrapped (each takes every finished span's payload)."""
+        return self._consumers
 
     def wrap_exporter(self, exporter: SpanExporter) -> Any:
         """The exporter that adds this processor's attributes before ``exporter`` sends spans."""
@@ -136,10 +182,10 @@ class DbPerfSpanProcessor(SpanProcessor):
                     if request is not None:
                         open_[span_id] = request
                     return
-            orm = False
             scope = span._instrumentation_scope  # noqa: SLF001
-            if scope is not None and scope.name == _ORM_SCOPE:
-                orm = True
+            # the SQLAlchemy instrumentation's scope, known by identity once seen (its name is a property)
+            orm = scope is self._orm_scope or (scope is not None and self._is_orm_scope(scope))
+            if orm:
                 if request is not None:
                     request.open_orm += 1
                 else:  # outside any request: counted open on its thread, so its driver span is nested there
@@ -158,10 +204,23 @@ class DbPerfSpanProcessor(SpanProcessor):
         except Exception as exc:  # noqa: BLE001
             internal_error("on_start", exc)
 
+    def _is_orm_scope(self, scope: Any) -> bool:
+        if scope.name == _ORM_SCOPE:
+            self._orm_scope = scope
+            return True
+        return False
+
+    # The SDK calls on_end for every span of every processor: a C function that does nothing with it
+    # costs less than the base class's Python method (its result is ignored).
+    on_end = id  # type: ignore[assignment]
+
     def _on_ending(self, span: Span) -> None:
         try:
             span_id = span._context[1]  # type: ignore[index]  # noqa: SLF001
             entry = self._open.pop(span_id, None)
+            if entry.__class__ is Query:  # the common case first
+                self._end_query(span, span_id, entry)
+                return
             if entry is None:
                 if span._status.status_code is _ERROR and self._app_errors:  # noqa: SLF001
                     self._failed_span(span_id, None)
@@ -181,8 +240,6 @@ class DbPerfSpanProcessor(SpanProcessor):
                         submit(span, entry)
                 elif span._status.status_code is _ERROR and self._app_errors:  # noqa: SLF001
                     self._failed_span(span_id, entry)
-                return
-            self._end_query(span, span_id, entry)
         except Exception as exc:  # noqa: BLE001
             internal_error("_on_ending", exc)
 
@@ -212,45 +269,60 @@ class DbPerfSpanProcessor(SpanProcessor):
             else:
                 _loose_ended(self._loose_orm)
         attrs = span._attributes._dict  # type: ignore[union-attr]  # noqa: SLF001 - read-only; frozen by now
-        if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
-            return  # an HTTP or other client span: not ours
-        query.system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+        system = attrs.get(_DB_SYSTEM_NAME)
+        if not system:
+            if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
+                return  # an HTTP or other client span: not ours
+            system = attrs.get(_DB_SYSTEM)
+        query.system = system
         duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
         slow = query.slow = duration >= self._slow_ns
         error_kind = None
         statement = query.statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
-        if span._status.status_code is _ERROR:  # noqa: SLF001
+        status = span._status  # noqa: SLF001
+        # the SDK's shared default status (none set) is known by identity: no property call
+        if status is not _UNSET_STATUS and status.status_code is _ERROR:
             error_kind = _set_error_type(attrs)
             if self._app_errors:
                 self._app_error(query, statement)
-        kind = KIND_NOSQL if query.system in NOSQL_SYSTEMS else KIND_QUERY if statement is not None else KIND_SETUP
-        query.location = None
-        query.stack = ""
-        query.relationship = None
+        kind = KIND_NOSQL if system in NOSQL_SYSTEMS else KIND_QUERY if statement is not None else KIND_SETUP
+        location = relationship = None
+        stack = ""
         app = self._app
         if app is not None:
             # the walk starts at the frame that called Span.end: at the depth found last time when
             # that frame's code is a known caller of Span.end, else found again (see _end_caller)
             frame: Any = None
             try:
-                frame = sys._getframe(self._end_depth)  # noqa: SLF001
+                frame = _getframe(self._end_depth)
             except ValueError:
                 pass
-            if frame is None or self._end_callers.get(id(frame.f_code)) is not frame.f_code:
+            if frame is None:
                 frame = self._end_caller()
+            else:
+                code = frame.f_code
+                if code is not self._end_code and self._end_callers.get(id(code)) is not code:
+                    frame = self._end_caller()
             found, lazy, hint = app.walk(frame)
             if lazy is not None:
-                query.relationship = lazy_loaded_relationship(lazy)
+                relationship = lazy_loaded_relationship(lazy)
             if hint is SETUP:  # Django's connection setup issued it
                 kind = KIND_SETUP
                 hint = None
             if found is not None:
-                query.location = location_of(found, hint)
+                if hint is None:  # location_of inlined
+                    code = found.f_code
+                    location = (code.co_filename, found.f_lineno, getattr(code, _QUALNAME))
+                else:
+                    location = location_of(found, hint)
                 if slow and duration >= self._stack_ns:
                     settings = self.settings
-                    query.stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
+                    stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
             elif kind == KIND_NOSQL:
                 kind = KIND_NOSQL_FRAMEWORK  # no application frame: the framework's own traffic
+        query.location = location
+        query.stack = stack
+        query.relationship = relationship
         query.kind = kind
         if orm:
             nested = False
@@ -260,16 +332,23 @@ class DbPerfSpanProcessor(SpanProcessor):
             nested = self._loose_orm.get(get_ident(), 0) > 0
         query.nested = nested
         if error_kind is not None and not nested:
-            _error_kind.counted(error_kind, request)
+            _error_kind.counted(error_kind, request, self._count_error)
         if kind == KIND_QUERY:
             if request is not None and not nested:
-                if len(request.records) < MAX_QUERIES_PER_REQUEST:
-                    request.records.append(query)
+                records = request.records
+                if len(records) < MAX_QUERIES_PER_REQUEST:
+                    records.append(query)
                 else:
                     _count_overflow(request, query)
         elif kind == KIND_NOSQL and request is not None:
             add_call(request, query)
-        self._publish(span_id, query)
+        if self._consumers == 1:  # _publish inlined for one exporter
+            done = self._done
+            if len(done) >= MAX_PENDING:
+                _trim(done)
+            done[span_id] = query
+        else:
+            self._publish(span_id, query)
         submit = self._submit
         # connection spans and setup statements are no operation of the application
         if submit is not None and kind != KIND_SETUP and not nested:
@@ -299,7 +378,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                 if caller is not None:
                     if len(self._end_callers) >= 64:
                         self._end_callers.clear()
-                    self._end_callers[id(caller.f_code)] = caller.f_code
+                    self._end_callers[id(caller.f_code)] = self._end_code = caller.f_code
                     self._end_depth = depth + 1
                 return caller
             frame = frame.f_back
@@ -333,10 +412,9 @@ class DbPerfSpanProcessor(SpanProcessor):
 
 def _open_entry(span: Any) -> Any:
     """What a processor of ``span``'s provider keeps for it while it is open (Query, Request), or None."""
-    context = getattr(span, "_context", None)
-    if context is None:
+    span_id = span_id_of(span)
+    if span_id is None:
         return None
-    span_id = context[1]
     for processor in span_processors_of(span):
         if processor.__class__ is DbPerfSpanProcessor:
             entry = processor._open.get(span_id)  # noqa: SLF001
@@ -346,18 +424,15 @@ def _open_entry(span: Any) -> Any:
 
 
 def open_query(span: Any) -> Query | None:
-    """The :class:`Query` of a DB span that is still open (for hooks that run before it ends:
-    the parameters' digest, the EXPLAIN plan), or None."""
+    """:meth:`DbPerfSpanProcessor.open_query` of whichever processor of ``span``'s provider has it
+    (the hooks hold their processor instead; this one walks the provider's processors)."""
     entry = _open_entry(span)
     return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
 
 
 def current_request() -> Request | None:
-    """The request (local root) the current span belongs to, or None outside any request.
-
-    For hooks that run on the request thread outside a DB span's end (SQLAlchemy pool and
-    transaction events): they add their per-request figures with :meth:`Request.add`.
-    """
+    """:meth:`DbPerfSpanProcessor.current_request` of whichever processor of the current span's
+    provider has it (the hooks hold their processor instead)."""
     try:
         entry = _open_entry(get_current_span())
         if entry is not None:

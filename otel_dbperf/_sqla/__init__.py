@@ -36,15 +36,18 @@ _state = _State()
 _lock = _forksafe.lock("sqla.install")
 
 
-def install(settings: Settings, thresholds: Thresholds, meter_provider: Any = None, version: str = "") -> None:
-    """Every listener the settings ask for, on every SQLAlchemy engine (idempotent)."""
+def install(
+    settings: Settings, thresholds: Thresholds, meter_provider: Any = None, version: str = "", records: Any = None
+) -> None:
+    """Every listener the settings ask for, on every SQLAlchemy engine (idempotent). ``records``: the
+    ``DbPerfSpanProcessor`` whose open queries and requests the listeners write to (None: none)."""
     with _lock:
         if not _state.fork_reset:
             _forksafe.register(after_fork_in_child)
             _state.fork_reset = True
     if settings.explain:
-        step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", install_explain, settings, thresholds)
-    step("duplicate-query setup", "no dbperf.db.duplicate_count", _install_duplicates)
+        step("EXPLAIN setup", "no EXPLAIN plans (DBPERF_EXPLAIN)", install_explain, settings, thresholds, records)
+    step("duplicate-query setup", "no dbperf.db.duplicate_count", _install_duplicates, records)
     step(
         "connection pool setup",
         "no pool metrics, waits or transactions",
@@ -52,10 +55,11 @@ def install(settings: Settings, thresholds: Thresholds, meter_provider: Any = No
         thresholds,
         meter_provider,
         version,
+        records,
     )
 
 
-def install_explain(settings: Settings, thresholds: Thresholds) -> None:
+def install_explain(settings: Settings, thresholds: Thresholds, records: Any = None) -> None:
     """``DBPERF_EXPLAIN``: EXPLAIN slow SELECTs of every SQLAlchemy engine (see docs/explain.md)."""
     if _state.explainer is not None:
         return
@@ -71,24 +75,26 @@ def install_explain(settings: Settings, thresholds: Thresholds) -> None:
     from .explain import install as listen
 
     explainer = Explainer(ExplainConfig(analyze=settings.explain_analyze, timeout_ms=settings.explain_timeout_ms))
-    listen(explainer, thresholds.slow_ns)
+    listen(explainer, thresholds.slow_ns, records=records)
     _state.explainer = explainer
 
 
-def _install_duplicates() -> None:
+def _install_duplicates(records: Any) -> None:
+    if records is None:
+        return
     from . import duplicates
 
-    duplicates.install()
+    duplicates.install(records)
 
 
-def install_pools(thresholds: Thresholds, meter_provider: Any = None, version: str = "") -> None:
+def install_pools(thresholds: Thresholds, meter_provider: Any = None, version: str = "", records: Any = None) -> None:
     """Connection pools and transactions; only once SQLAlchemy is imported (never imported here)."""
     if "sqlalchemy" not in sys.modules:
         return
     from . import pools, transactions
 
-    pools.install(thresholds, meter_provider, version)
-    transactions.install(thresholds)
+    pools.install(thresholds, meter_provider, version, records)
+    transactions.install(thresholds, records)
 
 
 def explainer() -> Any:

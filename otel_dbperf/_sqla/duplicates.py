@@ -20,8 +20,8 @@ from typing import Any
 
 from .. import _forksafe
 from .._guard import internal_error
-from .._pipeline.processor import open_query
-from .._sdk_compat import contrib_query_span
+from .._pipeline.record import Query
+from .._sdk_compat import CONTRIB_QUERY_SPAN
 from .params import digest
 
 
@@ -30,6 +30,8 @@ class _State:
 
     def __init__(self) -> None:
         self.installed: Any = None  # the listener, while it listens
+        # the open_spans of the DbPerfSpanProcessor whose queries get the digest (install's records)
+        self.open: Any = None
         self.lock = _forksafe.lock("duplicates.install")
 
 
@@ -42,15 +44,23 @@ def _after_cursor_execute(
     try:
         if executemany or context.isinsert or context.isupdate or context.isdelete:
             return
-        query = open_query(contrib_query_span(context))  # its span is still open
-        if query is not None and query.orm and query.request is not None:  # only judged within a request
+        # one dict lookup: the span contrib opened for the query (still open; _sdk_compat.contrib_query_span,
+        # inlined) and its id (the SDK span's _context, as the processor reads it)
+        span = getattr(context, CONTRIB_QUERY_SPAN, None)
+        open_spans = _state.open
+        if span is None or open_spans is None:
+            return
+        query = open_spans.get(span._context[1])  # noqa: SLF001
+        if query.__class__ is Query and query.orm and query.request is not None:  # only judged within a request
             query.params = digest(parameters)
     except Exception as exc:  # noqa: BLE001 - never into the application
         internal_error("duplicates.after_cursor_execute", exc)
 
 
-def install() -> bool:
-    """Listen on every SQLAlchemy engine (idempotent); False when SQLAlchemy is not imported.
+def install(records: Any) -> bool:
+    """Listen on every SQLAlchemy engine (idempotent); the digests go into the open queries of
+    ``records`` (a ``DbPerfSpanProcessor``; installing again hands over another one). False when
+    SQLAlchemy is not imported.
 
     Never imports SQLAlchemy itself: the instrumentation has imported it by the time
     ``opentelemetry-instrument`` calls this.
@@ -63,6 +73,7 @@ def install() -> bool:
     from sqlalchemy.engine import Engine
 
     with _state.lock:
+        _state.open = records.open_spans
         if _state.installed is None:
             event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
             _state.installed = _after_cursor_execute
@@ -71,6 +82,7 @@ def install() -> bool:
 
 def uninstall() -> None:
     with _state.lock:
+        _state.open = None
         if _state.installed is not None:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine

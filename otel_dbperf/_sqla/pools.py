@@ -42,7 +42,6 @@ from .. import attributes as A
 from .. import metric_names as M
 from .._error_kind import POOL_TIMEOUT
 from .._guard import internal_error
-from .._pipeline import current_request
 from .._pipeline.record import Thresholds
 from ..metrics import METER_NAME
 
@@ -85,6 +84,7 @@ class _State:
         self.connect_listener: Any = None
         self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
         self.conns: dict[int, set[int]] = {}  # request root id -> ids of the connection records it checked out
+        self.records: Any = None  # the DbPerfSpanProcessor whose requests the hooks add to (install's records)
         self.lock = _forksafe.lock("pools.hooks")  # install/uninstall and new pools only
 
 
@@ -173,7 +173,8 @@ def _checked_out(pool: Any, state: _PoolState, fairy: Any, waited: int, t1: int)
         queue = _state.queue
         if queue is not None:
             _put(queue, (_WAIT, state, waited))
-        request = current_request()
+        records = _state.records
+        request = records.current_request() if records is not None else None
         if request is None:
             return
         request.add(A.DB_POOL_WAIT_MS, waited / 1e6)
@@ -201,7 +202,8 @@ def _failed(state: _PoolState, exc: BaseException, waited: int) -> None:
         queue = _state.queue
         if queue is not None and timed_out:
             _put(queue, (_TIMEOUT, state, 1))
-        request = current_request()
+        records = _state.records
+        request = records.current_request() if records is not None else None
         if request is None:
             return
         request.add(A.DB_POOL_WAIT_MS, waited / 1e6)
@@ -283,7 +285,7 @@ def _put(queue: deque[tuple[Any, ...]], item: tuple[Any, ...]) -> None:
 
 
 def count_error(kind: str) -> None:
-    """A DB span failed with a classified error (``_error_kind.listener``: errors only)."""
+    """A DB span failed with a classified error (the processor's error counter: errors only)."""
     queue = _state.queue
     if queue is not None:
         _put(queue, (_ERROR, kind, 1))
@@ -469,10 +471,12 @@ def _pool_classes() -> list[Any]:
     return [base, *(c for c in own if c is not base)]
 
 
-def install(thresholds: Thresholds, meter_provider: Any = None, version: str = "") -> bool:
+def install(thresholds: Thresholds, meter_provider: Any = None, version: str = "", records: Any = None) -> bool:
     """Hook every SQLAlchemy pool (idempotent); metrics when ``meter_provider`` is given.
 
-    False when SQLAlchemy cannot be imported.
+    ``records``: the ``DbPerfSpanProcessor`` whose requests get the per-request figures (None: none),
+    and which, with metrics, counts classified DB errors into ``dbperf.db.errors`` through
+    :func:`count_error`. False when SQLAlchemy cannot be imported.
     """
     try:
         from sqlalchemy import event
@@ -484,7 +488,9 @@ def install(thresholds: Thresholds, meter_provider: Any = None, version: str = "
         if meter_provider is not None and _state.metrics is None:
             _state.metrics = PoolMetrics(meter_provider, version)
             _state.queue = _state.metrics.queue
-            _error_kind.listener = count_error
+        _state.records = records
+        if records is not None:
+            records.attach_error_counter(count_error if _state.metrics is not None else None)
         if _state.originals:
             return True
         for cls in _pool_classes():
@@ -514,7 +520,9 @@ def uninstall(metrics: bool = True) -> None:
         if metrics:
             _state.queue = None
             _state.metrics = None
-            _error_kind.listener = None
+            if _state.records is not None:
+                _state.records.attach_error_counter(None)
+        _state.records = None
         _state.conns = {}
 
 

@@ -23,7 +23,6 @@ from typing import Any
 from .. import _forksafe
 from .. import attributes as A
 from .._guard import internal_error
-from .._pipeline import current_request
 from .._pipeline.record import Thresholds
 
 _MAX_OPEN = 10_000  # open transactions followed at once (connections that never commit are dropped)
@@ -37,6 +36,7 @@ class _State:
         self.long_transaction_ns = 1_000_000_000  # Thresholds.long_transaction_ns
         self.open: dict[int, tuple[int, Any, int, int]] = {}  # id(Connection) -> (start, request, records, overflow_ns)
         self.installed: list[tuple[str, Any]] = []
+        self.records: Any = None  # the DbPerfSpanProcessor whose requests the transactions are added to
         self.lock = _forksafe.lock("transactions")
 
 
@@ -45,7 +45,8 @@ _state = _State()
 
 def _begin(conn: Any) -> None:
     try:
-        request = current_request()
+        records = _state.records
+        request = records.current_request() if records is not None else None
         if request is None:
             return
         opened = _state.open
@@ -85,8 +86,9 @@ def _end(conn: Any) -> None:
         internal_error("transactions.end", exc)
 
 
-def install(thresholds: Thresholds) -> bool:
-    """Listen on every SQLAlchemy engine (idempotent); False when SQLAlchemy cannot be imported."""
+def install(thresholds: Thresholds, records: Any = None) -> bool:
+    """Listen on every SQLAlchemy engine (idempotent); ``records``: the ``DbPerfSpanProcessor`` whose
+    requests the transactions are added to (None: none). False when SQLAlchemy cannot be imported."""
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
@@ -94,6 +96,7 @@ def install(thresholds: Thresholds) -> bool:
         return False
     with _state.lock:
         _state.long_transaction_ns = thresholds.long_transaction_ns
+        _state.records = records
         if not _state.installed:
             for name, fn in (("begin", _begin), ("commit", _end), ("rollback", _end)):
                 event.listen(Engine, name, fn)
@@ -111,6 +114,7 @@ def uninstall() -> None:
                 event.remove(Engine, name, fn)
             _state.installed = []
         _state.open = {}
+        _state.records = None
 
 
 def after_fork_in_child() -> None:

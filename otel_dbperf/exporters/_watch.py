@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import _forksafe
 from .._guard import internal_error
+from .._sdk_compat import metric_exporter_preferences
 from ..settings import Settings
 from ._otlp import FastOTLPSpanExporter
 
@@ -238,7 +239,7 @@ def _points(data: MetricsData) -> int:
 class WatchedMetricExporter(MetricExporter):
     def __init__(self, exporter: MetricExporter) -> None:
         # the periodic reader takes its temporality and aggregation from the exporter it is given
-        super().__init__(exporter._preferred_temporality, exporter._preferred_aggregation)  # noqa: SLF001
+        super().__init__(*metric_exporter_preferences(exporter))
         self._exporter = exporter
         self.watch = Watch("metrics", exporter)
 

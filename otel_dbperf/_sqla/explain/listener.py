@@ -8,7 +8,6 @@ from typing import Any
 
 from ... import _forksafe
 from ..._guard import internal_error
-from ..._pipeline.processor import open_query
 from ..._sdk_compat import contrib_query_span
 from ..._sql import analyze
 from .plan import (
@@ -54,8 +53,10 @@ class _State:
 _state = _State()
 
 
-def install(explainer: Explainer, slow_ns: int, on_plan: OnPlan | None = None) -> None:
+def install(explainer: Explainer, slow_ns: int, on_plan: OnPlan | None = None, records: Any = None) -> None:
     """Explain slow SELECTs of every SQLAlchemy engine; ``on_plan(span, plan)`` sees each plan.
+    ``records``: the ``DbPerfSpanProcessor`` whose open queries keep the plans (None, or a span it
+    does not have: the plan goes on the span as an event).
 
     ``slow_ns``: the pipeline's ``Thresholds.slow_ns``. The decision is made before
     the span ends (the plan needs the query's connection), on the time since the span began.
@@ -71,7 +72,7 @@ def install(explainer: Explainer, slow_ns: int, on_plan: OnPlan | None = None) -
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
         try:
-            _explain_slow_query(explainer, slow_ns, on_plan, conn, statement, parameters, context, executemany)
+            _explain_slow_query(explainer, slow_ns, on_plan, records, conn, statement, parameters, context, executemany)
         except Exception as exc:  # noqa: BLE001 - never into the application
             internal_error("explain.after_cursor_execute", exc)
 
@@ -99,6 +100,7 @@ def _explain_slow_query(
     explainer: Explainer,
     slow_ns: int,
     on_plan: OnPlan | None,
+    records: Any,
     conn: Any,
     statement: str,
     parameters: Any,
@@ -121,7 +123,7 @@ def _explain_slow_query(
         return
     # The span ends after the EXPLAIN: the event's time is when the query itself finished.
     attrs = {**plan_attributes(plan), ATTR_DURATION_MS: (time.time_ns() - ended_ns) / 1e6}
-    query = open_query(span)
+    query = records.open_query(span) if records is not None else None
     if query is not None:  # the exporter adds the event; the slow-query log and the profiler read it here
         query.plan = (attrs, ended_ns)
     else:
