@@ -166,7 +166,7 @@ def test_post_instrument_a_failing_explain_step_is_reported_not_silent(
     ran: list[str] = []
     monkeypatch.setattr(_sqlalchemy, "ensure_instrumented", lambda settings: ran.append("sqlalchemy"))
     monkeypatch.setattr(_sqla, "install_explain", _boom)
-    monkeypatch.setattr(_sqla, "_install_duplicates", lambda: ran.append("duplicates"))
+    monkeypatch.setattr(_sqla, "_install_duplicates", lambda records: ran.append("duplicates"))
     monkeypatch.setattr(_sqla, "install_pools", lambda *a: ran.append("pools"))
     monkeypatch.setattr(_runtime.runtime, "configured", True)
     monkeypatch.setattr(_runtime.runtime, "processor", DbPerfSpanProcessor(Settings()))
