@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import glob
 import os
 import re
 import subprocess
@@ -39,6 +38,8 @@ import tempfile
 import threading
 from collections import Counter
 from typing import Any
+
+from probe import elsewhere, instrumented_env  # bench/probe.py: the same child set-up
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -94,13 +95,13 @@ def child(n: int, count: bool) -> int:
             assert response.status_code == 200, response.status_code
 
     run(WARMUP)
-    _elsewhere(_flush)
+    elsewhere(_flush)
     counted.clear()
     gc.collect()  # in the run without the loop too: its cost depends on the heap, not on the loop
     gc.disable()
     run(n)
     gc.enable()
-    _elsewhere(_flush)
+    elsewhere(_flush)
     if count:
         for (scope, name, how), k in sorted(counted.items()):
             print(f"{k / max(n, 1):6.1f}  {how:<7} {name:<45} {scope}")
@@ -135,33 +136,7 @@ def _flush() -> None:
             provider.force_flush()
 
 
-def _elsewhere(fn: Any) -> None:
-    t = threading.Thread(target=fn)
-    t.start()
-    t.join()
-
-
 # --------------------------------------------------------------------------- the runs (parent)
-
-
-def _env(extra: dict[str, str] | None, port: int, venv: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_", "PYTHONPATH"))}
-    env.update(PYTHONHASHSEED="0", OTEL_SERVICE_NAME="metrics-thread")
-    if extra is not None:
-        (auto,) = glob.glob(
-            os.path.join(
-                venv, "lib", "python3*", "site-packages", "opentelemetry", "instrumentation", "auto_instrumentation"
-            )
-        )
-        env.update(
-            PYTHONPATH=auto,  # what opentelemetry-instrument does before it execs the program
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-            OTEL_LOGS_EXPORTER="none",
-        )
-        env.update(extra)
-    return env
 
 
 def _callgrind_main(cmd: list[str], env: dict[str, str]) -> int:
@@ -193,7 +168,7 @@ def measure(venv: str, n: int, only: list[str]) -> dict[str, float]:
         for name, extra in VARIANTS.items():
             if only and name not in only and name != "bare":
                 continue
-            env = _env(extra, receiver.port, venv)
+            env = instrumented_env(extra, receiver.port, venv, "metrics-thread")
             base = [python, os.path.abspath(__file__), "--child"]
             zero = _callgrind_main([*base, "0"], env)
             loop = _callgrind_main([*base, str(n)], env)
@@ -240,7 +215,7 @@ def main() -> int:
                 if name == "bare" or (args.only and name not in args.only):
                     continue
                 print(f"{name}:", flush=True)
-                env = _env(extra, receiver.port, args.venv)
+                env = instrumented_env(extra, receiver.port, args.venv, "metrics-thread")
                 subprocess.run([python, os.path.abspath(__file__), "--child", "20", "--count"], env=env, check=True)
         finally:
             receiver.close()

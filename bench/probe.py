@@ -88,26 +88,32 @@ def child(n: int, requests: bool, gc_off: bool) -> int:
             provider.force_flush()
 
     run(300)
-    _elsewhere(flush)
+    elsewhere(flush)
     if n:
         gc.collect()
         if gc_off:
             gc.disable()
         run(n)
         gc.enable()
-    _elsewhere(flush)
+    elsewhere(flush)
     return 0
 
 
-def _elsewhere(fn: Any) -> None:
+def elsewhere(fn: Any) -> None:
+    """Run ``fn`` on another thread (a flush's work is not the measured thread's)."""
     t = threading.Thread(target=fn)
     t.start()
     t.join()
 
 
-def _env(extra: dict[str, str] | None, port: int, venv: str) -> dict[str, str]:
+def instrumented_env(
+    extra: dict[str, str] | None, port: int, venv: str, service: str, **defaults: str
+) -> dict[str, str]:
+    """The environment of a bench child: uninstrumented (``extra`` None), or as ``opentelemetry-instrument``
+    of ``venv`` would run it, exporting traces over OTLP/HTTP to ``port``, with ``defaults`` and then
+    ``extra`` on top."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_", "PYTHONPATH"))}
-    env.update(PYTHONHASHSEED="0", OTEL_SERVICE_NAME="probe")
+    env.update(PYTHONHASHSEED="0", OTEL_SERVICE_NAME=service)
     if extra is not None:
         import glob
 
@@ -121,9 +127,8 @@ def _env(extra: dict[str, str] | None, port: int, venv: str) -> dict[str, str]:
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
             OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-            OTEL_METRICS_EXPORTER="none",
             OTEL_LOGS_EXPORTER="none",
-            OTEL_BSP_MAX_EXPORT_BATCH_SIZE="512",
+            **defaults,
         )
         env.update(extra)
     return env
@@ -166,7 +171,14 @@ def probe(n: int, venv: str = os.path.join(ROOT, ".venv-sa20")) -> int:
     try:
         for requests in (True, False):
             for name, extra in VARIANTS.items():
-                env = _env(extra, receiver.port, venv)
+                env = instrumented_env(
+                    extra,
+                    receiver.port,
+                    venv,
+                    "probe",
+                    OTEL_METRICS_EXPORTER="none",
+                    OTEL_BSP_MAX_EXPORT_BATCH_SIZE="512",
+                )
                 base = [python, os.path.abspath(__file__), "--child", "--requests" if requests else "--no-requests"]
                 zero_main, zero_all = _callgrind([*base, "0", "on"], env)
                 off_main, _ = _callgrind([*base, str(n), "off"], env)
