@@ -195,13 +195,6 @@ def times_of(span: ReadableSpan) -> tuple[Any, Any]:
     return span._start_time, span._end_time  # noqa: SLF001
 
 
-def span_processors_of(span: Any) -> Sequence[Any]:
-    """The span processors of ``span``'s provider (``Span._span_processor``, the SDK's
-    ``SynchronousMultiSpanProcessor`` / ``ConcurrentMultiSpanProcessor``, and its
-    ``_span_processors`` tuple); empty for another kind of span."""
-    return getattr(getattr(span, "_span_processor", None), "_span_processors", ())  # type: ignore[no-any-return]
-
-
 #: the attribute of SQLAlchemy's execution context where contrib's SQLAlchemy instrumentation keeps the
 #: query's span (set in its ``before_cursor_execute``, ended in ``after_cursor_execute``)
 CONTRIB_QUERY_SPAN = "_otel_span"

@@ -35,7 +35,7 @@
 
 from .derive import SpanDeriver
 from .enrich import EnrichingSpanExporter
-from .processor import DbPerfSpanProcessor, current_request, open_query
+from .processor import DbPerfSpanProcessor
 from .record import Query, Request, Rollup, Thresholds
 from .sink import Sink
 
@@ -48,6 +48,4 @@ __all__ = [
     "Sink",
     "SpanDeriver",
     "Thresholds",
-    "current_request",
-    "open_query",
 ]

@@ -30,7 +30,7 @@ from .._error_kind import app_error
 from .._guard import internal_error
 from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
 from .._resources import rss_bytes, thread_time_ns
-from .._sdk_compat import default_span_status, span_id_of, span_processors_of
+from .._sdk_compat import default_span_status, span_id_of
 from ..settings import Settings
 from .location import SETUP, AppCode, lazy_loaded_relationship, location_of
 from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
@@ -408,38 +408,6 @@ class DbPerfSpanProcessor(SpanProcessor):
             if slot[1] <= 0:
                 del self._done[span_id]
             return slot[0]
-
-
-def _open_entry(span: Any) -> Any:
-    """What a processor of ``span``'s provider keeps for it while it is open (Query, Request), or None."""
-    span_id = span_id_of(span)
-    if span_id is None:
-        return None
-    for processor in span_processors_of(span):
-        if processor.__class__ is DbPerfSpanProcessor:
-            entry = processor._open.get(span_id)  # noqa: SLF001
-            if entry is not None:
-                return entry
-    return None
-
-
-def open_query(span: Any) -> Query | None:
-    """:meth:`DbPerfSpanProcessor.open_query` of whichever processor of ``span``'s provider has it
-    (the hooks hold their processor instead; this one walks the provider's processors)."""
-    entry = _open_entry(span)
-    return entry if entry.__class__ is Query else None  # type: ignore[no-any-return]
-
-
-def current_request() -> Request | None:
-    """:meth:`DbPerfSpanProcessor.current_request` of whichever processor of the current span's
-    provider has it (the hooks hold their processor instead)."""
-    try:
-        entry = _open_entry(get_current_span())
-        if entry is not None:
-            return entry if entry.__class__ is Request else entry.request  # type: ignore[no-any-return]
-    except Exception as exc:  # noqa: BLE001
-        internal_error("current_request", exc)
-    return None
 
 
 def _set_error_type(attrs: dict[str, Any]) -> str | None:

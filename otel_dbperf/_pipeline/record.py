@@ -169,7 +169,7 @@ class Request:
         self.dup_keys: set[tuple[str, bytes]] = set()  # (statement, parameter digest) of the SELECTs so far
         self.dup_count = 0  # SELECTs that exactly repeat an earlier one of the request
         self.dup_ns = 0  # and their DB time
-        #: attributes other hooks add to the request's root span (see processor.current_request)
+        #: attributes other hooks add to the request's root span (see DbPerfSpanProcessor.current_request)
         self.extras: dict[str, Any] | None = None
         #: events other hooks add to the request's root span (see :meth:`event`)
         self.events: list[Event] | None = None
