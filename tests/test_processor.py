@@ -275,13 +275,13 @@ def test_stacktrace_has_source_lines_only_when_asked(tmp_path: Path, source: boo
 
 def test_other_hooks_add_request_attributes_through_current_request(traced: Traced) -> None:
     """A hook on the request thread (pool waits, transactions) adds figures to the request's root span."""
-    assert _processor.current_request() is None  # outside any request
+    assert traced.processor.current_request() is None  # outside any request
     traced.memory.clear()
     with (
         traced.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER),
         traced.tracer.start_as_current_span("inner"),
     ):
-        request = _processor.current_request()
+        request = traced.processor.current_request()
         assert request is not None
         request.add("dbperf.test.sum", 2)
         request.add("dbperf.test.sum", 3.5)
