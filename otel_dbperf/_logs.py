@@ -51,6 +51,7 @@ from opentelemetry.context import get_current
 from ._error_kind import AppError, app_error
 from ._errors import REMOVED, opaque_error_text, scrub_error_text, scrub_traceback, without_source_lines
 from ._guard import internal_error
+from ._sdk_compat import wrap_log_handler_translate
 from .settings import Settings
 
 AUTO_INSTRUMENTATION = "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED"
@@ -353,9 +354,11 @@ def _scrub_sdk_handlers(settings: Settings | None = None) -> None:
 
     for handler in logging.getLogger().handlers:
         if type(handler) is LoggingHandler:
-            original = handler._translate  # noqa: SLF001
 
-            def translate(record: logging.LogRecord, _original: Any = original) -> Any:
-                return _scrub_translated(record, _original(record), settings)
+            def scrubbed(original: Any) -> Any:
+                def translate(record: logging.LogRecord) -> Any:
+                    return _scrub_translated(record, original(record), settings)
 
-            handler._translate = translate  # type: ignore[method-assign]  # noqa: SLF001
+                return translate
+
+            wrap_log_handler_translate(handler, scrubbed)

@@ -22,20 +22,23 @@ per-query CPU time is that thread's; ``opentelemetry-instrument`` never uses it)
 The export-thread half (``_pipeline.enrich``) reads ``ReadableSpan``'s fields through
 :func:`span_id_of`, :func:`attributes_of`, :func:`events_of`, :func:`status_of`, :func:`name_of`
 and :func:`times_of` (its properties copy: ``events`` builds a tuple, ``attributes`` a proxy) and,
-through :func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``. Not yet
-moved here (the test names each): ``exporters._otlp``'s exporter and encoder reads.
-Here too: ``_prefork``'s :func:`renew_sampled_process` (``SystemMetricsInstrumentor._instance._proc``),
-``exporters._watch``'s :func:`metric_exporter_preferences`, ``_sqlite3``'s :func:`db_api_integration_of`.
-Elsewhere still: ``exporters._watch`` (the providers' ``_atexit_handler``, by ``getattr``), ``_logs``
-(``LoggingHandler._translate``), ``_sqla.instrument`` (the instrumentor's ``_instrument``), each
-commented where used.
+through :func:`with_changes`, writes ``_name``, ``_attributes``, ``_events`` and ``_status``. The
+OTLP encoder's per-span reads (``SpanEncoder.span``: ``_attributes``, ``_events``, ``_links``, only
+when the span's class overrides none of their properties) stay inline for the same reason as the
+request thread's (a call per read, per span); the test allows them by name.
+Here too: ``exporters._otlp``'s :func:`otlp_export_parts` and :func:`otlp_exporter_shut_down`,
+``_prefork``'s :func:`renew_sampled_process` (``SystemMetricsInstrumentor._instance._proc``),
+``exporters._watch``'s :func:`metric_exporter_preferences`, ``_sqlite3``'s :func:`db_api_integration_of`,
+``_logs``'s :func:`wrap_log_handler_translate`, ``_sqla.instrument``'s :func:`replace_instrumentor_hooks`.
+Elsewhere still, by ``getattr`` with a default: ``exporters._watch`` (the providers' ``_atexit_handler``)
+and ``_sqla.instrument`` (contrib's module ``_w``), each commented where used.
 ``_pipeline.contrib_metrics`` replaces contrib DB-API's ``CursorTracer._record_metrics`` (a
 request-thread hook with contrib's signature) and reads what it recorded through the functions below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -335,6 +338,72 @@ def db_api_integration_of(proxy: Any) -> Any:
     """The ``DatabaseApiIntegration`` behind contrib's ``TracedConnectionProxy``
     (``proxy._self_db_api_integration``, a wrapt proxy field), or None."""
     return proxy._self_db_api_integration  # noqa: SLF001
+
+
+# ---- the OTLP/HTTP span exporter (``exporters/_otlp.py``) ---------------------------------
+def otlp_export_parts(exporter: Any) -> tuple[Any, Any, int] | None:
+    """``(exporter._client, exporter._metrics, exporter._max_request_size)`` of exactly the SDK's
+    ``OTLPSpanExporter`` when everything ``FastOTLPSpanExporter`` uses is there, else None.
+
+    Checked against opentelemetry-exporter-otlp-proto-http 1.45.1, whose ``export()`` is: refuse
+    after shutdown (``_shutdown``), one ``_metrics.export_operation(len(spans))`` around the
+    encoding, a size check (``_common._is_request_too_large`` against ``_max_request_size``) and
+    ``_client.export(bytes)`` (compression, headers, session, retries, backoff), whose result says
+    success, status code and error. A subclass may override ``export``: None; 1.44 has no ``_client``:
+    None (the stock path).
+    """
+    try:
+        from opentelemetry.exporter.otlp.proto.http import _common
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        return None
+    if type(exporter) is not OTLPSpanExporter:
+        return None
+    client = getattr(exporter, "_client", None)
+    metrics = getattr(exporter, "_metrics", None)
+    limit = getattr(exporter, "_max_request_size", None)
+    if (
+        callable(getattr(client, "export", None))
+        and callable(getattr(metrics, "export_operation", None))
+        and isinstance(limit, int)
+        and isinstance(getattr(exporter, "_shutdown", None), bool)
+        and callable(getattr(_common, "_is_request_too_large", None))
+    ):
+        return client, metrics, limit
+    return None
+
+
+def otlp_exporter_shut_down(exporter: Any) -> bool:
+    """``exporter._shutdown`` of an exporter :func:`otlp_export_parts` accepted."""
+    return exporter._shutdown  # type: ignore[no-any-return]  # noqa: SLF001
+
+
+# ---- the SDK's logging handler (``_logs.py``) ----------------------------------------------
+def wrap_log_handler_translate(handler: Any, wrap: Callable[[Any], Any]) -> None:
+    """Replace the SDK ``LoggingHandler``'s ``_translate(record)`` (the record to the OTLP log record
+    it emits) on this handler with ``wrap(original)``."""
+    handler._translate = wrap(handler._translate)  # noqa: SLF001
+
+
+# ---- contrib's SQLAlchemy instrumentor (``_sqla/instrument.py``) ---------------------------
+def instrumentor_hooks_replaced(instrumentor: Any) -> bool:
+    """Whether this instrumentor object already has its own ``_instrument`` (set by
+    :func:`replace_instrumentor_hooks`)."""
+    return "_instrument" in vars(instrumentor)
+
+
+def class_instrument_hook(instrumentor: Any) -> Callable[..., Any]:
+    """The instrumentor class's ``_instrument(self, **kwargs)`` (what ``instrument()`` calls)."""
+    return type(instrumentor)._instrument  # type: ignore[no-any-return]  # noqa: SLF001
+
+
+def replace_instrumentor_hooks(
+    instrumentor: Any, instrument: Callable[..., Any], uninstrument: Callable[..., Any]
+) -> None:
+    """Give this instrumentor object its own ``_instrument(**kwargs)`` and ``_uninstrument(**kwargs)``
+    (``BaseInstrumentor.instrument``/``uninstrument`` call them)."""
+    instrumentor._instrument = instrument  # noqa: SLF001
+    instrumentor._uninstrument = uninstrument  # noqa: SLF001
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

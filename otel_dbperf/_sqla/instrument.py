@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
+from .._sdk_compat import class_instrument_hook, instrumentor_hooks_replaced, replace_instrumentor_hooks
 from .._startup_log import log as _log
 from .._startup_log import startup_warning
 from ..settings import Settings
@@ -134,17 +135,16 @@ def prepare(instrumentor: Any) -> bool:
     version = installed_version()
     if version is None or version < ASYNC_FROM or async_available():
         return False
-    if "_instrument" in vars(instrumentor):
+    if instrumentor_hooks_replaced(instrumentor):
         return True  # prepared already
     contrib = sys.modules[type(instrumentor).__module__]
-    instrument_all = type(instrumentor)._instrument
+    instrument_all = class_instrument_hook(instrumentor)
 
     def instrument_sync(**kwargs: Any) -> Any:
         with _without_async_wrap(contrib):
             return instrument_all(instrumentor, **kwargs)
 
-    instrumentor._instrument = instrument_sync
-    instrumentor._uninstrument = _sync_uninstrument
+    replace_instrumentor_hooks(instrumentor, instrument_sync, _sync_uninstrument)
     _log.info(
         "otel-dbperf: greenlet is not installed, so SQLAlchemy's asyncio extension cannot be imported: "
         "sync SQLAlchemy is instrumented, create_async_engine is not (pip install greenlet for async SQLAlchemy)"

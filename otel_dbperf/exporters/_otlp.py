@@ -42,6 +42,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from .. import _pause
 from .._guard import internal_error
+from .._sdk_compat import otlp_export_parts, otlp_exporter_shut_down
 
 _log = logging.getLogger("otel_dbperf")
 
@@ -492,37 +493,6 @@ _NOTHING = object()
 # ---------------------------------------------------------------------- the exporter
 
 
-def _client_of(exporter: Any) -> Any:
-    """The SDK exporter's HTTP client, if everything ``FastOTLPSpanExporter.export`` uses is there.
-
-    Checked against opentelemetry-exporter-otlp-proto-http 1.45.1, whose ``export()`` is:
-    refuse after shutdown (``_shutdown``), one ``_metrics.export_operation(len(spans))``
-    around the encoding, a size check (``_is_request_too_large`` against
-    ``_max_request_size``) and ``_client.export(bytes)`` (compression, headers, session,
-    retries, backoff), whose result says success, status code and error. Only exactly
-    ``OTLPSpanExporter`` (a subclass may override ``export``); anything missing: None, the
-    stock path.
-    """
-    try:
-        from opentelemetry.exporter.otlp.proto.http import _common
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        return None
-    if type(exporter) is not OTLPSpanExporter:
-        return None
-    client = getattr(exporter, "_client", None)
-    metrics = getattr(exporter, "_metrics", None)
-    if (
-        callable(getattr(client, "export", None))
-        and callable(getattr(metrics, "export_operation", None))
-        and isinstance(getattr(exporter, "_max_request_size", None), int)
-        and isinstance(getattr(exporter, "_shutdown", None), bool)
-        and callable(getattr(_common, "_is_request_too_large", None))
-    ):
-        return client
-    return None
-
-
 class FastOTLPSpanExporter(SpanExporter):
     """The SDK's OTLP/HTTP protobuf span exporter, with :class:`SpanEncoder` writing the bytes."""
 
@@ -534,11 +504,11 @@ class FastOTLPSpanExporter(SpanExporter):
 
     @staticmethod
     def applies_to(exporter: Any) -> bool:
-        return _client_of(exporter) is not None
+        return otlp_export_parts(exporter) is not None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         exporter: Any = self.wrapped
-        if exporter._shutdown:  # noqa: SLF001 - the stock export() says so and refuses
+        if otlp_exporter_shut_down(exporter):  # the stock export() says so and refuses
             return exporter.export(spans)  # type: ignore[no-any-return]
         try:
             data = self.encoder.encode(spans)
@@ -557,9 +527,12 @@ class FastOTLPSpanExporter(SpanExporter):
         from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
         from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
+        parts = otlp_export_parts(exporter)
+        if parts is None:  # checked when the exporter was wrapped: not expected
+            raise RuntimeError("the OTLP exporter no longer has what FastOTLPSpanExporter sends through")
+        client, metrics, limit = parts
         sdk_log = logging.getLogger(type(exporter).__module__)
-        with exporter._metrics.export_operation(count) as result:  # noqa: SLF001
-            limit = exporter._max_request_size  # noqa: SLF001
+        with metrics.export_operation(count) as result:
             if _is_request_too_large(data, limit):
                 sdk_log.warning(
                     "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
@@ -570,7 +543,7 @@ class FastOTLPSpanExporter(SpanExporter):
                     f"Serialized span request size {len(data)} bytes exceeds max_request_size {limit} bytes."
                 )
                 return SpanExportResult.FAILURE
-            sent = exporter._client.export(data)  # noqa: SLF001
+            sent = client.export(data)
             if not sent.success:
                 result.error = sent.error
                 result.error_attrs = (
