@@ -31,15 +31,19 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import Counter
 from typing import Any
 
-from probe import elsewhere, instrumented_env  # bench/probe.py: the same child set-up
+from probe import callgrind, elsewhere, instrumented_env  # bench/probe.py: the same child set-up
+
+
+def callgrind_main(cmd: list[str], env: dict[str, str]) -> int:
+    """The main thread's instructions of ``cmd`` under callgrind."""
+    return callgrind(cmd, env)[0]
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -139,24 +143,6 @@ def _flush() -> None:
 # --------------------------------------------------------------------------- the runs (parent)
 
 
-def _callgrind_main(cmd: list[str], env: dict[str, str]) -> int:
-    """The main thread's instructions (callgrind ``--separate-threads``: its file ends in ``-01``)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}", *cmd],
-            capture_output=True,
-            env=env,
-            cwd=HERE,
-            text=True,
-        )
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-3000:])
-        with open(out + "-01", "rb") as fh:
-            found = re.findall(rb"^totals: (\d+)", fh.read(), re.M)
-    return int(found[-1])
-
-
 def measure(venv: str, n: int, only: list[str]) -> dict[str, float]:
     sys.path.insert(0, HERE)
     from overhead import Receiver
@@ -170,8 +156,8 @@ def measure(venv: str, n: int, only: list[str]) -> dict[str, float]:
                 continue
             env = instrumented_env(extra, receiver.port, venv, "metrics-thread")
             base = [python, os.path.abspath(__file__), "--child"]
-            zero = _callgrind_main([*base, "0"], env)
-            loop = _callgrind_main([*base, str(n)], env)
+            zero = callgrind_main([*base, "0"], env)
+            loop = callgrind_main([*base, str(n)], env)
             per_query[name] = (loop - zero) / (n * QUERIES)
             print(f"  {name:<28}{per_query[name]:>10,.0f} instructions per query (request thread)", flush=True)
     finally:

@@ -134,7 +134,8 @@ def instrumented_env(
     return env
 
 
-def _callgrind(cmd: list[str], env: dict[str, str]) -> tuple[int, int]:
+def callgrind(cmd: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """(the main thread's, every thread's) instructions of ``cmd`` under callgrind ``--separate-threads``."""
     import re
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,9 +181,9 @@ def probe(n: int, venv: str = os.path.join(ROOT, ".venv-sa20")) -> int:
                     OTEL_BSP_MAX_EXPORT_BATCH_SIZE="512",
                 )
                 base = [python, os.path.abspath(__file__), "--child", "--requests" if requests else "--no-requests"]
-                zero_main, zero_all = _callgrind([*base, "0", "on"], env)
-                off_main, _ = _callgrind([*base, str(n), "off"], env)
-                _, on_all = _callgrind([*base, str(n), "on"], env)
+                zero_main, zero_all = callgrind([*base, "0", "on"], env)
+                off_main, _ = callgrind([*base, str(n), "off"], env)
+                _, on_all = callgrind([*base, str(n), "on"], env)
                 counts[name, requests] = ((off_main - zero_main) / n, (on_all - zero_all) / n)
                 print(
                     f"  {'requests' if requests else 'no request'}: {name:<30}"

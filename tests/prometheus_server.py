@@ -28,6 +28,17 @@ def prometheus_binary() -> str:
     return found
 
 
+def stop(proc: subprocess.Popen[Any], log: Any) -> None:
+    """Terminate a server started for a test (killed after 15 s) and close its log."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
 def wait_ready(name: str, proc: subprocess.Popen[Any], url: str, log: Any, timeout: float = 120.0) -> None:
     """Until ``url``/-/ready answers 200 (Prometheus' and Alertmanager's readiness endpoint); fails
     with the server's log when it exits or ``timeout`` (a hang guard) runs out."""
@@ -120,10 +131,4 @@ def prometheus(
         wait_ready("prometheus", proc, url, log)
         yield Prometheus(url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc, log)

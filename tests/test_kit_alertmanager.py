@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REQUIRE_SERVICES, free_port
-from prometheus_server import prometheus, wait_ready
+from prometheus_server import prometheus, stop, wait_ready
 
 ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "collector" / "prometheus" / "alerts.yaml"
@@ -197,13 +197,7 @@ def alertmanager(config: Path, tmp_path: Path) -> Iterator[str]:
         wait_ready("alertmanager", proc, f"http://{address}", log, WAIT)
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc, log)
 
 
 def _which_alert(path: str, body: str) -> set[str]:
