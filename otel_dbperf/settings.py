@@ -79,6 +79,21 @@ def _ms_between(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds in [low, high] (NaN, infinities and 1e308 are out of range)."""
+
+    def parse(raw: str) -> float:
+        text = raw.strip()
+        if not text:
+            raise ValueError("empty value")
+        value = float(text)
+        if not low <= value <= high:  # also rejects NaN
+            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     """An integer in [low, high]."""
 
@@ -214,6 +229,19 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_JAEGER_URL", "jaeger_url", str.strip, "", "(unset)"),
     _Var("DBPERF_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _ms_between(0, 60_000), 2000.0, "2000", True),
     _Var("DBPERF_OTLP_ENCODER", "otlp_encoder", _parse_encoder, "fast", "fast"),
+    # otel-dbperf dbmonitor (docs/database.md): the database server's side
+    _Var("DBPERF_DBMONITOR_DSN", "dbmonitor_dsn", str.strip, "", "(unset)"),
+    _Var("DBPERF_DBMONITOR_DSN_FILE", "dbmonitor_dsn_file", str.strip, "", "(unset)"),
+    _Var("DBPERF_DBMONITOR_INTERVAL", "dbmonitor_interval", _seconds_between(1, 3600), 15.0, "15", True),
+    _Var("DBPERF_DBMONITOR_SAMPLE_INTERVAL", "dbmonitor_sample_interval", _seconds_between(0, 3600), 1.0, "1", True),
+    _Var(
+        "DBPERF_DBMONITOR_STATEMENTS_INTERVAL",
+        "dbmonitor_statements_interval",
+        _seconds_between(0, 86_400),
+        60.0,
+        "60",
+        True,
+    ),
 )
 
 
@@ -250,6 +278,11 @@ class Settings:
     jaeger_url: str = ""
     shutdown_timeout_ms: float = 2000.0
     otlp_encoder: OtlpEncoder = "fast"
+    dbmonitor_dsn: str = ""
+    dbmonitor_dsn_file: str = ""
+    dbmonitor_interval: float = 15.0
+    dbmonitor_sample_interval: float = 1.0
+    dbmonitor_statements_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.app_paths:
@@ -301,7 +334,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s@]*(?:
 _SECRET_WORDS = r"key|token|secret|passw|pwd|pass|auth|signature|sig|credential|session|cookie|bearer|jwt|private"
 # name=value in a query string (or a key=value list): values of secret-looking names
 _SECRET_PARAM = re.compile(rf"(?P<name>[?&;,\s]?[\w.\-]*(?:{_SECRET_WORDS})[\w.\-]*=)[^&;,#\s]*", re.I)
-_SECRET_NAME = re.compile(rf"HEADER|{_SECRET_WORDS}", re.I)
+_SECRET_NAME = re.compile(rf"HEADER|DSN(?!_FILE)|{_SECRET_WORDS}", re.I)
 
 
 def mask_url(text: str) -> str:

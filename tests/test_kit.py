@@ -125,6 +125,7 @@ def kit_env() -> dict[str, str]:
         ("gateway.yaml", "defaults"),
         ("agent.yaml", "defaults"),
         ("kit-loki.yaml", "kit"),
+        ("dbhost.yaml", "defaults"),
     ],
 )
 def test_the_shipped_configs_validate(config: str, filled: str, tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_the_distribution_holds_exactly_the_components_the_configs_use() -> None
     one release."""
     otelcol = kit_binary("otelcol-dbperf")
     used: set[tuple[str, str]] = set()
-    for config in [*SHIPPED, "kit-loki.yaml"]:
+    for config in [*SHIPPED, "kit-loki.yaml", "dbhost.yaml"]:
         used |= _component_types(yaml.safe_load((COLLECTOR / config).read_text()))
     out = run([str(otelcol), "components"])
     assert out.returncode == 0, out.stderr

@@ -35,8 +35,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("analysis: statements, calls, errors, metric views", ("_sql", "_nosql", "_error_kind", "_errors", "metrics")),
     ("the pipeline: what a query's record touches on its three threads", ("_pipeline",)),
     (
-        "what feeds or reads the pipeline: SQLAlchemy listeners, exporters, logs, fork, sqlite3, profiler",
-        ("_sqla", "exporters", "_logs", "_prefork", "_sqlite3", "profiler"),
+        "what feeds or reads the pipeline: SQLAlchemy listeners, exporters, logs, fork, sqlite3, profiler, "
+        "the database server's side (dbmonitor)",
+        ("_sqla", "exporters", "_logs", "_prefork", "_sqlite3", "profiler", "dbmonitor"),
     ),
     ("the offline report (reads exported spans)", ("report",)),
     (

@@ -35,8 +35,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     rep.add_argument("--route", default="", help="only requests of this route, and their queries")
     report_compare.add_arguments(rep)
     sub.add_parser("demo", help="run the bundled demo shop and print its report (options: otel-dbperf demo -h)")
+    sub.add_parser("dbmonitor", help="watch a database server's side (options: otel-dbperf dbmonitor -h)")
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["dbmonitor"]:
+        from ..dbmonitor.cli import main as dbmonitor
+
+        return dbmonitor(argv[1:])
     if argv[:1] == ["demo"]:
         from .demo import main as demo
 
