@@ -28,6 +28,7 @@ from .. import attributes as A
 from .._pipeline.route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
 from .console import FileProgress
 from .markup import printable_data
+from .server import ServerStats, render_lines
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
@@ -293,10 +294,15 @@ def _list(value: Any, what: str) -> list[Any]:
 
 
 def read_spans(
-    stream: TextIO, stats: ReadStats, on_line: Callable[[int], None] | None = None, name: str = "input"
+    stream: TextIO,
+    stats: ReadStats,
+    on_line: Callable[[int], None] | None = None,
+    name: str = "input",
+    on_metrics: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[Span]:
     """Spans of every well-formed line; malformed lines are counted in ``stats.corrupt``,
-    spans that cannot be read in ``stats.bad_spans``, with the first few reasons in ``stats.reasons``."""
+    spans that cannot be read in ``stats.bad_spans``, with the first few reasons in ``stats.reasons``.
+    Metric lines go to ``on_metrics`` (the database servers' section) and count as other signals."""
     for number, raw in enumerate(stream, start=1):
         if on_line is not None:
             on_line(len(raw))
@@ -318,6 +324,8 @@ def read_spans(
         if not isinstance(resource_spans, list):
             if isinstance(message, dict) and ("resourceMetrics" in message or "resourceLogs" in message):
                 stats.other_signals += 1
+                if on_metrics is not None and "resourceMetrics" in message:
+                    on_metrics(message)
             else:
                 stats.corrupt += 1
                 stats.reject(where, "not an OTLP JSON message (no resourceSpans list)")
@@ -430,6 +438,15 @@ class Report:
         self._held: OrderedDict[str, list[Span]] = OrderedDict()  # with --route: queries awaiting their request
         # route -> [requests, total ms, DB ms, pool wait ms, pool timeouts] (bounded)
         self.routes: dict[str, list[float]] = {}
+        self.server = ServerStats(self.filters.since_ns, self.filters.until_ns)
+
+    def add_metrics(self, message: dict[str, Any]) -> None:
+        """One OTLP JSON metrics message (otel-dbperf dbmonitor's server metrics); an unreadable
+        one is skipped."""
+        try:
+            self.server.add(message)
+        except (TypeError, ValueError, AttributeError):
+            pass
 
     def _keep(self, span: Span) -> bool:
         f = self.filters
@@ -636,12 +653,18 @@ class Report:
                 {**{k: v for k, v in e.items() if k != "trace_id"}, **link(e["trace_id"])}
                 for _, _, e in sorted(self.slowest, key=lambda t: -t[0])
             ],
+            "servers": self.server.as_list(),
         }
 
 
 def read_files(names: list[str], reports: list[Report], stats: ReadStats) -> str | None:
     """Feeds every span of ``names`` (``-``: standard input) to each report, with a progress bar on a
     terminal; the error message when a file cannot be read."""
+
+    def on_metrics(message: dict[str, Any]) -> None:
+        for report in reports:
+            report.add_metrics(message)
+
     for name in names:
         try:
             stream = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")  # noqa: SIM115
@@ -650,7 +673,7 @@ def read_files(names: list[str], reports: list[Report], stats: ReadStats) -> str
             return f"cannot read {name}: {exc.strerror}"
         bar = FileProgress(name, size, sys.stderr)
         with stream:
-            for span in read_spans(stream, stats, on_line=bar.advance, name=name):
+            for span in read_spans(stream, stats, on_line=bar.advance, name=name, on_metrics=on_metrics):
                 for report in reports:
                     report.add(span)
         bar.done()
@@ -745,6 +768,7 @@ def render_text(data: dict[str, Any]) -> str:
             f"{f'  waited {wait:.1f} ms for a connection' if (wait := r.get('pool_wait_ms', 0.0)) else ''}"
             f"  ({link_text(r)})"
         )
+    lines += render_lines(data.get("servers", []))
     return "\n".join(lines)
 
 
