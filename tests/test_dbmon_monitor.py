@@ -250,3 +250,37 @@ def test_the_port_of_a_dsn_must_be_a_number() -> None:
     with pytest.raises(ValueError, match="port"):
         loop.parse_target(f"mysql://u:{CANARY}@db:notaport/x")
     assert loop.parse_target(f"mysql://u@db:{free_port()}/x").dialect == "mysql"
+
+
+def test_a_missing_grant_is_said_once_as_such_and_the_connection_kept(caplog: pytest.LogCaptureFixture) -> None:
+    """A MariaDB user without PROCESS: the server refuses the session views (error 1227). That is no
+    lost connection: one warning naming the grant, up 0, and the same connection at the next round."""
+    user = f"dbperf_nogrant_{os.getpid()}"
+    admin = maria_connect(autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP USER IF EXISTS '{user}'@'%%'", ())
+        cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (CANARY,))
+    try:
+        from urllib.parse import quote
+
+        target = loop.parse_target(f"mysql://{user}:{quote(CANARY, safe='')}@127.0.0.1:3306/")
+        settings = Settings.from_env({})
+        sink = JsonLinesMetricExporter(os.devnull)
+        mon = loop.Monitor(target, settings, sink, JsonLinesLogExporter(os.devnull))
+        with caplog.at_level(logging.INFO, logger="otel_dbperf.dbmonitor"):
+            try:
+                assert mon.collect_metrics() is False
+                first = mon.conn
+                assert first is not None and first.open
+                assert mon.collect_metrics() is False
+                assert mon.conn is first  # not dropped and reconnected
+            finally:
+                mon.close()
+        messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(messages) == 1, messages
+        assert "may lack a grant" in messages[0] and "1227" in messages[0]
+        assert not any("lost the connection" in m for m in messages)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%%'", ())
+        admin.close()

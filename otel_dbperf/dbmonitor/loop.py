@@ -201,14 +201,22 @@ def resource_for(target: Target) -> Resource:
     return detected.merge(Resource(ours))
 
 
-def _is_disconnect(dialect: str, exc: BaseException) -> bool:
+def _is_disconnect(dialect: str, conn: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` cost the connection (reconnect) or was the server refusing one statement (a
+    missing grant, a timeout: keep it). Asked of the connection itself, not the error's class: both
+    drivers raise OperationalError for either."""
     if dialect == "postgresql":
         import psycopg
 
-        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        if isinstance(exc, psycopg.InterfaceError) or conn is None:
+            return True
+        return bool(conn.closed or getattr(conn, "broken", False))
     import pymysql
 
-    return isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError))
+    if isinstance(exc, pymysql.err.InterfaceError) or conn is None or not conn.open:
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return code >= 2000 or code in (1053, 1927, 4031)  # client-side errors; shutdown, killed, idle timeout
 
 
 def _first_line(exc: BaseException) -> str:
@@ -308,7 +316,7 @@ class Monitor:
                 pass
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        if _is_disconnect(self.target.dialect, exc):
+        if _is_disconnect(self.target.dialect, self.conn, exc):
             self._say(
                 "lost", logging.WARNING, "lost the connection to %s during %s (%s); reconnecting",
                 self.target.describe(), what, _first_line(exc),

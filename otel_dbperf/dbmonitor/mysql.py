@@ -109,8 +109,11 @@ class Collector:
             try:
                 ((count,),) = self._rows(conn, _BLOCKING[self._blocking])
                 return float(count)
-            except pymysql.err.ProgrammingError:  # no such table on this server: try the other one
-                self._blocking += 1
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                if code >= 2000 or isinstance(exc, pymysql.err.InterfaceError):  # the connection, not the view
+                    raise
+                self._blocking += 1  # no such view here (MySQL 8 / MariaDB), or no grant: try the other one
         self._blocking = None
         return None
 
