@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import MARIA_DB, PG_DB, PG_HOST, PG_PORT, free_port, maria_connect
 
+from otel_dbperf import _guard
 from otel_dbperf.dbmonitor import loop
 from otel_dbperf.dbmonitor.filesink import JsonLinesLogExporter, JsonLinesMetricExporter
 from otel_dbperf.settings import Settings, describe_effective
@@ -284,3 +285,50 @@ def test_a_missing_grant_is_said_once_as_such_and_the_connection_kept(caplog: py
         with admin.cursor() as cur:
             cur.execute(f"DROP USER IF EXISTS '{user}'@'%%'", ())
         admin.close()
+
+
+def test_the_loop_hands_samples_and_statements_its_connection_dialect_and_logger(
+    pg_user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract with samples.py / statements.py: called on the monitor's own autocommit
+    connection with the dialect and an OpenTelemetry logger whose records reach the exporter;
+    one that raises costs nothing but a warning."""
+    from opentelemetry._logs import LogRecord
+
+    from otel_dbperf.dbmonitor import samples, statements
+
+    calls: list[tuple[str, str, bool]] = []
+
+    def fake_samples(conn: Any, dialect: str, logger: Any) -> int:
+        calls.append(("samples", dialect, bool(conn.autocommit)))
+        ((one,),) = conn.execute("SELECT 1").fetchall()
+        logger.emit(LogRecord(body="sample", attributes={"event.name": "db.server.query_sample", "n": one}))
+        return 1
+
+    def failing_statements(conn: Any, dialect: str, logger: Any) -> int:
+        calls.append(("statements", dialect, bool(conn.autocommit)))
+        raise RuntimeError("a bug in the statements work")
+
+    monkeypatch.setattr(samples, "emit_samples", fake_samples)
+    monkeypatch.setattr(statements, "emit_statements", failing_statements)
+    out_file = tmp_path / "out.jsonl"
+    target = loop.parse_target(f"postgresql://{pg_user}@{PG_HOST}:{PG_PORT}/{PG_DB}")
+    mon = loop.Monitor(
+        target, Settings.from_env({}), JsonLinesMetricExporter(str(out_file)), JsonLinesLogExporter(str(out_file))
+    )
+    try:
+        with pytest.raises(RuntimeError, match="a bug in the statements work"):  # under pytest a bug surfaces
+            mon.run(threading.Event(), once=True)
+        monkeypatch.setattr(_guard, "RERAISE", False)  # in production it costs that round only
+        assert mon.run(threading.Event(), once=True) is True
+    finally:
+        mon.close()
+    assert calls == [("samples", "postgresql", True), ("statements", "postgresql", True)] * 2
+    records = [
+        lr
+        for line in out_file.read_text().splitlines()
+        for rl in json.loads(line).get("resourceLogs", [])
+        for sl in rl["scopeLogs"]
+        for lr in sl["logRecords"]
+    ]
+    assert [r["body"]["stringValue"] for r in records] == ["sample", "sample"]
