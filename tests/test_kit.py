@@ -632,7 +632,8 @@ def test_kit_up_runs_every_part_healthy_and_down_stops_them(tmp_path: Path) -> N
         prometheus = f"http://{addresses['KIT_PROMETHEUS_ADDR']}"
         rules = json.loads(get(prometheus + "/api/v1/rules")[1])["data"]["groups"]
         assert rules and {g["file"] for g in rules} == {
-            str(COLLECTOR / "prometheus" / name) for name in ("alerts.yaml", "collector-alerts.yaml")
+            str(COLLECTOR / "prometheus" / name)
+            for name in ("alerts.yaml", "collector-alerts.yaml", "database-alerts.yaml")
         }
         alerting = f"http://{addresses['KIT_ALERTMANAGER_ADDR']}/api/v2/alerts"
         scrape = f"http://{addresses['OTELCOL_PROMETHEUS_ENDPOINT']}/metrics"
