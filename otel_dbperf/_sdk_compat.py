@@ -419,7 +419,7 @@ def comment_once_in_dbapi() -> None:
         return
     import opentelemetry.instrumentation.dbapi as dbapi
 
-    original = dbapi._add_sql_comment  # noqa: SLF001
+    original = dbapi._add_sql_comment  # type: ignore[attr-defined]  # noqa: SLF001
     if getattr(original, "_dbperf_once", False):
         return
 
@@ -429,7 +429,7 @@ def comment_once_in_dbapi() -> None:
         return original(sql, **meta)
 
     add_sql_comment._dbperf_once = True  # type: ignore[attr-defined]
-    dbapi._add_sql_comment = add_sql_comment  # noqa: SLF001
+    dbapi._add_sql_comment = add_sql_comment  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

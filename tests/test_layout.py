@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the pipeline: what a query's record touches on its three threads", ("_pipeline",)),
     (
         "what feeds or reads the pipeline: SQLAlchemy listeners, exporters, logs, fork, sqlite3, profiler",
-        ("_sqla", "exporters", "_logs", "_prefork", "_sqlite3", "profiler"),
+        ("_sqla", "exporters", "_logs", "_prefork", "_sqlite3", "profiler", "dbmonitor"),
     ),
     ("the offline report (reads exported spans)", ("report",)),
     (
