@@ -15,6 +15,7 @@ from ..settings import Settings
 from . import compare as report_compare
 from .console import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, time_ns
 from .markup import printable
+from .server import ServerStats, annotate
 from .summary import Filters, ReadStats, Report, json_text, read_files, render_text
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
     report = Report(Filters(args.since, args.until, args.service, args.route), top=args.top)
     stats = ReadStats()
-    error = read_files(args.files, [report], stats)
+    server = ServerStats(args.since, args.until)
+    error = read_files(args.files, [report], stats, on_logs=server.add_message)
     if error:
         print(f"otel-dbperf report: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         )
         return EXIT_NO_DATA
     data = report.as_dict(stats, Settings.from_env().jaeger_url)
+    if server.records:
+        annotate(data, server.join(report))
     if args.html:
         from .html import render_html
 
