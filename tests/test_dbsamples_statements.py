@@ -75,6 +75,9 @@ def test_server_statements_join_the_app_fingerprint(pg: Any) -> None:
     assert a["postgresql.shared_blks_hit"] + a["postgresql.shared_blks_read"] > 0
     assert a["postgresql.total_exec_time_ms"] > 0
     assert "traceparent" not in a["db.query.text"] and "item 1" not in a["db.query.text"]
+    # the monitor's own reads of pg_stat_statements are not the workload
+    texts = [str((d.log_record.attributes or {}).get("db.query.text")) for d in exporter.get_finished_logs()]
+    assert not [t for t in texts if "pg_stat_statements" in t], texts
     # the next interval: nothing new from this statement
     exporter.clear()
     emit_statements(monitor, "postgresql", logger)

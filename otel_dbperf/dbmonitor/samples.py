@@ -99,12 +99,12 @@ def db_error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}" + (f" ({code})" if code else "")
 
 
-def fetch(conn: Any, sql: str, where: str) -> list[Sequence[Any]] | None:
+def fetch(conn: Any, sql: str, where: str, params: Sequence[Any] | None = None) -> list[Sequence[Any]] | None:
     """The rows of one monitoring query, or None (warned once) when it failed."""
     try:
         cur = conn.cursor()
         try:
-            cur.execute(sql)
+            cur.execute(sql, params) if params is not None else cur.execute(sql)
             return list(cur.fetchall())
         finally:
             cur.close()

@@ -31,6 +31,9 @@ from .samples import DIALECTS, TOP_QUERY_EVENT, emit, fetch, statement_attribute
 MAX_STATEMENTS = 1000  # server statements read per call (by total time)
 _TEXTS = 20_000  # query id -> (fingerprint, attributes) kept
 _CONNECTIONS = 8  # connections whose previous counters are kept (a reconnect starts a new baseline)
+# statements reading the views the monitor reads are the monitor's (or another monitor's) own: left out
+_OWN_VIEWS = ("pg_stat_statements", "pg_stat_activity", "events_statements_summary_by_digest", "processlist")
+_OWN: dict[str, Any] = {}  # the text attributes of such a statement
 
 # counters per server statement: calls, total ms, rows, shared blocks hit, read, temp blocks written
 PG_COUNTERS_SQL = f"""
@@ -41,7 +44,8 @@ WHERE s.queryid IS NOT NULL
 ORDER BY s.total_exec_time DESC
 LIMIT {MAX_STATEMENTS}
 """
-PG_TEXTS_SQL = "SELECT DISTINCT ON (queryid) queryid, query FROM pg_stat_statements WHERE queryid IN ({ids})"
+# one statement whatever the number of ids (an array parameter: psycopg's %s)
+PG_TEXTS_SQL = "SELECT DISTINCT ON (queryid) queryid, query FROM pg_stat_statements WHERE queryid = ANY(%s)"
 PG_FIELDS = ("calls", "total_exec_time_ms", "rows", "shared_blks_hit", "shared_blks_read", "temp_blks_written")
 
 # MariaDB / MySQL: the digest's counters; times in picoseconds
@@ -68,6 +72,13 @@ class _State:
 _state = _State()
 
 
+def _attributes(text: str, dialect: str) -> dict[str, Any]:
+    low = text.lower()
+    if any(view in low for view in _OWN_VIEWS):
+        return _OWN
+    return statement_attributes(text, dialect)
+
+
 def _remember(key: tuple[str, Any], attrs: dict[str, Any]) -> None:
     _state.texts[key] = attrs
     if len(_state.texts) > _TEXTS:
@@ -84,9 +95,8 @@ def _delta(now: tuple[float, ...], before: tuple[float, ...] | None) -> tuple[fl
 def _pg_texts(conn: Any, ids: list[int]) -> None:
     if not ids:
         return
-    sql = PG_TEXTS_SQL.format(ids=",".join(str(int(i)) for i in ids))
-    for queryid, query in fetch(conn, sql, "postgresql statement texts") or ():
-        _remember(("postgresql", int(queryid)), statement_attributes(query or "", "postgresql"))
+    for queryid, query in fetch(conn, PG_TEXTS_SQL, "postgresql statement texts", [list(ids)]) or ():
+        _remember(("postgresql", int(queryid)), _attributes(query or "", "postgresql"))
 
 
 def _totals(
@@ -107,7 +117,7 @@ def _totals(
             counters[key] = tuple(float(v or 0) for v in values)
             where[key] = (("mysql", key), schema)
             if ("mysql", key) not in _state.texts:
-                _remember(("mysql", key), statement_attributes(text or "", "mysql"))
+                _remember(("mysql", key), _attributes(text or "", "mysql"))
     return counters, where
 
 
@@ -126,7 +136,7 @@ def _emit_deltas(
             continue
         text_key, database = where[key]
         attrs = _state.texts.get(text_key)
-        if attrs is None:  # its text could not be read: its workload cannot be attributed
+        if attrs is None or attrs is _OWN:  # its text could not be read, or a monitor's own statement
             continue
         entry = merged.setdefault((attrs["dbperf.query.fingerprint"], database), [attrs, [0.0] * len(fields), 0])
         entry[1] = [a + b for a, b in zip(entry[1], delta, strict=True)]
