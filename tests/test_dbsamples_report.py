@@ -110,9 +110,13 @@ def test_report_joins_server_statistics_to_fingerprints(pg_sync_url: str, tmp_pa
     assert scans[0]["code_locations"] and scans[0]["code_locations"][0].startswith(str(APPS / "dbsamples_workload.py"))
 
     text = io.StringIO()
-    assert main(["report", str(spans), str(server)], out=text) == 0
-    report = text.getvalue()
+    page = tmp_path / "report.html"
+    assert main(["report", str(spans), str(server), "--html", str(page)], out=text) == 0
+    shown = page.read_text()
     n = s["fingerprints"]
+    assert f"server statistics matched {n} of {n} fingerprints (100.0%)" in shown
+    assert "server: 8 calls (all clients)" in shown and "Frequent full scans" in shown
+    report = text.getvalue()
     assert f"server statistics matched {n} of {n} fingerprints (100.0%)" in report
     assert "server: 8 calls (all clients)" in report
     assert "Frequent full scans" in report
