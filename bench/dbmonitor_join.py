@@ -9,10 +9,10 @@ the match line, the unmatched fingerprints and the frequent full scans.
 Apps: ``shop`` (the bundled demo shop, ``otel_dbperf/report/demo/shop.py``: SQLAlchemy) and ``django``
 (the Django project of the tests, ``tests/apps/djsite``: Django's ORM and templates).
 
-    python bench/dbmonitor_join.py [--app shop|django] [--rounds 5] [--products 50000]
+    python bench/dbmonitor_join.py [--app shop|django] [--db postgresql|mariadb] [--rounds 5] [--products 50000]
 
-Needs PostgreSQL on 127.0.0.1:5432 (user postgres) with pg_stat_statements preloaded (scripts/test sets
-both up).
+Needs PostgreSQL on 127.0.0.1:5432 (user postgres) with pg_stat_statements preloaded, or MariaDB on
+127.0.0.1:3306 (root) with performance_schema on (scripts/test sets both up).
 """
 
 from __future__ import annotations
@@ -90,13 +90,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app", choices=("shop", "django"), default="shop")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--products", type=int, default=50_000, help="rows of the shop's products table")
+    parser.add_argument("--db", choices=("postgresql", "mariadb"), default="postgresql")
     args = parser.parse_args(argv)
-    admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
+    maria = args.db == "mariadb"
+    if maria:
+        import pymysql
+
+        admin: Any = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {DB}")
+        admin.cursor().execute(f"CREATE DATABASE {DB}")
+    else:
+        admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
+        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {DB}")
     out = Path(tempfile.mkdtemp(prefix="dbmonitor-join-"))
     spans, server = out / "spans.jsonl", out / "server.jsonl"
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
+    url = (
+        f"mysql+pymysql://root:@127.0.0.1:3306/{DB}" if maria else f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_"))}
     env.update(SHOP_DB_URL=url, APP_DB_URL=url, DJANGO_SETTINGS_MODULE="djsite.settings")
     if args.app == "shop":
@@ -105,12 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         subprocess.run([sys.executable, "manage.py", "seed"], cwd=DJSITE, env=env, check=True)
         cwd, wsgi, traffic = DJSITE, "djsite.wsgi:application", DJANGO_TRAFFIC
-    monitor = psycopg.connect(host="127.0.0.1", user="postgres", dbname=DB, autocommit=True)
-    monitor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    dialect = "mysql" if maria else "postgresql"
+    if maria:
+        monitor: Any = pymysql.connect(host="127.0.0.1", user="root", password="", database=DB, autocommit=True)
+    else:
+        monitor = psycopg.connect(host="127.0.0.1", user="postgres", dbname=DB, autocommit=True)
+        monitor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(JsonLinesLogs(server)))
     logger = provider.get_logger("otel_dbperf.dbmonitor")
-    emit_statements(monitor, "postgresql", logger)  # the baseline
+    emit_statements(monitor, dialect, logger)  # the baseline
     port = free_port()
     app_env = {
         **env,
@@ -145,12 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         os.killpg(server_proc.pid, signal.SIGTERM)
         server_proc.wait(timeout=60)
-    emitted = emit_statements(monitor, "postgresql", logger)
+    emitted = emit_statements(monitor, dialect, logger)
     monitor.close()
     provider.shutdown()
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {DB}" + ("" if maria else " WITH (FORCE)"))
     admin.close()
-    print(f"app {args.app}: responses {statuses}; {emitted} db.server.top_query records; files in {out}")
+    print(f"app {args.app} on {args.db}: responses {statuses}; {emitted} db.server.top_query records; files in {out}")
     buf = io.StringIO()
     report_main(["report", str(spans), str(server), "--json", "--top", "1000"], out=buf)
     data = json.loads(buf.getvalue())

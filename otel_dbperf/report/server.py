@@ -32,6 +32,7 @@ _UNMATCHED_SHOWN = 10
 _SCAN_CALLS = 2
 _SCAN_BLOCKS = 100
 _SCAN_RATIO = 10
+_SCAN_ROWS = 1000  # MariaDB/MySQL: rows examined per call by a statement that used no index
 _FULL_SCANS_SHOWN = 10
 
 # counters summed per fingerprint: (attribute suffix, key in the report)
@@ -209,9 +210,10 @@ class ServerStats:
                 continue
             if s.system == "mysql":
                 scans = max(c["no_index_used"], c["full_scans"])
-                if not scans:
+                examined = c["rows_examined"] / calls
+                if not scans or examined < _SCAN_ROWS:
                     continue
-                why = f"{int(scans)} of {int(calls)} calls used no index ({int(c['rows_examined'])} rows examined)"
+                why = f"{int(scans)} of {int(calls)} calls used no index ({examined:.0f} rows examined per call)"
                 weight = c["rows_examined"]
             else:
                 blocks = c["shared_blks_hit"] + c["shared_blks_read"]
