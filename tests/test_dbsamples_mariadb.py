@@ -13,7 +13,8 @@ import threading
 import uuid
 from typing import Any
 
-from conftest import maria_connect, until
+import pytest
+from conftest import REQUIRE_SERVICES, maria_connect, until
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
@@ -82,7 +83,9 @@ def test_mariadb_digests_join_the_app_statement_by_normalized_text() -> None:
     monitor, app = maria_connect(True), maria_connect(True)
     with monitor.cursor() as cur:
         cur.execute("SELECT @@performance_schema")
-        assert cur.fetchone()[0] == 1, "performance_schema is off on the test server (scripts/test turns it on)"
+        if cur.fetchone()[0] != 1:
+            reason = "performance_schema is off on the test server (scripts/test turns it on)"
+            pytest.fail(reason) if REQUIRE_SERVICES else pytest.skip(reason)
     table = f"dbs_digest_{uuid.uuid4().hex[:8]}"
     with app.cursor() as cur:
         cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name varchar(50), stock int)")

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import APPS, PG_DB
+from conftest import APPS, PG_DB, REQUIRE_SERVICES
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
@@ -65,6 +65,9 @@ def test_report_joins_server_statistics_to_fingerprints(pg_sync_url: str, tmp_pa
     script = str(APPS / "dbsamples_workload.py")
     _run({**env, "SEED": "1"}, str(BIN / "python"), script)
     monitor = psycopg.connect(host="127.0.0.1", user="postgres", dbname=PG_DB, autocommit=True)
+    if "pg_stat_statements" not in monitor.execute("SHOW shared_preload_libraries").fetchone()[0]:
+        reason = "pg_stat_statements is not preloaded on the test server (scripts/test sets it up)"
+        pytest.fail(reason) if REQUIRE_SERVICES else pytest.skip(reason)
     monitor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(_JsonLinesLogs(server)))
