@@ -75,10 +75,3 @@ def test_every_postgres_driver_statement_carries_one_traceparent(tmp_path: Path,
     for stack, text in seen.items():
         assert text.count("traceparent=") == 1, (stack, text)
         assert f"traceparent='00-{trace_id}-" in text, (stack, text)
-
-
-def test_no_comment_without_the_setting(tmp_path: Path, pg_user: str) -> None:
-    seen = _probe(tmp_path, pg_user)
-    seen.pop("trace_id")
-    for stack, text in seen.items():
-        assert "traceparent" not in text, (stack, text)

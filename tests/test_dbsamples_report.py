@@ -63,8 +63,13 @@ def test_report_joins_server_statistics_to_fingerprints(pg_sync_url: str, tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_"))}
     env.update(APP_DB_URL=pg_sync_url, PYTHONUNBUFFERED="1")
     script = str(APPS / "dbsamples_workload.py")
-    _run({**env, "SEED": "1"}, str(BIN / "python"), script)
     monitor = psycopg.connect(host="127.0.0.1", user="postgres", dbname=PG_DB, autocommit=True)
+    monitor.execute("DROP TABLE IF EXISTS dbsamples_books")
+    monitor.execute("CREATE TABLE dbsamples_books (id integer PRIMARY KEY, title varchar(300), stock integer)")
+    monitor.execute(
+        "INSERT INTO dbsamples_books SELECT g, repeat('a long title ', 20) || g, 5 FROM generate_series(1, 20000) g"
+    )
+    monitor.execute("ANALYZE dbsamples_books")
     if "pg_stat_statements" not in monitor.execute("SHOW shared_preload_libraries").fetchone()[0]:
         reason = "pg_stat_statements is not preloaded on the test server (scripts/test sets it up)"
         pytest.fail(reason) if REQUIRE_SERVICES else pytest.skip(reason)
