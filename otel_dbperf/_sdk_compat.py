@@ -29,7 +29,8 @@ request thread's (a call per read, per span); the test allows them by name.
 Here too: ``exporters._otlp``'s :func:`otlp_export_parts` and :func:`otlp_exporter_shut_down`,
 ``_prefork``'s :func:`renew_sampled_process` (``SystemMetricsInstrumentor._instance._proc``),
 ``exporters._watch``'s :func:`metric_exporter_preferences`, ``_sqlite3``'s :func:`db_api_integration_of`,
-``_logs``'s :func:`wrap_log_handler_translate`, ``_sqla.instrument``'s :func:`replace_instrumentor_hooks`.
+``_logs``'s :func:`wrap_log_handler_translate`, ``_sqla.instrument``'s :func:`replace_instrumentor_hooks`,
+``distro``'s :func:`comment_once_in_dbapi` (contrib DB-API's module global ``_add_sql_comment``).
 Elsewhere still, by ``getattr`` with a default: ``exporters._watch`` (the providers' ``_atexit_handler``)
 and ``_sqla.instrument`` (contrib's module ``_w``), each commented where used.
 ``_pipeline.contrib_metrics`` replaces contrib DB-API's ``CursorTracer._record_metrics`` (a
@@ -404,6 +405,31 @@ def replace_instrumentor_hooks(
     (``BaseInstrumentor.instrument``/``uninstrument`` call them)."""
     instrumentor._instrument = instrument  # noqa: SLF001
     instrumentor._uninstrument = uninstrument  # noqa: SLF001
+
+
+# ---- sqlcommenter: one traceparent per statement (``distro``) ---------------------------------
+def comment_once_in_dbapi() -> None:
+    """Contrib DB-API's ``_add_sql_comment`` (a module global, looked up per statement) leaves a
+    statement that already carries a ``traceparent`` alone: under SQLAlchemy with the psycopg
+    instrumentation too, the ORM's comment is the one the server sees (the driver's span is nested
+    in the ORM's, same trace), not two comments. Idempotent; nothing without contrib's DB-API."""
+    from importlib.util import find_spec
+
+    if find_spec("opentelemetry.instrumentation.dbapi") is None:
+        return
+    import opentelemetry.instrumentation.dbapi as dbapi
+
+    original = dbapi._add_sql_comment  # type: ignore[attr-defined]  # noqa: SLF001
+    if getattr(original, "_dbperf_once", False):
+        return
+
+    def add_sql_comment(sql: Any, **meta: Any) -> Any:
+        if isinstance(sql, str) and "traceparent=" in sql:
+            return sql
+        return original(sql, **meta)
+
+    add_sql_comment._dbperf_once = True  # type: ignore[attr-defined]
+    dbapi._add_sql_comment = add_sql_comment  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 # ---- the SDK's configuration -------------------------------------------------------------

@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONF
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from ._guard import step
+from ._sdk_compat import comment_once_in_dbapi
 from ._sqla import instrument as _sqlalchemy
 from .metrics import SYSTEM_METRICS_CONFIG
 from .settings import current_settings
@@ -53,6 +54,12 @@ def install_sqlite3_shortcuts() -> None:
 _SQLITE3_SHORTCUTS = ("sqlite3 connection shortcuts", "conn.execute()/executemany()/executescript() stay untraced")
 
 
+# Driver instrumentations that take sqlcommenter options as instrumentor kwargs (no env var): with
+# DBPERF_SQLCOMMENTER=true their statements carry the traceparent too, not only SQLAlchemy's. Under
+# SQLAlchemy the statement carries one comment, the ORM's (see _sdk_compat.comment_once_in_dbapi).
+_COMMENTER_DRIVERS = frozenset({"psycopg", "psycopg2"})
+
+
 class DbPerfDistro(BaseDistro):
     def _configure(self, **kwargs: Any) -> None:
         os.environ.setdefault(OTEL_TRACES_EXPORTER, "otlp")
@@ -76,6 +83,11 @@ class DbPerfDistro(BaseDistro):
             kwargs.update(_sqlalchemy.instrumentor_kwargs(current_settings()))
             step("SQLAlchemy instrumentation (greenlet check)", "async-less SQLAlchemy may be left uninstrumented",
                  _sqlalchemy.prepare, entry_point.load()())  # fmt: skip
+        if entry_point.name in _COMMENTER_DRIVERS:
+            commenter = _sqlalchemy.instrumentor_kwargs(current_settings())
+            if commenter:
+                step("sqlcommenter on the driver", "a statement may carry two comments", comment_once_in_dbapi)
+                kwargs.update(commenter)
         if entry_point.name == "sqlite3" and current_settings().enabled:
             step(*_SQLITE3_SHORTCUTS, install_sqlite3_shortcuts)
         super().load_instrumentor(entry_point, **kwargs)

@@ -15,6 +15,7 @@ from ..settings import Settings
 from . import compare as report_compare
 from .console import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, time_ns
 from .markup import printable
+from .workload import WorkloadStats, annotate
 from .summary import Filters, ReadStats, Report, json_text, read_files, render_text
 
 
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
     report = Report(Filters(args.since, args.until, args.service, args.route), top=args.top)
     stats = ReadStats()
-    error = read_files(args.files, [report], stats)
+    workload = WorkloadStats(args.since, args.until)
+    error = read_files(args.files, [report], stats, on_logs=workload.add_message)
     if error:
         print(f"otel-dbperf report: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         )
         return EXIT_NO_DATA
     data = report.as_dict(stats, Settings.from_env().jaeger_url)
+    if workload.records:
+        annotate(data, workload.join(report))
     if args.html:
         from .html import render_html
 

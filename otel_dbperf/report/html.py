@@ -11,6 +11,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .markup import Markup, html, join
+from .workload import render_columns as server_columns
+from .workload import render_full_scans as full_scan_lines
+from .workload import render_lines as server_lines
 
 _CSS = Markup("""
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330;
@@ -154,6 +157,9 @@ def render_html(data: dict[str, Any]) -> str:
         _routes_svg(data.get("routes", [])),
         html("<h2>Top queries by total DB time</h2>"),
     ]
+    server = data.get("server")
+    if server:  # the database monitor's statistics (report/workload.py)
+        out.insert(-1, html("<p>{}</p>", join((html("{}", line) for line in server_lines(server)), "<br>")))
     for n, q in enumerate(data["top_queries"], start=1):
         out.append(
             html(
@@ -161,7 +167,7 @@ def render_html(data: dict[str, Any]) -> str:
                 "<p>{q[count]} queries, total {q[total_ms]:.1f} ms, p50 {q[p50_ms]:.1f} ms, "
                 "p95 {q[p95_ms]:.1f} ms, max {q[max_ms]:.1f} ms{slow}</p>"
                 "<p><code>{q[statement]}</code></p>{histogram}<p>{locations}</p>{routes}"
-                "<p class=muted>slowest: {slowest}</p>",
+                "<p class=muted>slowest: {slowest}</p>{server}",
                 n=n,
                 q=q,
                 summary=q["summary"] or "(no summary)",
@@ -170,8 +176,12 @@ def render_html(data: dict[str, Any]) -> str:
                 locations=join((html("at <code>{}</code>", loc) for loc in q["code_locations"][:5]), "<br>"),
                 routes=html("<p>from {}</p>", ", ".join(q["routes"][:8])) if q["routes"] else Markup(),
                 slowest=_link(q["slowest"]),
+                server=html("<p class=muted>{}</p>", server_columns(q["server"])) if q.get("server") else Markup(),
             )
         )
+    if server:
+        scans = full_scan_lines(server["full_scans"])
+        out.append(html("<h2>{}</h2><p>{}</p>", scans[0], join((html("{}", line) for line in scans[1:]), "<br>")))
     out.append(html("<h2>N+1 queries</h2>"))
     if data["n_plus_one"]:
         out.append(

@@ -29,6 +29,9 @@ from .._pipeline.route import CELERY_TASK_NAME, HTTP_ROUTE, route_of
 from .console import FileProgress
 from .markup import printable_data
 from .server import ServerStats, render_lines
+from .workload import render_columns as server_columns
+from .workload import render_full_scans as full_scan_lines
+from .workload import render_lines as server_lines
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
@@ -223,6 +226,7 @@ class ReadStats:
     spans: int = 0  # spans read
     bad_spans: int = 0  # spans that could not be read (their line's other spans are kept)
     other_signals: int = 0  # well-formed OTLP metrics or logs lines: skipped, not corrupt
+    log_lines: int = 0  # OTLP logs lines that held the database monitor's statistics (report/workload.py)
     reasons: list[str] = field(default_factory=list)  # why, for the first few rejected lines and spans
 
     def reject(self, where: str, why: str) -> None:
@@ -233,7 +237,7 @@ class ReadStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The ``input`` object of the JSON reports."""
-        return {
+        out = {
             "lines": self.lines,
             "corrupt_lines": self.corrupt,
             "other_signal_lines": self.other_signals,
@@ -241,6 +245,9 @@ class ReadStats:
             "bad_spans": self.bad_spans,
             "rejected": list(self.reasons),
         }
+        if self.log_lines:  # only with the database monitor's statistics in the input
+            out["server_log_lines"] = self.log_lines
+        return out
 
 
 def _text(s: dict[str, Any], name: str) -> str:
@@ -299,10 +306,12 @@ def read_spans(
     on_line: Callable[[int], None] | None = None,
     name: str = "input",
     on_metrics: Callable[[dict[str, Any]], None] | None = None,
+    on_logs: Callable[[dict[str, Any]], int] | None = None,
 ) -> Iterator[Span]:
     """Spans of every well-formed line; malformed lines are counted in ``stats.corrupt``,
     spans that cannot be read in ``stats.bad_spans``, with the first few reasons in ``stats.reasons``.
-    Metric lines go to ``on_metrics`` (the database servers' section) and count as other signals."""
+    Metric lines go to ``on_metrics`` (the database servers' section) and count as other signals; a logs
+    line goes to ``on_logs`` (the server's workload statistics), which says how many records it used."""
     for number, raw in enumerate(stream, start=1):
         if on_line is not None:
             on_line(len(raw))
@@ -322,7 +331,9 @@ def read_spans(
             continue
         resource_spans = message.get("resourceSpans") if isinstance(message, dict) else None
         if not isinstance(resource_spans, list):
-            if isinstance(message, dict) and ("resourceMetrics" in message or "resourceLogs" in message):
+            if isinstance(message, dict) and on_logs is not None and "resourceLogs" in message and on_logs(message):
+                stats.log_lines += 1
+            elif isinstance(message, dict) and ("resourceMetrics" in message or "resourceLogs" in message):
                 stats.other_signals += 1
                 if on_metrics is not None and "resourceMetrics" in message:
                     on_metrics(message)
@@ -359,6 +370,7 @@ class FingerprintStats:
     fingerprint: str
     summary: str = ""
     statement: str = ""
+    system: str = ""  # db.system.name (or db.system) of its first span
     count: int = 0
     total_ms: float = 0.0
     max_ms: float = 0.0
@@ -489,6 +501,7 @@ class Report:
                 fp,
                 summary=str(a.get(A.DB_QUERY_SUMMARY, "")),
                 statement=str(a.get(A.DB_QUERY_TEXT) or a.get(A.DB_STATEMENT) or ""),
+                system=str(a.get("db.system.name") or a.get("db.system") or ""),
             )
         stats.add(span, self._rng)
         if route is not None:
@@ -657,9 +670,11 @@ class Report:
         }
 
 
-def read_files(names: list[str], reports: list[Report], stats: ReadStats) -> str | None:
+def read_files(
+    names: list[str], reports: list[Report], stats: ReadStats, on_logs: Callable[[dict[str, Any]], int] | None = None
+) -> str | None:
     """Feeds every span of ``names`` (``-``: standard input) to each report, with a progress bar on a
-    terminal; the error message when a file cannot be read."""
+    terminal, and every logs line to ``on_logs``; the error message when a file cannot be read."""
 
     def on_metrics(message: dict[str, Any]) -> None:
         for report in reports:
@@ -673,7 +688,9 @@ def read_files(names: list[str], reports: list[Report], stats: ReadStats) -> str
             return f"cannot read {name}: {exc.strerror}"
         bar = FileProgress(name, size, sys.stderr)
         with stream:
-            for span in read_spans(stream, stats, on_line=bar.advance, name=name, on_metrics=on_metrics):
+            for span in read_spans(
+                stream, stats, on_line=bar.advance, name=name, on_metrics=on_metrics, on_logs=on_logs
+            ):
                 for report in reports:
                     report.add(span)
         bar.done()
@@ -704,9 +721,12 @@ def render_text(data: dict[str, Any]) -> str:
         f"{i['spans']} spans from {i['lines']} lines ({i['corrupt_lines']} corrupt"
         + (f", {i['bad_spans']} unreadable spans" if i["bad_spans"] else "")
         + (f", {i['other_signal_lines']} of metrics or logs skipped" if i["other_signal_lines"] else "")
+        + (f", {n} of database monitor statistics" if (n := i.get("server_log_lines")) else "")
         + "): "
         f"{data['requests']} requests, {data['db_spans']} DB spans"
     )
+    if data.get("server"):
+        lines.extend(server_lines(data["server"]))
     lines.append("")
     lines.append("Top queries by total DB time")
     for n, q in enumerate(data["top_queries"], start=1):
@@ -723,6 +743,11 @@ def render_text(data: dict[str, Any]) -> str:
         if q["routes"]:
             lines.append(f"      from {', '.join(q['routes'][:5])}")
         lines.append(f"      slowest: {link_text(q['slowest'])}")
+        if q.get("server"):
+            lines.append(f"      {server_columns(q['server'])}")
+    if data.get("server"):
+        lines.append("")
+        lines.extend(full_scan_lines(data["server"]["full_scans"]))
     lines.append("")
     lines.append("N+1 queries")
     if not data["n_plus_one"]:
