@@ -48,6 +48,11 @@ from .settings import Settings, current_settings
 SKIPPED_INSTRUMENTATIONS = frozenset(
     {"system_metrics", "httpx", "requests", "urllib", "urllib3", "aiohttp-client", "aiohttp_client"}
 )
+#: the fix said when the processor names no relationship (a Django ORM or a hand-written loop)
+GENERIC_FIX = (
+    "load the rows in one query instead of one per item (a join or an IN list; Django: select_related or "
+    "prefetch_related; SQLAlchemy: selectinload or joinedload)"
+)
 MAX_LISTED = 10  # queries (distinct statements) listed in a failure message
 STATEMENT_CHARS = 200  # of each sanitized statement in a failure message
 
@@ -301,7 +306,7 @@ class Guard:
                 lines.append(f"    relationship: {f.relationship}")
                 lines.append(f"    fix: {f.suggestion}")
             else:
-                lines.append("    fix: load the rows in one query (a join, or an IN list) instead of one per item")
+                lines.append(f"    fix: {GENERIC_FIX}")
             if f.statement:
                 lines.append(f"    statement: {_cut(f.statement)}")
         lines.append("(allow it with @pytest.mark.dbperf(allow_n_plus_one=True))")
