@@ -22,8 +22,6 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.util import find_spec
 from typing import Any
 
@@ -178,8 +176,8 @@ class Guard:
     def _load(self, entry_point: Any, **kwargs: Any) -> None:
         from .distro import DbPerfDistro
 
-        _guard.step(f"{entry_point.name} instrumentation", f"no {entry_point.name} spans",
-                    functools.partial(DbPerfDistro().load_instrumentor, entry_point, skip_dep_check=True, **kwargs))  # fmt: skip
+        load = functools.partial(DbPerfDistro().load_instrumentor, entry_point, skip_dep_check=True, **kwargs)
+        _guard.step(f"{entry_point.name} instrumentation", f"no {entry_point.name} spans", load)
 
     def _sqlalchemy(self, load: Any) -> None:
         """SQLAlchemy: contrib's instrumentation (on the engines made before, too) and otel-dbperf's listeners."""
@@ -238,17 +236,6 @@ class Guard:
         if root is not None:
             root.end()
         self.deriver.drain()
-
-    @contextmanager
-    def attached(self) -> Iterator[None]:
-        """The test's context inside a coroutine test (its task may have been made before the test)."""
-        ctx = self.test_context
-        token = otel_context.attach(ctx) if ctx is not None else None
-        try:
-            yield
-        finally:
-            if token is not None:
-                otel_context.detach(token)
 
     def drain(self) -> None:
         self.deriver.drain()

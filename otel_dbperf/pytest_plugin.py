@@ -18,9 +18,7 @@ See docs/testing.md.
 
 from __future__ import annotations
 
-import functools
 import glob
-import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,30 +114,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     guard = _state.guard
     if guard is not None and guard.deferred:
         guard.instrument_deferred()  # Django's settings, made by a conftest
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Coroutine tests get the test's context inside their task (the async plugin may run them in a
-    task made before the test started)."""
-    everyone = _requested(config)
-    for item in items:
-        function = getattr(item, "obj", None)
-        if function is None or not inspect.iscoroutinefunction(function):
-            continue
-        if everyone or _uses_guard(item):
-            item.obj = _in_test_context(function)  # type: ignore[attr-defined]
-
-
-def _in_test_context(function: Any) -> Any:
-    @functools.wraps(function)
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        guard = _state.guard
-        if guard is None:
-            return await function(*args, **kwargs)
-        with guard.attached():
-            return await function(*args, **kwargs)
-
-    return run
 
 
 def _uses_guard(item: pytest.Item) -> bool:

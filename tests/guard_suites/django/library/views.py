@@ -5,7 +5,9 @@ from library.models import Author
 
 
 def authors(request):  # type: ignore[no-untyped-def]
-    rows = [{"name": a.name, "books": [b.title for b in a.books.all()]} for a in Author.objects.order_by("id")]  # line: n+1
+    rows = [
+        {"name": a.name, "books": [b.title for b in a.books.all()]} for a in Author.objects.order_by("id")
+    ]  # line: n+1
     return JsonResponse(rows, safe=False)
 
 
