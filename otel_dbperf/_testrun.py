@@ -181,12 +181,15 @@ class Guard:
 
     def _sqlalchemy(self, load: Any) -> None:
         """SQLAlchemy: contrib's instrumentation (on the engines made before, too) and otel-dbperf's listeners."""
+        from ._sqla import instrument as _sqlalchemy
+
+        engines = _existing_engines()
+        extra = {"engines": engines} if engines else {}
         if load is not None:
-            engines = _existing_engines()
-            if engines:
-                load(engines=engines)
-            else:
-                load()
+            load(**extra)
+        else:  # a SQLAlchemy beyond contrib's declared range: otel-dbperf instruments it
+            _guard.step("SQLAlchemy instrumentation", "no SQLAlchemy spans", functools.partial(
+                _sqlalchemy.ensure_instrumented, self.settings, **extra))  # fmt: skip
         _guard.step("SQLAlchemy listeners setup", "no duplicate counts", self._listeners)
 
     def _sqlite3_shortcuts(self) -> None:
@@ -205,9 +208,7 @@ class Guard:
 
     def _listeners(self) -> None:
         from . import _sqla
-        from ._sqla import instrument as _sqlalchemy
 
-        _sqlalchemy.ensure_instrumented(self.settings)
         _sqla.install(self.settings, self.thresholds, None, __version__, self.processor)
 
     # ---- per test ------------------------------------------------------------------------

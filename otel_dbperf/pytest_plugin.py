@@ -155,8 +155,9 @@ def _marker_options(marker: Any) -> dict[str, Any]:
         return {}
     unknown = sorted(set(marker.kwargs) - set(_MARKER_OPTIONS))
     if unknown or marker.args:
-        raise pytest.UsageError(
-            f"@pytest.mark.{MARKER} takes the keywords {', '.join(_MARKER_OPTIONS)} only, not {unknown or marker.args}"
+        pytest.fail(
+            f"@pytest.mark.{MARKER} takes the keywords {', '.join(_MARKER_OPTIONS)} only, not {unknown or marker.args}",
+            pytrace=False,
         )
     return dict(marker.kwargs)
 
