@@ -167,6 +167,8 @@ class Guard:
         hooks["sqlalchemy"] = functools.partial(self._sqlalchemy, sqlalchemy)
         if self.settings.enabled and "sqlite3" in hooks:
             hooks["sqlite3"] = _then(hooks["sqlite3"], self._sqlite3_shortcuts)
+        # engines can exist only when SQLAlchemy was imported before the guard started
+        self._engines_before = "sqlalchemy" in sys.modules
         for module, hook in hooks.items():
             if module in sys.modules or find_spec(module) is None:
                 hook()
@@ -183,7 +185,7 @@ class Guard:
         """SQLAlchemy: contrib's instrumentation (on the engines made before, too) and otel-dbperf's listeners."""
         from ._sqla import instrument as _sqlalchemy
 
-        engines = _existing_engines()
+        engines = _existing_engines() if self._engines_before else []
         extra = {"engines": engines} if engines else {}
         if load is not None:
             load(**extra)
