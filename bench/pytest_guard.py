@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/pytest_guard.py                     # the demo shop's suite (bench/guard_demo_suite)
+    python bench/pytest_guard.py [--repeat 10]       # the demo shop's suite (bench/guard_demo_suite)
     python bench/pytest_guard.py --suite DIR [--pythonpath DIR] [--rounds 7] [-- PYTEST ARGS]
 
 Each round runs the suite once without and once with ``--dbperf`` (in alternating order), each in a
@@ -37,7 +37,7 @@ _SESSION = re.compile(r" in ([0-9.]+)s")
 _OUTCOME = re.compile(r"(\d+) (passed|failed|error|errors|skipped)")
 
 
-def run_once(suite: Path, guard: bool, pythonpath: str, extra: list[str]) -> dict[str, object]:
+def run_once(suite: Path, guard: bool, pythonpath: str, extra: list[str], repeat: int = 1) -> dict[str, object]:
     # bytecode caches on, as on a developer's machine (an environment with PYTHONDONTWRITEBYTECODE set
     # compiles, and pytest re-rewrites, every module of the suite and of otel-dbperf in every run)
     env = {
@@ -45,6 +45,7 @@ def run_once(suite: Path, guard: bool, pythonpath: str, extra: list[str]) -> dic
         for k, v in os.environ.items()
         if not k.startswith(("PYTEST_", "DBPERF_")) and k != "PYTHONDONTWRITEBYTECODE"
     }
+    env["DEMO_SUITE_REPEAT"] = str(repeat)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     args = [sys.executable, "-m", "pytest", *COMMON, *(["--dbperf"] if guard else []), *extra]
@@ -71,17 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, default=DEMO_SUITE, help="the suite's directory (pytest's cwd)")
     parser.add_argument("--pythonpath", default="", help="PYTHONPATH for the suite (its package's directory)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of one run without and one with (default 7)")
+    parser.add_argument("--repeat", type=int, default=1, help="the demo suite's tests this many times each")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
     args = parser.parse_args(argv)
     suite = args.suite.resolve()
     pythonpath = str(Path(args.pythonpath).resolve()) if args.pythonpath else ""
-    print(f"suite: {suite}  ({args.rounds} rounds, interleaved; python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    where = f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    print(f"suite: {suite}  (x{args.repeat}, {args.rounds} rounds, interleaved; {where})")
     runs: dict[bool, list[dict[str, object]]] = {False: [], True: []}
-    run_once(suite, False, pythonpath, args.pytest_args)  # warm the file cache; not counted
+    run_once(suite, False, pythonpath, args.pytest_args, args.repeat)  # warm the file cache; not counted
     for round_ in range(args.rounds):
         order = (False, True) if round_ % 2 == 0 else (True, False)
         for guard in order:
-            result = run_once(suite, guard, pythonpath, args.pytest_args)
+            result = run_once(suite, guard, pythonpath, args.pytest_args, args.repeat)
             runs[guard].append(result)
             print(f"  round {round_ + 1} {'--dbperf' if guard else 'plain   '}  wall {result['wall']:6.2f} s  "
                   f"cpu {result['cpu']:6.2f} s  session {result['session']:6.2f} s  ({result['outcome']})")  # fmt: skip
