@@ -250,7 +250,7 @@ class Guard:
     def shutdown(self) -> None:
         self.deriver.drain()
         if self.report is not None:
-            self.report.shutdown()
+            self.report.shutdown()  # type: ignore[no-untyped-call]
 
     # ---- what a test did -----------------------------------------------------------------
     def findings(self) -> list[Finding]:

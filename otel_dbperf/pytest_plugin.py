@@ -136,18 +136,37 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
         return (yield)
     marker = item.get_closest_marker(MARKER)
     options = _marker_options(marker)
-    guard.start_test(item.nodeid)
+    if not _guarded("pytest guard: test start", "this test is not checked", guard.start_test, item.nodeid):
+        return (yield)
     try:
         result = yield
     except BaseException:
-        guard.end_test()
-        findings = guard.findings()
-        if findings:
-            item.add_report_section("call", "dbperf", guard.n_plus_one_message(findings))
+        _guarded("pytest guard: test end", "this test's N+1 is not shown", _after_failure, item, guard)
         raise
-    guard.end_test()
-    _check(item, guard, options, marker is not None)
+    if _guarded("pytest guard: test end", "this test is not checked", guard.end_test):
+        _check(item, guard, options, marker is not None)
     return result
+
+
+def _guarded(where: str, turned_off: str, fn: Any, *args: Any) -> bool:
+    """``fn(*args)``; an internal error of the guard is reported (once per place), never the test's
+    failure (re-raised in otel-dbperf's own tests). False when it failed."""
+    try:
+        fn(*args)
+        return True
+    except Exception as exc:  # noqa: BLE001 - the guard's own bug
+        from ._guard import internal_error
+
+        internal_error(where, exc, turned_off)
+        return False
+
+
+def _after_failure(item: pytest.Item, guard: Any) -> None:
+    """A test that failed by itself keeps its failure; its N+1, if any, is shown beside it."""
+    guard.end_test()
+    findings = guard.findings()
+    if findings:
+        item.add_report_section("call", "dbperf", guard.n_plus_one_message(findings))
 
 
 def _marker_options(marker: Any) -> dict[str, Any]:
@@ -164,7 +183,14 @@ def _marker_options(marker: Any) -> dict[str, Any]:
 
 def _check(item: pytest.Item, guard: Any, options: dict[str, Any], marked: bool) -> None:
     """The test's verdicts: its N+1 (with --dbperf or the marker), its query and duplicate counts."""
-    problems = []
+    problems: list[str] = []
+    off = "this test is not checked"
+    checked = _guarded("pytest guard: verdict", off, _verdicts, item, guard, options, marked, problems)
+    if checked and problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def _verdicts(item: pytest.Item, guard: Any, options: dict[str, Any], marked: bool, problems: list[str]) -> None:
     if not options.get("allow_n_plus_one", False) and (marked or _requested(item.config)):
         findings = guard.findings()
         if findings:
@@ -183,8 +209,6 @@ def _check(item: pytest.Item, guard: Any, options: dict[str, Any], marked: bool)
                 f"parameters again in one request), at most {limit} expected (max_duplicates):"
             )
             problems.append(guard.queries_message(headline, duplicates))
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
 
 
 class DbPerf:
