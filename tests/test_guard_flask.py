@@ -22,10 +22,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path]:
 
 def test_each_test_has_the_outcome_its_name_says(run: tuple[Run, Path]) -> None:
     result, _ = run
-    assert len(result.outcomes) == 12, result.output
+    assert len(result.outcomes) == 13, result.output
     assert {name: expected_outcome(name) for name in result.outcomes} == result.outcomes, result.output
     assert result.returncode == 1
-    assert "2 workers [12 items]" in result.output  # two xdist workers ran them
+    assert "2 workers [13 items]" in result.output  # two xdist workers ran them
 
 
 def test_an_n_plus_one_request_fails_with_location_relationship_and_fix(run: tuple[Run, Path]) -> None:
@@ -36,6 +36,14 @@ def test_an_n_plus_one_request_fails_with_location_relationship_and_fix(run: tup
     assert "relationship: Author.books" in message
     assert "fix: selectinload(Author.books)" in message
     assert "statement: SELECT books.id, books.title, books.author_id FROM books WHERE ? = books.author_id" in message
+
+
+def test_a_jinja2_template_n_plus_one_names_the_template_line_and_the_view(run: tuple[Run, Path]) -> None:
+    message = run[0].messages["test_jinja2_template_n_plus_one_fails"]
+    template = suite_line("flask", "templates/authors.html", "template #}")
+    view = suite_line("flask", "shop.py", "view")
+    assert f"at templates/authors.html:{template} (template; view shop.py:{view})\n" in message
+    assert "fix: selectinload(Author.books)" in message
 
 
 def test_a_test_without_server_span_is_its_own_roll_up_root(run: tuple[Run, Path]) -> None:
@@ -79,7 +87,7 @@ def test_the_report_holds_both_workers_spans_for_otel_dbperf_report(run: tuple[R
                 for span in scope["spans"]:
                     if any(a["key"] == "test.case.name" for a in span["attributes"]):
                         roots += 1
-    assert roots == 12
+    assert roots == 13
     out = subprocess.run(
         [sys.executable, "-m", "otel_dbperf.report.cli", "report", "--json", str(report)],
         capture_output=True, text=True, check=True,

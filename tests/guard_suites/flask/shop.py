@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template
 from sqlalchemy import ForeignKey, String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
@@ -47,6 +47,13 @@ def authors():  # type: ignore[no-untyped-def]
     with Session(engine) as session:
         found = session.scalars(select(Author).order_by(Author.id)).all()
         return jsonify([{"name": a.name, "books": len(a.books)} for a in found])  # line: n+1
+
+
+@app.get("/authors/page")
+def authors_page():  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        found = session.scalars(select(Author).order_by(Author.id)).all()
+        return render_template("authors.html", authors=found)  # line: view
 
 
 @app.get("/authors/fixed")

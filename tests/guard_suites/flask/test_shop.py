@@ -12,6 +12,10 @@ def test_n_plus_one_request_fails(client) -> None:  # type: ignore[no-untyped-de
     assert client.get("/authors").status_code == 200
 
 
+def test_jinja2_template_n_plus_one_fails(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/authors/page").status_code == 200
+
+
 def test_fixed_request_passes(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/authors/fixed").status_code == 200
 
