@@ -27,13 +27,25 @@ Apps that set OpenTelemetry up in code call :func:`configure` instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
 from ._version import __version__
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
+
 __all__ = ["DbPerfSpanProcessor", "EnrichingSpanExporter", "Settings", "configure", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The pipeline's classes, imported on first use: importing the package imports no OpenTelemetry
+    (its pytest plugin is imported by every pytest run where otel-dbperf is installed)."""
+    if name in ("DbPerfSpanProcessor", "EnrichingSpanExporter"):
+        from . import _pipeline
+
+        return getattr(_pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:

@@ -113,17 +113,32 @@ _DRIVER_PARAMS = r"%s|%\([^()\s'\"`]{1,64}\)s|(?<![:\w]):[A-Za-z_][A-Za-z0-9_]*"
 _COMMENT_DELIM = re.compile(r"/\*|\*/")
 
 
-class _Lexer(NamedTuple):
-    name: str
-    pattern: re.Pattern[str]
-    nested_comments: bool
-    dq: str  # what a "..." is: "I" identifier, "S" literal, "sqlite" (depends on where)
-    exec_comments: bool  # MySQL /*! ... */
+class _Lexer:
+    """A dialect's tokens. Its pattern is compiled at its first use: compiling all ten at import
+    cost ~0.1 s of every process's start-up (and of every ``pytest --dbperf`` run), most of them
+    for dialects the process never sees."""
+
+    __slots__ = ("name", "source", "nested_comments", "dq", "exec_comments", "_pattern")
+
+    def __init__(self, name: str, source: str, nested_comments: bool, dq: str, exec_comments: bool) -> None:
+        self.name = name
+        self.source = source
+        self.nested_comments = nested_comments
+        self.dq = dq  # what a "..." is: "I" identifier, "S" literal, "sqlite" (depends on where)
+        self.exec_comments = exec_comments  # MySQL /*! ... */
+        self._pattern: re.Pattern[str] | None = None
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        pattern = self._pattern
+        if pattern is None:  # two threads may both compile it: the same pattern either way
+            pattern = self._pattern = re.compile(self.source)
+        return pattern
 
 
 def _lexer(name: str, nested: bool, dq: str, exec_comments: bool, *parts: tuple[str, str]) -> _Lexer:
     pattern = "|".join(f"(?P<{group}>{regex})" for group, regex in parts)
-    return _Lexer(name, re.compile(pattern), nested, dq, exec_comments)
+    return _Lexer(name, pattern, nested, dq, exec_comments)
 
 
 def _common(eol: str) -> tuple[tuple[str, str], ...]:

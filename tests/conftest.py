@@ -27,6 +27,9 @@ from otlp_receiver import Receiver  # noqa: E402
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
 BIN = Path(sys.executable).parent
+#: the pytest guard's example suites: each runs in its own pytest process (tests/test_guard_*.py)
+collect_ignore = ["guard_suites"]
+
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 REQUIRE_SERVICES = os.environ.get("DBPERF_REQUIRE_SERVICES") == "1"
 SERVER_DB = "test"  # the database scripts/test sets the servers up with: a session's own is made from it

@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the offline report (reads exported spans)", ("report",)),
     (
         "composition and entry points",
-        ("_runtime", "configurator", "distro", "_hooks", "_launcher", "profiling", ""),
+        ("_runtime", "configurator", "distro", "_hooks", "_launcher", "profiling", "_testrun", "pytest_plugin", ""),
     ),
 ]
 MAX_UPWARD = 1

@@ -174,6 +174,12 @@ class DbPerfSpanProcessor(SpanProcessor):
                     else:
                         open_[span_id] = Request(span_id, 0, 0)
                     return
+                if parent is not None:
+                    # a DB span right under a remote parent: the request that parent stands for when it
+                    # is open here (the pytest guard's test, see _testrun), else none
+                    entry = open_.get(parent[1])
+                    if entry.__class__ is Request:
+                        request = entry
             else:
                 entry = open_.get(parent[1])
                 if entry is not None:

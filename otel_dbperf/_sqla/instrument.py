@@ -152,8 +152,9 @@ def prepare(instrumentor: Any) -> bool:
     return True
 
 
-def ensure_instrumented(settings: Settings) -> str:
-    """Instrument SQLAlchemy when auto-instrumentation skipped it; returns what was done."""
+def ensure_instrumented(settings: Settings, **extra: Any) -> str:
+    """Instrument SQLAlchemy when auto-instrumentation skipped it; returns what was done. ``extra``:
+    more keyword arguments for the instrumentor (``engines``: engines made before, traced too)."""
     version = installed_version()
     if version is None or _disabled():
         return "absent-or-disabled"
@@ -179,7 +180,7 @@ def ensure_instrumented(settings: Settings) -> str:
             *TESTED_BELOW,
         )
         return "refused"
-    instrumentor.instrument(skip_dep_check=True, **instrumentor_kwargs(settings))
+    instrumentor.instrument(skip_dep_check=True, **instrumentor_kwargs(settings), **extra)
     if version >= TESTED_BELOW:
         startup_warning(
             "otel-dbperf: SQLAlchemy %s is outside the range otel-dbperf is tested with (<%d.%d); "
