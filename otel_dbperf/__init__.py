@@ -24,13 +24,29 @@ Apps that set OpenTelemetry up in code call :func:`configure` instead.
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
 from ._version import __version__
-from .settings import Settings
+
+if TYPE_CHECKING:
+    from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
+    from .settings import Settings
 
 __all__ = ["DbPerfSpanProcessor", "EnrichingSpanExporter", "Settings", "configure", "__version__"]
+
+#: imported on first use: ``opentelemetry-instrument``'s launcher process imports this package only
+#: to read ``_launcher``, and a process that never asks for these should not pay for the pipeline
+_LAZY = {"DbPerfSpanProcessor": "._pipeline", "EnrichingSpanExporter": "._pipeline", "Settings": ".settings"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:
