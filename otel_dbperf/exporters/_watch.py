@@ -129,6 +129,8 @@ class Watch:
         self.signal = signal
         self.exporter = exporter
         self.endpoint = describe_endpoint(exporter)
+        #: a file exporter (a ``path``, no network endpoint): the advice is about the file
+        self.to_file = not isinstance(getattr(exporter, "_endpoint", None), str) and bool(getattr(exporter, "path", ""))
         self.lock = _forksafe.lock("backend.watch")
         self.reset()
         _watches.append(self)
@@ -177,11 +179,16 @@ class Watch:
             if say:
                 self.said_at, self.said_down = now, True
             dropped = self.dropped
-        if say:
+        if say and getattr(self.exporter, "disabled", False) is not True:  # a disabled exporter said so at start
+            advice = (
+                "Check that its directory exists and can be written."
+                if self.to_file
+                else "Check that the backend is up and reachable."
+            )
             _say(
                 f"otel-dbperf: exports of {self.signal} to {self.endpoint} fail{why}: "
                 f"{_count(dropped, self.signal)} dropped so far (process {os.getpid()}; said again at most every "
-                f"{REPEAT_S / 60:.0f} minutes while they fail). Check that the backend is up and reachable."
+                f"{REPEAT_S / 60:.0f} minutes while they fail). {advice}"
             )
 
     def _succeeded(self) -> None:
