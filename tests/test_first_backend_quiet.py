@@ -28,7 +28,7 @@ with engine.connect() as conn:
     for _ in range(5):
         conn.execute(sa.text("SELECT 1")).all()
 logging.getLogger("app").warning("an app warning")
-time.sleep(4)  # every signal's first export fails (OTEL_EXPORTER_OTLP_TIMEOUT: 2 s of retries)
+time.sleep(1)  # exports fail meanwhile (OTEL_EXPORTER_OTLP_TIMEOUT: 1 s of retries), or at the flush at exit
 """
 
 
@@ -36,7 +36,7 @@ def _start(tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DBPERF_"))}
     env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-        OTEL_EXPORTER_OTLP_TIMEOUT="2",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
         OTEL_BSP_SCHEDULE_DELAY="100",
         OTEL_BLRP_SCHEDULE_DELAY="100",
         OTEL_METRIC_EXPORT_INTERVAL="500",
