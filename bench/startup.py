@@ -6,7 +6,9 @@ the checkout (otel-dbperf is reinstalled from it on every run):
 - ``dbperf``: ``pip install "<repo>[flask]" flask sqlalchemy``, as a user installs it;
 - ``plain``: the same packages at the same versions (``pip freeze`` of the first), without
   otel-dbperf, plus ``opentelemetry-distro`` (plain OpenTelemetry's configurator): the same
-  instrumentations, so the difference is what otel-dbperf itself adds.
+  instrumentations, so the difference is what otel-dbperf itself adds (with SQLAlchemy 2.1,
+  contrib's SQLAlchemy instrumentation declines to instrument there, and otel-dbperf does it:
+  plain OpenTelemetry does a little less).
 
 Each run is a fresh process started by ``opentelemetry-instrument python run.py`` (the
 launcher process, then the app's: what a gunicorn/uvicorn worker pays), with the default
@@ -85,9 +87,8 @@ def _pip(venv: Path, *args: str) -> None:
 
 def _venv(name: str) -> Path:
     venv = CACHE / name
-    if not (venv / ".built").exists():
+    if not (venv / ".built").exists():  # none yet, or a build that did not finish
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)], check=True)
-        return venv
     return venv
 
 
