@@ -17,35 +17,37 @@ DBPERF_EXPLAIN_ANALYZE (false), DBPERF_EXPLAIN_TIMEOUT_MS (200),
 DBPERF_PROFILER_ADDR (unset), DBPERF_PROFILER_TOKEN (unset), DBPERF_PROFILER_MOUNT (unset),
 DBPERF_PROFILER_MAX_HISTORY (1000), DBPERF_SQLCOMMENTER (false), DBPERF_LOG_LEVEL (unset),
 DBPERF_APP_LOGS (true), DBPERF_FILE_PATH (dbperf-spans.jsonl), DBPERF_JAEGER_URL (unset),
-DBPERF_SHUTDOWN_TIMEOUT_MS (2000), DBPERF_OTLP_ENCODER (fast);
-for ``otel-dbperf dbmonitor`` (docs/database.md): DBPERF_DBMONITOR_DSN (unset),
-DBPERF_DBMONITOR_DSN_FILE (unset), DBPERF_DBMONITOR_INTERVAL (15),
-DBPERF_DBMONITOR_SAMPLE_INTERVAL (1), DBPERF_DBMONITOR_STATEMENTS_INTERVAL (60).
+DBPERF_SHUTDOWN_TIMEOUT_MS (2000), DBPERF_OTLP_ENCODER (fast).
 
 Apps that set OpenTelemetry up in code call :func:`configure` instead.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .settings import Settings
 
 if TYPE_CHECKING:
     from ._pipeline import DbPerfSpanProcessor, EnrichingSpanExporter
+    from .settings import Settings
 
 __all__ = ["DbPerfSpanProcessor", "EnrichingSpanExporter", "Settings", "configure", "__version__"]
 
+#: imported on first use: ``opentelemetry-instrument``'s launcher process imports this package only
+#: to read ``_launcher``, the pytest plugin is imported by every pytest run where otel-dbperf is installed,
+#: and a process that never asks for these should not pay for the pipeline
+_LAZY = {"DbPerfSpanProcessor": "._pipeline", "EnrichingSpanExporter": "._pipeline", "Settings": ".settings"}
+
 
 def __getattr__(name: str) -> Any:
-    """The pipeline's classes, imported on first use: importing the package imports no OpenTelemetry
-    (its pytest plugin is imported by every pytest run where otel-dbperf is installed)."""
-    if name in ("DbPerfSpanProcessor", "EnrichingSpanExporter"):
-        from . import _pipeline
-
-        return getattr(_pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def configure(*, instrument_sqlalchemy: bool = True, **kwargs: Any) -> None:

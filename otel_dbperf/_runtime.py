@@ -56,7 +56,7 @@ runtime = Runtime()
 def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     """The keyword arguments for the SDK's ``_initialize_components``."""
     if not settings.enabled:
-        return {}
+        return _safety_only(settings)
     if not span_layout_ok():
         startup_warning(
             "otel-dbperf: this OpenTelemetry SDK's spans are not laid out as otel-dbperf knows them "
@@ -74,6 +74,20 @@ def sdk_kwargs(settings: Settings) -> dict[str, Any]:
     factory: Callable[[SpanExporter], SpanProcessor] = export_processor
     runtime.processor = processor
     return {"span_processors": [processor], "export_span_processor": factory}
+
+
+def _safety_only(settings: Settings) -> dict[str, Any]:
+    """``DBPERF_ENABLED=false``: plain OpenTelemetry, except that what otel-dbperf removes stays removed:
+    statements sanitized (``DBPERF_SANITIZE_STATEMENTS``), error texts scrubbed, URL parameters
+    redacted, on the export thread. No span processor of ours, nothing measured or added."""
+    if not span_layout_ok():
+        return {}
+    processor = DbPerfSpanProcessor(settings)  # never registered: it only lends its settings to the exporter
+
+    def export_processor(exporter: SpanExporter) -> SpanProcessor:
+        return BatchSpanProcessor(processor.wrap_exporter(exporter, safety_only=True))
+
+    return {"export_span_processor": export_processor}
 
 
 def _thresholds(settings: Settings) -> Thresholds:

@@ -114,31 +114,41 @@ _COMMENT_DELIM = re.compile(r"/\*|\*/")
 
 
 class _Lexer:
-    """A dialect's tokens. Its pattern is compiled at its first use: compiling all ten at import
-    cost ~0.1 s of every process's start-up (and of every ``pytest --dbperf`` run), most of them
-    for dialects the process never sees."""
+    """One dialect's reading rules. Its pattern is compiled when first used (the identifier classes
+    span all of Unicode: compiling the ten of them took ~60 ms of every process's start-up, most
+    for dialects the process never meets)."""
 
-    __slots__ = ("name", "source", "nested_comments", "dq", "exec_comments", "_pattern")
+    __slots__ = ("_pattern", "_source", "dq", "exec_comments", "name", "nested_comments")
 
     def __init__(self, name: str, source: str, nested_comments: bool, dq: str, exec_comments: bool) -> None:
         self.name = name
-        self.source = source
+        self._source = source
+        self._pattern: re.Pattern[str] | None = None
         self.nested_comments = nested_comments
         self.dq = dq  # what a "..." is: "I" identifier, "S" literal, "sqlite" (depends on where)
         self.exec_comments = exec_comments  # MySQL /*! ... */
-        self._pattern: re.Pattern[str] | None = None
 
     @property
     def pattern(self) -> re.Pattern[str]:
         pattern = self._pattern
         if pattern is None:  # two threads may both compile it: the same pattern either way
-            pattern = self._pattern = re.compile(self.source)
+            pattern = self._pattern = re.compile(self._source)
         return pattern
+
+
+_LEXERS: list[_Lexer] = []
+
+
+def compiled_lexers() -> list[str]:
+    """The names of the lexers this process has compiled (the dialects it met)."""
+    return [lexer.name for lexer in _LEXERS if lexer._pattern is not None]
 
 
 def _lexer(name: str, nested: bool, dq: str, exec_comments: bool, *parts: tuple[str, str]) -> _Lexer:
     pattern = "|".join(f"(?P<{group}>{regex})" for group, regex in parts)
-    return _Lexer(name, pattern, nested, dq, exec_comments)
+    lexer = _Lexer(name, pattern, nested, dq, exec_comments)
+    _LEXERS.append(lexer)
+    return lexer
 
 
 def _common(eol: str) -> tuple[tuple[str, str], ...]:

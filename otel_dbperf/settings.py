@@ -27,7 +27,7 @@ def _parse_bool(raw: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ValueError("expected true or false")
+    raise ValueError("expected true or false; 1/0, yes/no and on/off are accepted too")
 
 
 _DAY_MS = 86_400_000
@@ -64,6 +64,12 @@ def _parse_encoder(raw: str) -> OtlpEncoder:
     raise ValueError("expected fast or stock")
 
 
+#: numbers as people write them, in ASCII: no ``1_000`` and no other script's digits (both of which
+#: ``int()`` and ``float()`` take); spaces around a value are ignored, for every variable
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _ms_between(low: float, high: float) -> Callable[[str], float]:
     """A number of milliseconds in [low, high] (NaN, infinities and 1e308 are out of range)."""
 
@@ -71,9 +77,12 @@ def _ms_between(low: float, high: float) -> Callable[[str], float]:
         text = raw.strip()
         if not text:
             raise ValueError("empty value")
+        expected = f"expected a number of milliseconds from {low:.0f} to {high:.0f}"
+        if not _DECIMAL.fullmatch(text):
+            raise ValueError(expected + ", written with the digits 0-9")
         value = float(text)
-        if not low <= value <= high:  # also rejects NaN
-            raise ValueError(f"expected a number of milliseconds from {low:.0f} to {high:.0f}")
+        if not low <= value <= high:
+            raise ValueError(expected)
         return value
 
     return parse
@@ -103,6 +112,8 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
             raise ValueError("empty value")
         if len(text) > 20:  # int() of a huge digit string is itself slow
             raise ValueError(f"expected an integer from {low} to {high}")
+        if not _INTEGER.fullmatch(text):
+            raise ValueError(f"expected an integer from {low} to {high}, written with the digits 0-9")
         value = int(text)
         if not low <= value <= high:
             raise ValueError(f"expected an integer from {low} to {high}")
@@ -134,6 +145,8 @@ _MOUNT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 def _parse_mount(raw: str) -> str:
     value = raw.strip().rstrip("/")
     if not value:
+        if raw.strip():  # "/" or "//": the app's whole URL space, never the profiler's
+            raise ValueError("expected a URL path such as /profiler, not the root of the app")
         return ""
     if not _MOUNT.fullmatch(value):
         raise ValueError("expected a URL path such as /profiler (letters, digits, . _ ~ - between slashes)")

@@ -236,6 +236,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert f"/orders: SELECT orders repeated up to 20x in 3 request(s) at {shop}:{loop_line}" in out
     # customer 5's checkout is declined in whichever worker serves it: one 500 per round, never more
     assert "responses: 21x 200, 3x 500" in proc.stderr
+    # what the 500s are, and the threshold the demo judges by (issue 24, item 5)
+    assert "500: the shop's payment provider declines customer 5's checkout, on purpose" in proc.stderr
+    assert "slow-query threshold 50 ms (DBPERF_SLOW_QUERY_THRESHOLD_MS" in proc.stderr
     assert (tmp_path / "spans.jsonl").stat().st_size > 0
     if stamped:
         assert record.exists() and record.stat().st_mtime_ns == before, "scripts/demo reinstalled the package"

@@ -49,9 +49,12 @@ _OPERATION_KEYS = ("db.operation.name", "db.operation")
 class EnrichingSpanExporter(SpanExporter):
     """Adds the dbperf attributes, then delegates to ``exporter``."""
 
-    def __init__(self, exporter: SpanExporter, processor: Any) -> None:
+    def __init__(self, exporter: SpanExporter, processor: Any, *, safety_only: bool = False) -> None:
         self._exporter = exporter
         self._processor = processor
+        #: ``DBPERF_ENABLED=false``: nothing is added (no fingerprint, summary or slow flag), but statements
+        #: are still sanitized, error texts scrubbed and URL parameters redacted (``processor`` measures nothing)
+        self._safety_only = safety_only
         self._settings = processor.settings
         self._thresholds = processor.thresholds
         self._source = self._settings.stacktrace_source  # tracebacks keep their source lines
@@ -114,15 +117,21 @@ class EnrichingSpanExporter(SpanExporter):
 
     def _enrich_unmeasured(self, span: ReadableSpan, original: Mapping[str, Any]) -> ReadableSpan:
         """A DB span without its record: never its raw statement. Sanitized here, with the
-        fingerprint, summary and slow flag that the span alone gives."""
-        self.unmeasured += 1
+        fingerprint, summary and slow flag that the span alone gives (none of them when safety only)."""
+        safety_only = self._safety_only
+        if not safety_only:
+            self.unmeasured += 1
         attrs = dict(original)
         statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
         system = attrs.get(_DB_SYSTEM_NAME) or attrs.get(_DB_SYSTEM)
+        if safety_only and not self._settings.sanitize_statements:
+            return self._scrub(span, None, None)
         analysis = (
             analyze(statement, self._thresholds.statement_max_length, system) if isinstance(statement, str) else None
         )
         name = self._statement_attributes(span, attrs, statement, analysis)
+        if safety_only:
+            return self._scrub(span, attrs, None, name)
         start, end = times_of(span)
         if isinstance(start, int) and isinstance(end, int) and statement is not None:  # a connection: no query
             attrs[A.QUERY_SLOW] = end - start >= self._thresholds.slow_ns
@@ -171,6 +180,8 @@ class EnrichingSpanExporter(SpanExporter):
                 if key in attrs:
                     attrs[key] = analysis.sanitized
             name = _statement_free_names(span, attrs, analysis, statement)
+        if self._safety_only:
+            return name
         attrs[A.QUERY_FINGERPRINT] = analysis.fingerprint
         if analysis.summary and A.DB_QUERY_SUMMARY not in attrs:
             attrs[A.DB_QUERY_SUMMARY] = analysis.summary

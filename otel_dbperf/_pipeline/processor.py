@@ -150,12 +150,13 @@ class DbPerfSpanProcessor(SpanProcessor):
         """How many exporters :meth:`wrap_exporter` wrapped (each takes every finished span's payload)."""
         return self._consumers
 
-    def wrap_exporter(self, exporter: SpanExporter) -> Any:
-        """The exporter that adds this processor's attributes before ``exporter`` sends spans."""
+    def wrap_exporter(self, exporter: SpanExporter, *, safety_only: bool = False) -> Any:
+        """The exporter that adds this processor's attributes before ``exporter`` sends spans
+        (``safety_only``: adds nothing, only sanitizes and scrubs; see ``EnrichingSpanExporter``)."""
         from .enrich import EnrichingSpanExporter
 
         self._consumers += 1
-        return EnrichingSpanExporter(exporter, self)
+        return EnrichingSpanExporter(exporter, self, safety_only=safety_only)
 
     # The hooks read the SDK span's fields directly (its properties cost a call each),
     # and SpanContext by index: it is a tuple (trace_id, span_id, is_remote, ...).

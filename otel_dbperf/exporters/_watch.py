@@ -22,6 +22,7 @@ timeouts and retries while the application runs are untouched.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -52,6 +53,32 @@ UNITS = {
 }
 
 _watches: list[Watch] = []
+#: set on a thread while it runs an export that a watch reports on
+_exporting = threading.local()
+#: the SDK's exporters log under this name; while a watch reports, what they log during its exports is dropped
+EXPORTER_LOGGERS = "opentelemetry.exporter"
+
+
+class QuietWhileWatched(logging.Filter):
+    """Drops the records an exporter logs inside a watched export ("Transient error ... retrying",
+    "Failed to export ..."): the watch says the same once per signal. What exporters log elsewhere
+    (configuration warnings when they are built) passes, and so does everything under
+    ``DBPERF_LOG_LEVEL=DEBUG``, which installs no filter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_exporting, "active", False)
+
+
+_QUIET = QuietWhileWatched()
+
+
+def quiet_exporter_loggers() -> None:
+    """The filter on every logger of the SDK's exporters that exists (they are made when their module is imported)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == EXPORTER_LOGGERS or name.startswith(EXPORTER_LOGGERS + "."):
+            logger = logging.getLogger(name)
+            if _QUIET not in logger.filters:
+                logger.addFilter(_QUIET)
 
 
 class _State:
@@ -102,6 +129,8 @@ class Watch:
         self.signal = signal
         self.exporter = exporter
         self.endpoint = describe_endpoint(exporter)
+        #: a file exporter (a ``path``, no network endpoint): the advice is about the file
+        self.to_file = not isinstance(getattr(exporter, "_endpoint", None), str) and bool(getattr(exporter, "path", ""))
         self.lock = _forksafe.lock("backend.watch")
         self.reset()
         _watches.append(self)
@@ -118,11 +147,14 @@ class Watch:
         with self.lock:
             self.in_flight = items
         ok = False
+        outer = getattr(_exporting, "active", False)
+        _exporting.active = True
         try:
             result = call()
             ok = getattr(result, "name", None) == "SUCCESS"
             return result
         finally:
+            _exporting.active = outer
             self.finished(ok)
 
     def finished(self, ok: bool, why: str = "") -> None:
@@ -147,11 +179,16 @@ class Watch:
             if say:
                 self.said_at, self.said_down = now, True
             dropped = self.dropped
-        if say:
+        if say and getattr(self.exporter, "disabled", False) is not True:  # a disabled exporter said so at start
+            advice = (
+                "Check that its directory exists and can be written."
+                if self.to_file
+                else "Check that the backend is up and reachable."
+            )
             _say(
                 f"otel-dbperf: exports of {self.signal} to {self.endpoint} fail{why}: "
                 f"{_count(dropped, self.signal)} dropped so far (process {os.getpid()}; said again at most every "
-                f"{REPEAT_S / 60:.0f} minutes while they fail). Check that the backend is up and reachable."
+                f"{REPEAT_S / 60:.0f} minutes while they fail). {advice}"
             )
 
     def _succeeded(self) -> None:
@@ -286,6 +323,8 @@ def watching(settings: Settings) -> Iterator[None]:
     finally:
         sdk.PeriodicExportingMetricReader = reader_class  # type: ignore[attr-defined]
         sdk.BatchLogRecordProcessor = log_processor_class  # type: ignore[attr-defined]
+    if settings.log_level != "DEBUG":
+        quiet_exporter_loggers()  # the exporters were imported and built just now
     if not _state.exit_registered:
         _state.exit_registered = True
         atexit.register(shutdown, settings.shutdown_timeout_ms / 1000.0)  # runs before the SDK's (LIFO)

@@ -271,14 +271,14 @@ class API:
         return document(self.history.max_history, self.slow_threshold_s, self.token_required)
 
 
-def check_access(token: str | None, open_ok: bool, path: str, authorization: str | None) -> None:
+def check_access(token: str | None, open_ok: bool, path: str, authorization: str | None, misdirected: str = "") -> None:
     """Raise the error a request gets before its parameters are looked at (421, 401), if any.
 
     ``open_ok``: without a token the request may be served (the port of its own: a loopback
-    ``Host``; the mount is never served without a token).
+    ``Host``; the mount is never served without a token). ``misdirected``: the 421's message.
     """
     if token is None and not open_ok:
-        raise HTTPError(421, "misdirected_request", "without a token only loopback host names are served")
+        raise HTTPError(421, "misdirected_request", misdirected or "without a token this request is not served")
     if path != PREFIX + "health" and token is not None:
         given = (authorization or "").encode("utf-8", "replace")
         # Constant time: the comparison does not tell how much of a guess was right.

@@ -95,7 +95,12 @@ def _schemas() -> dict[str, Any]:
     details = {k: v for k, v in summary.items() if not k.startswith("has_")}
     details.update(
         {
-            "stack_trace": {"type": "array", "items": _STR, "description": "the stack, one line per item"},
+            "stack_trace": {
+                "type": "array",
+                "items": _STR,
+                "description": "the application frames that issued the query, one line per item (most recent "
+                "call last); empty for a query under DBPERF_STACKTRACE_THRESHOLD_MS (500 ms by default)",
+            },
             "function": _STR,
             "stacktrace": _STR,
             "plan": {"type": "string", "nullable": True},

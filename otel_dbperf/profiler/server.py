@@ -157,7 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         server = self.server
         split = urlsplit(self.path)
-        check_access(server.token, self._loopback_host(), split.path, self.headers.get("Authorization"))
+        check_access(
+            server.token, self._loopback_host(), split.path, self.headers.get("Authorization"), self._misdirected()
+        )
         self._read_body()
         check_browser(self.command, self.headers.get)
         self._send(200, answer(server.api, self.command, split.path, split.query))
@@ -170,6 +172,16 @@ class _Handler(BaseHTTPRequestHandler):
         host = host.strip().lower()
         port = self.server.server_port
         return host in self.server.loopback_hosts or (port == 80 and host in _LOOPBACK_NAMES)
+
+    def _misdirected(self) -> str:
+        """The 421's message: which Host values are served without a token, and the one received (a
+        loopback name on another port, as through a port forward, is refused too: DNS rebinding)."""
+        served = ", ".join(sorted(self.server.loopback_hosts))
+        received = (self.headers.get("Host") or "").strip()[:100]
+        return (
+            f"without a token only requests whose Host header names this server on loopback are served "
+            f"({served}); this one named {received!r}. Ask for one of those, or set DBPERF_PROFILER_TOKEN"
+        )
 
     def _read_body(self) -> None:
         if "Transfer-Encoding" in self.headers:
