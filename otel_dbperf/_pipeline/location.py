@@ -19,6 +19,13 @@ the walk nothing more. :meth:`AppCode.walk` notices two more things the same way
 - Django's connection setup: a statement issued while ``BaseDatabaseWrapper.connect``
   (``django/db/backends/base/base.py``) is on the stack (``SELECT set_config(...)``
   for the time zone, ``PRAGMA foreign_keys``) is not one of the request's queries.
+- A pool's housekeeping (:data:`_HOUSEKEEPING`): a statement issued while asyncpg's
+  ``PoolConnectionHolder.release`` is on the stack (the reset on release, ``SELECT
+  pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, and the ``ROLLBACK`` of a
+  connection released in a transaction), or psycopg_pool's connection check (``execute("")``),
+  is not one of the request's queries either. A callback of the application's own (a pool's
+  ``reset=``, ``setup=``, ``check=``) is application code: the walk stops there first, and its
+  statements count as the application's.
 """
 
 from __future__ import annotations
@@ -39,11 +46,18 @@ _DJANGO_TEMPLATE_FILE = 3  # django/template/base.py: home of Node.render_annota
 _DJANGO_DB_FILE = 4  # django/db/backends/base/base.py: home of BaseDatabaseWrapper.connect
 _TEMPLATE_APP = 5  # not a .py file, under an application path: maybe a compiled Jinja2 template, else app code
 _TEMPLATE_LIB = 6  # not a .py file, elsewhere: maybe a compiled Jinja2 template, else not app code
+_HOUSEKEEPING_FILE = 7  # a pool's module: home of functions whose statements are housekeeping
 _DJANGO_TEMPLATE = "django.template.base"
 _DJANGO_DB = "django.db.backends.base.base"
 _PY_SUFFIXES = (".py", ".pyw", ".pyc")
-#: :meth:`AppCode.walk`'s hint for a statement issued by Django's connection setup
+#: :meth:`AppCode.walk`'s hint for a statement issued by Django's connection setup or a pool's housekeeping
 SETUP = "setup"
+#: module -> qualified names of the functions whose statements are a connection pool's housekeeping
+_HOUSEKEEPING = {
+    "asyncpg.pool": ("PoolConnectionHolder.release",),
+    "psycopg_pool.pool": ("ConnectionPool.check_connection", "ConnectionPool._reset_connection"),
+    "psycopg_pool.pool_async": ("AsyncConnectionPool.check_connection", "AsyncConnectionPool._reset_connection"),
+}
 
 
 #: (file path, line number, qualified function name) of an application frame; for a query a
@@ -83,6 +97,8 @@ class AppCode:
         self._lazy_code: CodeType | None = None  # the lazy loader's _load_for_state, once SQLAlchemy's ORM is loaded
         self._render_code: CodeType | None = None  # Django's Node.render_annotated, once its templates are loaded
         self._connect_code: CodeType | None = None  # Django's BaseDatabaseWrapper.connect
+        # id -> code object of the _HOUSEKEEPING functions (identity, not hashing), filled per module file
+        self._housekeeping: dict[int, CodeType] = {}
 
     def is_app(self, code: CodeType) -> bool:
         verdict = self._verdict(code.co_filename)
@@ -98,6 +114,8 @@ class AppCode:
                 verdict = _DJANGO_TEMPLATE_FILE
             elif verdict is False and _module_file(_DJANGO_DB) == filename:
                 verdict = _DJANGO_DB_FILE
+            elif verdict is False and self._is_housekeeping_file(filename):
+                verdict = _HOUSEKEEPING_FILE
             elif filename and filename[0] != "<" and not filename.endswith(_PY_SUFFIXES):
                 verdict = _TEMPLATE_APP if verdict else _TEMPLATE_LIB
             if len(self._cache) >= _CACHE_MAX:
@@ -112,6 +130,20 @@ class AppCode:
             return False
         self._lazy_code = _lazy_loader_code(module)
         return True
+
+    def _is_housekeeping_file(self, filename: str) -> bool:
+        """Whether ``filename`` is a loaded module of :data:`_HOUSEKEEPING` (once per file name); if so its
+        functions' code objects are remembered."""
+        for name, qualnames in _HOUSEKEEPING.items():
+            module = sys.modules.get(name)
+            if module is None or getattr(module, "__file__", None) != filename:
+                continue
+            for qualname in qualnames:
+                code = _code_of(module, qualname)
+                if code is not None:
+                    self._housekeeping[id(code)] = code
+            return True
+        return False
 
     def _classify(self, filename: str) -> bool:
         """Under an application path, and not under a more specific library location."""
@@ -170,6 +202,9 @@ class AppCode:
                 if self._connect_code is None:
                     self._connect_code = _django_connect_code()
                 if code is self._connect_code:
+                    hint = SETUP
+            elif verdict == _HOUSEKEEPING_FILE:
+                if self._housekeeping.get(id(code)) is code:
                     hint = SETUP
             elif verdict in (_TEMPLATE_APP, _TEMPLATE_LIB):
                 template = frame.f_globals.get("__jinja_template__")
@@ -230,6 +265,16 @@ class AppCode:
 def _module_file(name: str) -> str | None:
     module = sys.modules.get(name)
     return getattr(module, "__file__", None) if module is not None else None
+
+
+def _code_of(module: Any, qualname: str) -> CodeType | None:
+    """The code object of ``module``'s function ``qualname`` (``Class.method``; under a decorator's
+    ``__wrapped__``), or None."""
+    function: Any = module
+    for part in qualname.split("."):
+        function = getattr(function, part, None)
+    code = getattr(getattr(function, "__wrapped__", function), "__code__", None)
+    return code if isinstance(code, CodeType) else None
 
 
 def _django_connect_code() -> CodeType | None:

@@ -1,0 +1,130 @@
+"""asyncpg and async SQLAlchemy (asyncpg dialect) on the real PostgreSQL, in a FastAPI app run as a
+script under opentelemetry-instrument (``uvicorn.run`` under ``__main__``: the script's module frame
+lies below the event loop). Issue 24, items 1-3:
+
+- queries whose coroutines go straight to ``gather``/``TaskGroup``/``create_task`` have no
+  application frame on their task's stack: their location is the line of the application frame
+  that awaits them, one await-chain up, never the line that started the event loop;
+- the asyncpg pool's reset on release (``SELECT pg_advisory_unlock_all(); CLOSE ALL; ...``) is
+  connection housekeeping, not one of the request's queries;
+- an asyncpg cursor read row by row (one span per fetch) is one query, never an N+1.
+
+One server for the module; each test reads the spans of its routes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import APPS, BIN, TESTS, base_env, free_port, get, stop_group
+from otlp_receiver import Receiver
+
+from otel_dbperf import attributes as A
+
+APP = "async_fanout_app.py"
+APP_FILE = str(APPS / APP)
+FANOUT = 6
+ROWS = 200
+RESET = "pg_advisory_unlock_all()"
+CURSOR_FETCH = "dbperf.query.cursor_fetch"  # A.QUERY_CURSOR_FETCH
+ROUTES = (
+    "/gather", "/helper", "/nested_gather", "/taskgroup", "/later", "/unawaited", "/sessions",
+    "/pool_reset", "/cursor", "/cursor_fetch", "/cursors_n1", "/stream",
+)  # fmt: skip
+
+
+def _main_line() -> int:
+    """The line of ``uvicorn.run(...)``: the script's frame below the event loop."""
+    lines = (APPS / APP).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, start=1) if line.strip().startswith("uvicorn.run("))
+
+
+@pytest.fixture(scope="module")
+def run(pg_async_url: str) -> Iterator[dict[str, Any]]:
+    """The app served once, every route called once; its spans and output."""
+    receiver = Receiver()
+    env = base_env(receiver, APP_DB_URL=pg_async_url, APP_PG_DSN=pg_async_url.replace("+asyncpg", ""))
+    port = free_port()
+    log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
+    cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), APP, str(port)]
+    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info: dict[str, Any] = {}
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: a loaded machine starts servers slowly
+        while True:
+            assert proc.poll() is None, "the app exited"
+            try:
+                if get(base + "/ping", timeout=60)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.1)
+        statuses = {route: get(base + route)[0] for route in ROUTES}
+        spans = receiver.wait_for(
+            lambda s: set(ROUTES) <= {x["attributes"].get("http.route") for x in s if x["kind"] == "SERVER"}
+        )
+        time.sleep(0.5)  # a hang guard's margin: spans that end after their response (none expected)
+        spans = list(receiver.spans)
+    finally:
+        stop_group(proc, log, info, 15)
+        receiver.close()
+    assert statuses == dict.fromkeys(ROUTES, 200), info["output"]
+    assert "internal error" not in info["output"], info["output"]
+    yield {"spans": spans, "output": info["output"]}
+
+
+def _root(spans: list[dict[str, Any]], route: str) -> dict[str, Any]:
+    (root,) = [s for s in spans if s["kind"] == "SERVER" and s["attributes"].get("http.route") == route]
+    return root
+
+
+def _db(spans: list[dict[str, Any]], root: dict[str, Any], needle: str = "") -> list[dict[str, Any]]:
+    """The request's DB client spans whose statement holds ``needle``."""
+    out = []
+    for s in spans:
+        a = s["attributes"]
+        text = str(a.get("db.query.text") or a.get("db.statement") or "")
+        if s["trace_id"] == root["trace_id"] and s["kind"] == "CLIENT" and needle in text and text:
+            out.append(s)
+    return out
+
+
+def _where(span: dict[str, Any]) -> tuple[Any, Any]:
+    a = span["attributes"]
+    return a.get(A.CODE_FILE_PATH), a.get(A.CODE_LINE_NUMBER)
+
+
+def _ms(span: dict[str, Any]) -> float:
+    return (int(span["end"]) - int(span["start"])) / 1e6
+
+
+def test_pool_reset_on_release_is_housekeeping(run: dict[str, Any]) -> None:
+    spans = run["spans"]
+    root = _root(spans, "/pool_reset")
+    queries = _db(spans, root, "doubled")
+    assert len(queries) == 3
+    (reset,) = _db(spans, root, RESET)
+    assert reset["attributes"][A.QUERY_SETUP] is True, reset["attributes"]
+    assert A.QUERY_SLOW not in reset["attributes"]
+    a = root["attributes"]
+    assert a[A.DB_QUERY_COUNT] == 3
+    assert a[A.DB_DURATION_MS] == pytest.approx(sum(_ms(s) for s in queries), abs=1e-3)
+
+    # a fan-out through the pool: one reset per checkout, none counted
+    root = _root(spans, "/gather")
+    assert len(_db(spans, root, RESET)) == FANOUT
+    assert all(s["attributes"].get(A.QUERY_SETUP) is True for s in _db(spans, root, RESET))
+    assert root["attributes"][A.DB_QUERY_COUNT] == FANOUT
+
+    # async SQLAlchemy: the ROLLBACK each session's close sends is not counted either
+    root = _root(spans, "/sessions")
+    rollbacks = _db(spans, root, "ROLLBACK")
+    assert len(rollbacks) >= FANOUT  # and one of the first connection's set-up
+    assert all(s["attributes"].get(A.QUERY_NESTED) or s["attributes"].get(A.QUERY_SETUP) for s in rollbacks)
+    assert root["attributes"][A.DB_QUERY_COUNT] == FANOUT
