@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import APPS, BIN, TESTS, base_env, free_port, get, stop_group
+from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line, stop_group
 from otlp_receiver import Receiver
 
 from otel_dbperf import attributes as A
@@ -128,3 +128,31 @@ def test_pool_reset_on_release_is_housekeeping(run: dict[str, Any]) -> None:
     assert len(rollbacks) >= FANOUT  # and one of the first connection's set-up
     assert all(s["attributes"].get(A.QUERY_NESTED) or s["attributes"].get(A.QUERY_SETUP) for s in rollbacks)
     assert root["attributes"][A.DB_QUERY_COUNT] == FANOUT
+
+
+def test_cursor_fetches_are_one_query(run: dict[str, Any]) -> None:
+    spans = run["spans"]
+    for route, fetches in (("/cursor", ROWS + 1), ("/cursor_fetch", 5)):
+        root = _root(spans, route)
+        cursor = [s for s in _db(spans, root, "generate_series") if s["name"].startswith("CURSOR: ")]
+        assert len(cursor) == fetches, route  # contrib: one span per __anext__ / fetch() call
+        cursor.sort(key=lambda s: int(s["start"]))
+        first = [s for s in cursor if not s["attributes"].get(CURSOR_FETCH)]
+        assert first == cursor[:1], (route, len(first))  # the first fetch is the query
+        assert all(s["attributes"].get(CURSOR_FETCH) is True for s in cursor[1:]), route
+        a = root["attributes"]
+        assert a[A.N_PLUS_ONE_DETECTED] is False, (route, a)
+        assert a[A.DB_QUERY_COUNT] == 3, (route, a)  # BEGIN, the cursor, COMMIT
+        others = [s for s in _db(spans, root) if s not in cursor and not s["attributes"].get(A.QUERY_SETUP)]
+        assert a[A.DB_DURATION_MS] == pytest.approx(sum(_ms(s) for s in cursor + others), abs=1e-3), route
+        assert {_where(s) for s in first} == {(APP_FILE, marker_line(APP, route.strip("/")))}
+
+    # one cursor per id is a real N+1 of cursors
+    a = _root(spans, "/cursors_n1")["attributes"]
+    assert a[A.N_PLUS_ONE_DETECTED] is True and a[A.N_PLUS_ONE_REPEAT_COUNT] == FANOUT, a
+    assert a[A.DB_QUERY_COUNT] == FANOUT + 2
+    assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line(APP, 'cursors_n1')}"
+
+    # async SQLAlchemy's server-side cursor (stream): one query
+    a = _root(spans, "/stream")["attributes"]
+    assert a[A.DB_QUERY_COUNT] == 1 and a[A.N_PLUS_ONE_DETECTED] is False, a

@@ -19,13 +19,16 @@ the walk nothing more. :meth:`AppCode.walk` notices two more things the same way
 - Django's connection setup: a statement issued while ``BaseDatabaseWrapper.connect``
   (``django/db/backends/base/base.py``) is on the stack (``SELECT set_config(...)``
   for the time zone, ``PRAGMA foreign_keys``) is not one of the request's queries.
-- A pool's housekeeping (:data:`_HOUSEKEEPING`): a statement issued while asyncpg's
+- A pool's housekeeping (:data:`_MARKED`): a statement issued while asyncpg's
   ``PoolConnectionHolder.release`` is on the stack (the reset on release, ``SELECT
   pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, and the ``ROLLBACK`` of a
   connection released in a transaction), or psycopg_pool's connection check (``execute("")``),
   is not one of the request's queries either. A callback of the application's own (a pool's
   ``reset=``, ``setup=``, ``check=``) is application code: the walk stops there first, and its
   statements count as the application's.
+- One fetch of an asyncpg cursor: contrib's wrapper (``_do_cursor_execute``) makes a span per
+  ``__anext__``/``fetch()`` call; its frame's ``instance`` is the cursor, so the processor tells
+  the cursor's first fetch (the query) from its later ones.
 """
 
 from __future__ import annotations
@@ -46,17 +49,24 @@ _DJANGO_TEMPLATE_FILE = 3  # django/template/base.py: home of Node.render_annota
 _DJANGO_DB_FILE = 4  # django/db/backends/base/base.py: home of BaseDatabaseWrapper.connect
 _TEMPLATE_APP = 5  # not a .py file, under an application path: maybe a compiled Jinja2 template, else app code
 _TEMPLATE_LIB = 6  # not a .py file, elsewhere: maybe a compiled Jinja2 template, else not app code
-_HOUSEKEEPING_FILE = 7  # a pool's module: home of functions whose statements are housekeeping
+_MARKED_FILE = 7  # a module of _MARKED: home of functions whose frame says what the statement is
 _DJANGO_TEMPLATE = "django.template.base"
 _DJANGO_DB = "django.db.backends.base.base"
 _PY_SUFFIXES = (".py", ".pyw", ".pyc")
 #: :meth:`AppCode.walk`'s hint for a statement issued by Django's connection setup or a pool's housekeeping
 SETUP = "setup"
-#: module -> qualified names of the functions whose statements are a connection pool's housekeeping
-_HOUSEKEEPING = {
-    "asyncpg.pool": ("PoolConnectionHolder.release",),
-    "psycopg_pool.pool": ("ConnectionPool.check_connection", "ConnectionPool._reset_connection"),
-    "psycopg_pool.pool_async": ("AsyncConnectionPool.check_connection", "AsyncConnectionPool._reset_connection"),
+#: module -> (qualified name, role) of the functions whose frame on the stack says what the statement is:
+#: SETUP, a pool's housekeeping; _CURSOR, contrib's wrapper of one fetch of an asyncpg cursor (its
+#: ``instance`` is the cursor)
+_CURSOR = "cursor"
+_MARKED = {
+    "asyncpg.pool": (("PoolConnectionHolder.release", SETUP),),
+    "psycopg_pool.pool": (("ConnectionPool.check_connection", SETUP), ("ConnectionPool._reset_connection", SETUP)),
+    "psycopg_pool.pool_async": (
+        ("AsyncConnectionPool.check_connection", SETUP),
+        ("AsyncConnectionPool._reset_connection", SETUP),
+    ),
+    "opentelemetry.instrumentation.asyncpg": (("AsyncPGInstrumentor._do_cursor_execute", _CURSOR),),
 }
 
 
@@ -97,8 +107,8 @@ class AppCode:
         self._lazy_code: CodeType | None = None  # the lazy loader's _load_for_state, once SQLAlchemy's ORM is loaded
         self._render_code: CodeType | None = None  # Django's Node.render_annotated, once its templates are loaded
         self._connect_code: CodeType | None = None  # Django's BaseDatabaseWrapper.connect
-        # id -> code object of the _HOUSEKEEPING functions (identity, not hashing), filled per module file
-        self._housekeeping: dict[int, CodeType] = {}
+        # id -> (code object, role) of the _MARKED functions (identity, not hashing), filled per module file
+        self._marked: dict[int, tuple[CodeType, str]] = {}
 
     def is_app(self, code: CodeType) -> bool:
         verdict = self._verdict(code.co_filename)
@@ -114,8 +124,8 @@ class AppCode:
                 verdict = _DJANGO_TEMPLATE_FILE
             elif verdict is False and _module_file(_DJANGO_DB) == filename:
                 verdict = _DJANGO_DB_FILE
-            elif verdict is False and self._is_housekeeping_file(filename):
-                verdict = _HOUSEKEEPING_FILE
+            elif verdict is False and self._is_marked_file(filename):
+                verdict = _MARKED_FILE
             elif filename and filename[0] != "<" and not filename.endswith(_PY_SUFFIXES):
                 verdict = _TEMPLATE_APP if verdict else _TEMPLATE_LIB
             if len(self._cache) >= _CACHE_MAX:
@@ -131,17 +141,17 @@ class AppCode:
         self._lazy_code = _lazy_loader_code(module)
         return True
 
-    def _is_housekeeping_file(self, filename: str) -> bool:
-        """Whether ``filename`` is a loaded module of :data:`_HOUSEKEEPING` (once per file name); if so its
+    def _is_marked_file(self, filename: str) -> bool:
+        """Whether ``filename`` is a loaded module of :data:`_MARKED` (once per file name); if so its
         functions' code objects are remembered."""
-        for name, qualnames in _HOUSEKEEPING.items():
+        for name, functions in _MARKED.items():
             module = sys.modules.get(name)
             if module is None or getattr(module, "__file__", None) != filename:
                 continue
-            for qualname in qualnames:
+            for qualname, role in functions:
                 code = _code_of(module, qualname)
                 if code is not None:
-                    self._housekeeping[id(code)] = code
+                    self._marked[id(code)] = (code, role)
             return True
         return False
 
@@ -161,22 +171,25 @@ class AppCode:
     def find(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None]:
         """(the innermost application frame at or above ``frame``, the SQLAlchemy lazy-loader
         frame passed on the way there or None), across greenlets."""
-        found, lazy, _ = self.walk(frame)
+        found, lazy, _, _ = self.walk(frame)
         return found, lazy
 
-    def walk(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None, Any]:
-        """:meth:`find`, and a hint: None; :data:`SETUP` when Django's connection setup issued the
-        statement; or ``(template path, template line)`` when a Django or Jinja2 template triggered it
-        (then the application frame returned is the first Python one above the template)."""
+    def walk(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None, Any, Any]:
+        """:meth:`find`, a hint and a cursor. The hint: None; :data:`SETUP` when Django's connection
+        setup or a pool's housekeeping issued the statement; or ``(template path, template line)``
+        when a Django or Jinja2 template triggered it (then the application frame returned is the
+        first Python one above the template). The cursor: the asyncpg cursor one of whose fetches
+        this is (passed on the way to the application frame), else None."""
         cache = self._cache
         glet = None
         lazy = None
         hint: Any = None
+        cursor: Any = None
         for _ in range(_MAX_DEPTH):
             if frame is None:
                 frame, glet = _parent_greenlet_frame(glet)
                 if frame is None:
-                    return None, lazy, hint
+                    return None, lazy, hint, cursor
             # the hot loop: most frames are a library's, known by their file (a dict subscript costs
             # less than a call of dict.get; a miss, once per file, raises)
             try:
@@ -187,7 +200,7 @@ class AppCode:
                 frame = frame.f_back
                 continue
             if verdict is True:
-                return frame, lazy, hint
+                return frame, lazy, hint, cursor
             code = frame.f_code
             if verdict == _LAZY_FILE:
                 if lazy is None:
@@ -203,18 +216,22 @@ class AppCode:
                     self._connect_code = _django_connect_code()
                 if code is self._connect_code:
                     hint = SETUP
-            elif verdict == _HOUSEKEEPING_FILE:
-                if self._housekeeping.get(id(code)) is code:
-                    hint = SETUP
+            elif verdict == _MARKED_FILE:
+                marked = self._marked.get(id(code))
+                if marked is not None and marked[0] is code:
+                    if marked[1] is SETUP:
+                        hint = SETUP
+                    elif cursor is None:
+                        cursor = frame.f_locals.get("instance")
             elif verdict in (_TEMPLATE_APP, _TEMPLATE_LIB):
                 template = frame.f_globals.get("__jinja_template__")
                 if template is not None:
                     if hint is None:
                         hint = _jinja_line(template, code.co_filename, frame.f_lineno)
                 elif verdict == _TEMPLATE_APP:
-                    return frame, lazy, hint
+                    return frame, lazy, hint, cursor
             frame = frame.f_back
-        return None, lazy, hint
+        return None, lazy, hint, cursor
 
     def _django_template(self, frame: FrameType) -> tuple[str, int] | None:
         """(template path, line) of the node a Django ``Node.render_annotated`` frame renders, or None."""
