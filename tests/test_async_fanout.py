@@ -15,6 +15,7 @@ One server for the module; each test reads the spans of its routes.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +33,8 @@ ROWS = 200
 RESET = "pg_advisory_unlock_all()"
 CURSOR_FETCH = "dbperf.query.cursor_fetch"  # A.QUERY_CURSOR_FETCH
 ROUTES = (
-    "/gather", "/helper", "/nested_gather", "/taskgroup", "/later", "/unawaited", "/sessions",
+    "/gather", "/helper", "/nested_gather", "/taskgroup", "/later", "/wait_for", "/shield", "/wait", "/unawaited",
+    "/own_loop", "/sessions",
     "/pool_reset", "/cursor", "/cursor_fetch", "/cursors_n1", "/stream",
 )  # fmt: skip
 
@@ -47,7 +49,14 @@ def _main_line() -> int:
 def run(pg_async_url: str) -> Iterator[dict[str, Any]]:
     """The app served once, every route called once; its spans and output."""
     receiver = Receiver()
-    env = base_env(receiver, APP_DB_URL=pg_async_url, APP_PG_DSN=pg_async_url.replace("+asyncpg", ""))
+    env = base_env(
+        receiver,
+        APP_DB_URL=pg_async_url,
+        APP_PG_DSN=pg_async_url.replace("+asyncpg", ""),
+        # /later's query sleeps 50 ms: slow, with its stack trace (others may be too on a loaded machine)
+        DBPERF_SLOW_QUERY_THRESHOLD_MS="40",
+        DBPERF_STACKTRACE_THRESHOLD_MS="40",
+    )
     port = free_port()
     log = open(TESTS / f".server-{port}.log", "w+")  # noqa: SIM115
     cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), APP, str(port)]
@@ -102,6 +111,54 @@ def _where(span: dict[str, Any]) -> tuple[Any, Any]:
 
 def _ms(span: dict[str, Any]) -> float:
     return (int(span["end"]) - int(span["start"])) / 1e6
+
+
+def test_gathered_queries_are_located_at_the_awaiting_line(run: dict[str, Any]) -> None:
+    spans = run["spans"]
+    cases = {
+        "/gather": "gather",  # coroutines of the pool straight into gather
+        "/helper": "helper_gather",  # the same in a helper coroutine of the application
+        "/nested_gather": "nested_gather",  # a gather of a gather
+        "/later": "later",  # create_task, awaited later
+        "/wait_for": "wait_for",
+        "/shield": "shield",
+        "/wait": "wait",
+        "/own_loop": "own_loop",  # the task a loop runs until it completes: the line that runs the loop
+    }
+    if sys.version_info >= (3, 11):
+        cases["/taskgroup"] = "taskgroup"  # where the TaskGroup's parent task waits: the end of `async with`
+    for route, marker in cases.items():
+        root = _root(spans, route)
+        queries = [s for s in _db(spans, root, "$1") if RESET not in str(s["attributes"].get("db.query.text"))]
+        assert queries, route
+        assert {_where(s) for s in queries} == {(APP_FILE, marker_line(APP, marker))}, route
+
+    # a slow one's stack trace: the awaiting task's application frames, not the line that started the loop
+    (slow,) = _db(spans, _root(spans, "/later"), "pg_sleep")
+    stack = slow["attributes"][A.CODE_STACKTRACE]
+    assert f'"{APP_FILE}", line {marker_line(APP, "later")}, in later' in stack, stack
+    assert f"line {_main_line()}," not in stack, stack
+
+    # the N+1 of a fan-out names that line too
+    for route, marker in (("/gather", "gather"), ("/helper", "helper_gather")):
+        a = _root(spans, route)["attributes"]
+        assert a[A.N_PLUS_ONE_DETECTED] is True and a[A.N_PLUS_ONE_REPEAT_COUNT] == FANOUT, route
+        assert a[A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line(APP, marker)}", route
+
+    # async SQLAlchemy sessions' coroutines into gather: the ORM spans and the asyncpg spans inside them
+    root = _root(spans, "/sessions")
+    orm = [s for s in _db(spans, root, "tripled") if s["scope"] == "opentelemetry.instrumentation.sqlalchemy"]
+    driver = [s for s in _db(spans, root, "tripled") if "asyncpg" in s["scope"]]
+    assert len(orm) == len(driver) == FANOUT
+    assert {_where(s) for s in orm + driver} == {(APP_FILE, marker_line(APP, "sessions"))}
+    assert root["attributes"][A.N_PLUS_ONE_CODE_LOCATION] == f"{APP_FILE}:{marker_line(APP, 'sessions')}"
+
+    # a task no application frame awaits while its query runs: no location rather than a wrong one (the
+    # line that started the event loop lies below every task's frames)
+    (query,) = _db(spans, _root(spans, "/unawaited"), "doubled")
+    assert A.CODE_FILE_PATH not in query["attributes"], query["attributes"]
+    main = (APP_FILE, _main_line())
+    assert not [s for s in spans if _where(s) == main], [s["name"] for s in spans if _where(s) == main]
 
 
 def test_pool_reset_on_release_is_housekeeping(run: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ the walk nothing more. :meth:`AppCode.walk` notices two more things the same way
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import sys
@@ -50,6 +51,11 @@ _DJANGO_DB_FILE = 4  # django/db/backends/base/base.py: home of BaseDatabaseWrap
 _TEMPLATE_APP = 5  # not a .py file, under an application path: maybe a compiled Jinja2 template, else app code
 _TEMPLATE_LIB = 6  # not a .py file, elsewhere: maybe a compiled Jinja2 template, else not app code
 _MARKED_FILE = 7  # a module of _MARKED: home of functions whose frame says what the statement is
+_LOOP_FILE = 8  # asyncio's event loop and task machinery: below its frames, not the running task's callers
+_LOOP_MODULES = ("asyncio.events", "asyncio.base_events", "asyncio.runners", "asyncio.tasks")
+_MAX_HOPS = 8  # futures and tasks followed up an await chain
+_MAX_CALLBACKS = 16  # done-callbacks of one future looked at
+_RUNNER = "runner"  # _awaiter's answer for the task the event loop runs until it completes
 _DJANGO_TEMPLATE = "django.template.base"
 _DJANGO_DB = "django.db.backends.base.base"
 _PY_SUFFIXES = (".py", ".pyw", ".pyc")
@@ -126,6 +132,8 @@ class AppCode:
                 verdict = _DJANGO_DB_FILE
             elif verdict is False and self._is_marked_file(filename):
                 verdict = _MARKED_FILE
+            elif verdict is False and _is_loop_file(filename):
+                verdict = _LOOP_FILE
             elif filename and filename[0] != "<" and not filename.endswith(_PY_SUFFIXES):
                 verdict = _TEMPLATE_APP if verdict else _TEMPLATE_LIB
             if len(self._cache) >= _CACHE_MAX:
@@ -174,12 +182,17 @@ class AppCode:
         found, lazy, _, _ = self.walk(frame)
         return found, lazy
 
-    def walk(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None, Any, Any]:
+    def walk(
+        self, frame: FrameType | None, through_loop: bool = False
+    ) -> tuple[FrameType | None, FrameType | None, Any, Any]:
         """:meth:`find`, a hint and a cursor. The hint: None; :data:`SETUP` when Django's connection
-        setup or a pool's housekeeping issued the statement; or ``(template path, template line)``
+        setup or a pool's housekeeping issued the statement; ``(template path, template line)``
         when a Django or Jinja2 template triggered it (then the application frame returned is the
-        first Python one above the template). The cursor: the asyncpg cursor one of whose fetches
-        this is (passed on the way to the application frame), else None."""
+        first Python one above the template); or, with no application frame found, the first frame
+        of asyncio's event loop met below the running task's frames (the walk stops there, unless
+        ``through_loop``: the frames below run the loop, they did not call the task; see
+        :meth:`awaited_from`). The cursor: the asyncpg cursor one of whose fetches this is (passed
+        on the way to the application frame), else None."""
         cache = self._cache
         glet = None
         lazy = None
@@ -216,6 +229,9 @@ class AppCode:
                     self._connect_code = _django_connect_code()
                 if code is self._connect_code:
                     hint = SETUP
+            elif verdict == _LOOP_FILE:
+                if not through_loop:
+                    return None, lazy, frame if hint is None else hint, cursor
             elif verdict == _MARKED_FILE:
                 marked = self._marked.get(id(code))
                 if marked is not None and marked[0] is code:
@@ -232,6 +248,49 @@ class AppCode:
                     return frame, lazy, hint, cursor
             frame = frame.f_back
         return None, lazy, hint, cursor
+
+    def awaited_from(self, loop_frame: FrameType) -> tuple[FrameType | None, Any]:
+        """The application frame one await-chain up from the running task, when the walk from the query
+        met the event loop (``loop_frame``, see :meth:`walk`) before any application frame: a query
+        whose coroutine went straight to ``gather``, a ``TaskGroup`` or ``create_task``. (that frame,
+        the task whose suspended coroutines hold it) or (None, None).
+
+        From the running task up to ``_MAX_HOPS`` futures, each found in the done-callbacks of the last
+        (asyncio's ``_callbacks``, the list ``add_done_callback`` fills): a task's wake-up (that task
+        awaits it), ``gather``'s, ``shield``'s and ``wait``'s callbacks (the future they complete), a
+        ``TaskGroup``'s (its parent task). For each task on the way, its suspended coroutine chain
+        (``get_coro()``, then ``cr_await``) is searched for the innermost application frame. For the task
+        the event loop runs until it completes (``run_until_complete``'s callback) the answer is the
+        first application frame below the loop. Anything else (a task nothing awaits yet, a callback
+        of the application's own, another library's task group): None, never a guess."""
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is None:
+            return None, None
+        try:
+            future: Any = asyncio.current_task()
+        except RuntimeError:  # no event loop runs in this thread
+            return None, None
+        for _ in range(_MAX_HOPS):
+            if future is None:
+                break
+            awaiter = _awaiter(future, asyncio)
+            if awaiter is _RUNNER:
+                return self.walk(loop_frame.f_back, through_loop=True)[0], None
+            if isinstance(awaiter, asyncio.Task):
+                found = self._suspended_app_frame(awaiter)
+                if found is not None:
+                    return found, awaiter
+            future = awaiter
+        return None, None
+
+    def _suspended_app_frame(self, task: Any) -> FrameType | None:
+        """The innermost application frame of ``task``'s suspended coroutine chain, or None."""
+        frames = _suspended_frames(task)
+        for frame in reversed(frames):
+            verdict = self._verdict(frame.f_code.co_filename)
+            if verdict is True or (verdict == _TEMPLATE_APP and "__jinja_template__" not in frame.f_globals):
+                return frame
+        return None
 
     def _django_template(self, frame: FrameType) -> tuple[str, int] | None:
         """(template path, line) of the node a Django ``Node.render_annotated`` frame renders, or None."""
@@ -251,15 +310,19 @@ class AppCode:
             return None
         return (name, line)
 
-    def stacktrace(self, frame: FrameType | None, max_frames: int, source: bool = False) -> str:
+    def stacktrace(self, frame: FrameType | None, max_frames: int, source: bool = False, awaiter: Any = None) -> str:
         """Application frames only, most recent call last, at most ``max_frames``.
 
         File, line and function of each frame; the source line too only with ``source``
         (``DBPERF_STACKTRACE_SOURCE``): a literal written in the code would go out with it.
+        The frames below asyncio's event loop are left out (they run the loop, they did not call
+        the task), unless the task is the one the loop runs until it completes; with ``awaiter``
+        (the task :meth:`awaited_from` found) that task's suspended application frames follow.
         """
         lines: list[str] = []
         depth = 0
         glet = None
+        through_loop: bool | None = None  # not asked yet
         while depth < _MAX_DEPTH and len(lines) < max_frames:
             if frame is None:
                 frame, glet = _parent_greenlet_frame(glet)
@@ -267,16 +330,105 @@ class AppCode:
                     break
             code = frame.f_code
             if self.is_app(code):
-                lineno = frame.f_lineno
-                entry = f'  File "{code.co_filename}", line {lineno}, in {code.co_name}'
-                text = linecache.getline(code.co_filename, lineno).strip() if source else ""
-                lines.append(f"{entry}\n    {text}" if text else entry)
+                self._trace_line(lines, frame, source)
+            elif through_loop is not True and self._verdict(code.co_filename) == _LOOP_FILE:
+                if through_loop is None:
+                    asyncio = sys.modules.get("asyncio")
+                    try:
+                        task = asyncio.current_task() if asyncio is not None else None
+                    except RuntimeError:
+                        task = None
+                    through_loop = task is not None and awaiter is None and _awaiter(task, asyncio) is _RUNNER
+                if not through_loop:
+                    break
             frame = frame.f_back
             depth += 1
+        if awaiter is not None:
+            for suspended in reversed(_suspended_frames(awaiter)):
+                if len(lines) >= max_frames:
+                    break
+                if self.is_app(suspended.f_code):
+                    self._trace_line(lines, suspended, source)
         if not lines:
             return ""
         lines.reverse()
         return "Traceback (application frames, most recent call last):\n" + "\n".join(lines)
+
+    @staticmethod
+    def _trace_line(lines: list[str], frame: FrameType, source: bool) -> None:
+        code = frame.f_code
+        lineno = frame.f_lineno
+        entry = f'  File "{code.co_filename}", line {lineno}, in {code.co_name}'
+        text = linecache.getline(code.co_filename, lineno).strip() if source else ""
+        lines.append(f"{entry}\n    {text}" if text else entry)
+
+
+def _is_loop_file(filename: str) -> bool:
+    """Whether ``filename`` is one of asyncio's event loop and task modules (:data:`_LOOP_MODULES`)."""
+    return any(_module_file(name) == filename for name in _LOOP_MODULES)
+
+
+def _suspended_frames(task: Any) -> list[FrameType]:
+    """The frames of ``task``'s suspended coroutine chain, outermost first: its coroutine
+    (``get_coro()``) and what each awaits (``cr_await``; a generator's ``gi_yieldfrom``), bounded."""
+    frames: list[FrameType] = []
+    try:
+        awaitable = task.get_coro()
+    except Exception:  # noqa: BLE001 - not an asyncio task after all
+        return frames
+    for _ in range(_MAX_DEPTH):
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None or frame.__class__ is not FrameType:
+            break
+        frames.append(frame)
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+        if awaitable is None:
+            break
+    return frames
+
+
+def _awaiter(future: Any, asyncio: Any) -> Any:
+    """What waits for ``future``, read from its done-callbacks: a task (its wake-up; a TaskGroup's
+    parent task), a future (``gather``'s, ``shield``'s, ``wait``'s, ``wait_for``'s), :data:`_RUNNER`
+    (``run_until_complete``'s), or None."""
+    callbacks = getattr(future, "_callbacks", None)  # asyncio's list of (callback, context), 3.10-3.14
+    if not isinstance(callbacks, list):
+        return None
+    task_group = getattr(asyncio, "TaskGroup", None)  # 3.11+
+    package = os.path.dirname(getattr(asyncio, "__file__", None) or "?") + os.sep
+    for entry in callbacks[:_MAX_CALLBACKS]:
+        callback = entry[0] if isinstance(entry, tuple) and entry else entry
+        owner = getattr(callback, "__self__", None)
+        if owner is not None:
+            if isinstance(owner, asyncio.Task) and owner is not future:
+                return owner  # its wake-up: that task awaits this future
+            if task_group is not None and isinstance(owner, task_group):
+                parent = getattr(owner, "_parent_task", None)
+                if isinstance(parent, asyncio.Task):
+                    return parent
+            continue
+        args: tuple[Any, ...] = ()
+        if isinstance(callback, functools.partial):
+            args = callback.args
+            callback = callback.func
+        code = getattr(callback, "__code__", None)
+        if not isinstance(code, CodeType) or not code.co_filename.startswith(package):
+            continue  # only asyncio's own callbacks say what they complete
+        if code.co_name == "_run_until_complete_cb":
+            return _RUNNER
+        for arg in args:
+            if isinstance(arg, asyncio.Future):
+                return arg
+        closure = getattr(callback, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, closure, strict=False):
+            if name in ("outer", "waiter"):
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # not yet set
+                    continue
+                if isinstance(value, asyncio.Future):
+                    return value
+    return None
 
 
 def _module_file(name: str) -> str | None:

@@ -17,6 +17,7 @@ import sys
 import weakref
 from _thread import get_ident
 from itertools import islice
+from types import FrameType
 from typing import Any
 
 from opentelemetry.context import Context
@@ -53,6 +54,7 @@ _SPAN_END = Span.end.__code__
 _UNSET_STATUS = default_span_status()
 _QUALNAME = "co_qualname" if sys.version_info >= (3, 11) else "co_name"
 _getframe = sys._getframe  # noqa: SLF001
+_FRAME = FrameType
 _new = object.__new__
 MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
 MAX_CURSORS = 256  # cursors whose first fetch was seen, kept to tell their later fetches (then forgotten)
@@ -316,12 +318,16 @@ class DbPerfSpanProcessor(SpanProcessor):
                 if code is not self._end_code and self._end_callers.get(id(code)) is not code:
                     frame = self._end_caller()
             found, lazy, hint, cursor = app.walk(frame)
+            awaiter = None
             if lazy is not None:
                 relationship = lazy_loaded_relationship(lazy)
             if hint is SETUP:  # Django's connection setup or a pool's housekeeping issued it
                 kind = KIND_SETUP
                 hint = None
-            elif cursor is not None and kind == KIND_QUERY:
+            elif hint.__class__ is _FRAME:  # asyncio's loop below the task's frames, none of them the app's
+                found, awaiter = app.awaited_from(hint)  # the app frame that awaits the task, if any
+                hint = None
+            if cursor is not None and kind == KIND_QUERY:
                 kind = self._cursor_fetch(cursor, request, duration)
             if found is not None:
                 if hint is None:  # location_of inlined
@@ -331,7 +337,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     location = location_of(found, hint)
                 if slow and duration >= self._stack_ns:
                     settings = self.settings
-                    stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
+                    stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source, awaiter)
             elif kind == KIND_NOSQL:
                 kind = KIND_NOSQL_FRAMEWORK  # no application frame: the framework's own traffic
         query.location = location

@@ -85,6 +85,35 @@ async def later() -> int:
     return int(await task)  # marker: later
 
 
+@app.get("/wait_for")
+async def wait_for() -> int:
+    return int(await asyncio.wait_for(pool.fetchval(Q, 1), 60))  # marker: wait_for
+
+
+@app.get("/shield")
+async def shield() -> int:
+    return int(await asyncio.shield(pool.fetchval(Q, 2)))  # marker: shield
+
+
+@app.get("/wait")
+async def wait() -> int:
+    done, _ = await asyncio.wait([asyncio.create_task(pool.fetchval(Q, 3))])  # marker: wait
+    return int(done.pop().result())
+
+
+@app.get("/own_loop")
+def own_loop() -> int:
+    """A sync route (a worker thread) that runs an event loop of its own until a library coroutine completes."""
+    loop = asyncio.new_event_loop()
+    try:
+        conn = loop.run_until_complete(asyncpg.connect(os.environ["APP_PG_DSN"]))
+        value = loop.run_until_complete(conn.fetchval(Q, 4))  # marker: own_loop
+        loop.run_until_complete(conn.close())
+    finally:
+        loop.close()
+    return int(value)
+
+
 @app.get("/unawaited")
 async def unawaited() -> int:
     """The query ends while this request's task awaits something else: no application frame awaits it."""
