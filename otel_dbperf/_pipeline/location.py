@@ -22,10 +22,9 @@ the walk nothing more. :meth:`AppCode.walk` notices two more things the same way
 - A pool's housekeeping (:data:`_MARKED`): a statement issued while asyncpg's
   ``PoolConnectionHolder.release`` is on the stack (the reset on release, ``SELECT
   pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, and the ``ROLLBACK`` of a
-  connection released in a transaction), or psycopg_pool's connection check (``execute("")``),
-  is not one of the request's queries either. A callback of the application's own (a pool's
-  ``reset=``, ``setup=``, ``check=``) is application code: the walk stops there first, and its
-  statements count as the application's.
+  connection released in a transaction) is not one of the request's queries either. A callback
+  of the application's own (a pool's ``reset=``, ``setup=``, ``init=``) is application code: the
+  walk stops there first, and its statements count as the application's.
 - One fetch of an asyncpg cursor: contrib's wrapper (``_do_cursor_execute``) makes a span per
   ``__anext__``/``fetch()`` call; its frame's ``instance`` is the cursor, so the processor tells
   the cursor's first fetch (the query) from its later ones.
@@ -67,11 +66,6 @@ SETUP = "setup"
 _CURSOR = "cursor"
 _MARKED = {
     "asyncpg.pool": (("PoolConnectionHolder.release", SETUP),),
-    "psycopg_pool.pool": (("ConnectionPool.check_connection", SETUP), ("ConnectionPool._reset_connection", SETUP)),
-    "psycopg_pool.pool_async": (
-        ("AsyncConnectionPool.check_connection", SETUP),
-        ("AsyncConnectionPool._reset_connection", SETUP),
-    ),
     "opentelemetry.instrumentation.asyncpg": (("AsyncPGInstrumentor._do_cursor_execute", _CURSOR),),
 }
 
