@@ -247,7 +247,8 @@ class AppCode:
         """The application frame one await-chain up from the running task, when the walk from the query
         met the event loop (``loop_frame``, see :meth:`walk`) before any application frame: a query
         whose coroutine went straight to ``gather``, a ``TaskGroup`` or ``create_task``. (that frame,
-        the task whose suspended coroutines hold it) or (None, None).
+        the task whose suspended coroutines hold it, or :data:`_RUNNER` when it lies below the loop)
+        or (None, None).
 
         From the running task up to ``_MAX_HOPS`` futures, each found in the done-callbacks of the last
         (asyncio's ``_callbacks``, the list ``add_done_callback`` fills): a task's wake-up (that task
@@ -269,7 +270,7 @@ class AppCode:
                 break
             awaiter = _awaiter(future, asyncio)
             if awaiter is _RUNNER:
-                return self.walk(loop_frame.f_back, through_loop=True)[0], None
+                return self.walk(loop_frame.f_back, through_loop=True)[0], _RUNNER
             if isinstance(awaiter, asyncio.Task):
                 found = self._suspended_app_frame(awaiter)
                 if found is not None:
@@ -310,13 +311,14 @@ class AppCode:
         File, line and function of each frame; the source line too only with ``source``
         (``DBPERF_STACKTRACE_SOURCE``): a literal written in the code would go out with it.
         The frames below asyncio's event loop are left out (they run the loop, they did not call
-        the task), unless the task is the one the loop runs until it completes; with ``awaiter``
-        (the task :meth:`awaited_from` found) that task's suspended application frames follow.
+        the task), unless the task is the one the loop runs until it completes. ``awaiter`` is what
+        :meth:`awaited_from` answered: a task, whose suspended application frames follow; or
+        :data:`_RUNNER`, the frames below the loop follow.
         """
         lines: list[str] = []
         depth = 0
         glet = None
-        through_loop: bool | None = None  # not asked yet
+        through_loop: bool | None = True if awaiter is _RUNNER else None  # None: not asked yet
         while depth < _MAX_DEPTH and len(lines) < max_frames:
             if frame is None:
                 frame, glet = _parent_greenlet_frame(glet)
@@ -337,7 +339,7 @@ class AppCode:
                     break
             frame = frame.f_back
             depth += 1
-        if awaiter is not None:
+        if awaiter is not None and awaiter is not _RUNNER:
             for suspended in reversed(_suspended_frames(awaiter)):
                 if len(lines) >= max_frames:
                     break

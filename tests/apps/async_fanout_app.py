@@ -27,6 +27,7 @@ Q = "SELECT $1::int * 2 AS doubled"
 SA_Q = text("SELECT CAST(:i AS integer) * 3 AS tripled")
 ROWS = 200
 SERIES = "SELECT g FROM generate_series(1, $1::int) AS g"
+SLOW = "SELECT length(pg_sleep(0.05)::text) + $1::int"  # 50 ms: slow under the test's threshold
 
 engine = create_async_engine(os.environ["APP_DB_URL"], pool_size=FANOUT, max_overflow=0)
 pool: Any = None
@@ -80,7 +81,7 @@ async def taskgroup() -> list[int]:
 
 @app.get("/later")
 async def later() -> int:
-    task = asyncio.create_task(pool.fetchval("SELECT length(pg_sleep(0.05)::text) + $1::int", 7))
+    task = asyncio.create_task(pool.fetchval(SLOW, 7))
     await asyncio.sleep(0)
     return int(await task)  # marker: later
 
@@ -105,13 +106,16 @@ async def wait() -> int:
 def own_loop() -> int:
     """A sync route (a worker thread) that runs an event loop of its own until a library coroutine completes."""
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # gather() outside the loop takes the thread's
     try:
         conn = loop.run_until_complete(asyncpg.connect(os.environ["APP_PG_DSN"]))
         value = loop.run_until_complete(conn.fetchval(Q, 4))  # marker: own_loop
+        slow = loop.run_until_complete(asyncio.gather(conn.fetchval(SLOW, 4)))  # marker: own_loop_gather
         loop.run_until_complete(conn.close())
     finally:
+        asyncio.set_event_loop(None)
         loop.close()
-    return int(value)
+    return int(value) + slow[0]
 
 
 @app.get("/unawaited")
