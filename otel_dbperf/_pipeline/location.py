@@ -50,8 +50,6 @@ _DJANGO_DB_FILE = 4  # django/db/backends/base/base.py: home of BaseDatabaseWrap
 _TEMPLATE_APP = 5  # not a .py file, under an application path: maybe a compiled Jinja2 template, else app code
 _TEMPLATE_LIB = 6  # not a .py file, elsewhere: maybe a compiled Jinja2 template, else not app code
 _MARKED_FILE = 7  # a module of _MARKED: home of functions whose frame says what the statement is
-_LOOP_FILE = 8  # asyncio's event loop and task machinery: below its frames, not the running task's callers
-_LOOP_MODULES = ("asyncio.events", "asyncio.base_events", "asyncio.runners", "asyncio.tasks")
 _MAX_HOPS = 8  # futures and tasks followed up an await chain
 _MAX_CALLBACKS = 16  # done-callbacks of one future looked at
 _RUNNER = "runner"  # _awaiter's answer for the task the event loop runs until it completes
@@ -62,11 +60,25 @@ _PY_SUFFIXES = (".py", ".pyw", ".pyc")
 SETUP = "setup"
 #: module -> (qualified name, role) of the functions whose frame on the stack says what the statement is:
 #: SETUP, a pool's housekeeping; _CURSOR, contrib's wrapper of one fetch of an asyncpg cursor (its
-#: ``instance`` is the cursor)
+#: ``instance`` is the cursor); _LOOP, asyncio's event loop running a task's step (the frames below run
+#: the loop, they did not call the task; the first one met going down from a task's coroutines: the
+#: handle that steps a C task, a Python task's step, else, under uvloop, the runner that runs the loop).
+#: Functions missing in a Python version are skipped.
 _CURSOR = "cursor"
+_LOOP = "loop"
 _MARKED = {
     "asyncpg.pool": (("PoolConnectionHolder.release", SETUP),),
     "opentelemetry.instrumentation.asyncpg": (("AsyncPGInstrumentor._do_cursor_execute", _CURSOR),),
+    "asyncio.events": (("Handle._run", _LOOP),),
+    "asyncio.tasks": (
+        ("_PyTask._Task__step", _LOOP),
+        ("_PyTask._Task__step_run_and_handle_result", _LOOP),  # 3.12+
+    ),
+    "asyncio.base_events": (
+        ("BaseEventLoop.run_until_complete", _LOOP),
+        ("BaseEventLoop.run_forever", _LOOP),
+    ),
+    "asyncio.runners": (("Runner.run", _LOOP), ("run", _LOOP)),  # Runner: 3.11+
 }
 
 
@@ -126,8 +138,6 @@ class AppCode:
                 verdict = _DJANGO_DB_FILE
             elif verdict is False and self._is_marked_file(filename):
                 verdict = _MARKED_FILE
-            elif verdict is False and _is_loop_file(filename):
-                verdict = _LOOP_FILE
             elif filename and filename[0] != "<" and not filename.endswith(_PY_SUFFIXES):
                 verdict = _TEMPLATE_APP if verdict else _TEMPLATE_LIB
             if len(self._cache) >= _CACHE_MAX:
@@ -223,13 +233,14 @@ class AppCode:
                     self._connect_code = _django_connect_code()
                 if code is self._connect_code:
                     hint = SETUP
-            elif verdict == _LOOP_FILE:
-                if not through_loop:
-                    return None, lazy, frame if hint is None else hint, cursor
             elif verdict == _MARKED_FILE:
                 marked = self._marked.get(id(code))
                 if marked is not None and marked[0] is code:
-                    if marked[1] is SETUP:
+                    role = marked[1]
+                    if role is _LOOP:
+                        if not through_loop:
+                            return None, lazy, frame if hint is None else hint, cursor
+                    elif role is SETUP:
                         hint = SETUP
                     elif cursor is None:
                         cursor = frame.f_locals.get("instance")
@@ -271,7 +282,7 @@ class AppCode:
             awaiter = _awaiter(future, asyncio)
             if awaiter is _RUNNER:
                 return self.walk(loop_frame.f_back, through_loop=True)[0], _RUNNER
-            if isinstance(awaiter, asyncio.Task):
+            if isinstance(awaiter, _task_classes(asyncio)):
                 found = self._suspended_app_frame(awaiter)
                 if found is not None:
                     return found, awaiter
@@ -327,7 +338,7 @@ class AppCode:
             code = frame.f_code
             if self.is_app(code):
                 self._trace_line(lines, frame, source)
-            elif through_loop is not True and self._verdict(code.co_filename) == _LOOP_FILE:
+            elif through_loop is not True and self._is_loop(code):
                 if through_loop is None:
                     asyncio = sys.modules.get("asyncio")
                     try:
@@ -350,6 +361,13 @@ class AppCode:
         lines.reverse()
         return "Traceback (application frames, most recent call last):\n" + "\n".join(lines)
 
+    def _is_loop(self, code: CodeType) -> bool:
+        """Whether ``code`` is one of asyncio's functions that run the event loop (role _LOOP)."""
+        if self._verdict(code.co_filename) != _MARKED_FILE:
+            return False
+        marked = self._marked.get(id(code))
+        return marked is not None and marked[0] is code and marked[1] is _LOOP
+
     @staticmethod
     def _trace_line(lines: list[str], frame: FrameType, source: bool) -> None:
         code = frame.f_code
@@ -357,11 +375,6 @@ class AppCode:
         entry = f'  File "{code.co_filename}", line {lineno}, in {code.co_name}'
         text = linecache.getline(code.co_filename, lineno).strip() if source else ""
         lines.append(f"{entry}\n    {text}" if text else entry)
-
-
-def _is_loop_file(filename: str) -> bool:
-    """Whether ``filename`` is one of asyncio's event loop and task modules (:data:`_LOOP_MODULES`)."""
-    return any(_module_file(name) == filename for name in _LOOP_MODULES)
 
 
 def _suspended_frames(task: Any) -> list[FrameType]:
@@ -383,6 +396,11 @@ def _suspended_frames(task: Any) -> list[FrameType]:
     return frames
 
 
+def _task_classes(asyncio: Any) -> tuple[type, ...]:
+    """asyncio's task classes: the C one (``asyncio.Task``) and the pure-Python one."""
+    return (asyncio.Task, getattr(asyncio.tasks, "_PyTask", asyncio.Task))
+
+
 def _awaiter(future: Any, asyncio: Any) -> Any:
     """What waits for ``future``, read from its done-callbacks: a task (its wake-up; a TaskGroup's
     parent task), a future (``gather``'s, ``shield``'s, ``wait``'s, ``wait_for``'s), :data:`_RUNNER`
@@ -391,16 +409,18 @@ def _awaiter(future: Any, asyncio: Any) -> Any:
     if not isinstance(callbacks, list):
         return None
     task_group = getattr(asyncio, "TaskGroup", None)  # 3.11+
+    tasks = _task_classes(asyncio)
+    futures = (asyncio.Future, *tasks[1:], getattr(asyncio.futures, "_PyFuture", asyncio.Future))
     package = os.path.dirname(getattr(asyncio, "__file__", None) or "?") + os.sep
     for entry in callbacks[:_MAX_CALLBACKS]:
         callback = entry[0] if isinstance(entry, tuple) and entry else entry
         owner = getattr(callback, "__self__", None)
         if owner is not None:
-            if isinstance(owner, asyncio.Task) and owner is not future:
+            if isinstance(owner, tasks) and owner is not future:
                 return owner  # its wake-up: that task awaits this future
             if task_group is not None and isinstance(owner, task_group):
                 parent = getattr(owner, "_parent_task", None)
-                if isinstance(parent, asyncio.Task):
+                if isinstance(parent, tasks):
                     return parent
             continue
         args: tuple[Any, ...] = ()
@@ -413,7 +433,7 @@ def _awaiter(future: Any, asyncio: Any) -> Any:
         if code.co_name == "_run_until_complete_cb":
             return _RUNNER
         for arg in args:
-            if isinstance(arg, asyncio.Future):
+            if isinstance(arg, futures):
                 return arg
         closure = getattr(callback, "__closure__", None) or ()
         for name, cell in zip(code.co_freevars, closure, strict=False):
@@ -422,7 +442,7 @@ def _awaiter(future: Any, asyncio: Any) -> Any:
                     value = cell.cell_contents
                 except ValueError:  # not yet set
                     continue
-                if isinstance(value, asyncio.Future):
+                if isinstance(value, futures):
                     return value
     return None
 
