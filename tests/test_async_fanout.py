@@ -14,6 +14,8 @@ One server for the module; each test reads the spans of its routes.
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from conftest import APPS, BIN, TESTS, base_env, free_port, get, marker_line, st
 from otlp_receiver import Receiver
 
 from otel_dbperf import attributes as A
+from otel_dbperf.report.cli import EXIT_OK, main
 
 APP = "async_fanout_app.py"
 APP_FILE = str(APPS / APP)
@@ -46,11 +49,14 @@ def _main_line() -> int:
 
 
 @pytest.fixture(scope="module")
-def run(pg_async_url: str) -> Iterator[dict[str, Any]]:
-    """The app served once, every route called once; its spans and output."""
+def run(pg_async_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The app served once, every route called once; its spans (OTLP, and a file for the report) and output."""
     receiver = Receiver()
+    spans_file = tmp_path_factory.mktemp("async") / "spans.jsonl"
     env = base_env(
         receiver,
+        OTEL_TRACES_EXPORTER="otlp,otlp_json_file",
+        DBPERF_FILE_PATH=str(spans_file),
         APP_DB_URL=pg_async_url,
         APP_PG_DSN=pg_async_url.replace("+asyncpg", ""),
         # /later's query sleeps 50 ms: slow, with its stack trace (others may be too on a loaded machine)
@@ -85,7 +91,7 @@ def run(pg_async_url: str) -> Iterator[dict[str, Any]]:
         receiver.close()
     assert statuses == dict.fromkeys(ROUTES, 200), info["output"]
     assert "internal error" not in info["output"], info["output"]
-    yield {"spans": spans, "output": info["output"]}
+    yield {"spans": spans, "output": info["output"], "file": spans_file}
 
 
 def _root(spans: list[dict[str, Any]], route: str) -> dict[str, Any]:
@@ -216,3 +222,15 @@ def test_cursor_fetches_are_one_query(run: dict[str, Any]) -> None:
     # async SQLAlchemy's server-side cursor (stream): one query
     a = _root(spans, "/stream")["attributes"]
     assert a[A.DB_QUERY_COUNT] == 1 and a[A.N_PLUS_ONE_DETECTED] is False, a
+
+
+def test_the_report_names_the_fanout_line_and_counts_no_housekeeping_or_fetches(run: dict[str, Any]) -> None:
+    out = io.StringIO()
+    assert main(["report", str(run["file"]), "--json"], out=out) == EXIT_OK
+    report = json.loads(out.getvalue())
+    statements = {q["statement"]: q for q in report["top_queries"]}
+    assert not [s for s in statements if RESET in s], list(statements)  # housekeeping: not a query
+    (series,) = [q for s, q in statements.items() if "generate_series(?, $1::int)" in s]
+    assert series["count"] == 2 + FANOUT  # /cursor, /cursor_fetch, /cursors_n1: one per cursor
+    (gather,) = [n for n in report["n_plus_one"] if n["route"] == "/gather"]
+    assert gather["code_location"] == f"{APP_FILE}:{marker_line(APP, 'gather')}", gather
