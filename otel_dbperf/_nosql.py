@@ -49,7 +49,7 @@ NOSQL_SYSTEMS = frozenset(
 )
 
 # The kinds of a query (Query.kind, set by the processor when its span ends)
-KIND_QUERY, KIND_SETUP, KIND_NOSQL, KIND_NOSQL_FRAMEWORK = 0, 1, 2, 3
+KIND_QUERY, KIND_SETUP, KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_CURSOR_FETCH = 0, 1, 2, 3, 4
 
 MAX_CALLS = 10_000  # calls of one request kept for its roll-up; past it they are not counted
 _lock = _forksafe.lock("nosql.calls")

@@ -26,6 +26,10 @@ QUERY_SETUP = "dbperf.query.setup"
 QUERY_NOSQL = "dbperf.query.nosql"
 # True on a call with no application frame on the stack (a Celery worker's broker/result-backend traffic)
 QUERY_FRAMEWORK = "dbperf.query.framework"
+# True on a later fetch of a cursor read in several round trips (asyncpg's `async for` over conn.cursor(),
+# Cursor.fetch()): the cursor's first fetch span is the query; the later ones are not counted again
+# (their time is added to the request's dbperf.db.duration_ms)
+QUERY_CURSOR_FETCH = "dbperf.query.cursor_fetch"
 # True on a SELECT that exactly repeats (same statement, same parameters) an earlier one of its request
 QUERY_DUPLICATE = "dbperf.query.duplicate"
 

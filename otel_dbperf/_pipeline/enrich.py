@@ -24,7 +24,7 @@ from .. import attributes as A
 from .._error_kind import AppError
 from .._errors import opaque_error_text, scrub_error_text, scrub_traceback
 from .._guard import internal_error
-from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, nosql_rollup
+from .._nosql import KIND_CURSOR_FETCH, KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, nosql_rollup
 from .._sdk_compat import (
     attr_dict,
     attributes_of,
@@ -208,6 +208,8 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.QUERY_SLOW] = slow
             if kind == KIND_NOSQL:
                 attrs[A.QUERY_NOSQL] = True
+            elif kind == KIND_CURSOR_FETCH:  # a later fetch of a cursor: its first fetch is the query
+                attrs[A.QUERY_CURSOR_FETCH] = True
         if query.cpu_ns >= 0:
             attrs[A.CPU_TIME_MS] = query.cpu_ns / 1e6
         location = query.location

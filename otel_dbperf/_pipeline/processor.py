@@ -17,6 +17,7 @@ import sys
 import weakref
 from _thread import get_ident
 from itertools import islice
+from types import FrameType
 from typing import Any
 
 from opentelemetry.context import Context
@@ -28,7 +29,15 @@ from .. import _error_kind, _forksafe
 from .. import attributes as A
 from .._error_kind import app_error
 from .._guard import internal_error
-from .._nosql import KIND_NOSQL, KIND_NOSQL_FRAMEWORK, KIND_QUERY, KIND_SETUP, NOSQL_SYSTEMS, add_call
+from .._nosql import (
+    KIND_CURSOR_FETCH,
+    KIND_NOSQL,
+    KIND_NOSQL_FRAMEWORK,
+    KIND_QUERY,
+    KIND_SETUP,
+    NOSQL_SYSTEMS,
+    add_call,
+)
 from .._resources import rss_bytes, thread_time_ns
 from .._sdk_compat import default_span_status, span_id_of
 from ..settings import Settings
@@ -45,8 +54,10 @@ _SPAN_END = Span.end.__code__
 _UNSET_STATUS = default_span_status()
 _QUALNAME = "co_qualname" if sys.version_info >= (3, 11) else "co_name"
 _getframe = sys._getframe  # noqa: SLF001
+_FRAME = FrameType
 _new = object.__new__
 MAX_PENDING = 100_000  # open spans / spans awaiting export that are tracked at once
+MAX_CURSORS = 256  # cursors whose first fetch was seen, kept to tell their later fetches (then forgotten)
 _SHARED_LOCK = _forksafe.lock("processor.shared")  # export threads only (several exporters share a payload)
 _OVERFLOW_LOCK = _forksafe.lock("processor.overflow")  # a request past the cap of records
 
@@ -108,6 +119,9 @@ class DbPerfSpanProcessor(SpanProcessor):
         # attach_error_counter
         self._count_error: Any = None
         self._orm_scope: Any = None  # the SQLAlchemy instrumentation's InstrumentationScope, once seen
+        # id -> an asyncpg cursor whose first fetch span ended (held, so that its id is not reused while
+        # it is here): its later fetches are KIND_CURSOR_FETCH
+        self._cursors: dict[int, Any] = {}
         _processors.add(self)
 
     def forget_after_fork(self) -> None:
@@ -310,12 +324,18 @@ class DbPerfSpanProcessor(SpanProcessor):
                 code = frame.f_code
                 if code is not self._end_code and self._end_callers.get(id(code)) is not code:
                     frame = self._end_caller()
-            found, lazy, hint = app.walk(frame)
+            found, lazy, hint, cursor = app.walk(frame)
+            awaiter = None
             if lazy is not None:
                 relationship = lazy_loaded_relationship(lazy)
-            if hint is SETUP:  # Django's connection setup issued it
+            if hint is SETUP:  # Django's connection setup or a pool's housekeeping issued it
                 kind = KIND_SETUP
                 hint = None
+            elif hint.__class__ is _FRAME:  # asyncio's loop below the task's frames, none of them the app's
+                found, awaiter = app.awaited_from(hint)  # the app frame that awaits the task, if any
+                hint = None
+            if cursor is not None and kind == KIND_QUERY:
+                kind = self._cursor_fetch(cursor, request, duration)
             if found is not None:
                 if hint is None:  # location_of inlined
                     code = found.f_code
@@ -324,7 +344,7 @@ class DbPerfSpanProcessor(SpanProcessor):
                     location = location_of(found, hint)
                 if slow and duration >= self._stack_ns:
                     settings = self.settings
-                    stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source)
+                    stack = app.stacktrace(frame, settings.stacktrace_max_frames, settings.stacktrace_source, awaiter)
             elif kind == KIND_NOSQL:
                 kind = KIND_NOSQL_FRAMEWORK  # no application frame: the framework's own traffic
         query.location = location
@@ -357,9 +377,23 @@ class DbPerfSpanProcessor(SpanProcessor):
         else:
             self._publish(span_id, query)
         submit = self._submit
-        # connection spans and setup statements are no operation of the application
-        if submit is not None and kind != KIND_SETUP and not nested:
+        # connection spans, setup statements and a cursor's later fetches are no operation of the application
+        if submit is not None and kind != KIND_SETUP and kind != KIND_CURSOR_FETCH and not nested:
             submit(span, query)
+
+    def _cursor_fetch(self, cursor: Any, request: Request | None, duration: int) -> int:
+        """The kind of a fetch span of asyncpg ``cursor``: KIND_QUERY for its first (remembered), else
+        KIND_CURSOR_FETCH, its time added to the request's DB time."""
+        cursors = self._cursors
+        key = id(cursor)
+        if cursors.get(key) is cursor:
+            if request is not None:
+                request.fetch_ns += duration
+            return KIND_CURSOR_FETCH
+        if len(cursors) >= MAX_CURSORS:
+            cursors.clear()  # a cursor still being read then counts its next fetch once more
+        cursors[key] = cursor
+        return KIND_QUERY
 
     def _app_error(self, query: Query, statement: Any) -> None:
         """A failed DB span: whether its error text is the application's (from the exception being

@@ -87,7 +87,9 @@ class Query:
         # KIND_QUERY a SQL query of the application; KIND_SETUP a connection span or a statement of the
         # framework's connection setup (not a query: not counted, no slow flag); KIND_NOSQL a call to a
         # key-value or document store (its own roll-up, see _nosql); KIND_NOSQL_FRAMEWORK one with no
-        # application frame on the stack (a worker's broker and result-backend traffic): not rolled up
+        # application frame on the stack (a worker's broker and result-backend traffic): not rolled up;
+        # KIND_CURSOR_FETCH a later fetch of a cursor whose first fetch is the query (its time goes to
+        # the request's DB time, nothing else)
         "kind",
         # off the request thread
         "facts",  # its Analysis, once made (see analysis())
@@ -150,7 +152,7 @@ class Request:
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss", "ended",
         "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup", "calls",
-        "app_error",
+        "app_error", "fetch_ns",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -158,6 +160,7 @@ class Request:
         self.records: list[Query] = []  # appended by request threads (atomic), read by index
         self.overflow = [0, 0, 0]  # beyond the cap only totals are kept: count, duration_ns, slow
         self.open_orm = 0  # ORM-level DB spans in flight (driver spans inside them are not counted twice)
+        self.fetch_ns = 0  # the time of its cursors' later fetches (KIND_CURSOR_FETCH): DB time, no query
         self.cpu0 = cpu0
         self.cpu_ns = 0
         self.rss0 = rss0
@@ -261,7 +264,7 @@ class Rollup:
     def __init__(self, request: Request, thresholds: Thresholds) -> None:
         records = list(request.records[: request.cursor])
         more, more_ns, more_slow = request.overflow
-        db_ns, slow = more_ns, more_slow
+        db_ns, slow = more_ns + request.fetch_ns, more_slow
         for query in records:
             db_ns += query.duration_ns
             slow += query.slow

@@ -167,8 +167,8 @@ ATTRIBUTE_TYPES = {
         _STRING,
     ),
     **dict.fromkeys(
-        (A.QUERY_SLOW, A.QUERY_DUPLICATE, A.QUERY_NESTED, A.QUERY_SETUP, A.QUERY_NOSQL, A.N_PLUS_ONE_DETECTED,
-         A.NOSQL_REPEAT_DETECTED),
+        (A.QUERY_SLOW, A.QUERY_DUPLICATE, A.QUERY_NESTED, A.QUERY_SETUP, A.QUERY_NOSQL, A.QUERY_CURSOR_FETCH,
+         A.N_PLUS_ONE_DETECTED, A.NOSQL_REPEAT_DETECTED),
         _FLAG,
     ),
     **dict.fromkeys(
@@ -474,8 +474,11 @@ class Report:
         a = span.attributes
         if A.QUERY_FINGERPRINT in a:
             # nested: the same query as its ORM-level span; setup: the framework's connection setup;
-            # nosql: a call to a key-value or document store, reported with its request
-            if not (a.get(A.QUERY_NESTED) or a.get(A.QUERY_SETUP) or a.get(A.QUERY_NOSQL)):
+            # nosql: a call to a key-value or document store, reported with its request; cursor_fetch: a
+            # cursor's later fetch (its first fetch is the query)
+            if not (
+                a.get(A.QUERY_NESTED) or a.get(A.QUERY_SETUP) or a.get(A.QUERY_NOSQL) or a.get(A.QUERY_CURSOR_FETCH)
+            ):
                 self._add_query(span)
         elif A.DB_QUERY_COUNT in a or (span.kind == _SERVER and not span.parent_span_id):
             self._add_request(span)
