@@ -34,13 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from google.protobuf import json_format
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 
+from otel_dbperf.dbmonitor.filesink import JsonLinesLogExporter
 from otel_dbperf.dbmonitor.statements import emit_statements
-from otel_dbperf.exporters.otlp_json_file import _hex_ids
 from otel_dbperf.report.cli import main as report_main
 from otel_dbperf.report.demo import HERE as SHOP_DIR
 from otel_dbperf.report.demo import TRAFFIC as SHOP_TRAFFIC
@@ -50,24 +48,6 @@ DJSITE = ROOT / "tests" / "apps" / "djsite"
 BIN = Path(sys.executable).parent
 DB = "dbperf_bench_join"
 DJANGO_TRAFFIC = (("GET", "/questions"), ("GET", "/questions-jinja"), ("GET", "/question/1"), ("GET", "/question/3"))
-
-
-class JsonLinesLogs(LogRecordExporter):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        message = json_format.MessageToDict(encode_logs(batch), use_integers_for_enums=True)
-        _hex_ids(message)
-        with self.path.open("a") as f:
-            f.write(json.dumps(message) + "\n")
-        return LogRecordExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def request(base: str, method: str, path: str) -> int:
@@ -123,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         monitor = psycopg.connect(host="127.0.0.1", user="postgres", dbname=DB, autocommit=True)
         monitor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(JsonLinesLogs(server)))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(JsonLinesLogExporter(str(server))))
     logger = provider.get_logger("otel_dbperf.dbmonitor")
     emit_statements(monitor, dialect, logger)  # the baseline
     port = free_port()

@@ -12,42 +12,18 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from conftest import PG_DB, base_env, get, serve, until
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 
+from otel_dbperf.dbmonitor.filesink import JsonLinesLogExporter
 from otel_dbperf.dbmonitor.samples import emit_samples
-from otel_dbperf.exporters.otlp_json_file import _hex_ids
 
 SECRET = "s3cr3t-lock-value"  # tests/apps/dbsamples_lock_app.py's literal
-
-
-class _JsonLinesLogs(LogRecordExporter):
-    """Log records as OTLP JSON lines (the file sink's format)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        from google.protobuf import json_format
-
-        message = json_format.MessageToDict(encode_logs(batch), use_integers_for_enums=True)
-        _hex_ids(message)
-        with self.path.open("a") as f:
-            f.write(json.dumps(message) + "\n")
-        return LogRecordExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -69,7 +45,7 @@ def test_lock_wait_sample_links_waiter_and_blocker_traces(receiver: Any, pg_sync
     env = base_env(receiver, APP_DB_URL=pg_sync_url, DBPERF_SQLCOMMENTER="true")
     log_file = tmp_path / "dbmonitor.jsonl"
     provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(_JsonLinesLogs(log_file)))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(JsonLinesLogExporter(str(log_file))))
     logger = provider.get_logger("otel_dbperf.dbmonitor")
     monitor = psycopg.connect(host="127.0.0.1", user="postgres", dbname=PG_DB, autocommit=True)
 

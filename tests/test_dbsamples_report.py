@@ -14,43 +14,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from conftest import APPS, PG_DB, REQUIRE_SERVICES
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 
+from otel_dbperf.dbmonitor.filesink import JsonLinesLogExporter
 from otel_dbperf.dbmonitor.statements import emit_statements
-from otel_dbperf.exporters.otlp_json_file import _hex_ids
 from otel_dbperf.report.cli import main
 from otel_dbperf.report.workload import text_key
 
 BIN = Path(sys.executable).parent
-
-
-class _JsonLinesLogs(LogRecordExporter):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        from google.protobuf import json_format
-
-        message = json_format.MessageToDict(encode_logs(batch), use_integers_for_enums=True)
-        _hex_ids(message)
-        with self.path.open("a") as f:
-            f.write(json.dumps(message) + "\n")
-        return LogRecordExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def _run(env: dict[str, str], *cmd: str) -> None:
@@ -75,7 +52,7 @@ def test_report_joins_server_statistics_to_fingerprints(pg_sync_url: str, tmp_pa
         pytest.fail(reason) if REQUIRE_SERVICES else pytest.skip(reason)
     monitor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(_JsonLinesLogs(server)))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(JsonLinesLogExporter(str(server))))
     logger = provider.get_logger("otel_dbperf.dbmonitor")
     assert emit_statements(monitor, "postgresql", logger) == 0  # the baseline
     app_env = {
