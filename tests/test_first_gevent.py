@@ -10,91 +10,30 @@ names (its warning silenced by the documented ``PYTHONWARNINGS``).
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REQUIRE_SERVICES, free_port
+from conftest import free_port
+from support.stock_venv import FLASK_SQLITE_APP, stock_venv
 
 from otel_dbperf import attributes as A
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "stock-venvs"
 DEPS = ("flask", "sqlalchemy", "gunicorn", "gevent")
 
-APP = """
-import os
-import sqlalchemy as sa
-from flask import Flask
-
-engine = sa.create_engine("sqlite:///" + os.environ["APP_DB"])
-app = Flask(__name__)
-
-
-@app.get("/")
-def index():
-    with engine.connect() as conn:
-        return str(conn.execute(sa.text("SELECT 41 + 1")).scalar())
-"""
-
-
-def _source_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "otel_dbperf").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "-q", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+APP = FLASK_SQLITE_APP
 
 
 @pytest.fixture(scope="module")
 def venv() -> Path:
-    parts = [(REPO / "pyproject.toml").read_bytes(), *map(str.encode, DEPS), sys.version.encode()]
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    venv = CACHE / f"gevent-{key}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"gevent-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        built, installed = venv / ".built", venv / ".otel-dbperf-source"
-        if not built.exists():
-            for old in CACHE.glob("gevent-*"):
-                if old.is_dir():
-                    shutil.rmtree(old)
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-            proc = _pip(venv, "install", f"{REPO}[flask]", *DEPS)
-            if proc.returncode != 0:
-                reason = f"gevent's venv could not be built:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-                if REQUIRE_SERVICES:
-                    pytest.fail(reason)
-                pytest.skip(reason)
-            built.write_text("")
-            installed.write_text(_source_hash())
-        elif not installed.exists() or installed.read_text() != _source_hash():
-            for args in (("uninstall", "-y", "otel-dbperf"), ("install", "--no-deps", f"{REPO}[flask]")):
-                proc = _pip(venv, *args)
-                assert proc.returncode == 0, proc.stderr[-2000:]
-            installed.write_text(_source_hash())
-    return venv
+    return stock_venv("gevent", "flask", DEPS, may_skip=True)
 
 
 def _documented_warnings_setting() -> str:

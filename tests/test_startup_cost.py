@@ -15,35 +15,18 @@ otel-dbperf alone is reinstalled when its files change).
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.stock_venv import FLASK_SQLITE_APP, stock_venv
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "stock-venvs"
 DEPS = ("flask", "sqlalchemy")
 
-APP = """
-import os
-import sqlalchemy as sa
-from flask import Flask
-
-engine = sa.create_engine("sqlite:///" + os.environ["APP_DB"])
-app = Flask(__name__)
-
-
-@app.get("/")
-def index():
-    with engine.connect() as conn:
-        return str(conn.execute(sa.text("SELECT 41 + 1")).scalar())
-"""
+APP = FLASK_SQLITE_APP
 
 RUN = """
 import json, sys
@@ -67,51 +50,10 @@ print(json.dumps({"started": started, "started_lexers": started_lexers, "status"
 """
 
 
-def _source_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "otel_dbperf").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _pip(venv: Path, *args: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "-q", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"pip {' '.join(args)} failed in {venv}:\n{proc.stdout}\n{proc.stderr}")
-
-
 @pytest.fixture(scope="module")
 def venv() -> Path:
     """``pip install "<repo>[flask]" flask sqlalchemy`` into a venv of its own (cached)."""
-    parts = [(REPO / "pyproject.toml").read_bytes(), *map(str.encode, DEPS), sys.version.encode()]
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    venv = CACHE / f"startup-flask-{key}"
-    requirement = f"{REPO}[flask]"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"startup-flask-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        built, installed = venv / ".built", venv / ".otel-dbperf-source"
-        if not built.exists():
-            for old in CACHE.glob("startup-flask-*"):
-                if old.is_dir():
-                    shutil.rmtree(old)
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-            _pip(venv, "install", requirement, *DEPS)
-            built.write_text("")
-            installed.write_text(_source_hash())
-        elif not installed.exists() or installed.read_text() != _source_hash():
-            _pip(venv, "uninstall", "-y", "otel-dbperf")
-            _pip(venv, "install", "--no-deps", requirement)
-            installed.write_text(_source_hash())
-    return venv
+    return stock_venv("startup-flask", "flask", DEPS)
 
 
 def _imported_per_process(importtime: str) -> list[set[str]]:

@@ -14,14 +14,9 @@ under ``opentelemetry-instrument``: the app's console output must not change.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,11 +33,11 @@ from support.django_site import (
     seed_site,
     template_n_plus_one,
 )
+from support.stock_venv import stock_venv
 
 from otel_dbperf import attributes as A
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "stock-venvs"
 
 FLASK_DEPS = ("Flask-SQLAlchemy", "gunicorn", "psycopg[binary]")
 FASTAPI_DEPS = ("fastapi", "uvicorn", "sqlalchemy", "psycopg[binary]")
@@ -50,72 +45,24 @@ DJANGO_DEPS = ("django", "gunicorn", "jinja2")  # tests/apps/djsite on SQLite (i
 CELERY_DEPS = ("celery[redis]", "sqlalchemy")  # tests/apps/celery_tasks.py: Redis broker, SQLAlchemy on SQLite
 
 
-def _source_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "otel_dbperf").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _pip(venv: Path, *args: str) -> None:
-    """``pip *args`` on ``venv``'s Python, run by this interpreter's pip: the venvs are made without
-    pip of their own (its ensurepip took 5-8 s of each build)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "-q", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"pip {' '.join(args)} failed in {venv}:\n{proc.stdout}\n{proc.stderr}")
-
-
-def stock_venv(extra: str, deps: tuple[str, ...]) -> Path:
-    """The cached venv of ``pip install "<repo>[extra]" *deps``, with the current otel-dbperf in it."""
-    parts = [(REPO / "pyproject.toml").read_bytes(), extra.encode(), *map(str.encode, deps), sys.version.encode()]
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    venv = CACHE / f"{extra}-{key}"
-    requirement = f"{REPO}[{extra}]"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{extra}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time
-        built, installed = venv / ".built", venv / ".otel-dbperf-source"
-        if not built.exists():
-            for old in CACHE.glob(f"{extra}-*"):
-                if old.is_dir():
-                    shutil.rmtree(old)  # an older pyproject's venv
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-            _pip(venv, "install", requirement, *deps)
-            built.write_text(requirement + "\n" + "\n".join(deps) + "\n")
-            installed.write_text(_source_hash())
-        elif not installed.exists() or installed.read_text() != _source_hash():
-            _pip(venv, "uninstall", "-y", "otel-dbperf")
-            _pip(venv, "install", requirement, *deps)
-            installed.write_text(_source_hash())
-    return venv
-
-
 @pytest.fixture(scope="module")
 def flask_venv() -> Path:
-    return stock_venv("flask", FLASK_DEPS)
+    return stock_venv("flask", "flask", FLASK_DEPS)
 
 
 @pytest.fixture(scope="module")
 def fastapi_venv() -> Path:
-    return stock_venv("fastapi", FASTAPI_DEPS)
+    return stock_venv("fastapi", "fastapi", FASTAPI_DEPS)
 
 
 @pytest.fixture(scope="module")
 def django_venv() -> Path:
-    return stock_venv("django", DJANGO_DEPS)
+    return stock_venv("django", "django", DJANGO_DEPS)
 
 
 @pytest.fixture(scope="module")
 def celery_venv() -> Path:
-    return stock_venv("celery", CELERY_DEPS)
+    return stock_venv("celery", "celery", CELERY_DEPS)
 
 
 @pytest.fixture
