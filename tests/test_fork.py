@@ -276,6 +276,8 @@ def test_no_module_makes_a_lock_but_the_registry() -> None:
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "_forksafe.py" and path.parent == PACKAGE:
             continue
+        if path == PACKAGE / "dbmonitor" / "cli.py":
+            continue  # ``otel-dbperf dbmonitor``'s own process (its stop event): never an app's, never forked
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module in ("threading", "_thread", "multiprocessing"):

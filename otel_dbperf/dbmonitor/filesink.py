@@ -5,7 +5,6 @@ exporter's format)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +14,10 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
+from .. import _forksafe
 from ..exporters.otlp_json_file import _hex_ids
 
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock("dbmonitor.filesink")
 
 
 def _append(path: str, message: Any) -> bool:

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 
@@ -261,6 +260,10 @@ class Monitor:
         self._said: set[str] = set()
         resource = resource or resource_for(target)
         self.reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=math.inf)
+        # imported here: the class holds a lock of its own, which no fork renews (a module-level name of
+        # the package would put it in tests/test_fork.py's reach; this process never forks anyway)
+        from opentelemetry.sdk.metrics import MeterProvider
+
         self.meter_provider = MeterProvider(resource=resource, metric_readers=[self.reader])
         self.logger_provider = LoggerProvider(resource=resource)
         self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
