@@ -8,7 +8,7 @@ the report) nor compile the statement lexers of dialects it never meets. Asserte
 modules and lexers a process holds, never on a timing; the time figures are
 ``bench/startup.py``'s.
 
-Run in a stock venv: ``pip install "<repo>[flask]" flask sqlalchemy`` and nothing else, cached
+Run in a stock venv: ``pip install "<repo>[flask]" Flask-SQLAlchemy gunicorn psycopg[binary]`` and nothing else (test_stock_install.py's Flask venv), cached
 under ``.cache/stock-venvs/`` (keyed by pyproject.toml, the dependencies and the Python version;
 otel-dbperf alone is reinstalled when its files change).
 """
@@ -21,10 +21,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.stock_venv import FLASK_SQLITE_APP, stock_venv
+from support.stock_venv import FLASK_DEPS, FLASK_SQLITE_APP, stock_venv
 
 REPO = Path(__file__).resolve().parent.parent
-DEPS = ("flask", "sqlalchemy")
 
 APP = FLASK_SQLITE_APP
 
@@ -52,8 +51,8 @@ print(json.dumps({"started": started, "started_lexers": started_lexers, "status"
 
 @pytest.fixture(scope="module")
 def venv() -> Path:
-    """``pip install "<repo>[flask]" flask sqlalchemy`` into a venv of its own (cached)."""
-    return stock_venv("startup-flask", "flask", DEPS)
+    """test_stock_install.py's Flask venv: ``pip install "<repo>[flask]"`` and the app's own dependencies."""
+    return stock_venv("flask", "flask", FLASK_DEPS)  # test_stock_install.py's
 
 
 def _imported_per_process(importtime: str) -> list[set[str]]:

@@ -33,13 +33,12 @@ from support.django_site import (
     seed_site,
     template_n_plus_one,
 )
-from support.stock_venv import stock_venv
+from support.stock_venv import FLASK_DEPS, stock_venv
 
 from otel_dbperf import attributes as A
 
 REPO = Path(__file__).resolve().parent.parent
 
-FLASK_DEPS = ("Flask-SQLAlchemy", "gunicorn", "psycopg[binary]")
 FASTAPI_DEPS = ("fastapi", "uvicorn", "sqlalchemy", "psycopg[binary]")
 DJANGO_DEPS = ("django", "gunicorn", "jinja2")  # tests/apps/djsite on SQLite (its settings name a Jinja2 backend)
 CELERY_DEPS = ("celery[redis]", "sqlalchemy")  # tests/apps/celery_tasks.py: Redis broker, SQLAlchemy on SQLite

@@ -22,6 +22,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "stock-venvs"
 
+#: the Flask app's own dependencies in a stock venv (``stock_venv("flask", "flask", FLASK_DEPS)``, shared
+#: by the tests that need a Flask + SQLAlchemy app installed the way users install it)
+FLASK_DEPS = ("Flask-SQLAlchemy", "gunicorn", "psycopg[binary]")
+
 #: a Flask + SQLAlchemy app on SQLite (its database file from ``APP_DB``), imported as ``app``
 FLASK_SQLITE_APP = """
 import os
