@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+
+import pytest
+
+from otel_dbperf import _guard
+
+_guard.RERAISE = True  # the guard's own bugs fail these tests loudly
+
+import library  # noqa: E402 - after the guard's set-up: its engine and app are traced
+
+SPANS: collections.Counter[str] = collections.Counter()
+
+
+class _Counting:
+    """Counts the spans made, by instrumentation scope."""
+
+    def on_start(self, span, parent_context=None):  # type: ignore[no-untyped-def]
+        SPANS[span.instrumentation_scope.name] += 1
+
+    def _on_ending(self, span):  # type: ignore[no-untyped-def]
+        pass
+
+    def on_end(self, span):  # type: ignore[no-untyped-def]
+        pass
+
+    def shutdown(self):  # type: ignore[no-untyped-def]
+        pass
+
+    def force_flush(self, timeout_millis=30000):  # type: ignore[no-untyped-def]
+        return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from opentelemetry import trace
+
+    trace.get_tracer_provider().add_span_processor(_Counting())  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def client():  # type: ignore[no-untyped-def]
+    library.seed()
+    return library.app.test_client()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    probe = sys.modules.get("cost_probe")
+    facts = {
+        "spans": dict(SPANS),
+        "modules": sorted(m for m in sys.modules if m.startswith(("otel_dbperf", "opentelemetry.sdk.metrics"))),
+        "checked": sorted(probe.CHECKED) if probe is not None else None,
+    }
+    with open(os.environ["GUARD_COST_OUT"], "w") as out:
+        json.dump(facts, out)
