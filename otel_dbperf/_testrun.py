@@ -79,6 +79,19 @@ class TestSink:
     def request(self, span: ReadableSpan, request: Request, rollup: Rollup, route: str) -> None:
         self.requests.append((span, request, rollup, route))
 
+    def clear(self, unlink: bool) -> None:
+        """Forget the last test's queries and requests; ``unlink``: with no exporter left to read them,
+        each query's link to its request is cut (a request and its queries are a reference cycle,
+        which only the garbage collector would free: many of them make it run more often)."""
+        if unlink:
+            for _span, request, _rollup, _route in self.requests:
+                for query in request.records:
+                    query.request = None
+                for call in request.calls or ():
+                    call.request = None
+        self.queries.clear()
+        self.requests.clear()
+
     def after_fork_in_child(self) -> None:
         self.queries.clear()
         self.requests.clear()
@@ -251,8 +264,7 @@ class Guard:
     def start_test(self, nodeid: str) -> None:
         """The test's root span, and its remote stand-in as the current span."""
         self.deriver.drain()
-        self.sink.queries.clear()
-        self.sink.requests.clear()
+        self.sink.clear(unlink=self.lean)
         if self.lean:
             trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1
             self.processor.open_request(span_id)

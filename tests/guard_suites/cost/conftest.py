@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import os
 import sys
@@ -35,6 +36,11 @@ class _Counting:
         return True
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what only the garbage collector frees is kept in gc.garbage, counted below
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from opentelemetry import trace
 
@@ -49,10 +55,15 @@ def client():  # type: ignore[no-untyped-def]
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     probe = sys.modules.get("cost_probe")
+    gc.collect()
+    cyclic = sum(1 for o in gc.garbage if type(o).__module__.startswith("otel_dbperf."))
+    gc.set_debug(0)
+    gc.garbage.clear()
     facts = {
         "spans": dict(SPANS),
         "modules": sorted(m for m in sys.modules if m.startswith(("otel_dbperf", "opentelemetry.sdk.metrics"))),
         "checked": sorted(probe.CHECKED) if probe is not None else None,
+        "cyclic": cyclic,
     }
     with open(os.environ["GUARD_COST_OUT"], "w") as out:
         json.dump(facts, out)
