@@ -13,7 +13,8 @@ around its queries). The test's context does not hold that span but a remote sta
 a framework's server span started in the test (a test client's request) has a remote parent, so
 it is a roll-up root of its own (ten requests of one query each are no N+1), while a DB span
 started right in the test joins the test's roll-up (see ``DbPerfSpanProcessor.on_start``).
-Queries and roll-ups are counted per test: the queue is drained when a test starts and when it ends.
+Queries and roll-ups are counted per test: the queue is emptied (underived) when a test starts and
+drained when it ends.
 
 What no verdict reads is left out (unless ``--dbperf-report`` asks for the run's spans, which the
 report reads): the test's root span (the processor keeps the test's request without one,
@@ -263,7 +264,7 @@ class Guard:
     # ---- per test ------------------------------------------------------------------------
     def start_test(self, nodeid: str) -> None:
         """The test's root span, and its remote stand-in as the current span."""
-        self.deriver.drain()
+        self.deriver.discard()  # the set-up's queries (and the last tear-down's): not the test's, not analysed
         self.sink.clear(unlink=self.lean)
         if self.lean:
             trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1

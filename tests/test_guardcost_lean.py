@@ -79,6 +79,15 @@ def test_a_tests_records_are_freed_without_the_garbage_collector(lean: tuple[Run
     assert facts["cyclic"] == 0
 
 
+def test_queries_outside_a_tests_call_are_not_analysed(lean: tuple[Run, dict[str, object]]) -> None:
+    _, facts = lean
+    analysed = facts["analysed"]
+    assert isinstance(analysed, list)
+    assert any("FROM authors" in s for s in analysed)  # the tests' own queries are
+    # a fixture's set-up and tear-down are not counted: their statements need no fingerprint either
+    assert not [s for s in analysed if "set-up only" in s or "tear-down only" in s]
+
+
 def test_the_report_keeps_every_span(tmp_path: Path) -> None:
     report = tmp_path / "run.jsonl"
     result, facts = _run(tmp_path, "--dbperf-report", str(report))

@@ -15,6 +15,20 @@ _guard.RERAISE = True  # the guard's own bugs fail these tests loudly
 import library  # noqa: E402 - after the guard's set-up: its engine and app are traced
 
 SPANS: collections.Counter[str] = collections.Counter()
+ANALYSED: list[str] = []  # the statements otel-dbperf analysed (fingerprint, summary, sanitized text)
+
+
+def _counting_analysis(analysis):  # type: ignore[no-untyped-def]
+    def counted(query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        ANALYSED.append(str(query.statement))
+        return analysis(query, *args, **kwargs)
+
+    return counted
+
+
+from otel_dbperf._pipeline.record import Query  # noqa: E402
+
+Query.analysis = _counting_analysis(Query.analysis)  # type: ignore[method-assign]
 
 
 class _Counting:
@@ -53,6 +67,15 @@ def client():  # type: ignore[no-untyped-def]
     return library.app.test_client()
 
 
+@pytest.fixture
+def set_up_query():  # type: ignore[no-untyped-def]
+    with library.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 'set-up only'").all()
+    yield
+    with library.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 'tear-down only'").all()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     probe = sys.modules.get("cost_probe")
     gc.collect()
@@ -64,6 +87,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "modules": sorted(m for m in sys.modules if m.startswith(("otel_dbperf", "opentelemetry.sdk.metrics"))),
         "checked": sorted(probe.CHECKED) if probe is not None else None,
         "cyclic": cyclic,
+        "analysed": ANALYSED,
     }
     with open(os.environ["GUARD_COST_OUT"], "w") as out:
         json.dump(facts, out)

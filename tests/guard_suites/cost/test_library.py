@@ -33,5 +33,5 @@ def test_raw_sqlite3_loop_fails(tmp_path) -> None:  # type: ignore[no-untyped-de
     conn.close()
 
 
-def test_no_query_passes() -> None:
+def test_no_query_passes(set_up_query) -> None:  # type: ignore[no-untyped-def]
     assert True
