@@ -98,7 +98,7 @@ def dialect_of(system: object) -> str:
 # _ space, O any other character.
 # Identifiers: ASCII letters, digits, "_" ("$" after the first character) and every code point from
 # U+0080 up, spelled as the complement of the ASCII characters they leave out: the same classes, but
-# re's compiler walks a range up to U+10FFFF code point by code point (~25 ms per lexer at first use)
+# re's compiler walks a range up to U+10FFFF code point by code point (~5 ms per lexer at first use)
 _ID_START = r"[^\x00-\x40\x5b-\x5e\x60\x7b-\x7f]"  # A-Za-z_ and U+0080..U+10FFFF
 _ID_CONT = r"[^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"  # A-Za-z0-9_$ and U+0080..
 _ID_CONT_NO_DOLLAR = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"  # A-Za-z0-9_ and U+0080..

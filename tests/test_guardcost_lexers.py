@@ -1,5 +1,5 @@
 """The statement lexers compile without walking Unicode code point by code point (their first use in a
-process, e.g. the pytest guard's first query, paid ~25 ms for it), and read the same words as before."""
+process, e.g. the pytest guard's first query, paid ~5 ms for it), and read the same words as before."""
 
 from __future__ import annotations
 
