@@ -8,8 +8,9 @@ instrumentations, the SQLAlchemy listeners, and a derivation thread whose one si
 its location, relationship and fix are the processor's own (:class:`~._pipeline.record.Rollup`,
 :func:`~._pipeline.suggest.relationship_fix`), never recomputed here.
 
-Each test's call runs under a root span of its own (the test is a request when no server span is
-around its queries). The test's context does not hold that span but a remote stand-in for it:
+Each test's call runs under a root of its own (the test is a request when no server span is
+around its queries): a span with ``--dbperf-report``, else a request the processor keeps with no
+span. The test's context does not hold that root but a remote stand-in for it:
 a framework's server span started in the test (a test client's request) has a remote parent, so
 it is a roll-up root of its own (ten requests of one query each are no N+1), while a DB span
 started right in the test joins the test's roll-up (see ``DbPerfSpanProcessor.on_start``).

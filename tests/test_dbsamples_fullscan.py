@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from otel_dbperf.report.workload import WorkloadStats
 from otel_dbperf.report.summary import Report
+from otel_dbperf.report.workload import WorkloadStats
 
 
 def _record(summary: str, fingerprint: str, calls: int, no_index: int, examined: int) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from ..settings import Settings
 from . import compare as report_compare
 from .console import EXIT_NO_DATA, EXIT_OK, EXIT_USAGE, time_ns
 from .markup import printable
-from .workload import WorkloadStats, annotate
 from .summary import Filters, ReadStats, Report, json_text, read_files, render_text
+from .workload import WorkloadStats, annotate
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:

@@ -15,10 +15,9 @@ def test_fixed_request_passes(client) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.dbperf(max_duplicates=0)
 def test_duplicates_fails(client) -> None:  # type: ignore[no-untyped-def]
+    import library
     from sqlalchemy import select
     from sqlalchemy.orm import Session
-
-    import library
 
     with Session(library.engine) as session:
         for _ in range(2):
