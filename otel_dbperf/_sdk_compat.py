@@ -341,6 +341,16 @@ def db_api_integration_of(proxy: Any) -> Any:
     return proxy._self_db_api_integration  # noqa: SLF001
 
 
+def contrib_connect_original(connect: Any) -> Any:
+    """The driver's own ``connect`` behind contrib's DB-API connection wrapper (``dbapi.wrap_connect``:
+    a wrapt ``FunctionWrapper`` whose wrapper, ``_self_wrapper``, is contrib's), or None when ``connect``
+    is not wrapped by an OpenTelemetry instrumentation (another wrapper is never stepped over)."""
+    wrapper = getattr(connect, "_self_wrapper", None)
+    if wrapper is None or not str(getattr(wrapper, "__module__", "")).startswith("opentelemetry.instrumentation."):
+        return None
+    return getattr(connect, "__wrapped__", None)
+
+
 # ---- the OTLP/HTTP span exporter (``exporters/_otlp.py``) ---------------------------------
 def otlp_export_parts(exporter: Any) -> tuple[Any, Any, int] | None:
     """``(exporter._client, exporter._metrics, exporter._max_request_size)`` of exactly the SDK's

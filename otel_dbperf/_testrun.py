@@ -8,12 +8,21 @@ instrumentations, the SQLAlchemy listeners, and a derivation thread whose one si
 its location, relationship and fix are the processor's own (:class:`~._pipeline.record.Rollup`,
 :func:`~._pipeline.suggest.relationship_fix`), never recomputed here.
 
-Each test's call runs under a root span of its own (the test is a request when no server span is
-around its queries). The test's context does not hold that span but a remote stand-in for it:
+Each test's call runs under a root of its own (the test is a request when no server span is
+around its queries): a span with ``--dbperf-report``, else a request the processor keeps with no
+span. The test's context does not hold that root but a remote stand-in for it:
 a framework's server span started in the test (a test client's request) has a remote parent, so
 it is a roll-up root of its own (ten requests of one query each are no N+1), while a DB span
 started right in the test joins the test's roll-up (see ``DbPerfSpanProcessor.on_start``).
-Queries and roll-ups are counted per test: the queue is drained when a test starts and when it ends.
+Queries and roll-ups are counted per test: the queue is emptied (underived) when a test starts and
+drained when it ends.
+
+What no verdict reads is left out (unless ``--dbperf-report`` asks for the run's spans, which the
+report reads): the test's root span (the processor keeps the test's request without one,
+``DbPerfSpanProcessor.open_request``), the DB-API driver's spans under SQLAlchemy's (SQLAlchemy's
+connections are made past contrib's driver wrapper; the processor leaves such nested spans out of
+every count anyway), and the pool and transaction listeners. A raw driver connection is traced as
+before. See docs/testing.md, "What it costs".
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import random
 import sys
 from importlib.util import find_spec
 from typing import Any
@@ -37,6 +47,7 @@ from . import _guard
 from ._pipeline import DbPerfSpanProcessor, SpanDeriver
 from ._pipeline.record import Query, Request, Rollup
 from ._pipeline.suggest import relationship_fix
+from ._sdk_compat import contrib_connect_original
 from ._startup_log import startup_warning
 from ._version import __version__
 from .settings import Settings, current_settings
@@ -70,9 +81,33 @@ class TestSink:
     def request(self, span: ReadableSpan, request: Request, rollup: Rollup, route: str) -> None:
         self.requests.append((span, request, rollup, route))
 
+    def clear(self, unlink: bool) -> None:
+        """Forget the last test's queries and requests; ``unlink``: with no exporter left to read them,
+        each query's link to its request is cut (a request and its queries are a reference cycle,
+        which only the garbage collector would free: many of them make it run more often)."""
+        if unlink:
+            for _span, request, _rollup, _route in self.requests:
+                for query in request.records:
+                    query.request = None
+                for call in request.calls or ():
+                    call.request = None
+        self.queries.clear()
+        self.requests.clear()
+
     def after_fork_in_child(self) -> None:
         self.queries.clear()
         self.requests.clear()
+
+
+class _TestSpan:
+    """What the sinks read of a test's root span when it has none (``name``, ``attributes``)."""
+
+    __slots__ = ("name", "attributes", "span_id")
+
+    def __init__(self, name: str, span_id: int) -> None:
+        self.name = name
+        self.attributes = {"test.case.name": name}
+        self.span_id = span_id
 
 
 @dataclasses.dataclass
@@ -94,6 +129,8 @@ class Guard:
 
     def __init__(self, rootdir: str, report_path: str | None = None) -> None:
         self.rootdir = rootdir.rstrip(os.sep) + os.sep
+        #: without a report, what no verdict reads is not made (see the module's docstring)
+        self.lean = not report_path
         if _guard.RERAISE is None:
             _guard.RERAISE = False  # an internal error of ours never fails the user's test
         settings = dataclasses.replace(current_settings(), resource_samples="off")
@@ -145,7 +182,6 @@ class Guard:
         at once when there is no such module), so a suite pays for the libraries it uses only.
         Django's waits for Django's settings (see :meth:`instrument_deferred`)."""
         import wrapt
-        from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
         from opentelemetry.util._importlib_metadata import entry_points
 
         disabled = {n.strip() for n in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
@@ -156,15 +192,12 @@ class Guard:
             name = entry_point.name
             if name in SKIPPED_INSTRUMENTATIONS or name in disabled:
                 continue
-            dist = getattr(entry_point, "dist", None)
-            if dist is not None and get_dist_dependency_conflicts(dist) is not None:
-                continue  # its library is not installed (or not a version it supports: SQLAlchemy 2.1, below)
             if name == "django":
                 self.deferred.append(entry_point)  # its middleware goes into settings that may not exist yet
                 continue
             hooks[name] = functools.partial(self._load, entry_point)
         sqlalchemy = hooks.pop("sqlalchemy", None)
-        hooks["sqlalchemy"] = functools.partial(self._sqlalchemy, sqlalchemy)
+        hooks["sqlalchemy"] = functools.partial(self._sqlalchemy, sqlalchemy.args[0] if sqlalchemy else None)
         if self.settings.enabled and "sqlite3" in hooks:
             hooks["sqlite3"] = _then(hooks["sqlite3"], self._sqlite3_shortcuts)
         # engines can exist only when SQLAlchemy was imported before the guard started
@@ -176,19 +209,23 @@ class Guard:
                 wrapt.register_post_import_hook(_ignoring_module(hook), module)
 
     def _load(self, entry_point: Any, **kwargs: Any) -> None:
+        if _supported(entry_point):
+            self._load_supported(entry_point, **kwargs)
+
+    def _load_supported(self, entry_point: Any, **kwargs: Any) -> None:
         from .distro import DbPerfDistro
 
         load = functools.partial(DbPerfDistro().load_instrumentor, entry_point, skip_dep_check=True, **kwargs)
         _guard.step(f"{entry_point.name} instrumentation", f"no {entry_point.name} spans", load)
 
-    def _sqlalchemy(self, load: Any) -> None:
+    def _sqlalchemy(self, entry_point: Any) -> None:
         """SQLAlchemy: contrib's instrumentation (on the engines made before, too) and otel-dbperf's listeners."""
         from ._sqla import instrument as _sqlalchemy
 
         engines = _existing_engines() if self._engines_before else []
         extra = {"engines": engines} if engines else {}
-        if load is not None:
-            load(**extra)
+        if entry_point is not None and _supported(entry_point):
+            self._load_supported(entry_point, **extra)
         else:  # a SQLAlchemy beyond contrib's declared range: otel-dbperf instruments it
             _guard.step("SQLAlchemy instrumentation", "no SQLAlchemy spans", functools.partial(
                 _sqlalchemy.ensure_instrumented, self.settings, **extra))  # fmt: skip
@@ -209,22 +246,39 @@ class Guard:
                 self.deferred.append(entry_point)
 
     def _listeners(self) -> None:
-        from . import _sqla
+        if not self.lean:
+            from . import _sqla
 
-        _sqla.install(self.settings, self.thresholds, None, __version__, self.processor)
+            _sqla.install(self.settings, self.thresholds, None, __version__, self.processor)
+            return
+        # the exact duplicates' digest only (max_duplicates), and SQLAlchemy's connections past the
+        # driver's tracing
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        from ._sqla import duplicates
+
+        duplicates.install(self.processor)
+        if not event.contains(Engine, "do_connect", _connect_past_driver_tracing):
+            event.listen(Engine, "do_connect", _connect_past_driver_tracing)
 
     # ---- per test ------------------------------------------------------------------------
     def start_test(self, nodeid: str) -> None:
         """The test's root span, and its remote stand-in as the current span."""
-        self.deriver.drain()
-        self.sink.queries.clear()
-        self.sink.requests.clear()
-        root = self.tracer.start_span(
-            nodeid, context=otel_context.Context(), kind=SpanKind.INTERNAL, attributes={"test.case.name": nodeid}
-        )
-        ids = root.get_span_context()
-        stand_in = NonRecordingSpan(SpanContext(ids.trace_id, ids.span_id, True, TraceFlags(TraceFlags.SAMPLED)))
-        self._root = root
+        self.deriver.discard()  # the set-up's queries (and the last tear-down's): not the test's, not analysed
+        self.sink.clear(unlink=self.lean)
+        if self.lean:
+            trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1
+            self.processor.open_request(span_id)
+            self._root = _TestSpan(nodeid, span_id)
+        else:
+            root = self.tracer.start_span(
+                nodeid, context=otel_context.Context(), kind=SpanKind.INTERNAL, attributes={"test.case.name": nodeid}
+            )
+            ids = root.get_span_context()
+            trace_id, span_id = ids.trace_id, ids.span_id
+            self._root = root
+        stand_in = NonRecordingSpan(SpanContext(trace_id, span_id, True, TraceFlags(TraceFlags.SAMPLED)))
         self.test_context = trace.set_span_in_context(stand_in)
         self._token = otel_context.attach(self.test_context)
 
@@ -236,7 +290,9 @@ class Guard:
                 otel_context.detach(token)
             except Exception:  # noqa: BLE001, S110 - a test that left its own context attached
                 pass
-        if root is not None:
+        if root.__class__ is _TestSpan:
+            self.processor.close_request(root.span_id, root)
+        elif root is not None:
             root.end()
         self.deriver.drain()
 
@@ -355,6 +411,40 @@ def _existing_engines() -> list[Any]:
     import gc
 
     return [obj for obj in gc.get_objects() if isinstance(obj, engine_class)]
+
+
+def _supported(entry_point: Any) -> bool:
+    """Whether the library an instrumentation needs is installed in a version it supports (checked
+    when that library is first imported, not at start-up: most installed ones are never used)."""
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return True
+    from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+
+    return get_dist_dependency_conflicts(dist) is None
+
+
+def _connect_past_driver_tracing(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+    """SQLAlchemy's ``do_connect`` (the guard without a report): the driver's own ``connect`` when
+    contrib's DB-API instrumentation wraps it and the dialect connects the default way, so that the
+    connection makes no driver span under SQLAlchemy's; None (SQLAlchemy connects as before) otherwise."""
+    try:
+        if type(dialect).connect is not _default_connect():
+            return None
+        dbapi = getattr(dialect, "loaded_dbapi", None) or getattr(dialect, "dbapi", None)
+        original = contrib_connect_original(getattr(dbapi, "connect", None))
+    except Exception as exc:  # noqa: BLE001 - the guard's own bug: SQLAlchemy connects as before
+        _guard.internal_error("pytest guard: connect", exc)
+        return None
+    if original is None:
+        return None
+    return original(*cargs, **cparams)
+
+
+def _default_connect() -> Any:
+    from sqlalchemy.engine.default import DefaultDialect
+
+    return DefaultDialect.connect
 
 
 def _cut(text: str) -> str:

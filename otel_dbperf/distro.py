@@ -19,7 +19,6 @@ from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 from ._guard import step
 from ._sdk_compat import comment_once_in_dbapi
 from ._sqla import instrument as _sqlalchemy
-from .metrics import SYSTEM_METRICS_CONFIG
 from .settings import current_settings
 
 NAME = "otel_dbperf"  # the name of our distro and configurator entry points
@@ -76,7 +75,10 @@ class DbPerfDistro(BaseDistro):
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
         if entry_point.name == "system_metrics" and current_settings().enabled:
-            # process CPU and memory only (the instrumentation's default is ~30 system-wide metrics)
+            # process CPU and memory only (the instrumentation's default is ~30 system-wide metrics); imported
+            # here: .metrics imports the SDK's metrics, which the pytest guard (no metrics) never needs
+            from .metrics import SYSTEM_METRICS_CONFIG
+
             entry_point.load()(config=dict(SYSTEM_METRICS_CONFIG)).instrument(**kwargs)
             return
         if entry_point.name == "sqlalchemy":

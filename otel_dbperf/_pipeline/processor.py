@@ -225,6 +225,32 @@ class DbPerfSpanProcessor(SpanProcessor):
         except Exception as exc:  # noqa: BLE001
             internal_error("on_start", exc)
 
+    def open_request(self, span_id: int) -> None:
+        """A request with no span of its own (the pytest guard's test when no report asks for its
+        span): DB spans whose parent is a remote ``span_id`` join it, as they join a root span's
+        (see :meth:`on_start`); :meth:`close_request` ends it. Nothing of it is exported."""
+        open_ = self._open
+        if len(open_) >= MAX_PENDING:
+            _trim(open_)
+        if self.resources:
+            open_[span_id] = Request(span_id, thread_time_ns(), rss_bytes())
+        else:
+            open_[span_id] = Request(span_id, 0, 0)
+
+    def close_request(self, span_id: int, span: Any) -> None:
+        """End the request :meth:`open_request` opened: derived like a root span's (``span`` stands
+        for the span the sinks are handed: its ``name`` and ``attributes``)."""
+        entry = self._open.pop(span_id, None)
+        if entry.__class__ is not Request or entry.root_id != span_id:
+            return
+        if self.resources:
+            entry.cpu_ns = thread_time_ns() - entry.cpu0
+            entry.rss = rss_bytes()
+        entry.ended = True
+        submit = self._submit
+        if submit is not None:
+            submit(span, entry)
+
     def _is_orm_scope(self, scope: Any) -> bool:
         if scope.name == _ORM_SCOPE:
             self._orm_scope = scope
