@@ -8,7 +8,8 @@ the report) nor compile the statement lexers of dialects it never meets. Asserte
 modules and lexers a process holds, never on a timing; the time figures are
 ``bench/startup.py``'s.
 
-Run in a stock venv: ``pip install "<repo>[flask]" Flask-SQLAlchemy gunicorn psycopg[binary]`` and nothing else (test_stock_install.py's Flask venv), cached
+Run in a stock venv: ``pip install "<repo>[flask]" Flask-SQLAlchemy gunicorn psycopg[binary]`` and nothing
+else (test_stock_install.py's Flask venv), cached
 under ``.cache/stock-venvs/`` (keyed by pyproject.toml, the dependencies and the Python version;
 otel-dbperf alone is reinstalled when its files change).
 """
