@@ -203,10 +203,25 @@ def findings_of(request: Any, thresholds: Any, resources: bool) -> Findings:
     return f
 
 
+#: a bind parameter in a raw statement (string literals removed first): ``?``, ``%s``, ``%(name)s``,
+#: ``$1``, ``:name``
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_PARAMETER = re.compile(r"\?|%s|%\([A-Za-z_][A-Za-z0-9_]*\)s|\$[0-9]+|(?<![:\w]):[A-Za-z_][A-Za-z0-9_]*")
+
+
+def takes_parameters(statement: Any) -> bool:
+    """Whether a raw statement has bind parameters: values the application passed in, which may
+    come from an earlier query's rows (a statement without any cannot depend on them)."""
+    if not isinstance(statement, str):
+        return True
+    return bool(_PARAMETER.search(_STRING_LITERAL.sub("", statement)))
+
+
 def _sequential(f: Findings, request: Any, threshold: int) -> None:
-    """The longest run of SELECTs, each starting after the previous one ended, of distinct
-    fingerprints (a repeated statement is the N+1's business): they share no rows and could run
-    concurrently. Reads the queries' times and analysis (the roll-up, made first, analysed them)."""
+    """The longest run of SELECTs awaited one after another (each starting after the previous one
+    ended), of distinct statements (a repeated statement is the N+1's business), where every one
+    after the first takes no bind parameter: none can have used an earlier one's rows, so all could
+    have started together. Reads the queries' times and analysis (the roll-up, made first, analysed them)."""
     best: list[Any] = []
     run: list[Any] = []
     for query in request.records[: request.cursor]:
@@ -214,11 +229,14 @@ def _sequential(f: Findings, request: Any, threshold: int) -> None:
         if facts is None or facts.operation != "SELECT" or not query.start_ns:
             run = []
             continue
-        if run and (
-            query.start_ns < run[-1].start_ns + run[-1].duration_ns
-            or any(q.facts.fingerprint == facts.fingerprint for q in run)
-        ):
-            run = []
+        if run:
+            previous = run[-1]
+            if (
+                query.start_ns < previous.start_ns + previous.duration_ns
+                or takes_parameters(query.statement)
+                or any(q.facts.fingerprint == facts.fingerprint for q in run)
+            ):
+                run = []
         run.append(query)
         if len(run) > len(best):
             best = list(run)
