@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import APPS, base_env, get, marker_line, serve, server_output
+from conftest import APPS, base_env, free_port, get, get_json, marker_line, serve, server_output, until
 
 from otel_dbperf import attributes as A
 
@@ -58,6 +58,7 @@ def test_http_n_plus_one_and_cpu_bound_requests(receiver, api: str) -> None:  # 
         DBPERF_CPU_BOUND_THRESHOLD_MS="50",
         DBPERF_CPU_BOUND_RATIO="0.05",
         DBPERF_HTTP_N_PLUS_ONE_THRESHOLD="5",
+        DBPERF_PROFILER_ADDR=f"127.0.0.1:{(port := free_port())}",
     )
     with serve("gunicorn", "findings_app:app", env, "-w", "1") as srv:
         for path in ("/users", "/report", "/wait"):
@@ -67,8 +68,15 @@ def test_http_n_plus_one_and_cpu_bound_requests(receiver, api: str) -> None:  # 
         spans = receiver.wait_for(
             lambda s: routes <= {r["attributes"].get("http.route") for r in s if r["kind"] == "SERVER"}
         )
+        # the profiler's stats count each route's findings (fed by the derivation thread)
+        stats = until(
+            lambda: get_json(f"http://127.0.0.1:{port}/profiler/stats")["data"]["requests_by_route"],
+            lambda r: routes <= set(r),
+        )
         output = server_output(srv)
     assert "internal error" not in output, output
+    assert stats["/users"]["http_n_plus_one_requests"] == 1 and stats["/users"]["cpu_bound_requests"] == 0
+    assert stats["/report"]["cpu_bound_requests"] == 1 and stats["/wait"]["cpu_bound_requests"] == 0
     roots = {s["attributes"].get("http.route"): s["attributes"] for s in spans if s["kind"] == "SERVER"}
 
     # HTTP N+1: six GETs of /users/{id} (and one of /teams/{id}), the route template by structure
