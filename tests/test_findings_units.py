@@ -69,3 +69,39 @@ def test_http_n_plus_one_counts_one_method_and_template() -> None:
     assert (f.http_count, f.http_ns, f.http_detected) == (5, 50, True)
     assert (f.http_route, f.http_repeats, f.http_location) == ("GET http://api/users/{id}", 3, "app.py:7")
     assert findings_of(_request(http=calls[1:]), T, True).http_detected is False
+
+
+def test_the_watchdog_thread_ends_with_its_processor() -> None:
+    import gc
+    import threading
+
+    from otel_dbperf._pipeline.processor import DbPerfSpanProcessor
+    from otel_dbperf.settings import Settings
+
+    before = set(threading.enumerate())
+    processor = DbPerfSpanProcessor(Settings())
+    processor.watchdog.started(1, Request(1, 0, 0))
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name == "otel-dbperf-watchdog"]
+    del processor
+    gc.collect()
+    thread.join(timeout=30)  # a hang guard: it notices within one interval (0.5 s at most)
+    assert not thread.is_alive()
+
+
+def test_nothing_to_watch_starts_no_thread() -> None:
+    from otel_dbperf._pipeline.processor import DbPerfSpanProcessor
+    from otel_dbperf.settings import Settings
+
+    processor = DbPerfSpanProcessor(Settings(resource_samples="off", event_loop_blocked_ms=0))
+    assert processor.watchdog.active is False and processor._watch is None
+
+
+def test_the_dashboard_charts_the_findings_by_route_and_kind() -> None:
+    from dashboard import targets
+
+    from otel_dbperf import metric_names as M
+
+    (panel,) = [p for p, t in targets("prometheus") if M.REQUEST_FINDINGS.prometheus in t["expr"]]
+    (target,) = panel["targets"]
+    assert "by (http_route, dbperf_finding)" in target["expr"] and 'job=~"$job"' in target["expr"]
+    assert "http.n_plus_one.detected=true" in panel["description"]

@@ -20,7 +20,7 @@ from .. import metric_names as M
 from .._nosql import KIND_QUERY
 from .._sdk_compat import records_instrument
 from .._sql import OPERATIONS
-from .findings import findings_of
+from .findings import KINDS, findings_of
 from .record import Query, Request, Rollup
 from .route import route_labels
 from .sink import Sink
@@ -135,8 +135,11 @@ class MetricsSink(Sink):
                 n1["db.collection.name"] = self.table(table)
             self._n_plus_one.add(1, n1, context=context)
         if self._thresholds is not None:
-            for kind in findings_of(request, self._thresholds, self._resources).kinds():
-                self._findings.add(1, {**labels, "dbperf.finding": kind}, context=context)
+            # every kind on every route, 0 when not found: a series exists before its first finding, so
+            # that rate() sees that first one (and a route's panel reads 0, not "no data")
+            found = findings_of(request, self._thresholds, self._resources).kinds()
+            for kind in KINDS:
+                self._findings.add(int(kind in found), {**labels, "dbperf.finding": kind}, context=context)
         if span.kind is SpanKind.SERVER:
             self._record_http(span, span.attributes or {}, route, context)
 

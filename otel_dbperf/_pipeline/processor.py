@@ -114,7 +114,7 @@ class DbPerfSpanProcessor(SpanProcessor):
         # the open requests, for the stack samples of CPU-bound ones and the event-loop stalls (see watchdog)
         self.watchdog = Watchdog(self.thresholds, self._app, self.resources)
         self._watched = self.watchdog.requests
-        self._watch = self.watchdog.started
+        self._watch = self.watchdog.started if self.watchdog.active else None
         _processors.add(self)
 
     def forget_after_fork(self) -> None:
@@ -180,7 +180,9 @@ class DbPerfSpanProcessor(SpanProcessor):
                         request = open_[span_id] = Request(span_id, thread_time_ns(), rss_bytes())
                     else:
                         request = open_[span_id] = Request(span_id, 0, 0)
-                    self._watch(span_id, request)
+                    watch = self._watch
+                    if watch is not None:
+                        watch(span_id, request)
                     return
             else:
                 entry = open_.get(parent[1])

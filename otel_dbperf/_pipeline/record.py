@@ -168,7 +168,7 @@ class Request:
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss", "ended",
         "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup", "calls",
-        "app_error", "thread", "loop", "task", "duration_ns", "http", "samples", "stalls", "findings",
+        "app_error", "thread", "loop", "task", "watched", "duration_ns", "http", "samples", "stalls", "findings",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -204,6 +204,7 @@ class Request:
         self.thread = get_ident()
         loop = self.loop = _running_loop()
         self.task = _current_task(loop) if loop is not None else None
+        self.watched = 0  # when the watchdog first saw it open (its thread, monotonic ns)
         self.duration_ns = 0
         self.http: list[tuple[Any, Any, Any, int, Any]] | None = None
         self.samples: list[tuple[Any, ...]] | None = None

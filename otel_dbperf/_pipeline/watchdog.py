@@ -16,9 +16,11 @@ threshold:
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
+import weakref
 from asyncio import tasks as _tasks
 from typing import Any
 
@@ -54,10 +56,16 @@ class Watchdog:
         self._app = app
         self._cpu_ns = thresholds.cpu_bound_ns if cpu and _cpu_clock is not None else 0
         self._loop_ns = thresholds.loop_blocked_ns
-        smallest = min(t for t in (self._cpu_ns, self._loop_ns, 10**12) if t)
-        #: how often it wakes (and the loops' heartbeat): a quarter of the smallest threshold, 5 ms to 0.5 s
-        self.interval = min(0.5, max(0.005, smallest / 4e9))
-        self._interval_ns = int(self.interval * 1e9)
+        #: whether there is anything to watch (else the request thread skips it and no thread starts)
+        self.active = bool(self._cpu_ns or self._loop_ns)
+        #: how often it looks at the requests' CPU clocks (a quarter of the CPU threshold, 5 ms to 0.5 s),
+        #: and the loops' heartbeat (a quarter of the stall threshold); it wakes at the shorter of the
+        #: two only once a loop is watched
+        self._cpu_interval = _quarter(self._cpu_ns)
+        self.loop_interval = _quarter(self._loop_ns)
+        self.interval = self._cpu_interval if self._cpu_ns else self.loop_interval
+        self._interval_ns = int(self.loop_interval * 1e9)
+        self._next_cpu = 0  # monotonic ns of the next look at the CPU clocks
         #: span id -> Request: the open requests (request thread: stored at the start, popped at the end)
         self.requests: dict[int, Any] = {}
         self._loops: dict[Any, _Loop] = {}
@@ -82,19 +90,24 @@ class Watchdog:
 
     def _watch_loop(self, loop: Any, thread: int) -> None:
         state = self._loops[loop] = _Loop(loop, thread)
-        interval = self.interval
+        interval = self.loop_interval
+        self.interval = min(self.interval, interval)
+        empty = contextvars.Context()  # not the request's context: it would be kept alive by the timer
 
         def beat() -> None:
             state.beat = time.monotonic_ns()
-            state.handle = loop.call_later(interval, beat)
+            state.handle = loop.call_later(interval, beat, context=empty)
 
-        state.handle = loop.call_later(interval, beat)
+        state.handle = loop.call_later(interval, beat, context=empty)
 
     # ---- the watchdog thread ---------------------------------------------------------------
     def _start(self) -> None:
         with self._start_lock:
             if self._needs_thread:
-                threading.Thread(target=self._run, name="otel-dbperf-watchdog", daemon=True).start()
+                # the thread holds the watchdog weakly: it ends once its processor is gone
+                thread = threading.Thread(target=_run, args=(weakref.ref(self),), name="otel-dbperf-watchdog")
+                thread.daemon = True
+                thread.start()
                 self._needs_thread = False
 
     def _after_fork_in_child(self) -> None:
@@ -102,20 +115,22 @@ class Watchdog:
         self._loops.clear()
         self._needs_thread = True
 
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            try:
-                self.tick()
-            except Exception as exc:  # noqa: BLE001
-                internal_error("watchdog", exc)
-
     def tick(self) -> None:
         """One look at the open requests and the watched loops."""
         frames: dict[int, Any] | None = None
-        if self._cpu_ns:
+        now = time.monotonic_ns()
+        if self._cpu_ns and now >= self._next_cpu:
+            self._next_cpu = now + int(self._cpu_interval * 1e9)
             for request in tuple(self.requests.values()):
                 if request.loop is not None or request.ended:
+                    continue
+                # its CPU clock is read only once it has been open as long as the threshold (it cannot
+                # have used more CPU time than that before)
+                seen = request.watched
+                if not seen:
+                    request.watched = now
+                    continue
+                if now - seen < self._cpu_ns:
                     continue
                 if frames is None:
                     frames = sys._current_frames()  # noqa: SLF001 - also says which threads are alive
@@ -183,3 +198,26 @@ class Watchdog:
             if task is not None and request.task is task:
                 return request
         return on_loop[0] if len(on_loop) == 1 else None
+
+
+def _quarter(threshold_ns: int) -> float:
+    """A quarter of a threshold in seconds, 5 ms to 0.5 s (0.5 s for none)."""
+    return min(0.5, max(0.005, threshold_ns / 4e9)) if threshold_ns else 0.5
+
+
+def _run(ref: Any) -> None:
+    while True:
+        dog = ref()
+        if dog is None:
+            return
+        interval = dog.interval
+        del dog
+        time.sleep(interval)
+        dog = ref()
+        if dog is None:
+            return
+        try:
+            dog.tick()
+        except Exception as exc:  # noqa: BLE001
+            internal_error("watchdog", exc)
+        del dog
