@@ -97,13 +97,13 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
 
 
 def _parse_ratio(raw: str) -> float:
-    """A fraction in (0, 1]."""
+    """A fraction in [0.01, 1]."""
     text = raw.strip()
     if not text:
         raise ValueError("empty value")
     value = float(text)
-    if not 0 < value <= 1:  # also rejects NaN
-        raise ValueError("expected a fraction above 0 and at most 1")
+    if not 0.01 <= value <= 1:  # also rejects NaN
+        raise ValueError("expected a fraction from 0.01 to 1")
     return value
 
 
