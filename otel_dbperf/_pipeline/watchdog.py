@@ -3,12 +3,14 @@
 The request thread only puts its :class:`~.record.Request` in :attr:`Watchdog.requests` at the
 start and takes it out at the end (one dict store and one pop), and an asyncio loop's first
 request schedules a heartbeat on it (one timer callback per interval on the loop). The
-watchdog wakes every interval and reads clocks; it touches a thread's stack only past a
-threshold:
+watchdog thread (held weakly: it ends with its processor) wakes every interval, a quarter of
+the CPU threshold (of the stall threshold once a loop is watched, if shorter), and reads clocks;
+it touches a thread's stack only past a threshold:
 
-- a sync request whose thread has used ``DBPERF_CPU_BOUND_THRESHOLD_MS`` of CPU time so far
-  (read through the thread's CPU clock, ``pthread_getcpuclockid``): its stack is sampled
-  (``sys._current_frames``) once per wake-up, and the innermost application frame kept;
+- a sync request it has seen open for at least ``DBPERF_CPU_BOUND_THRESHOLD_MS`` and whose thread
+  has used that much CPU time so far (read through the thread's CPU clock,
+  ``pthread_getcpuclockid``): its stack is sampled (``sys._current_frames``) once per look, and
+  the innermost application frame kept;
 - a loop whose heartbeat is ``DBPERF_EVENT_LOOP_BLOCKED_MS`` late: the loop thread's stack is
   sampled once, the application frame that holds it and the request of the running task kept
   as a :class:`~.findings.Stall`, and its length known when the heartbeat runs again.
@@ -73,10 +75,6 @@ class Watchdog:
         self._start_lock = _forksafe.lock("watchdog.start")
         self.record_stall: Any = None  # record_stall(seconds) for the metric, once attached
         _forksafe.register(self._after_fork_in_child)
-
-    @property
-    def watches_loops(self) -> bool:
-        return bool(self._loop_ns)
 
     # ---- request thread -------------------------------------------------------------------
     def started(self, span_id: int, request: Any) -> None:
