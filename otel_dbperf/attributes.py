@@ -98,7 +98,9 @@ REQUEST_HTTP_N_PLUS_ONE_REPEAT_COUNT = "dbperf.request.http.n_plus_one.repeat_co
 REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION = "dbperf.request.http.n_plus_one.code_location"
 REQUEST_HTTP_N_PLUS_ONE_SUGGESTION = "dbperf.request.http.n_plus_one.suggestion"
 # asyncio: the event loop stalled at or over DBPERF_EVENT_LOOP_BLOCKED_MS while this request ran
-# (how often, the total stalled time, where the longest stall was); one event per stall
+# (bool on every async request; how often, the total stalled time, where the longest stall was); one
+# event per stall
+REQUEST_EVENT_LOOP_BLOCKED = "dbperf.request.event_loop.blocked"
 REQUEST_EVENT_LOOP_BLOCKED_COUNT = "dbperf.request.event_loop.blocked_count"
 REQUEST_EVENT_LOOP_BLOCKED_MS = "dbperf.request.event_loop.blocked_ms"
 REQUEST_EVENT_LOOP_CODE_LOCATION = "dbperf.request.event_loop.code_location"

@@ -62,6 +62,7 @@ def test_blocked_event_loop_and_sequential_queries(receiver, seeded: str) -> Non
     assert event["attributes"][A.EVENT_DURATION_MS] >= 150
     assert event["attributes"][A.EVENT_THRESHOLD_MS] == 150
     a = block["attributes"]
+    assert a[A.REQUEST_EVENT_LOOP_BLOCKED] is True
     assert a[A.REQUEST_EVENT_LOOP_BLOCKED_COUNT] == 1 and a[A.REQUEST_EVENT_LOOP_BLOCKED_MS] >= 150
     assert a[A.REQUEST_EVENT_LOOP_CODE_LOCATION] == f"{APP_FILE}:{line}"
     # /awaits was as long, awaiting: no stall of the app's code (a loaded machine may stall the loop

@@ -272,6 +272,8 @@ def findings_attributes(
         if f.http_location:
             attrs[A.REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION] = f.http_location
         attrs[A.REQUEST_HTTP_N_PLUS_ONE_SUGGESTION] = f.http_suggestion()
+    if request.loop is not None and thresholds.loop_blocked_ns:
+        attrs[A.REQUEST_EVENT_LOOP_BLOCKED] = bool(f.stalls)
     if f.stalls:
         attrs[A.REQUEST_EVENT_LOOP_BLOCKED_COUNT] = len(f.stalls)
         attrs[A.REQUEST_EVENT_LOOP_BLOCKED_MS] = f.stalled_ns / 1e6
