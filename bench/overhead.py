@@ -349,6 +349,11 @@ def build(
     engine = make_engine()
     EngineTracer(provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, counter)
     dbperf = DbPerfSpanProcessor(settings)
+    dog = getattr(dbperf, "watchdog", None)
+    if dog is not None and os.environ.get("BENCH_NO_WATCHDOG_THREAD"):
+        # the request findings' watchdog thread not started: under callgrind (~50x slower) its wake-ups
+        # (every 50 ms of wall-clock time) hand the GIL back and forth many times per query
+        dog._needs_thread = False  # noqa: SLF001
     if meters is not None:
         deriver = build_deriver(dbperf.thresholds, meters)
         dbperf.attach_deriver(deriver.submit)

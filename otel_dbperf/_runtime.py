@@ -256,6 +256,10 @@ def start_derived(settings: Settings) -> None:
         deriver = build_deriver(processor.thresholds, meter_provider, sinks, __version__)
         processor.attach_deriver(deriver.submit)
         runtime.deriver = deriver
+        metrics = getattr(deriver, "metrics", None)
+        if metrics is not None:  # the request findings' counter and the event-loop stalls' histogram
+            metrics.judge_findings(processor.thresholds, processor.resources)
+            processor.watchdog.record_stall = metrics.record_stall
         runtime.fork_hooks = _prefork.ForkHooks(meter_provider, deriver)
         atexit.register(deriver.drain_at_exit)  # runs before the SDK's shutdown export (registered earlier)
     # contrib's per-query DB-API metrics: recorded by the deriver when metrics are exported, else dropped

@@ -11,8 +11,9 @@ because each call costs instructions on every DB span (the exceptions by name, w
 ``tests/test_reqcost_sdk_access.py`` allows and nothing else): ``DbPerfSpanProcessor.on_start``
 reads ``_context`` (indexed: SpanContext is a tuple ``(trace_id, span_id, is_remote, ...)``),
 ``_parent``, ``_kind`` and ``_instrumentation_scope``; ``DbPerfSpanProcessor._on_ending`` reads
-``_context`` and ``_status``; ``DbPerfSpanProcessor._end_query`` reads ``_attributes._dict`` (the
-plain dict inside ``BoundedAttributes``), ``_start_time``, ``_end_time`` and ``_status``;
+``_context`` and ``_status`` (and a request root's ``_start_time`` and ``_end_time``: its duration);
+``DbPerfSpanProcessor._end_query`` reads ``_attributes._dict`` (the plain dict inside
+``BoundedAttributes``), ``_start_time``, ``_end_time`` and ``_status``;
 ``DbPerfSpanProcessor.open_query`` and the duplicates listener ``_after_cursor_execute`` read
 ``_context`` (the second also contrib's :data:`CONTRIB_QUERY_SPAN`, by its name from here). The
 hooks run inside the SDK's ``Span.end``, called from

@@ -81,6 +81,42 @@ DB_LONG_TRANSACTION_COUNT = "dbperf.db.long_transaction_count"  # transactions p
 # On a failed DB span: statement_timeout, lock_timeout, deadlock, serialization or pool_timeout
 DB_ERROR_KIND = "dbperf.db.error.kind"
 
+# Findings beyond N+1 queries, on the request's root span (docs/metrics.md "Request findings")
+# CPU-bound: the request's thread CPU time (dbperf.cpu.time_ms) at or over DBPERF_CPU_BOUND_THRESHOLD_MS and
+# at least DBPERF_CPU_BOUND_RATIO of its duration; cpu_ratio on every request with resource samples
+REQUEST_CPU_BOUND = "dbperf.request.cpu_bound"
+REQUEST_CPU_RATIO = "dbperf.request.cpu_ratio"
+# the hottest application line of the stack samples taken while the request ran past the threshold
+# ("file:line", its function), how many samples (0: none could be taken) and the fix
+REQUEST_CPU_BOUND_CODE_LOCATION = "dbperf.request.cpu_bound.code_location"
+REQUEST_CPU_BOUND_FUNCTION = "dbperf.request.cpu_bound.function"
+REQUEST_CPU_BOUND_SAMPLES = "dbperf.request.cpu_bound.samples"
+REQUEST_CPU_BOUND_SUGGESTION = "dbperf.request.cpu_bound.suggestion"
+# Outgoing HTTP calls (CLIENT spans with a URL) of the request, and the HTTP N+1: one route template
+# ("GET https://api.example.com/users/{id}") called DBPERF_HTTP_N_PLUS_ONE_THRESHOLD times or more
+REQUEST_HTTP_CALL_COUNT = "dbperf.request.http.call_count"
+REQUEST_HTTP_DURATION_MS = "dbperf.request.http.duration_ms"
+REQUEST_HTTP_N_PLUS_ONE_DETECTED = "dbperf.request.http.n_plus_one.detected"
+REQUEST_HTTP_N_PLUS_ONE_ROUTE = "dbperf.request.http.n_plus_one.route"
+REQUEST_HTTP_N_PLUS_ONE_REPEAT_COUNT = "dbperf.request.http.n_plus_one.repeat_count"
+REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION = "dbperf.request.http.n_plus_one.code_location"
+REQUEST_HTTP_N_PLUS_ONE_SUGGESTION = "dbperf.request.http.n_plus_one.suggestion"
+# asyncio: the event loop stalled at or over DBPERF_EVENT_LOOP_BLOCKED_MS while this request ran
+# (bool on every async request; how often, the total stalled time, where the longest stall was); one
+# event per stall
+REQUEST_EVENT_LOOP_BLOCKED = "dbperf.request.event_loop.blocked"
+REQUEST_EVENT_LOOP_BLOCKED_COUNT = "dbperf.request.event_loop.blocked_count"
+REQUEST_EVENT_LOOP_BLOCKED_MS = "dbperf.request.event_loop.blocked_ms"
+REQUEST_EVENT_LOOP_CODE_LOCATION = "dbperf.request.event_loop.code_location"
+# asyncio: DBPERF_SEQUENTIAL_QUERIES_THRESHOLD or more awaited queries one after another, of distinct
+# statements, none inside another's time: they could run concurrently
+REQUEST_SEQUENTIAL_DETECTED = "dbperf.request.sequential_queries.detected"
+REQUEST_SEQUENTIAL_COUNT = "dbperf.request.sequential_queries.count"
+REQUEST_SEQUENTIAL_DURATION_MS = "dbperf.request.sequential_queries.duration_ms"
+REQUEST_SEQUENTIAL_SAVING_MS = "dbperf.request.sequential_queries.saving_ms"
+REQUEST_SEQUENTIAL_CODE_LOCATION = "dbperf.request.sequential_queries.code_location"
+REQUEST_SEQUENTIAL_SUGGESTION = "dbperf.request.sequential_queries.suggestion"
+
 # Span events
 EVENT_SLOW_QUERY = "dbperf.slow_query"
 EVENT_EXPLAIN = "dbperf.explain"
@@ -88,6 +124,9 @@ EVENT_EXPLAIN = "dbperf.explain"
 EVENT_POOL_WAIT = "dbperf.pool_wait"
 # On the request span: a transaction open at or over DBPERF_LONG_TRANSACTION_MS
 EVENT_LONG_TRANSACTION = "dbperf.long_transaction"
+# On the request span: the event loop was stalled at or over DBPERF_EVENT_LOOP_BLOCKED_MS
+# (dbperf.duration_ms, dbperf.threshold_ms, and code.* of the application frame that held it)
+EVENT_EVENT_LOOP_BLOCKED = "dbperf.event_loop_blocked"
 
 # Attributes of the dbperf.pool_wait event (with dbperf.duration_ms and dbperf.threshold_ms): the pool
 # (semconv's name, also the pool metrics' label) and its state when the checkout ended

@@ -41,6 +41,10 @@ DB_ERRORS = Metric("dbperf.db.errors", "", "counter")
 # process resource metrics (semconv names, as the system-metrics instrumentation emits them)
 PROCESS_CPU_TIME = Metric("process.cpu.time", "s", "counter")
 PROCESS_MEMORY_USAGE = Metric("process.memory.usage", "By", "gauge")
+# the request findings beyond N+1 (dbperf.finding: cpu_bound, http_n_plus_one, event_loop_blocked,
+# sequential_queries), by the request's route label; and each asyncio event-loop stall's length
+REQUEST_FINDINGS = Metric("dbperf.request.findings", "", "counter")
+EVENT_LOOP_BLOCKED = Metric("dbperf.event_loop.blocked", "s", "histogram")
 # otel-dbperf's own health: spans whose metrics were dropped (derivation queue full)
 METRICS_DROPPED = Metric("dbperf.metrics.dropped", "", "counter")
 
@@ -63,4 +67,6 @@ ALL = (
     PROCESS_CPU_TIME,
     PROCESS_MEMORY_USAGE,
     METRICS_DROPPED,
+    REQUEST_FINDINGS,
+    EVENT_LOOP_BLOCKED,
 )

@@ -122,6 +122,17 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _parse_ratio(raw: str) -> float:
+    """A fraction in [0.01, 1]."""
+    text = raw.strip()
+    if not text:
+        raise ValueError("empty value")
+    value = float(text)
+    if not 0.01 <= value <= 1:  # also rejects NaN
+        raise ValueError("expected a fraction from 0.01 to 1")
+    return value
+
+
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -226,6 +237,11 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("DBPERF_STATEMENT_MAX_LENGTH", "statement_max_length", _int_between(64, 65_536), 4096, "4096", True),
     _Var("DBPERF_N_PLUS_ONE_THRESHOLD", "n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
     _Var("DBPERF_LONG_TRANSACTION_MS", "long_transaction_ms", _ms_between(0, _DAY_MS), 1000.0, "1000", True),
+    _Var("DBPERF_CPU_BOUND_THRESHOLD_MS", "cpu_bound_threshold_ms", _ms_between(1, _DAY_MS), 200.0, "200", True),
+    _Var("DBPERF_CPU_BOUND_RATIO", "cpu_bound_ratio", _parse_ratio, 0.5, "0.5", True),
+    _Var("DBPERF_HTTP_N_PLUS_ONE_THRESHOLD", "http_n_plus_one_threshold", _int_between(2, 10_000), 5, "5", True),
+    _Var("DBPERF_EVENT_LOOP_BLOCKED_MS", "event_loop_blocked_ms", _ms_between(0, _DAY_MS), 100.0, "100", True),
+    _Var("DBPERF_SEQUENTIAL_QUERIES_THRESHOLD", "sequential_queries_threshold", _int_between(0, 10_000), 3, "3", True),
     _Var("DBPERF_RESOURCE_SAMPLES", "resource_samples", _parse_samples, "request", "request"),
     _Var("DBPERF_SLOW_QUERY_LOGS_PER_MINUTE", "slow_query_logs_per_minute", _int_between(0, 10_000), 1, "1", True),
     _Var("DBPERF_EXPLAIN", "explain", _parse_bool, False, "false"),
@@ -275,6 +291,11 @@ class Settings:
     statement_max_length: int = 4096
     n_plus_one_threshold: int = 5
     long_transaction_ms: float = 1000.0
+    cpu_bound_threshold_ms: float = 200.0
+    cpu_bound_ratio: float = 0.5
+    http_n_plus_one_threshold: int = 5
+    event_loop_blocked_ms: float = 100.0
+    sequential_queries_threshold: int = 3
     resource_samples: ResourceSamples = "request"
     slow_query_logs_per_minute: int = 1
     explain: bool = False

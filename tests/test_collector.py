@@ -106,7 +106,15 @@ def test_tail_sampling_keeps_errors_slow_queries_and_n_plus_one(name: str) -> No
     booleans = [p["boolean_attribute"] for p in config["processors"]["tail_sampling"]["policies"]
                 if p["type"] == "boolean_attribute"]  # fmt: skip
     # the keys are the package's own constants, not retyped strings
-    assert {(b["key"], b["value"]) for b in booleans} == {(A.QUERY_SLOW, True), (A.N_PLUS_ONE_DETECTED, True)}
+    assert {(b["key"], b["value"]) for b in booleans} == {
+        (A.QUERY_SLOW, True),
+        (A.N_PLUS_ONE_DETECTED, True),
+        # the request findings beyond N+1
+        (A.REQUEST_CPU_BOUND, True),
+        (A.REQUEST_HTTP_N_PLUS_ONE_DETECTED, True),
+        (A.REQUEST_EVENT_LOOP_BLOCKED, True),
+        (A.REQUEST_SEQUENTIAL_DETECTED, True),
+    }
     assert "probabilistic" in policies
     # a slow request that is none of those (its p99 exemplar must link to a kept trace)
     assert policies["latency"]["latency"]["threshold_ms"] == "${env:OTELCOL_TAIL_LATENCY_THRESHOLD_MS:-1000}"

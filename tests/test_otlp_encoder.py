@@ -448,7 +448,7 @@ def run_script(receiver: Receiver, tmp_path: Path, **extra: str) -> tuple[str, l
 def comparable(spans: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """What two runs of the same script share: no ids, no times (every ``*_ms`` figure: durations, pool
     waits, transaction lengths), no CPU or memory figures."""
-    varying = {"dbperf.memory.rss_bytes", "dbperf.memory.rss_delta_bytes"}
+    varying = {"dbperf.memory.rss_bytes", "dbperf.memory.rss_delta_bytes", "dbperf.request.cpu_ratio"}
     return sorted(
         (
             s["name"],

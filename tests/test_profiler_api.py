@@ -146,7 +146,8 @@ def test_requests_by_route_sum_waits_keep_the_longest_and_are_capped(serve: Call
     assert status == 200 and len(routes) == MAX_KEYS + 1
     assert routes["/hold"] == {
         "requests": 3, "db_queries": 4, "db_duration_s": 0.5, "pool_wait_ms": 150.75, "max_pool_wait_ms": 120.5,
-        "pool_waited_requests": 2, "pool_timeouts": 1,
+        "pool_waited_requests": 2, "pool_timeouts": 1, "cpu_bound_requests": 0, "http_n_plus_one_requests": 0,
+        "event_loop_blocked_requests": 0, "sequential_queries_requests": 0,
     }  # fmt: skip
     assert routes[OTHER]["requests"] == 7 and routes[OTHER]["pool_wait_ms"] == 6.0  # 6 routes past the cap, and ""
     history.enabled = False

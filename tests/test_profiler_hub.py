@@ -40,7 +40,10 @@ def test_exited_workers_are_folded_in_and_bounded(tmp_path: Path) -> None:
     assert t["queries_by_table"] == {"t": 24}
     assert t["requests_by_route"] == {"/books": {"requests": 3, "db_queries": 24, "db_duration_s": 1.5,
                                                  "pool_wait_ms": 3060.0, "max_pool_wait_ms": 1030.0,
-                                                 "pool_waited_requests": 3, "pool_timeouts": 3}}  # fmt: skip
+                                                 "pool_waited_requests": 3, "pool_timeouts": 3,
+                                                 "cpu_bound_requests": 0, "http_n_plus_one_requests": 0,
+                                                 "event_loop_blocked_requests": 0,
+                                                 "sequential_queries_requests": 0}}  # fmt: skip
     assert t["workers"] == {"live": 0, "pids": [], "unresponsive": 0, "exited": 3, "killed": 0, "lost_entries": 0}
     assert t["kept"] == 10  # the exited workers' entries: at most max_history in all
     assert list(tmp_path.iterdir()) == []  # the files are consumed

@@ -152,7 +152,7 @@ def test_json_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     }
     kinds = {"regressed", "new_slow", "new", "faster", "vanished", "unchanged", "not_judged"}
     assert set(data["fingerprints"]) == kinds
-    assert set(data["routes"]) == {"new_n_plus_one", "fixed_n_plus_one", "db_time"}
+    assert set(data["routes"]) == {"new_n_plus_one", "fixed_n_plus_one", "new_findings", "fixed_findings", "db_time"}
     side_keys = {"count", "total_ms", "db_ms_per_request", "p50_ms", "p95_ms", "max_ms", "slow", "slowest"}
     for kind, entries in data["fingerprints"].items():
         for e in entries:

@@ -18,7 +18,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         ("DbPerfSpanProcessor.on_start", expr): "request thread"
         for expr in ("span._context", "span._parent", "span._kind", "span._instrumentation_scope")
     },
-    **{("DbPerfSpanProcessor._on_ending", expr): "request thread" for expr in ("span._context", "span._status")},
+    **{
+        ("DbPerfSpanProcessor._on_ending", expr): "request thread"
+        for expr in ("span._context", "span._status", "span._start_time", "span._end_time")
+    },
     **{
         ("DbPerfSpanProcessor._end_query", expr): "request thread"
         for expr in ("span._attributes", "span._attributes._dict", "span._start_time", "span._end_time", "span._status")

@@ -56,6 +56,7 @@ class SpanDeriver:
         self._start_lock = _forksafe.lock("derive.start")
         self._needs_thread = True  # started by the first submit (again in a forked child)
         self._also: tuple[Callable[[], None], ...] = ()  # other queues drained with this one
+        self.metrics: Any = None  # the MetricsSink among the sinks, if any (see build_deriver)
         if meter is not None:
             meter.create_observable_counter(
                 M.METRICS_DROPPED.name,
@@ -189,4 +190,7 @@ def build_deriver(
     from .metrics_sink import MetricsSink
 
     meter = meter_provider.get_meter(METER_NAME, version)
-    return SpanDeriver(thresholds, [MetricsSink(meter, meter_provider, METER_NAME), *sinks], meter)
+    metrics = MetricsSink(meter, meter_provider, METER_NAME)
+    deriver = SpanDeriver(thresholds, [metrics, *sinks], meter)
+    deriver.metrics = metrics
+    return deriver

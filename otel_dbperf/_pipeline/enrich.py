@@ -38,6 +38,7 @@ from .._sdk_compat import (
 )
 from .._sql import OPERATIONS, Analysis, analyze
 from .._urls import UrlRedactor
+from .findings import findings_attributes
 from .record import Query, Request
 from .suggest import relationship_fix
 
@@ -269,6 +270,8 @@ class EnrichingSpanExporter(SpanExporter):
             attrs[A.CPU_TIME_MS] = request.cpu_ns / 1e6
             attrs[A.MEMORY_RSS_BYTES] = request.rss
             attrs[A.MEMORY_RSS_DELTA_BYTES] = request.rss - request.rss0
+        events = list(request.events) if request.events else []
+        findings_attributes(request, self._thresholds, self._processor.resources, attrs, events)
         if request.extras:
             attrs.update(request.extras)
         if request.calls:
@@ -281,7 +284,7 @@ class EnrichingSpanExporter(SpanExporter):
             changed, name = urls.span(attrs, name_of(span))
             if changed is not None:
                 attrs = changed
-        return self._scrub(span, attrs, list(request.events) if request.events else None, name, request.app_error)
+        return self._scrub(span, attrs, events or None, name, request.app_error)
 
     def _scrub(
         self,

@@ -20,6 +20,7 @@ from .. import metric_names as M
 from .._nosql import KIND_QUERY
 from .._sdk_compat import records_instrument
 from .._sql import OPERATIONS
+from .findings import KINDS, findings_of
 from .record import Query, Request, Rollup
 from .route import route_labels
 from .sink import Sink
@@ -55,8 +56,29 @@ class MetricsSink(Sink):
         self._request_queries = meter.create_histogram(
             M.REQUEST_DB_QUERIES.name, unit="{query}", description="Database queries per request."
         )
+        self._findings = meter.create_counter(
+            M.REQUEST_FINDINGS.name,
+            unit="{request}",
+            description="Requests with a finding beyond N+1 queries, by dbperf.finding.",
+        )
+        self._loop_blocked = meter.create_histogram(
+            M.EVENT_LOOP_BLOCKED.name,
+            unit="s",
+            description="asyncio event-loop stalls at or over DBPERF_EVENT_LOOP_BLOCKED_MS.",
+        )
+        self._resources = True  # whether requests carry their CPU time (see attach_settings)
+        self._thresholds: Any = None
         self._http_duration: Any = None  # created only when no framework instrumentation records it
         self._http_checked = False
+
+    def judge_findings(self, thresholds: Any, resources: bool) -> None:
+        """Count each request's findings (``dbperf.request.findings``) with these thresholds."""
+        self._thresholds = thresholds
+        self._resources = resources
+
+    def record_stall(self, seconds: float) -> None:
+        """One event-loop stall (the watchdog thread)."""
+        self._loop_blocked.record(seconds)
 
     def table(self, name: str) -> str:
         """``db.collection.name`` as a bounded label: a plain identifier, one of the first 500, else _OTHER."""
@@ -112,6 +134,12 @@ class MetricsSink(Sink):
             if table:
                 n1["db.collection.name"] = self.table(table)
             self._n_plus_one.add(1, n1, context=context)
+        if self._thresholds is not None:
+            # every kind on every route, 0 when not found: a series exists before its first finding, so
+            # that rate() sees that first one (and a route's panel reads 0, not "no data")
+            found = findings_of(request, self._thresholds, self._resources).kinds()
+            for kind in KINDS:
+                self._findings.add(int(kind in found), {**labels, "dbperf.finding": kind}, context=context)
         if span.kind is SpanKind.SERVER:
             self._record_http(span, span.attributes or {}, route, context)
 

@@ -42,13 +42,16 @@ from .._resources import rss_bytes, thread_time_ns
 from .._sdk_compat import default_span_status, span_id_of
 from ..settings import Settings
 from .location import SETUP, AppCode, lazy_loaded_relationship, location_of
-from .record import MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
+from .record import MAX_HTTP_CALLS, MAX_QUERIES_PER_REQUEST, Query, Request, Thresholds
+from .watchdog import Watchdog
 
 _CLIENT = SpanKind.CLIENT
 _ERROR = StatusCode.ERROR
 _ERROR_TYPE = "error.type"
 _DB_SYSTEM, _DB_SYSTEM_NAME = A.DB_SYSTEM, A.DB_SYSTEM_NAME
 _DB_STATEMENT, _DB_QUERY_TEXT = A.DB_STATEMENT, A.DB_QUERY_TEXT
+_URL_FULL, _HTTP_URL, _URL_TEMPLATE = "url.full", "http.url", "url.template"
+_HTTP_METHOD, _HTTP_METHOD_OLD = "http.request.method", "http.method"
 _ORM_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 _SPAN_END = Span.end.__code__
 _UNSET_STATUS = default_span_status()
@@ -122,6 +125,10 @@ class DbPerfSpanProcessor(SpanProcessor):
         # id -> an asyncpg cursor whose first fetch span ended (held, so that its id is not reused while
         # it is here): its later fetches are KIND_CURSOR_FETCH
         self._cursors: dict[int, Any] = {}
+        # the open requests, for the stack samples of CPU-bound ones and the event-loop stalls (see watchdog)
+        self.watchdog = Watchdog(self.thresholds, self._app, self.resources)
+        self._watched = self.watchdog.requests
+        self._watch = self.watchdog.started if self.watchdog.active else None
         _processors.add(self)
 
     def forget_after_fork(self) -> None:
@@ -185,9 +192,12 @@ class DbPerfSpanProcessor(SpanProcessor):
             if parent is None or parent[2]:  # a local root
                 if span._kind is not _CLIENT:  # noqa: SLF001 - a DB span outside any request is a query
                     if self.resources:
-                        open_[span_id] = Request(span_id, thread_time_ns(), rss_bytes())
+                        request = open_[span_id] = Request(span_id, thread_time_ns(), rss_bytes())
                     else:
-                        open_[span_id] = Request(span_id, 0, 0)
+                        request = open_[span_id] = Request(span_id, 0, 0)
+                    watch = self._watch
+                    if watch is not None:
+                        watch(span_id, request)
                     return
                 if parent is not None:
                     # a DB span right under a remote parent: the request that parent stands for when it
@@ -278,6 +288,8 @@ class DbPerfSpanProcessor(SpanProcessor):
                         entry.cpu_ns = thread_time_ns() - entry.cpu0
                         entry.rss = rss_bytes()
                     entry.ended = True
+                    self._watched.pop(span_id, None)
+                    entry.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
                     if span._status.status_code is _ERROR and self._app_errors:  # noqa: SLF001
                         # its own exception's verdict names its classes; else the request's stands
                         entry.app_error = app_error(sys.exc_info()[1]) or entry.app_error
@@ -319,10 +331,16 @@ class DbPerfSpanProcessor(SpanProcessor):
         system = attrs.get(_DB_SYSTEM_NAME)
         if not system:
             if _DB_SYSTEM_NAME not in attrs and _DB_SYSTEM not in attrs:
-                return  # an HTTP or other client span: not ours
+                # an HTTP or other client span: only an outgoing HTTP call of a request is kept
+                if request is not None:
+                    url = attrs.get(_URL_FULL) or attrs.get(_HTTP_URL)
+                    if url is not None:
+                        self._http_call(request, attrs, url, span._end_time - span._start_time)  # type: ignore[operator]  # noqa: SLF001
+                return
             system = attrs.get(_DB_SYSTEM)
         query.system = system
-        duration = query.duration_ns = span._end_time - span._start_time  # type: ignore[operator]  # noqa: SLF001
+        start = query.start_ns = span._start_time  # type: ignore[assignment]  # noqa: SLF001
+        duration = query.duration_ns = span._end_time - start  # type: ignore[operator]  # noqa: SLF001
         slow = query.slow = duration >= self._slow_ns
         error_kind = None
         statement = query.statement = attrs.get(_DB_QUERY_TEXT) or attrs.get(_DB_STATEMENT)
@@ -420,6 +438,27 @@ class DbPerfSpanProcessor(SpanProcessor):
             cursors.clear()  # a cursor still being read then counts its next fetch once more
         cursors[key] = cursor
         return KIND_QUERY
+
+    def _http_call(self, request: Request, attrs: dict[str, Any], url: Any, duration: int) -> None:
+        """An outgoing HTTP call of ``request``: its URL, method, duration and the application line that
+        made it (the route template and the N+1 verdict are made off the request thread, see findings)."""
+        calls = request.http
+        if calls is None:
+            calls = request.http = []
+        elif len(calls) >= MAX_HTTP_CALLS:
+            return
+        location = None
+        app = self._app
+        if app is not None:
+            frame: Any = _getframe(2)
+            while frame is not None and frame.f_code is not _SPAN_END:
+                frame = frame.f_back
+            found = app.find(frame.f_back if frame is not None else _getframe(2))[0]
+            if found is not None:
+                code = found.f_code
+                location = (code.co_filename, found.f_lineno, getattr(code, _QUALNAME))
+        method = attrs.get(_HTTP_METHOD) or attrs.get(_HTTP_METHOD_OLD)
+        calls.append((attrs.get(_URL_TEMPLATE), url, method, duration, location))
 
     def _app_error(self, query: Query, statement: Any) -> None:
         """A failed DB span: whether its error text is the application's (from the exception being

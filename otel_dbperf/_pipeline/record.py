@@ -12,6 +12,9 @@ consumer asks first and kept on the objects for the others.
 
 from __future__ import annotations
 
+from _thread import get_ident
+from asyncio import _get_running_loop as _running_loop
+from asyncio import current_task as _current_task
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any
@@ -28,6 +31,7 @@ ANALYSIS_LOCK = _forksafe.lock("record.analysis")
 
 MAX_QUERIES_PER_REQUEST = 10_000  # queries of one request kept for its N+1 analysis; beyond: totals
 MAX_REQUEST_EVENTS = 32  # events other hooks add to one request's root span
+MAX_HTTP_CALLS = 1_000  # outgoing HTTP calls of one request kept for its HTTP N+1 analysis
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,12 @@ class Thresholds:
     n_plus_one: int
     statement_max_length: int
     long_transaction_ns: int = 1_000_000_000
+    # the request-span findings beyond N+1 (see .findings)
+    cpu_bound_ns: int = 200_000_000
+    cpu_bound_ratio: float = 0.5
+    http_n_plus_one: int = 5
+    loop_blocked_ns: int = 100_000_000  # 0: no event-loop watchdog
+    sequential: int = 3  # 0: no sequential-queries finding
 
     @property
     def slow_ms(self) -> float:
@@ -58,6 +68,11 @@ class Thresholds:
             n_plus_one=settings.n_plus_one_threshold,
             statement_max_length=settings.statement_max_length,
             long_transaction_ns=int(settings.long_transaction_ms * 1_000_000),
+            cpu_bound_ns=int(settings.cpu_bound_threshold_ms * 1_000_000),
+            cpu_bound_ratio=settings.cpu_bound_ratio,
+            http_n_plus_one=settings.http_n_plus_one_threshold,
+            loop_blocked_ns=int(settings.event_loop_blocked_ms * 1_000_000),
+            sequential=settings.sequential_queries_threshold,
         )
 
 
@@ -74,6 +89,7 @@ class Query:
         "rss_delta",  # RSS bytes (at the start, then the change), None: not sampled
         # set when it ends
         "duration_ns",
+        "start_ns",  # the span's start (epoch ns), for the sequential-queries finding
         "slow",
         "statement",  # the raw statement text (never exported as is), or None: a connect span
         "system",  # db.system.name / db.system: the dialect the statement is sanitized by
@@ -103,6 +119,7 @@ class Query:
     cpu_ns: int
     rss_delta: int | None
     duration_ns: int
+    start_ns: int
     slow: bool
     statement: Any
     system: Any
@@ -140,6 +157,7 @@ def new_query(request: Request | None, orm: bool) -> Query:
     query.repeat = 0
     query.duplicate = False
     query.kind = 0  # KIND_QUERY until its end says otherwise
+    query.start_ns = 0
     return query
 
 
@@ -152,7 +170,8 @@ class Request:
     __slots__ = (
         "root_id", "records", "overflow", "open_orm", "cpu0", "cpu_ns", "rss0", "rss", "ended",
         "cursor", "fp_counts", "dup_keys", "dup_count", "dup_ns", "extras", "events", "_rollup", "calls",
-        "app_error", "fetch_ns",
+        "app_error", "fetch_ns", "thread", "loop", "task", "watched", "duration_ns", "http", "samples", "stalls",
+        "findings",
     )  # fmt: skip
 
     def __init__(self, root_id: int, cpu0: int, rss0: int) -> None:
@@ -182,6 +201,19 @@ class Request:
         #: set (request thread) when a span of the request failed with an error text the application
         #: wrote: the error texts of the request's later failed spans and of its root keep only its code
         self.app_error: AppError | None = None
+        # for the findings beyond N+1 (see .findings): the request's thread and the asyncio loop running
+        # on it (None: sync code), its duration (set at its end), its outgoing HTTP calls
+        # ((url.template, url, method, duration_ns, location), None: none yet), the watchdog's stack samples
+        # (locations) and event-loop stalls, and the verdicts once made off the request thread
+        self.thread = get_ident()
+        loop = self.loop = _running_loop()
+        self.task = _current_task(loop) if loop is not None else None
+        self.watched = 0  # when the watchdog first saw it open (its thread, monotonic ns)
+        self.duration_ns = 0
+        self.http: list[tuple[Any, Any, Any, int, Any]] | None = None
+        self.samples: list[tuple[Any, ...]] | None = None
+        self.stalls: list[Any] | None = None
+        self.findings: Any = None
 
     # ---- request thread: figures of other concerns (pool waits, transactions) -------------
     def add(self, key: str, value: float) -> None:

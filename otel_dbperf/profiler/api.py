@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import _forksafe
 from .._resources import rss_bytes
-from .history import ProfilerBusy, QueryEntry, slowest_first
+from .history import FINDING_SUMS, ProfilerBusy, QueryEntry, slowest_first
 from .openapi import MAX_ID, MAX_LIMIT, MAX_TOP, document
 
 PREFIX = "/profiler/"
@@ -114,6 +114,7 @@ def _routes(routes: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
             "max_pool_wait_ms": round(row["max_pool_wait_ms"], 3),
             "pool_waited_requests": int(row["pool_waited_requests"]),
             "pool_timeouts": int(row["pool_timeouts"]),
+            **{name: int(row.get(name, 0)) for name in FINDING_SUMS},
         }
         for route, row in routes.items()
     }

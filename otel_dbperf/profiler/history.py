@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,8 +148,14 @@ _forksafe.register(_after_fork)
 
 
 #: a route's request figures in the totals: those summed, and the one kept as a maximum
-ROUTE_SUMS = ("requests", "db_queries", "db_duration_s", "pool_wait_ms", "pool_waited_requests", "pool_timeouts")
+ROUTE_SUMS = (
+    "requests", "db_queries", "db_duration_s", "pool_wait_ms", "pool_waited_requests", "pool_timeouts",
+    # requests with each finding beyond N+1 queries (see _pipeline.findings)
+    "cpu_bound_requests", "http_n_plus_one_requests", "event_loop_blocked_requests", "sequential_queries_requests",
+)  # fmt: skip
 ROUTE_MAXES = ("max_pool_wait_ms",)
+#: the route figures that count requests with a finding beyond N+1 queries
+FINDING_SUMS = ROUTE_SUMS[6:]
 
 
 def add_route(routes: dict[str, dict[str, float]], route: str, figures: Mapping[str, float]) -> None:
@@ -295,10 +301,17 @@ class QueryHistory:
             return 0
 
     def add_request(
-        self, route: str, db_queries: int, db_duration_s: float, pool_wait_ms: float, pool_timeouts: int
+        self,
+        route: str,
+        db_queries: int,
+        db_duration_s: float,
+        pool_wait_ms: float,
+        pool_timeouts: int,
+        findings: Sequence[str] = (),
     ) -> None:
         """Count one finished request (web request, task, profile session) under its route: its
-        queries and DB time, how long it waited for pooled connections and its pool timeouts."""
+        queries and DB time, how long it waited for pooled connections and its pool timeouts, and
+        its findings beyond N+1 queries (``cpu_bound``, ``http_n_plus_one``, ...)."""
         try:
             if not self.enabled:
                 return  # its queries were counted as dropped
@@ -311,6 +324,10 @@ class QueryHistory:
                 "pool_timeouts": int(pool_timeouts),
                 "max_pool_wait_ms": float(pool_wait_ms),
             }
+            for kind in findings:
+                name = f"{kind}_requests"
+                if name in ROUTE_SUMS:
+                    figures[name] = 1
             with self._lock:
                 add_route(self.by_route, route, figures)
         except Exception as exc:  # noqa: BLE001 - never into the exporter thread

@@ -140,6 +140,20 @@ def _schemas() -> dict[str, Any]:
                         "max_pool_wait_ms": {**_NUM, "description": "the longest wait of one request"},
                         "pool_waited_requests": {**_INT, "description": "requests that waited at all"},
                         "pool_timeouts": {**_INT, "description": "checkouts that timed out"},
+                        "cpu_bound_requests": {**_INT, "description": "CPU-bound requests (dbperf.request.cpu_bound)"},
+                        "http_n_plus_one_requests": {
+                            **_INT,
+                            "description": "requests repeating an outgoing HTTP route (dbperf.request.http.n_plus_one)",
+                        },
+                        "event_loop_blocked_requests": {
+                            **_INT,
+                            "description": "requests that blocked the asyncio event loop (dbperf.event_loop_blocked)",
+                        },
+                        "sequential_queries_requests": {
+                            **_INT,
+                            "description": "requests awaiting independent queries in turn "
+                            "(dbperf.request.sequential_queries)",
+                        },
                     }
                 ),
             },

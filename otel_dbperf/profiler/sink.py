@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import attributes as A
+from .._pipeline.findings import findings_of
 from .._pipeline.pending import PendingByRequest
 from .._pipeline.record import Query, Request, Rollup
 from .._pipeline.sink import Sink
@@ -24,9 +25,15 @@ class HistorySink(Sink):
     """A sink of ``_pipeline.derive``: one history entry per DB query (nested driver spans excluded),
     added when its request's root span arrives, with the request's route."""
 
-    def __init__(self, history: QueryHistory, sanitize: bool = True) -> None:
+    def __init__(
+        self, history: QueryHistory, sanitize: bool = True, thresholds: Any = None, resources: bool = True
+    ) -> None:
+        """``thresholds`` (the processor's): judge each request's findings beyond N+1 queries with them
+        (None: not counted); ``resources``: requests carry their CPU time (``DBPERF_RESOURCE_SAMPLES``)."""
         self.history = history
         self._sanitize = sanitize
+        self._thresholds = thresholds
+        self._resources = resources
         self._pending: PendingByRequest[dict[str, Any]] = PendingByRequest(
             self._add,
             lambda entry: self._add(entry, ""),
@@ -89,4 +96,5 @@ class HistorySink(Sink):
             rollup.db_ns / 1e9,
             float(extras.get(A.DB_POOL_WAIT_MS, 0.0)),
             int(extras.get(A.DB_POOL_TIMEOUTS, 0)),
+            findings_of(request, self._thresholds, self._resources).kinds() if self._thresholds is not None else (),
         )

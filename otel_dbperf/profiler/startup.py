@@ -90,7 +90,7 @@ def start_profiler(settings: Settings, thresholds: Thresholds, drain: Callable[[
             return None
         if mount and token is not None:
             _mount(mount, token, _relay_to(master[1]))
-        return HistorySink(history, settings.sanitize_statements)
+        return HistorySink(history, settings.sanitize_statements, thresholds, settings.resource_samples != "off")
     view: Any = history
     if server_name:
         merged = profiler_hub.MergedHistory(history)
@@ -135,7 +135,7 @@ def start_profiler(settings: Settings, thresholds: Thresholds, drain: Callable[[
             os.environ.pop(profiler_hub.HUB_ENV, None)
             _state.hub = None
         return None
-    return HistorySink(history, settings.sanitize_statements)
+    return HistorySink(history, settings.sanitize_statements, thresholds, settings.resource_samples != "off")
 
 
 def _relay_to(directory: str) -> Any:

@@ -33,7 +33,17 @@ from typing import Any, TextIO
 from ..settings import Settings
 from .console import EXIT_NO_DATA, EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, time_ns
 from .markup import printable_data
-from .summary import Filters, FingerprintStats, ReadStats, Report, json_text, link_text, read_files, trace_link
+from .summary import (
+    Filters,
+    FingerprintStats,
+    ReadStats,
+    Report,
+    finding_text,
+    json_text,
+    link_text,
+    read_files,
+    trace_link,
+)
 
 SCHEMA = "otel-dbperf.report.compare/1"
 
@@ -98,6 +108,22 @@ def _n_plus_one(report: Report) -> dict[tuple[str, str], dict[str, Any]]:
                 m.update(
                     max_repeat_count=f["max_repeat_count"], trace_id=f["trace_id"], code_location=f["code_location"]
                 )
+    return merged
+
+
+def _findings(report: Report) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Request findings by (finding, route, and for an HTTP N+1 its route template), merged over code
+    locations (a line moves between versions; a CPU-bound request's hottest function may too)."""
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for f in report.findings.values():
+        key = (f["finding"], f["route"], f["detail"] if f["finding"] == "http_n_plus_one" else "")
+        m = merged.get(key)
+        if m is None:
+            merged[key] = dict(f)
+        else:
+            m["requests"] += f["requests"]
+            if f["worst"] > m["worst"]:
+                m.update(worst=f["worst"], trace_id=f["trace_id"], code_location=f["code_location"])
     return merged
 
 
@@ -180,6 +206,16 @@ def compare(
     for entries in (new_n_plus_one, fixed_n_plus_one):
         entries.sort(key=lambda f: (-f["max_repeat_count"], f["route"]))
 
+    old_findings, new_findings_by_key = _findings(baseline), _findings(current)
+    new_findings = [n1(f) for key, f in new_findings_by_key.items() if key not in old_findings]
+    fixed_findings = [
+        n1(f, int(current.routes[key[1]][0]))
+        for key, f in old_findings.items()
+        if key not in new_findings_by_key and key[1] in current.routes
+    ]
+    for entries in (new_findings, fixed_findings):
+        entries.sort(key=lambda f: (f["finding"], f["route"], f["detail"]))
+
     def route_side(totals: list[float] | None) -> dict[str, Any] | None:
         if not totals or not totals[0]:
             return None
@@ -200,7 +236,7 @@ def compare(
             (route_entry(r) for r in set(baseline.routes) | set(current.routes)), key=lambda p: (p[0], p[1]["route"])
         )
     ]
-    regressions = len(lists["regressed"]) + len(lists["new_slow"]) + len(new_n_plus_one)
+    regressions = len(lists["regressed"]) + len(lists["new_slow"]) + len(new_n_plus_one) + len(new_findings)
 
     def side_info(report: Report, stats: ReadStats) -> dict[str, Any]:
         return {
@@ -218,7 +254,13 @@ def compare(
         "regressed": regressions > 0,
         "regression_count": regressions,
         "fingerprints": lists,
-        "routes": {"new_n_plus_one": new_n_plus_one, "fixed_n_plus_one": fixed_n_plus_one, "db_time": routes},
+        "routes": {
+            "new_n_plus_one": new_n_plus_one,
+            "fixed_n_plus_one": fixed_n_plus_one,
+            "new_findings": new_findings,
+            "fixed_findings": fixed_findings,
+            "db_time": routes,
+        },
     }
 
 
@@ -228,7 +270,9 @@ def rules_text(t: dict[str, Any]) -> str:
         f"regressed = p95 up more than {t['p95_ratio']:g}x (and by {t['min_delta_ms']:g} ms or more) and {per} "
         f"up more than {t['total_ratio']:g}x, with {t['min_count']} spans or more on each side; "
         f"new slow = not in the baseline, {t['min_count']} spans or more, {100 * t['slow_share']:g}% or more "
-        "of them slow; new N+1 = a route repeating a query it did not repeat in the baseline"
+        "of them slow; new N+1 = a route repeating a query it did not repeat in the baseline; new request "
+        "finding = a route CPU-bound, blocking the event loop, awaiting independent queries in turn, or "
+        "repeating an HTTP route template, where it did not in the baseline"
     )
 
 
@@ -294,12 +338,24 @@ def render_text(data: dict[str, Any], top: int = 10) -> str:
         lines += _where(e) + [f"      slowest now: {link_text(c['slowest'])}"]
     for f in routes["new_n_plus_one"]:
         lines.append(f"  NEW N+1         {_n1_text(f)}  ({link_text(f['example'])})")
+    if routes.get("new_findings"):
+        lines.append("  New request findings")
+    for f in routes.get("new_findings", []):
+        lines.append(
+            f"  NEW FINDING     {f['route']}: {finding_text(f)} in {f['requests']} request(s)"
+            f" at {f['code_location'] or '?'}  ({link_text(f['example'])})"
+        )
     lines.append("")
     lines.append("Better")
-    if not (routes["fixed_n_plus_one"] or fps["faster"] or fps["vanished"]):
+    if not (routes["fixed_n_plus_one"] or routes.get("fixed_findings") or fps["faster"] or fps["vanished"]):
         lines.append("  nothing")
     for f in routes["fixed_n_plus_one"]:
         lines.append(f"  FIXED N+1       {_n1_text(f)} before; in none of {f['route_requests_now']} request(s) now")
+    for f in routes.get("fixed_findings", []):
+        lines.append(
+            f"  FIXED FINDING   {f['route']}: {finding_text(f)} before; "
+            f"in none of {f['route_requests_now']} request(s) now"
+        )
     for e in fps["faster"][:top]:
         b, c = e["baseline"], e["current"]
         lines.append(

@@ -11,6 +11,7 @@ from typing import Any
 
 from .html import _CSS, _link, head
 from .markup import Markup, html, join
+from .summary import finding_text
 
 _WORSE, _BETTER, _BEFORE, _NOW = "#b42318", "#067647", "#98a2b3", "#3d6fe0"
 _EXTRA_CSS = Markup("""
@@ -239,6 +240,32 @@ def _n1_table(title: str, kind: str, colour: str, entries: list[dict[str, Any]])
     return join(out)
 
 
+def _findings_table(title: str, kind: str, colour: str, entries: list[dict[str, Any]]) -> Markup:
+    if not entries:
+        return Markup()
+    out = [
+        html(
+            "<h3>{title} ({n})</h3><table><tr><th></th><th>route</th><th>finding</th>"
+            "<th>requests</th><th>at</th><th>fix</th><th>example</th></tr>",
+            title=title,
+            n=len(entries),
+        )
+    ]
+    for f in entries:
+        out.append(
+            html(
+                "<tr><td>{tag}</td><td>{f[route]}</td><td>{text}</td><td class=n>{f[requests]}</td>"
+                "<td><code>{f[code_location]}</code></td><td>{f[suggestion]}</td><td>{example}</td></tr>",
+                tag=_tag(kind, colour),
+                f=f,
+                text=finding_text(f),
+                example=_link(f["example"]),
+            )
+        )
+    out.append(html("</table>"))
+    return join(out)
+
+
 def render_html(data: dict[str, Any], rules: str) -> str:
     fps, routes, b, c = data["fingerprints"], data["routes"], data["baseline"], data["current"]
     verdict = (
@@ -254,17 +281,24 @@ def render_html(data: dict[str, Any], rules: str) -> str:
         + [("ok", _NOW, e) for e in fps["unchanged"]]
         + [("new", _NOW, e) for e in fps["new"] if e["current"]["count"] >= data["thresholds"]["min_count"]]
     )[:25]
-    better = len(routes["fixed_n_plus_one"]) + len(fps["faster"]) + len(fps["vanished"])
+    better = (
+        len(routes["fixed_n_plus_one"])
+        + len(routes.get("fixed_findings", []))
+        + len(fps["faster"])
+        + len(fps["vanished"])
+    )
     regressions = join(
         [
             _table("New slow queries", "new slow", _WORSE, fps["new_slow"]),
             _table("Slower queries", "slower", _WORSE, fps["regressed"]),
             _n1_table("New N+1", "new N+1", _WORSE, routes["new_n_plus_one"]),
+            _findings_table("New request findings", "new", _WORSE, routes.get("new_findings", [])),
         ]
     )
     improvements = join(
         [
             _n1_table("Fixed N+1", "fixed N+1", _BETTER, routes["fixed_n_plus_one"]),
+            _findings_table("Fixed request findings", "fixed", _BETTER, routes.get("fixed_findings", [])),
             _table("Faster queries", "faster", _BETTER, fps["faster"]),
             _table("Gone", "gone", _BEFORE, fps["vanished"]),
         ]

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .markup import Markup, html, join
+from .summary import finding_text
 from .workload import render_columns as server_columns
 from .workload import render_full_scans as full_scan_lines
 from .workload import render_lines as server_lines
@@ -39,6 +40,29 @@ def head(title: str, css: Markup) -> Markup:
         title=title,
         css=css,
     )
+
+
+def findings_table(title: str, findings: list[dict[str, Any]]) -> Markup:
+    """A heading and a table of request findings (CPU-bound, HTTP N+1, blocked loop, sequential queries)."""
+    parts = [html("<h2>{title}</h2>", title=title)]
+    if not findings:
+        parts.append(html('<p class="muted">none found</p>'))
+        return join(parts, "")
+    parts.append(
+        html("<table><tr><th>route</th><th>finding</th><th>requests</th><th>at</th><th>fix</th><th>example</th></tr>")
+    )
+    for f in findings:
+        parts.append(
+            html(
+                "<tr><td>{f[route]}</td><td>{text}</td><td class=n>{f[requests]}</td>"
+                "<td><code>{f[code_location]}</code></td><td>{f[suggestion]}</td><td>{example}</td></tr>",
+                f=f,
+                text=finding_text(f),
+                example=_link(f["example"]),
+            )
+        )
+    parts.append(html("</table>"))
+    return join(parts, "")
 
 
 def _link(link: dict[str, str]) -> Markup:
@@ -209,6 +233,7 @@ def render_html(data: dict[str, Any]) -> str:
         out.append(html("</table>"))
     else:
         out.append(html('<p class="muted">none found</p>'))
+    out.append(findings_table("Request findings beyond N+1 queries", data.get("request_findings", [])))
     out.append(html("<h2>Exact duplicate queries (cache candidates)</h2>"))
     if data.get("duplicates"):
         out.append(

@@ -35,6 +35,7 @@ from .workload import render_lines as server_lines
 
 _SAMPLES = 512  # durations kept per fingerprint for percentiles (reservoir sampling)
 _MAX_KEYS = 20  # distinct code locations / routes kept per fingerprint
+_MAX_FINDINGS = 1000  # distinct request findings (finding, route, location, detail) kept
 _MAX_TRACES = 200_000  # traces remembered to attribute queries to their request's route
 _SERVER = 2  # SpanKind SERVER in OTLP
 _MAX_REASONS = 5  # rejected lines and spans whose reason is kept
@@ -163,21 +164,30 @@ ATTRIBUTE_TYPES = {
          HTTP_ROUTE, CELERY_TASK_NAME, A.N_PLUS_ONE_FINGERPRINT, A.N_PLUS_ONE_QUERY_SUMMARY,
          A.N_PLUS_ONE_CODE_LOCATION, A.N_PLUS_ONE_PYTHON_LOCATION, A.N_PLUS_ONE_RELATIONSHIP,
          A.N_PLUS_ONE_SUGGESTION, A.NOSQL_REPEAT_SYSTEM, A.NOSQL_REPEAT_OPERATION, A.NOSQL_REPEAT_CODE_LOCATION,
-         A.NOSQL_REPEAT_SUGGESTION),
+         A.NOSQL_REPEAT_SUGGESTION, A.REQUEST_CPU_BOUND_CODE_LOCATION, A.REQUEST_CPU_BOUND_FUNCTION,
+         A.REQUEST_CPU_BOUND_SUGGESTION, A.REQUEST_HTTP_N_PLUS_ONE_ROUTE, A.REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION,
+         A.REQUEST_HTTP_N_PLUS_ONE_SUGGESTION, A.REQUEST_EVENT_LOOP_CODE_LOCATION,
+         A.REQUEST_SEQUENTIAL_CODE_LOCATION, A.REQUEST_SEQUENTIAL_SUGGESTION),
         _STRING,
     ),
     **dict.fromkeys(
         (A.QUERY_SLOW, A.QUERY_DUPLICATE, A.QUERY_NESTED, A.QUERY_SETUP, A.QUERY_NOSQL, A.QUERY_CURSOR_FETCH,
-         A.N_PLUS_ONE_DETECTED, A.NOSQL_REPEAT_DETECTED),
+         A.N_PLUS_ONE_DETECTED, A.NOSQL_REPEAT_DETECTED, A.REQUEST_CPU_BOUND, A.REQUEST_HTTP_N_PLUS_ONE_DETECTED,
+         A.REQUEST_SEQUENTIAL_DETECTED),
         _FLAG,
     ),
     **dict.fromkeys(
         (A.CODE_LINE_NUMBER, A.DB_QUERY_COUNT, A.DB_SLOW_QUERY_COUNT, A.DB_DUPLICATE_COUNT, A.DB_POOL_TIMEOUTS,
-         A.N_PLUS_ONE_REPEAT_COUNT, A.NOSQL_REPEAT_COUNT),
+         A.N_PLUS_ONE_REPEAT_COUNT, A.NOSQL_REPEAT_COUNT, A.REQUEST_HTTP_N_PLUS_ONE_REPEAT_COUNT,
+         A.REQUEST_EVENT_LOOP_BLOCKED_COUNT, A.REQUEST_SEQUENTIAL_COUNT),
         _COUNT,
     ),
     # no longer than a span can last
-    **dict.fromkeys((A.DB_DURATION_MS, A.DB_POOL_WAIT_MS), _MS),
+    **dict.fromkeys(
+        (A.DB_DURATION_MS, A.DB_POOL_WAIT_MS, A.CPU_TIME_MS, A.REQUEST_EVENT_LOOP_BLOCKED_MS,
+         A.REQUEST_SEQUENTIAL_SAVING_MS),
+        _MS,
+    ),
 }  # fmt: skip
 
 
@@ -412,6 +422,20 @@ class FingerprintStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def finding_text(f: dict[str, Any]) -> str:
+    """One request finding in words, with its worst figure."""
+    kind, worst, detail = f["finding"], f["worst"], f["detail"]
+    if kind == "cpu_bound":
+        return f"CPU-bound, up to {worst:.0f} ms of CPU" + (f" in {detail}" if detail else "")
+    if kind == "http_n_plus_one":
+        return f"HTTP N+1, {detail} called up to {worst:.0f}x"
+    if kind == "event_loop_blocked":
+        return f"event loop blocked up to {worst:.0f} ms"
+    if kind == "sequential_queries":
+        return f"sequential queries, {detail} awaited in turn, up to {worst:.0f} ms to save"
+    return str(kind)
+
+
 def _number(value: Any) -> float:
     """A request attribute that should be a number (absent, or written by another tool: 0)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
@@ -438,6 +462,8 @@ class Report:
         self.top = top
         self.fingerprints: dict[str, FingerprintStats] = {}
         self.n_plus_one: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (finding, route, code location, detail) -> a request finding beyond N+1 queries (see _add_findings)
+        self.findings: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         # (route, system, operation, location) -> one command of a key-value store repeated in a request
         self.repeated_calls: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.slowest: list[tuple[float, int, dict[str, Any]]] = []
@@ -581,6 +607,7 @@ class Report:
             repeat = int(a.get(A.N_PLUS_ONE_REPEAT_COUNT, 0))
             if repeat > finding["max_repeat_count"]:
                 finding["max_repeat_count"], finding["trace_id"] = repeat, span.trace_id
+        self._add_findings(span, route)
         if a.get(A.NOSQL_REPEAT_DETECTED):
             system, operation = str(a.get(A.NOSQL_REPEAT_SYSTEM, "")), str(a.get(A.NOSQL_REPEAT_OPERATION, ""))
             location = str(a.get(A.NOSQL_REPEAT_CODE_LOCATION, ""))
@@ -601,6 +628,71 @@ class Report:
             repeat = int(a.get(A.NOSQL_REPEAT_COUNT, 0))
             if repeat > call["max_repeat_count"]:
                 call["max_repeat_count"], call["trace_id"] = repeat, span.trace_id
+
+    def _add_findings(self, span: Span, route: str) -> None:
+        """The request's findings beyond N+1 queries: one entry per (finding, route, location, detail),
+        with how many requests and the worst figure (CPU ms, repeats, stalled ms, ms to save)."""
+        a = span.attributes
+        found: list[tuple[str, str, str, str, float]] = []
+        if a.get(A.REQUEST_CPU_BOUND):
+            found.append(
+                (
+                    "cpu_bound",
+                    str(a.get(A.REQUEST_CPU_BOUND_CODE_LOCATION, "")),
+                    str(a.get(A.REQUEST_CPU_BOUND_FUNCTION, "")),
+                    str(a.get(A.REQUEST_CPU_BOUND_SUGGESTION, "")),
+                    _number(a.get(A.CPU_TIME_MS)),
+                )
+            )
+        if a.get(A.REQUEST_HTTP_N_PLUS_ONE_DETECTED):
+            found.append(
+                (
+                    "http_n_plus_one",
+                    str(a.get(A.REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION, "")),
+                    str(a.get(A.REQUEST_HTTP_N_PLUS_ONE_ROUTE, "")),
+                    str(a.get(A.REQUEST_HTTP_N_PLUS_ONE_SUGGESTION, "")),
+                    _number(a.get(A.REQUEST_HTTP_N_PLUS_ONE_REPEAT_COUNT)),
+                )
+            )
+        if a.get(A.REQUEST_EVENT_LOOP_BLOCKED_COUNT):
+            found.append(
+                (
+                    "event_loop_blocked",
+                    str(a.get(A.REQUEST_EVENT_LOOP_CODE_LOCATION, "")),
+                    "",
+                    "run the blocking call in a thread (await asyncio.to_thread(...)) or make it async",
+                    _number(a.get(A.REQUEST_EVENT_LOOP_BLOCKED_MS)),
+                )
+            )
+        if a.get(A.REQUEST_SEQUENTIAL_DETECTED):
+            found.append(
+                (
+                    "sequential_queries",
+                    str(a.get(A.REQUEST_SEQUENTIAL_CODE_LOCATION, "")),
+                    f"{_number(a.get(A.REQUEST_SEQUENTIAL_COUNT)):.0f} queries",
+                    str(a.get(A.REQUEST_SEQUENTIAL_SUGGESTION, "")),
+                    _number(a.get(A.REQUEST_SEQUENTIAL_SAVING_MS)),
+                )
+            )
+        for kind, location, detail, suggestion, figure in found:
+            key = (kind, route, location, detail)
+            entry = self.findings.get(key)
+            if entry is None:
+                if len(self.findings) >= _MAX_FINDINGS:
+                    continue
+                entry = self.findings[key] = {
+                    "finding": kind,
+                    "route": route,
+                    "code_location": location,
+                    "detail": detail,
+                    "suggestion": suggestion,
+                    "requests": 0,
+                    "worst": 0.0,
+                    "trace_id": span.trace_id,
+                }
+            entry["requests"] += 1
+            if figure > entry["worst"]:
+                entry["worst"], entry["trace_id"] = figure, span.trace_id
 
     def as_dict(self, stats: ReadStats, jaeger_url: str = "") -> dict[str, Any]:
         def link(trace_id: str) -> dict[str, str]:
@@ -636,6 +728,14 @@ class Report:
                 {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
                 for f in sorted(self.n_plus_one.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
             ],
+            "request_findings": [
+                {
+                    **{k: v for k, v in f.items() if k != "trace_id"},
+                    "worst": round(f["worst"], 3),
+                    "example": link(f["trace_id"]),
+                }
+                for f in sorted(self.findings.values(), key=lambda f: (f["finding"], -f["requests"], f["route"]))
+            ],  # fmt: skip
             "repeated_calls": [
                 {**{k: v for k, v in f.items() if k != "trace_id"}, "example": link(f["trace_id"])}
                 for f in sorted(self.repeated_calls.values(), key=lambda f: (-f["max_repeat_count"], f["route"]))
@@ -774,6 +874,15 @@ def render_text(data: dict[str, Any]) -> str:
             f"in {c['requests']} request(s) at {c['code_location'] or '?'}: use {c['suggestion']}"
             f"  ({link_text(c['example'])})"
         )
+    lines.append("")
+    lines.append("Request findings beyond N+1 queries (CPU-bound, HTTP N+1, blocked event loop, sequential queries)")
+    if not data.get("request_findings"):
+        lines.append("  none found")
+    for f in data.get("request_findings", []):
+        lines.append(f"  {f['route']}: {finding_text(f)} in {f['requests']} request(s) at {f['code_location'] or '?'}"
+                     f"  ({link_text(f['example'])})")  # fmt: skip
+        if f["suggestion"]:
+            lines.append(f"      {f['suggestion']}")
     lines.append("")
     lines.append("Exact duplicate queries (same statement and parameters again in one request: cache candidates)")
     if not data.get("duplicates"):
