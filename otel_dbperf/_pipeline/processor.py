@@ -441,7 +441,8 @@ class DbPerfSpanProcessor(SpanProcessor):
 
     def _http_call(self, request: Request, attrs: dict[str, Any], url: Any, duration: int) -> None:
         """An outgoing HTTP call of ``request``: its URL, method, duration and the application line that
-        made it (the route template and the N+1 verdict are made off the request thread, see findings)."""
+        made it, one await-chain up when no application frame is on its task's stack (the route template
+        and the N+1 verdict are made off the request thread, see findings)."""
         calls = request.http
         if calls is None:
             calls = request.http = []
@@ -453,7 +454,11 @@ class DbPerfSpanProcessor(SpanProcessor):
             frame: Any = _getframe(2)
             while frame is not None and frame.f_code is not _SPAN_END:
                 frame = frame.f_back
-            found = app.find(frame.f_back if frame is not None else _getframe(2))[0]
+            found, _, hint, _ = app.walk(frame.f_back if frame is not None else _getframe(2))
+            if found is None and hint.__class__ is _FRAME:
+                # asyncio's loop below the call's task, none of its frames the app's (its coroutine went
+                # straight to gather, a TaskGroup, create_task): the app frame that awaits the task, if any
+                found = app.awaited_from(hint)[0]
             if found is not None:
                 code = found.f_code
                 location = (code.co_filename, found.f_lineno, getattr(code, _QUALNAME))
