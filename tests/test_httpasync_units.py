@@ -6,6 +6,7 @@ coroutine went straight to ``gather``), never for the common case of an awaited 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,25 @@ def test_a_gathered_call_is_located_at_the_awaiting_line(setup: Setup) -> None:
     request = setup.request(gathered)
     assert _locations(request) == [(str(HERE), _line("gather"))] * len(IDS)
     assert len(setup.awaited) == len(IDS)  # one walk per call, each found the awaiting frame
+
+
+def test_tasks_created_then_gathered_and_a_task_group(setup: Setup) -> None:
+    # seed 004's pattern: tasks created first, gathered later; the line that awaits them
+    async def created(client: httpx.AsyncClient) -> None:
+        tasks = [asyncio.create_task(client.get(f"/users/{i}")) for i in IDS]
+        await asyncio.gather(*tasks)  # marker: created
+
+    assert _locations(setup.request(created)) == [(str(HERE), _line("created"))] * len(IDS)
+    if sys.version_info < (3, 11):
+        return
+
+    async def group(client: httpx.AsyncClient) -> None:
+        async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined]  # marker: taskgroup
+            for i in IDS:
+                tg.create_task(client.get(f"/users/{i}"))
+
+    # where the group's parent task waits for its children: the end of `async with`
+    assert _locations(setup.request(group)) == [(str(HERE), _line("taskgroup"))] * len(IDS)
 
 
 def test_a_call_nothing_awaits_has_no_location(setup: Setup) -> None:
