@@ -52,7 +52,11 @@ def run() -> Iterator[dict[str, Any]]:
     api = f"http://127.0.0.1:{server.server_address[1]}"
     receiver = Receiver()
     try:
-        with serve("uvicorn", "httpasync_app:app", base_env(receiver, APP_API_URL=api)) as srv:
+        with serve(
+            "uvicorn",
+            "httpasync_app:app",
+            base_env(receiver, APP_API_URL=api, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=""),
+        ) as srv:
             statuses = {route: get(srv["url"] + route) for route in ROUTES}
             spans = receiver.wait_for(
                 lambda s: set(ROUTES) <= {x["attributes"].get("http.route") for x in s if x["kind"] == "SERVER"}
