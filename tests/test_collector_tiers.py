@@ -47,7 +47,7 @@ def test_the_two_tier_prometheus_config_scrapes_every_agent_and_every_collectors
     assert _dns_targets(jobs["otelcol-telemetry"]) == {("otelcol-agent-headless", 8888),
                                                         ("otelcol-gateway-headless", 8888)}  # fmt: skip
     assert not jobs["otelcol-telemetry"].get("honor_labels")
-    assert set(config["rule_files"]) == {"alerts.yaml", "collector-alerts.yaml"}
+    assert set(config["rule_files"]) == {"alerts.yaml", "collector-alerts.yaml", "database-alerts.yaml"}
     promtool = shutil.which("promtool")
     if not promtool:
         if REQUIRE_SERVICES:

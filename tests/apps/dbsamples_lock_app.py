@@ -20,7 +20,10 @@ SECRET = "s3cr3t-lock-value"
 with engine.begin() as setup:
     setup.execute(text("CREATE TABLE IF NOT EXISTS dbsamples_stock (id int PRIMARY KEY, name text, n int)"))
     setup.execute(text(f"DELETE FROM dbsamples_stock WHERE name = '{SECRET}'"))
-    setup.execute(text(f"INSERT INTO dbsamples_stock VALUES (7, '{SECRET}', 0) ON CONFLICT (id) DO NOTHING"))
+    if engine.dialect.name == "postgresql":
+        setup.execute(text(f"INSERT INTO dbsamples_stock VALUES (7, '{SECRET}', 0) ON CONFLICT (id) DO NOTHING"))
+    else:  # MariaDB (tests/test_dbkit_lock_e2e.py)
+        setup.execute(text(f"INSERT IGNORE INTO dbsamples_stock VALUES (7, '{SECRET}', 0)"))
 
 app = Flask(__name__)
 
