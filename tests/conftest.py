@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -348,6 +348,26 @@ def until(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float =
         time.sleep(0.1)
         value = read()
     return value
+
+
+T = TypeVar("T")
+HANG_GUARD_S = 180.0  # how long wait_for waits on a loaded machine: generous, never a verdict
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = HANG_GUARD_S) -> T:
+    """Poll ``probe`` until it returns something true (an ``OSError`` counts as not yet), at most
+    ``timeout`` s: a hang guard on a loaded machine, never a verdict."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            found = probe()
+        except OSError as exc:
+            found, last = None, exc
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 def spans_named(spans: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:

@@ -10,22 +10,17 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
-from conftest import REQUIRE_SERVICES, free_port, get
+from conftest import REQUIRE_SERVICES, free_port, get, wait_for
 
 ROOT = Path(__file__).parent.parent
 COLLECTOR = ROOT / "collector"
 KIT_BIN = Path(os.environ.get("DBPERF_KIT_BIN") or ROOT / ".cache" / "kit" / "bin")
 WAIT = 120.0  # hang guard on a loaded machine, never a verdict
-
-T = TypeVar("T")
 
 
 def _need(path: Path | None, what: str) -> None:
@@ -34,19 +29,6 @@ def _need(path: Path | None, what: str) -> None:
         if REQUIRE_SERVICES:
             pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
         pytest.skip(reason)
-
-
-def _until(what: str, probe: Callable[[], T | None], timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = probe()
-        except OSError:
-            found = None
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _listening(address: str) -> bool:
@@ -110,7 +92,7 @@ def test_kit_up_with_the_database_hosts_collector(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=30) as resp:
             assert resp.status == 200
         loki_file = run / "loki" / "logs.jsonl"
-        _until("the record in the Loki stand-in", lambda: loki_file.exists() and marker in loki_file.read_text())
+        wait_for("the record in the Loki stand-in", lambda: loki_file.exists() and marker in loki_file.read_text())
         # Prometheus scrapes the database host's Collector (its host metrics) beside the central one
         prometheus = f"http://{addresses['KIT_PROMETHEUS_ADDR']}"
         dbhost_scrape = f"http://{addresses['KIT_DBHOST_PROMETHEUS_ENDPOINT']}/metrics"
@@ -120,7 +102,7 @@ def test_kit_up_with_the_database_hosts_collector(tmp_path: Path) -> None:
             by_url = {t["scrapeUrl"]: t["labels"]["job"] for t in found}
             return by_url if dbhost_scrape in by_url else None
 
-        assert _until("Prometheus's scrape targets", targets)[dbhost_scrape] == "otelcol-dbhost"
+        assert wait_for("Prometheus's scrape targets", targets)[dbhost_scrape] == "otelcol-dbhost"
         status = subprocess.run([*kit, "status"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert status.returncode == 0 and status.stdout.count(": healthy") == 6, status.stdout
     finally:

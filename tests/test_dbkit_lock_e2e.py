@@ -26,12 +26,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -47,6 +46,7 @@ from conftest import (
     get,
     maria_connect,
     serve,
+    wait_for,
 )
 from otlp_receiver import Receiver
 
@@ -59,8 +59,6 @@ WAIT = 120.0  # hang guard on a loaded machine, never a verdict
 
 pytestmark = pytest.mark.services
 
-T = TypeVar("T")
-
 
 def _binary(name: str) -> Path:
     path = KIT_BIN / name
@@ -70,20 +68,6 @@ def _binary(name: str) -> Path:
             pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
         pytest.skip(reason)
     return path
-
-
-def _until(what: str, probe: Callable[[], T | None], timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            found = probe()
-        except OSError as exc:
-            found, last = None, exc
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 def _addr() -> str:
@@ -109,7 +93,7 @@ def _process(name: str, cmd: list[str], env: dict[str, str], tmp: Path, health: 
                     raise AssertionError(f"{name} exited: {log.read()[-4000:]}")
                 return get(health, timeout=5)[0] == 200
 
-            _until(f"{name} at {health}", ready)
+            wait_for(f"{name} at {health}", ready)
         yield
         if proc.poll() is not None:
             log.seek(0)
@@ -257,10 +241,10 @@ def _lock_wait(
         waiter = threading.Thread(target=lambda: results.setdefault("wait", get(srv["url"] + "/wait")[0]))
         hold.start()
         try:
-            _until("the row lock held", held)
+            wait_for("the row lock held", held)
             waiter.start()
-            _until("the lock wait", waits)
-            found = _until("the lock wait's samples in the log backend", lambda: samples(_records(kit["loki_file"])))
+            wait_for("the lock wait", waits)
+            found = wait_for("the lock wait's samples in the log backend", lambda: samples(_records(kit["loki_file"])))
         finally:
             get(srv["url"] + "/release")
             hold.join(60)
@@ -287,7 +271,7 @@ def _jaeger_trace(kit: dict[str, Any], sample: dict[str, Any], route: str) -> di
         kinds = {_tags(s).get("span.kind") for s in data[0]["spans"]}
         return cast(dict[str, Any], data[0]) if sample["spanId"] in ids and "server" in kinds else None
 
-    found = _until(f"trace {sample['traceId']} ({route}) in Jaeger", probe)
+    found = wait_for(f"trace {sample['traceId']} ({route}) in Jaeger", probe)
     servers = [s for s in found["spans"] if _tags(s).get("span.kind") == "server"]
     assert [s["operationName"] for s in servers] == [f"GET {route}"], [s["operationName"] for s in found["spans"]]
     assert found["processes"][servers[0]["processID"]]["serviceName"] == SERVICE

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 import yaml
-from conftest import APPS, REQUIRE_SERVICES, base_env, free_port, get, marker_line, seeded, serve
+from conftest import APPS, REQUIRE_SERVICES, base_env, free_port, get, marker_line, seeded, serve, wait_for
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from otlp_receiver import Receiver
 
@@ -40,8 +40,6 @@ SERVICE = "dbperf-kit-test"
 PLACEHOLDER = re.compile(r"\$\{env:([A-Z][A-Z0-9_]*):-([^}]*)\}")
 DECISIONS = "otelcol_processor_tail_sampling_global_count_traces_sampled"  # the Collector's own metric
 WAIT = 180.0  # hang guard for anything that waits on the loaded machine: generous, never a verdict
-
-T = TypeVar("T")
 
 
 def kit_binary(name: str) -> Path:
@@ -184,20 +182,6 @@ def test_the_distribution_holds_exactly_the_components_the_configs_use() -> None
 
 
 # -- the whole path: app -> our Collector (otelcol.yaml) -> Jaeger
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            found = probe()
-        except OSError as exc:
-            found, last = None, exc
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 @contextmanager
