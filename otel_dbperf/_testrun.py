@@ -215,7 +215,16 @@ class Guard:
     def _load_supported(self, entry_point: Any, **kwargs: Any) -> None:
         from .distro import DbPerfDistro
 
-        load = functools.partial(DbPerfDistro().load_instrumentor, entry_point, skip_dep_check=True, **kwargs)
+        distro = DbPerfDistro()
+
+        def load() -> None:
+            try:
+                distro.load_instrumentor(entry_point, skip_dep_check=True, **kwargs)
+            except ModuleNotFoundError:
+                # as opentelemetry-instrument does: an instrumentor whose library is not installed
+                # (one distribution can hold two, e.g. contrib's httpx holds httpx2's) is left out
+                return
+
         _guard.step(f"{entry_point.name} instrumentation", f"no {entry_point.name} spans", load)
 
     def _sqlalchemy(self, entry_point: Any) -> None:
