@@ -350,6 +350,21 @@ def until(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float =
     return value
 
 
+#: the kit's binaries (scripts/build-kit builds them; scripts/test runs that first)
+KIT_BIN = Path(os.environ.get("DBPERF_KIT_BIN") or Path(__file__).parent.parent / ".cache" / "kit" / "bin")
+
+
+def kit_binary(name: str) -> Path:
+    """The kit's ``name`` binary; its tests skip without it (fail under DBPERF_REQUIRE_SERVICES=1)."""
+    path = KIT_BIN / name
+    if not os.access(path, os.X_OK):
+        reason = f"{path} missing (scripts/build-kit builds it; scripts/test runs that first)"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    return path
+
+
 T = TypeVar("T")
 HANG_GUARD_S = 180.0  # how long wait_for waits on a loaded machine: generous, never a verdict
 

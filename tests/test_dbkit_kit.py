@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REQUIRE_SERVICES, free_port, get, wait_for
+from conftest import KIT_BIN, REQUIRE_SERVICES, free_port, get, kit_binary, wait_for
 
 ROOT = Path(__file__).parent.parent
 COLLECTOR = ROOT / "collector"
-KIT_BIN = Path(os.environ.get("DBPERF_KIT_BIN") or ROOT / ".cache" / "kit" / "bin")
 WAIT = 120.0  # hang guard on a loaded machine, never a verdict
 
 
@@ -52,8 +51,7 @@ def _log_record(body: str) -> bytes:
 
 
 def test_kit_up_with_the_database_hosts_collector(tmp_path: Path) -> None:
-    _need(KIT_BIN / "otelcol-dbperf", "the kit's Collector (scripts/build-kit)")
-    _need(KIT_BIN / "jaeger", "the kit's Jaeger (scripts/build-kit)")
+    kit_binary("otelcol-dbperf"), kit_binary("jaeger")
     for name in ("prometheus", "prometheus-alertmanager"):
         found = shutil.which(name)
         _need(Path(found) if found else None, name)

@@ -40,10 +40,10 @@ from conftest import (
     PG_DB,
     PG_HOST,
     PG_PORT,
-    REQUIRE_SERVICES,
     base_env,
     free_port,
     get,
+    kit_binary,
     maria_connect,
     serve,
     wait_for,
@@ -52,22 +52,11 @@ from otlp_receiver import Receiver
 
 ROOT = Path(__file__).parent.parent
 COLLECTOR = ROOT / "collector"
-KIT_BIN = Path(os.environ.get("DBPERF_KIT_BIN") or ROOT / ".cache" / "kit" / "bin")
 SERVICE = "dbperf-dbkit-lock"
 SECRET = "s3cr3t-lock-value"  # tests/apps/dbsamples_lock_app.py's literal
 WAIT = 120.0  # hang guard on a loaded machine, never a verdict
 
 pytestmark = pytest.mark.services
-
-
-def _binary(name: str) -> Path:
-    path = KIT_BIN / name
-    if not os.access(path, os.X_OK):
-        reason = f"{path} missing (scripts/build-kit builds it)"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return path
 
 
 def _addr() -> str:
@@ -137,7 +126,7 @@ def _tags(span: dict[str, Any]) -> dict[str, Any]:
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Jaeger, the Loki stand-in, the central Collector (otelcol.yaml) and the database host's
     (dbhost.yaml, its logs upstream to the central one), on the shipped configs."""
-    otelcol, jaeger = _binary("otelcol-dbperf"), _binary("jaeger")
+    otelcol, jaeger = kit_binary("otelcol-dbperf"), kit_binary("jaeger")
     tmp = tmp_path_factory.mktemp("dbkit")
     jaeger_env = {
         **_clean_env(),

@@ -22,12 +22,20 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import MARIA_DB, PG_DB, PG_HOST, PG_PORT, REQUIRE_SERVICES, free_port, get, maria_connect
+from conftest import (
+    MARIA_DB,
+    PG_DB,
+    PG_HOST,
+    PG_PORT,
+    free_port,
+    get,
+    kit_binary,
+    maria_connect,
+)
 from prometheus_server import Prometheus, prometheus
 
 ROOT = Path(__file__).parent.parent
 COLLECTOR = ROOT / "collector"
-KIT_BIN = Path(os.environ.get("DBPERF_KIT_BIN") or ROOT / ".cache" / "kit" / "bin")
 DASHBOARD = COLLECTOR / "grafana" / "dashboards" / "otel-dbperf-database.json"
 ALERTS = COLLECTOR / "prometheus" / "database-alerts.yaml"
 WAIT = 120.0  # hang guard on a loaded machine, never a verdict
@@ -36,16 +44,6 @@ NEEDS_A_STANDBY = {"postgresql_wal_lag_seconds", "postgresql_replication_data_de
 METRIC = re.compile(r"\b((?:postgresql|mysql|dbperf_db_server|system)_[a-z0-9_]+)\b")
 
 pytestmark = pytest.mark.services
-
-
-def _otelcol() -> Path:
-    path = KIT_BIN / "otelcol-dbperf"
-    if not os.access(path, os.X_OK):
-        reason = f"{path} missing (scripts/build-kit builds it)"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return path
 
 
 def _until(what: str, probe: Callable[[], Any], timeout: float = WAIT) -> Any:
@@ -72,7 +70,7 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pg_user: str) -> Iterator[dict[str, Any]]:
-    otelcol = _otelcol()
+    otelcol = kit_binary("otelcol-dbperf")
     maria_connect().close()  # makes the session's MariaDB database (or skips/fails without MariaDB)
     tmp = tmp_path_factory.mktemp("dbmon")
     ports = {name: free_port() for name in ("grpc", "http", "prom", "health", "zpages", "telemetry", "upstream")}

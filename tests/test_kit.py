@@ -25,7 +25,19 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from conftest import APPS, REQUIRE_SERVICES, base_env, free_port, get, marker_line, seeded, serve, wait_for
+from conftest import (
+    APPS,
+    KIT_BIN,
+    REQUIRE_SERVICES,
+    base_env,
+    free_port,
+    get,
+    kit_binary,
+    marker_line,
+    seeded,
+    serve,
+    wait_for,
+)
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from otlp_receiver import Receiver
 
@@ -33,23 +45,12 @@ from otel_dbperf import attributes as A
 
 ROOT = Path(__file__).parent.parent
 COLLECTOR = ROOT / "collector"
-KIT_BIN = Path(os.environ.get("DBPERF_KIT_BIN") or ROOT / ".cache" / "kit" / "bin")
 SHIPPED = ["otelcol.yaml", "agent.yaml", "gateway.yaml"]
 APP_FILE = str(APPS / "flask_app.py")
 SERVICE = "dbperf-kit-test"
 PLACEHOLDER = re.compile(r"\$\{env:([A-Z][A-Z0-9_]*):-([^}]*)\}")
 DECISIONS = "otelcol_processor_tail_sampling_global_count_traces_sampled"  # the Collector's own metric
 WAIT = 180.0  # hang guard for anything that waits on the loaded machine: generous, never a verdict
-
-
-def kit_binary(name: str) -> Path:
-    path = KIT_BIN / name
-    if not os.access(path, os.X_OK):
-        reason = f"{path} missing (scripts/build-kit builds it; scripts/test runs that first)"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason + " (DBPERF_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return path
 
 
 _given_ports: set[int] = set()
