@@ -441,6 +441,26 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
+def _attr_text(name: str) -> Callable[[dict[str, Any]], str]:
+    return lambda a: str(a.get(name, ""))
+
+
+_LOOP_FIX = "run the blocking call in a thread (await asyncio.to_thread(...)) or make it async"
+# the request findings beyond N+1 queries: (finding, flag, location, detail, suggestion, worst figure)
+_FINDINGS: tuple[tuple[str, str, str, Callable[[dict[str, Any]], str], Callable[[dict[str, Any]], str], str], ...] = (
+    ("cpu_bound", A.REQUEST_CPU_BOUND, A.REQUEST_CPU_BOUND_CODE_LOCATION, _attr_text(A.REQUEST_CPU_BOUND_FUNCTION),
+     _attr_text(A.REQUEST_CPU_BOUND_SUGGESTION), A.CPU_TIME_MS),
+    ("http_n_plus_one", A.REQUEST_HTTP_N_PLUS_ONE_DETECTED, A.REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION,
+     _attr_text(A.REQUEST_HTTP_N_PLUS_ONE_ROUTE), _attr_text(A.REQUEST_HTTP_N_PLUS_ONE_SUGGESTION),
+     A.REQUEST_HTTP_N_PLUS_ONE_REPEAT_COUNT),
+    ("event_loop_blocked", A.REQUEST_EVENT_LOOP_BLOCKED_COUNT, A.REQUEST_EVENT_LOOP_CODE_LOCATION, lambda a: "",
+     lambda a: _LOOP_FIX, A.REQUEST_EVENT_LOOP_BLOCKED_MS),
+    ("sequential_queries", A.REQUEST_SEQUENTIAL_DETECTED, A.REQUEST_SEQUENTIAL_CODE_LOCATION,
+     lambda a: f"{_number(a.get(A.REQUEST_SEQUENTIAL_COUNT)):.0f} queries", _attr_text(A.REQUEST_SEQUENTIAL_SUGGESTION),
+     A.REQUEST_SEQUENTIAL_SAVING_MS),
+)  # fmt: skip
+
+
 def _bounded_add(counter: Counter[str], key: str, n: int = 1) -> None:
     if key in counter or len(counter) < _MAX_KEYS:
         counter[key] += n
@@ -634,46 +654,9 @@ class Report:
         with how many requests and the worst figure (CPU ms, repeats, stalled ms, ms to save)."""
         a = span.attributes
         found: list[tuple[str, str, str, str, float]] = []
-        if a.get(A.REQUEST_CPU_BOUND):
-            found.append(
-                (
-                    "cpu_bound",
-                    str(a.get(A.REQUEST_CPU_BOUND_CODE_LOCATION, "")),
-                    str(a.get(A.REQUEST_CPU_BOUND_FUNCTION, "")),
-                    str(a.get(A.REQUEST_CPU_BOUND_SUGGESTION, "")),
-                    _number(a.get(A.CPU_TIME_MS)),
-                )
-            )
-        if a.get(A.REQUEST_HTTP_N_PLUS_ONE_DETECTED):
-            found.append(
-                (
-                    "http_n_plus_one",
-                    str(a.get(A.REQUEST_HTTP_N_PLUS_ONE_CODE_LOCATION, "")),
-                    str(a.get(A.REQUEST_HTTP_N_PLUS_ONE_ROUTE, "")),
-                    str(a.get(A.REQUEST_HTTP_N_PLUS_ONE_SUGGESTION, "")),
-                    _number(a.get(A.REQUEST_HTTP_N_PLUS_ONE_REPEAT_COUNT)),
-                )
-            )
-        if a.get(A.REQUEST_EVENT_LOOP_BLOCKED_COUNT):
-            found.append(
-                (
-                    "event_loop_blocked",
-                    str(a.get(A.REQUEST_EVENT_LOOP_CODE_LOCATION, "")),
-                    "",
-                    "run the blocking call in a thread (await asyncio.to_thread(...)) or make it async",
-                    _number(a.get(A.REQUEST_EVENT_LOOP_BLOCKED_MS)),
-                )
-            )
-        if a.get(A.REQUEST_SEQUENTIAL_DETECTED):
-            found.append(
-                (
-                    "sequential_queries",
-                    str(a.get(A.REQUEST_SEQUENTIAL_CODE_LOCATION, "")),
-                    f"{_number(a.get(A.REQUEST_SEQUENTIAL_COUNT)):.0f} queries",
-                    str(a.get(A.REQUEST_SEQUENTIAL_SUGGESTION, "")),
-                    _number(a.get(A.REQUEST_SEQUENTIAL_SAVING_MS)),
-                )
-            )
+        for name, flag, where, detail_of, suggestion_of, worst in _FINDINGS:
+            if a.get(flag):
+                found.append((name, str(a.get(where, "")), detail_of(a), suggestion_of(a), _number(a.get(worst))))
         for kind, location, detail, suggestion, figure in found:
             key = (kind, route, location, detail)
             entry = self.findings.get(key)
